@@ -1,0 +1,103 @@
+"""Entry-point registry: backends, rewards and algorithms, built-in or third-party alike.
+
+Groups: ``treesdk.backends``, ``treesdk.rewards``, ``treesdk.algorithms``. A third-party package
+registers a part with a few lines of its ``pyproject.toml``::
+
+    [project.entry-points."treesdk.rewards"]
+    my-reward = "my_package.reward:MyReward"
+
+Entry points are read with :func:`importlib.metadata.entry_points`. An entry that fails to import
+is reported by name with its error (:func:`plugin_status`) and never breaks the others.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+GROUPS = {
+    "backend": "treesdk.backends",
+    "reward": "treesdk.rewards",
+    "algorithm": "treesdk.algorithms",
+}
+
+
+class PluginError(RuntimeError):
+    """A registered plugin could not be found or imported."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered entry point and whether it imports."""
+
+    kind: str
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _entry_points(kind: str) -> dict[str, metadata.EntryPoint]:
+    if kind not in GROUPS:
+        raise ValueError(f"unknown plugin kind {kind!r}; expected one of {sorted(GROUPS)}")
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=GROUPS[kind]):
+        found.setdefault(ep.name, ep)  # first distribution on sys.path wins, as importlib does
+    return found
+
+
+def available(kind: str) -> list[str]:
+    """Registered names of ``kind`` (``backend``, ``reward`` or ``algorithm``), sorted."""
+    return sorted(_entry_points(kind))
+
+
+def load(kind: str, name: str) -> Any:
+    """Import and return the object registered as ``name`` in ``kind``'s group.
+
+    Raises :class:`PluginError` naming the plugin, the entry point and the underlying error.
+    """
+    eps = _entry_points(kind)
+    if name not in eps:
+        raise PluginError(
+            f"no {kind} named {name!r} is registered (entry-point group {GROUPS[kind]!r}); "
+            f"available: {', '.join(sorted(eps)) or 'none'}"
+        )
+    ep = eps[name]
+    try:
+        return ep.load()
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised raw
+        raise PluginError(f"{kind} plugin {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def plugin_status(kinds: tuple[str, ...] = ("backend", "reward", "algorithm")) -> list[PluginInfo]:
+    """Every registered entry point with its distribution, version and import status."""
+    rows: list[PluginInfo] = []
+    for kind in kinds:
+        for name, ep in sorted(_entry_points(kind).items()):
+            dist = getattr(ep, "dist", None)
+            error = None
+            try:
+                ep.load()
+            except Exception as exc:  # noqa: BLE001
+                error = f"{type(exc).__name__}: {exc}"
+                last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+                if last:
+                    error += f" ({last[0].filename}:{last[0].lineno})"
+            rows.append(
+                PluginInfo(
+                    kind=kind,
+                    name=name,
+                    value=ep.value,
+                    distribution=dist.metadata["Name"] if dist is not None else None,
+                    version=dist.version if dist is not None else None,
+                    error=error,
+                )
+            )
+    return rows
