@@ -1,0 +1,33 @@
+"""The ``treesdk`` command: a thin Typer layer over the Python API.
+
+Each sub-command lives in its own module of this package and exposes ``register(app)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="treesdk",
+    help="RL post-training of flow-matching text-to-image models with tree-structured sampling.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui")
+
+for _module_name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"{__package__}.{_module_name}")
+    except ModuleNotFoundError as exc:  # TEMPORARY while the commands are being written
+        if exc.name != f"{__package__}.{_module_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
