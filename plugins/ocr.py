@@ -1,0 +1,101 @@
+"""Offline OCR reward with ``rapidocr-onnxruntime`` (its detection/recognition ONNX models ship in
+the wheel, so nothing is downloaded).
+
+The target is the quoted text of the prompt: every span in straight double quotes ``"..."`` or
+curly quotes ``“...”``, joined by a space (a prompt without quoted text is an error: this reward
+has nothing to compare with). The read text is every line RapidOCR finds, in reading order (top to
+bottom, then left to right), joined by a space. Both are lower-cased and whitespace-normalised
+(runs of whitespace -> one space, stripped). The reward follows Flow-GRPO's OCR reward::
+
+    reward = 1 - min(levenshtein(target, read), len(target)) / len(target)      in [0, 1]
+
+(1 = the requested text read exactly; 0 = nothing of it). Levenshtein distance is the standard
+unit-cost edit distance (insertions, deletions, substitutions).
+
+Images are quantised to uint8 RGB before OCR. The ONNX models run on the CPU whatever ``device``
+says; ``batch_size`` only bounds how many images are converted at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from treesdk.interfaces import RewardModel
+
+from .common import check_inputs, require
+
+_QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
+
+
+def quoted_text(prompt: str) -> str:
+    """The text a prompt asks to render: its quoted spans joined by a space.
+
+    Raises ``ValueError`` when the prompt has no ``"..."`` or ``“...”`` span.
+    """
+    spans = [a or b for a, b in _QUOTED.findall(prompt)]
+    if not spans:
+        raise ValueError(
+            f'reward "ocr": prompt {prompt!r} has no quoted text; the OCR reward needs the text to render '
+            'in double quotes, e.g. \'a sign that says "OPEN"\''
+        )
+    return " ".join(spans)
+
+
+def normalise(text: str) -> str:
+    """Lower-case, whitespace runs to one space, stripped."""
+    return " ".join(text.lower().split())
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Unit-cost edit distance between ``a`` and ``b`` (Wagner-Fischer, two rows)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def text_similarity(target: str, read: str) -> float:
+    """``1 - min(lev, len(target)) / len(target)`` on normalised strings."""
+    target, read = normalise(target), normalise(read)
+    if not target:
+        raise ValueError("OCR target text is empty after whitespace normalisation")
+    return 1.0 - min(levenshtein(target, read), len(target)) / len(target)
+
+
+class OCRReward(RewardModel):
+    """Similarity between the prompt's quoted text and the text RapidOCR reads; float32 ``[B]`` in [0, 1]."""
+
+    name = "ocr"
+
+    def __init__(self, batch_size: int = 16, device: str | None = None, dtype: str | None = None, **engine_options) -> None:
+        rapidocr = require("rapidocr_onnxruntime", "ocr", self.name)
+        self.batch_size = int(batch_size)
+        self.engine = rapidocr.RapidOCR(**engine_options)
+
+    def read(self, image: Tensor) -> str:
+        """Text found in one ``[3, H, W]`` image in [0, 1], lines in reading order joined by spaces."""
+        array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        result, _ = self.engine(np.ascontiguousarray(array))
+        if not result:
+            return ""
+        # each line: (box [[x, y] * 4], text, confidence); sort by top edge, then left edge
+        lines = sorted(result, key=lambda line: (min(p[1] for p in line[0]), min(p[0] for p in line[0])))
+        return " ".join(str(line[1]) for line in lines)
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        check_inputs(images, prompts, self.name)
+        targets = [quoted_text(p) for p in prompts]  # fail before any OCR work
+        with torch.no_grad():
+            return torch.tensor(
+                [text_similarity(t, self.read(img)) for img, t in zip(images, targets)], dtype=torch.float32
+            )
