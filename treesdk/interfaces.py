@@ -110,6 +110,21 @@ class VelocityModel(ABC):
     def train_mode(self, enabled: bool = True) -> None:
         """Switch the trainable module between train and eval mode (dropout, checkpointing)."""
 
+    def default_prompts(self) -> list[str]:
+        """Training prompts used when the user gives none."""
+        return [
+            "a photo of a cat sitting on a windowsill",
+            "a watercolor painting of a lighthouse at dawn",
+            "a red bicycle leaning against a brick wall",
+            "a bowl of ramen, studio lighting",
+        ]
+
+    def recipe_defaults(self) -> dict[str, Any]:
+        """Scale-dependent recipe overrides (dotted keys, e.g. ``{"optim.lr": 3e-4}``) applied to a
+        preset before the user's own overrides; the papers' values are for multi-billion-parameter
+        models."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable facts about the loaded model (for run configs and export metadata)."""
         return {"backend": self.name}

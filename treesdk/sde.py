@@ -28,6 +28,7 @@ from .interfaces import Scheduler
 __all__ = [
     "ode_step",
     "sde_step",
+    "sde_mean_std",
     "sde_step_with_logprob",
     "log_prob",
     "sde_std",
@@ -65,6 +66,24 @@ def sde_std(sigma: Tensor, sigma_next: Tensor, noise_level: Tensor | float) -> T
     )
 
 
+def sde_mean_std(
+    x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, noise_level: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """Mean ``[B, ...]`` and transition std (broadcastable, ``std_t * sqrt(-dt)``) of the SDE step.
+
+    Differentiable in ``v``: the trainer recomputes log-probs of stored children from it.
+    """
+    x32, v32 = x.float(), v.float()
+    s = _per_sample(sigma, x32)
+    s_next = _per_sample(sigma_next, x32)
+    dt = s_next - s
+    if bool((dt >= 0).any()):
+        raise ValueError("the SDE walks sigma down: every sigma_next must be < sigma")
+    std_t = sde_std(s, s_next, _per_sample(noise_level, x32))
+    mean = x32 * (1.0 + std_t**2 / (2.0 * s) * dt) + v32 * (1.0 + std_t**2 * (1.0 - s) / (2.0 * s)) * dt
+    return mean, std_t * torch.sqrt(-dt)
+
+
 def sde_step(
     x: Tensor,
     v: Tensor,
@@ -84,15 +103,8 @@ def sde_step(
 
     ``std`` is the transition std ``std_t * sqrt(-dt)``, broadcastable to ``x``.
     """
-    x32, v32 = x.float(), v.float()
-    s = _per_sample(sigma, x32)
-    s_next = _per_sample(sigma_next, x32)
-    dt = s_next - s
-    if bool((dt >= 0).any()):
-        raise ValueError("sde_step walks sigma down: every sigma_next must be < sigma")
-    std_t = sde_std(s, s_next, _per_sample(noise_level, x32))
-    mean = x32 * (1.0 + std_t**2 / (2.0 * s) * dt) + v32 * (1.0 + std_t**2 * (1.0 - s) / (2.0 * s)) * dt
-    std = std_t * torch.sqrt(-dt)
+    x32 = x.float()
+    mean, std = sde_mean_std(x, v, sigma, sigma_next, noise_level)
     if noise is None:
         noise = torch.randn(x32.shape, generator=generator, device=x32.device, dtype=torch.float32)
     elif noise.shape != x32.shape:
@@ -110,7 +122,6 @@ def log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     mean = mean.float()
     std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)
     elementwise = -((x_next - mean) ** 2) / (2.0 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    elementwise = elementwise.expand_as(mean) if elementwise.shape != mean.shape else elementwise
     return elementwise.mean(dim=tuple(range(1, elementwise.ndim)))
 
 

@@ -1,0 +1,47 @@
+"""Recipes: presets, overrides, and validation errors that name the field."""
+
+import pytest
+
+import treesdk
+from treesdk.recipe import Recipe, RecipeError, load_recipe, window_start
+
+
+@pytest.mark.parametrize("name", ["grpo", "mixgrpo", "treegrpo", "dynamic-treerpo"])
+def test_presets_load_through_entry_points(name):
+    recipe = treesdk.load_algorithm(name)
+    assert recipe.name == name
+
+
+def test_overrides_and_hybrid():
+    r = load_recipe("treegrpo", **{"tree.k": 3, "tree.d": 3, "losses": [
+        {"kind": "clipped-surrogate", "clip": "reward-adaptive"}, {"kind": "layertuning-sft", "weight": 0.2}]})
+    assert (r.tree.k, r.tree.d) == (3, 3)
+    assert [l.kind for l in r.losses] == ["clipped-surrogate", "layertuning-sft"]
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"tree.k": 0}, "tree.k"),
+        ({"window": {"kind": "fixed", "start": 8}, "tree.d": 4, "steps": 10}, "window runs past T"),
+        ({"noise.level": -0.1}, "noise.level"),
+        ({"advantage": {"kind": "magic"}}, "advantage"),
+        ({"tree.d": 12, "steps": 10}, "exceeds steps"),
+        ({"tree.k": 8, "tree.d": 5}, "max_leaves"),
+    ],
+)
+def test_invalid_recipes_name_the_field(overrides, field):
+    with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
+        load_recipe("treegrpo", **overrides)
+
+
+def test_window_schedules():
+    sliding = Recipe(steps=10, tree={"k": 2, "d": 3}, window={"kind": "sliding", "start": 1, "stride": 2, "every": 3})
+    starts = [window_start(sliding, i, 0) for i in range(15)]
+    # span [1, 7]: 1, 1, 1, 3, 3, 3, 5, 5, 5, 7, 7, 7, then wrap to 1 + (8 % 7) = 2
+    assert starts[:12] == [1, 1, 1, 3, 3, 3, 5, 5, 5, 7, 7, 7] and starts[12] == 2
+    rnd = Recipe(steps=10, tree={"k": 2, "d": 3}, window={"kind": "random", "p": 0.5})
+    draws = [window_start(rnd, i, 0) for i in range(400)]
+    assert min(draws) >= 0 and max(draws) <= 7
+    assert draws.count(0) > draws.count(1) > draws.count(3)  # geometric favours early starts
+    assert draws == [window_start(rnd, i, 0) for i in range(400)]  # deterministic

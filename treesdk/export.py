@@ -1,0 +1,424 @@
+"""Export a trained run and check exported files; format-agnostic (the formats live in the backends).
+
+* :func:`export_run` loads a run's backend with its latest (or a given) checkpoint and calls
+  ``backend.export(fmt, out, metadata)``, with the ``treesdk.*`` metadata of
+  :func:`export_metadata_for_run`.
+* :func:`check_file` reads an exported file back (headers only: key names, shapes, metadata),
+  says which format it is, which modules it touches and the LoRA rank, and checks every tensor
+  against the base model's shapes.
+
+The key layouts of the diffusers backends (BFL FLUX, SAI SD3, diffusers LoRA names) are not known
+here: backends register a :class:`Layout` with :func:`register_layout` when their package is
+imported, and :func:`check_file` imports the backend named in the file's metadata through the
+entry-point registry. The built-in ``digits`` format is checked here directly.
+
+Run folder layout read here (written by :mod:`treesdk.trainer` / :mod:`treesdk.checkpoint`)::
+
+    RUN/config.json                                    {"backend": {"name": ..., "options"?: {...}, <describe()>}, "recipe": {...}}
+    RUN/checkpoints/iter_NNNNNN/trainable.safetensors  backend.trainable_state_dict()
+    RUN/checkpoints/iter_NNNNNN/state.json             {"iteration": N, ...}
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from . import registry
+
+#: export formats the CLI offers (each backend lists what it supports in ``export_formats``)
+FORMATS = ("lora", "diffusers", "comfyui", "digits")
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+# ---------------------------------------------------------------------------------------------
+# reports and layouts
+
+
+@dataclass
+class Inspection:
+    """What a :class:`Layout` found in a file: format name, model family, modules touched (base
+    model names), LoRA rank (None for full weights) and problems (empty = every key maps onto the
+    base model with the right shape)."""
+
+    format: str
+    family: str | None
+    modules: list[str]
+    rank: int | None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileReport:
+    """Result of :func:`check_file`; ``ok`` is True when the base model was found and every tensor
+    of the file maps onto it with the right shape."""
+
+    path: str
+    format: str
+    family: str | None
+    modules: list[str]
+    rank: int | None
+    tensors: int
+    base: str | None
+    base_checked: bool
+    problems: list[str]
+    metadata: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.base_checked and not self.problems
+
+    def summary(self) -> str:
+        """Human-readable multi-line report (what ``treesdk export --check`` prints)."""
+        shown = ", ".join(self.modules[:6]) + (f", ... ({len(self.modules)} in all)" if len(self.modules) > 6 else "")
+        lines = [
+            f"file:     {self.path}",
+            f"format:   {self.format}" + (f" ({self.family})" if self.family else ""),
+            f"tensors:  {self.tensors}",
+            f"modules:  {shown or '-'}",
+            f"rank:     {self.rank if self.rank is not None else '-'}",
+            f"base:     {self.base or 'unknown'}",
+        ]
+        for key in ("treesdk.backend", "treesdk.algorithm", "treesdk.iterations", "treesdk.version"):
+            if key in self.metadata:
+                lines.append(f"{key.split('.', 1)[1] + ':':<10}{self.metadata[key]}")
+        if self.ok:
+            lines.append("check:    OK, every tensor maps onto the base model with the right shape")
+        else:
+            lines.append(f"check:    FAILED ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''})")
+            lines.extend(f"  - {p}" for p in self.problems[:20])
+            if len(self.problems) > 20:
+                lines.append(f"  ... {len(self.problems) - 20} more")
+        return "\n".join(lines)
+
+
+class Layout(Protocol):
+    """Knows one family of key layouts. ``inspect`` returns None for files it does not recognise.
+
+    Args of ``inspect``: ``shapes`` of the file's tensors, the file's ``metadata``, and
+    ``base_shapes`` of the base model as found on disk (any layout the backend understands), or
+    None when no base model is available (then only the format is determined).
+    """
+
+    def inspect(self, shapes: Shapes, metadata: Mapping[str, str], base_shapes: Shapes | None) -> Inspection | None: ...
+
+
+_LAYOUTS: list[Layout] = []
+
+
+def register_layout(layout: Layout) -> None:
+    """Make ``layout`` known to :func:`check_file` (idempotent per object type)."""
+    if not any(type(existing) is type(layout) for existing in _LAYOUTS):
+        _LAYOUTS.append(layout)
+
+
+class _DigitsLayout:
+    """The digits backend's native file: ``treesdk_format = digits-flow-v1`` in the metadata,
+    keys = the network's state dict, checked key by key against the base digits file."""
+
+    def inspect(self, shapes: Shapes, metadata: Mapping[str, str], base_shapes: Shapes | None) -> Inspection | None:
+        if metadata.get("treesdk_format") != "digits-flow-v1":
+            return None
+        modules = sorted({k.rsplit(".", 1)[0] for k in shapes})
+        problems: list[str] = []
+        if base_shapes is not None:
+            problems = compare_shapes(shapes, base_shapes)
+        return Inspection("digits", "digits", modules, None, problems)
+
+
+def compare_shapes(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Problems (one line each) when ``shapes`` differs from ``expected`` in keys or shapes."""
+    problems = [f"{k}: not in the base model" for k in sorted(set(shapes) - set(expected))]
+    problems += [f"{k}: missing (the base model has it, shape {list(expected[k])})" for k in sorted(set(expected) - set(shapes))]
+    problems += [
+        f"{k}: shape {list(shapes[k])}, the base model has {list(expected[k])}"
+        for k in sorted(set(shapes) & set(expected))
+        if tuple(shapes[k]) != tuple(expected[k])
+    ]
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files and base models
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    """The safetensors files that make up ``path`` (a file, a model folder or a pipeline folder)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    for sub in (path / "transformer", path):
+        files = sorted(sub.glob("*.safetensors"))
+        if files:
+            return files
+    return []
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[Shapes, dict[str, str]]:
+    """``(shapes, metadata)`` of a safetensors file, or of every safetensors file of a folder
+    (a diffusers model folder or a pipeline folder's ``transformer/``), without loading tensors."""
+    p = Path(path)
+    files = _safetensors_files(p)
+    if not files:
+        raise FileNotFoundError(f"{p}: no safetensors file there (expected a .safetensors file or a folder holding them)")
+    shapes: Shapes = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                metadata.update(handle.metadata() or {})
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as exc:  # noqa: BLE001 - a corrupt file becomes one clear message
+            raise ValueError(f"{file} is not a readable safetensors file: {type(exc).__name__}: {exc}") from exc
+    return shapes, metadata
+
+
+def _hub_cache_folder(repo_id: str) -> Path | None:
+    """The newest local snapshot of ``repo_id`` in the Hugging Face cache, if any (no download)."""
+    if "/" not in repo_id:
+        return None
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    snapshots = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _resolve_base(base: str | os.PathLike[str] | None) -> Path | None:
+    if base is None or str(base) == "":
+        return None
+    p = Path(str(base)).expanduser()
+    if p.exists():
+        return p
+    return _hub_cache_folder(str(base))
+
+
+def _ensure_layouts(backend_name: str | None) -> None:
+    """Import the backend named ``backend_name`` (or every registered backend when None) through
+    the entry-point registry, so that backend packages get the chance to register their layouts."""
+    names = [backend_name] if backend_name else registry.available("backend")
+    for name in names:
+        try:
+            registry.load("backend", name)
+        except registry.PluginError:
+            continue
+
+
+def check_file(
+    path: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None = None,
+    layouts: Iterable[Layout] | None = None,
+) -> FileReport:
+    """Read an exported file back and check it against its base model.
+
+    Args:
+        path: a safetensors file (LoRA, BFL/SAI single file, digits file) or a diffusers model
+            folder (``config.json`` + ``diffusion_pytorch_model*.safetensors``).
+        base: the base model (folder, pipeline folder, single file or a local hub cache id); None
+            takes ``treesdk.base_model`` from the file's metadata.
+        layouts: layouts to try; None = the built-in digits layout and every registered layout
+            (after importing the backend named in the metadata).
+
+    Returns a :class:`FileReport`; its ``format`` is one of ``lora-diffusers``, ``lora-comfyui``,
+    ``bfl-flux``, ``sai-sd3``, ``diffusers-transformer``, ``digits`` (or ``unknown``).
+    Raises ``FileNotFoundError`` / ``ValueError`` when the file cannot be read at all.
+    """
+    shapes, metadata = read_header(path)
+    base_name = str(base) if base is not None else metadata.get("treesdk.base_model")
+    base_path = _resolve_base(base_name)
+    base_shapes: Shapes | None = None
+    problems: list[str] = []
+    if base_path is not None:
+        base_shapes, _ = read_header(base_path)
+    elif base_name:
+        problems.append(f"base model {base_name!r} not found on disk (nor in the local Hugging Face cache); pass --base PATH")
+    else:
+        problems.append("the file names no base model (metadata treesdk.base_model); pass --base PATH")
+    if layouts is None:
+        _ensure_layouts(metadata.get("treesdk.backend"))
+        candidates: list[Layout] = [_DigitsLayout(), *_LAYOUTS]
+    else:
+        candidates = list(layouts)
+    found: Inspection | None = None
+    for layout in candidates:
+        found = layout.inspect(shapes, metadata, base_shapes)
+        if found is not None:
+            break
+    if found is None:
+        found = Inspection("unknown", None, [], None, ["no known layout recognises these keys (is the backend installed?)"])
+    return FileReport(
+        path=str(path),
+        format=found.format,
+        family=found.family,
+        modules=found.modules,
+        rank=found.rank,
+        tensors=len(shapes),
+        base=str(base_path) if base_path is not None else base_name,
+        base_checked=base_shapes is not None and found.format != "unknown",
+        problems=problems + found.problems,
+        metadata=dict(metadata),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# export of a run
+
+
+def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(run folder, checkpoint folder)`` for a run folder (its latest checkpoint) or a checkpoint
+    folder (``RUN/checkpoints/<name>/`` with ``trainable.safetensors`` and ``state.json``)."""
+    from .checkpoint import latest_checkpoint
+
+    path = Path(run_or_checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; expected a run folder or one of its checkpoints/<name>/ folders")
+    ckpt = latest_checkpoint(path)
+    run = path if ckpt != path else ckpt.parent.parent
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run / 'config.json'} not found: {ckpt} does not sit in a run folder written by treesdk train")
+    return run, ckpt
+
+
+def backend_options(backend_config: Mapping[str, Any], factory: Callable[..., Any]) -> dict[str, Any]:
+    """Constructor options for ``factory`` from a run's ``config.json["backend"]``.
+
+    An explicit ``"options"`` dict is used as is; otherwise the options are rebuilt from the
+    backend's ``describe()`` facts stored there (``model_path``/``model``, ``resolution``, ``dtype``,
+    ``lora`` rank/alpha/targets, ``full_finetune``, ``guidance_scale``, ``shift``, ...), keeping only
+    the names the factory accepts.
+    """
+    if isinstance(backend_config.get("options"), Mapping):
+        return dict(backend_config["options"])
+    facts = dict(backend_config)
+    options: dict[str, Any] = {}
+    model = facts.get("model_path") or facts.get("model")
+    if model is not None:
+        options["model"] = model
+    lora = facts.get("lora")
+    if isinstance(lora, Mapping):
+        options["lora_rank"] = lora.get("rank")
+        options["lora_alpha"] = lora.get("alpha")
+        options["lora_targets"] = lora.get("target_modules")
+    elif facts.get("full_finetune"):
+        options["lora_rank"] = 0
+    for key in ("resolution", "dtype", "guidance", "guidance_scale", "shift", "max_sequence_length"):
+        if key in facts:
+            options[key] = facts[key]
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return options
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return options
+    return {k: v for k, v in options.items() if k in accepted and v is not None}
+
+
+def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any], backend: Any) -> dict[str, str]:
+    """The ``treesdk.*`` string metadata of an export: base model, backend, algorithm, recipe
+    (JSON), treesdk version, training iterations, plus the checkpoint it came from."""
+    from . import __version__
+
+    backend_cfg = config.get("backend", {}) or {}
+    facts = backend.describe() if hasattr(backend, "describe") else {}
+    recipe = config.get("recipe", {}) or {}
+    base = facts.get("model_path") or facts.get("model") or backend_cfg.get("model_path") or backend_cfg.get("model")
+    return {
+        "treesdk.version": __version__,
+        "treesdk.backend": str(backend_cfg.get("name") or getattr(backend, "name", "unknown")),
+        "treesdk.base_model": str(base if base is not None else "unknown"),
+        "treesdk.algorithm": str(recipe.get("name") or config.get("algorithm") or "custom"),
+        "treesdk.recipe": json.dumps(recipe, sort_keys=True, default=str),
+        "treesdk.iterations": str(int(state.get("iteration", 0))),
+    }
+
+
+def _check_writable(out: Path) -> None:
+    """Raise ``OSError`` naming ``out`` when nothing could be written there (checked before any
+    work, so a bad path fails fast and nothing is touched)."""
+    probe = out if out.is_dir() else out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OSError(f"cannot write {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write {out}: folder {probe} is not writable")
+
+
+def export_run(
+    run_or_checkpoint: str | os.PathLike[str],
+    fmt: str = "lora",
+    out: str | os.PathLike[str] | None = None,
+    device: str | None = "cpu",
+) -> list[str]:
+    """Export a run's policy; returns the files written.
+
+    Args:
+        run_or_checkpoint: a run folder (its latest checkpoint) or one checkpoint folder.
+        fmt: ``lora`` (default), ``diffusers``, ``comfyui`` or ``digits``; the backend must list it
+            in ``export_formats``.
+        out: target file or folder; None = ``RUN/export/<fmt default name>``.
+        device: device to load the backend on for the export (None = as trained).
+
+    Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
+    ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
+    are untouched in every case.
+    """
+    run, ckpt = find_checkpoint(run_or_checkpoint)
+    config = json.loads((run / "config.json").read_text())
+    state = json.loads((ckpt / "state.json").read_text())
+    backend_cfg = config.get("backend")
+    if not isinstance(backend_cfg, Mapping) or "name" not in backend_cfg:
+        raise ValueError(f"{run / 'config.json'} has no backend name (expected {{'backend': {{'name': ...}}}})")
+    name = str(backend_cfg["name"])
+    factory = registry.load("backend", name)
+    formats = tuple(getattr(factory, "export_formats", ()))
+    if fmt not in formats:
+        raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
+    target = Path(out).expanduser() if out is not None else run / "export" / _default_name(fmt)
+    if out is None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(target)
+    options = backend_options(backend_cfg, factory)
+    if device is not None and "device" in _accepted(factory):
+        options["device"] = device
+    if fmt == "lora" and options.get("lora_rank") == 0:
+        raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
+    backend = factory(**options)
+    backend.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+    metadata = export_metadata_for_run(config, state, backend)
+    return list(backend.export(fmt, str(target), metadata))
+
+
+def _accepted(factory: Callable[..., Any]) -> set[str]:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return set()
+    return set(params)
+
+
+def _default_name(fmt: str) -> str:
+    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "transformer"}.get(
+        fmt, f"{fmt}.safetensors"
+    )
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file or folder (see :func:`read_header`)."""
+    out: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(Path(path)):
+        out.update(load_file(str(file)))
+    return out

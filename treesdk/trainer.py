@@ -1,0 +1,336 @@
+"""The training loop, readable top to bottom: sample -> decode -> reward -> advantages -> update.
+
+Every part comes from the recipe (tree shape, window and noise schedules, estimator, loss terms);
+there is no ``if algo == ...`` here. Randomness is a pure function of ``(seed, iteration, slot)``:
+the prompts of an iteration, the window start and each tree's noise, so a resumed run, or one
+split over ranks, samples exactly what an uninterrupted single-process run samples.
+
+Run folder::
+
+    config.json        resolved configuration (backend, recipe, rewards, options)
+    metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
+    tb/                TensorBoard events
+    samples/           start.png / end.png grids of the evaluation set
+    checkpoints/       iter_NNNNNN/ (see treesdk.checkpoint)
+    export/            the exported policy
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .advantages import build_estimator
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import decode_chunked, evaluate
+from .images import save_grid
+from .interfaces import RewardModel, VelocityModel
+from .losses import build_loss_terms
+from .recipe import Recipe, load_recipe
+from .rewards import score_images
+from .sampler import sample_forest_for_recipe
+from .update import policy_update
+
+
+@dataclass
+class Run:
+    """What :func:`train` leaves behind."""
+
+    out_dir: Path | None
+    iterations: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    exported: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def slot_seed(seed: int, iteration: int, slot: int) -> int:
+    """Seed of the tree in global batch slot ``slot`` at ``iteration`` (independent of ranks)."""
+    return int(np.random.SeedSequence([seed, iteration, slot, 0x7EE]).generate_state(1)[0])
+
+
+def iteration_prompts(prompts: Sequence[str], batch: int, seed: int, iteration: int) -> list[str]:
+    """The ``batch`` prompts of ``iteration``: an epoch-wise shuffle of ``prompts`` (with
+    repetition when ``batch`` exceeds the prompt count), a pure function of ``(seed, iteration)``."""
+    n = len(prompts)
+    start = iteration * batch
+    out = []
+    for position in range(start, start + batch):
+        epoch, offset = divmod(position, n)
+        order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
+        out.append(prompts[int(order[offset])])
+    return out
+
+
+class _MetricsLog:
+    """metrics.jsonl + TensorBoard, written by rank 0 only."""
+
+    def __init__(self, out_dir: Path | None, resume_from: int | None) -> None:
+        self.path = out_dir / "metrics.jsonl" if out_dir else None
+        self.writer = None
+        if out_dir is None:
+            return
+        if resume_from is not None and self.path.is_file():  # drop lines past the checkpoint
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= resume_from
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # pragma: no cover - tensorboard is a dependency, but never fatal
+            self.writer = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+        if self.writer is not None:
+            prefix = "eval/" if row.get("eval") else "train/"
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration":
+                    self.writer.add_scalar(prefix + key, value, row.get("iteration", 0))
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes the iteration, checkpoints and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.requested:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(
+    recipe: Recipe | str,
+    backend: VelocityModel,
+    rewards: Mapping[str, RewardModel],
+    prompts: Sequence[str],
+    *,
+    weights: Mapping[str, float] | None = None,
+    iters: int = 10,
+    batch: int = 4,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    eval_prompts: Sequence[str] | None = None,
+    eval_seeds: Sequence[int] | None = None,
+    eval_rewards: Mapping[str, RewardModel] | None = None,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 3,
+    resume: bool = False,
+    export_format: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
+    reduce_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    on_iteration: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> Run:
+    """Train ``backend`` with ``recipe`` on ``prompts`` scored by ``rewards``; see module doc.
+
+    Args:
+        recipe: a Recipe, a preset name or a recipe file.
+        rewards: training rewards by name; ``weights`` their weights (default 1 each).
+        iters: total iterations of the run (a resumed run continues up to this number).
+        batch: prompts (trees) per iteration over all ranks; rank ``r`` owns slots ``r::world_size``.
+        out_dir: run folder (None: nothing is written).
+        eval_prompts, eval_seeds: fixed evaluation set, scored before and after training by
+            ``rewards`` and ``eval_rewards`` (held-out).
+        checkpoint_every: iterations between checkpoints (0: only at the end); ``keep_checkpoints`` kept.
+        resume: continue from the newest checkpoint in ``out_dir``.
+        export_format: export the policy into ``out_dir/export`` at the end (e.g. ``"lora"``).
+        config: extra facts stored in ``config.json`` (backend options, CLI arguments).
+        reduce_gradients / reduce_metrics: distributed hooks (average over ranks).
+        on_iteration: called with each metrics row; ``on_step(phase, done, total)`` for progress bars.
+    """
+    recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
+    weights = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
+    if not prompts:
+        raise ValueError("no training prompts")
+    if batch < world_size:
+        raise ValueError(f"--batch {batch} is smaller than the number of ranks {world_size}: every rank needs a tree")
+    out = Path(out_dir) if out_dir is not None else None
+    is_main = rank == 0
+    if out is not None and is_main:
+        for sub in ("samples", "checkpoints", "export"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+
+    estimator = build_estimator(recipe.advantage)
+    terms = build_loss_terms(recipe.losses)
+    params = backend.trainable_parameters()
+    if not params:
+        raise ValueError(f"backend {backend.name!r} has no trainable parameters")
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+
+    start_iteration = 0
+    run = Run(out_dir=out, iterations=0)
+    if resume:
+        if out is None:
+            raise ValueError("resume needs the run folder (out_dir)")
+        trainable, optim_state, state = load_checkpoint(out)
+        backend.load_trainable_state_dict(trainable)
+        optimizer.load_state_dict(optim_state)
+        start_iteration = int(state["iteration"])
+        run.eval_before = state.get("eval_before", {})
+    elif out is not None and is_main:
+        resolved = {
+            "recipe": recipe.model_dump(mode="json"),
+            "backend": {"name": backend.name, **backend.describe()},
+            "rewards": weights,
+            "eval_rewards": sorted(eval_rewards or {}),
+            "iters": iters,
+            "batch": batch,
+            "seed": seed,
+            "world_size": world_size,
+            **dict(config or {}),
+        }
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n")
+    log = _MetricsLog(out if is_main else None, start_iteration if resume else None)
+
+    all_eval_rewards = {**rewards, **(eval_rewards or {})}
+    eval_seeds = list(eval_seeds) if eval_seeds is not None else list(range(len(eval_prompts or [])))
+
+    def run_eval(tag: str, iteration: int) -> dict[str, float]:
+        means, _, images = evaluate(backend, all_eval_rewards, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
+        if out is not None and is_main:
+            save_grid(images, out / "samples" / f"{tag}.png", nrow=min(10, len(eval_prompts)))
+            log.log({"eval": True, "iteration": iteration, "tag": tag, **means})
+        return means
+
+    if eval_prompts and not resume:
+        run.eval_before = run_eval("start", 0)
+
+    my_slots = list(range(rank, batch, world_size))
+    iteration = start_iteration
+    try:
+        with _StopRequest() as stop:
+            while iteration < iters and not stop.requested:
+                t0 = time.perf_counter()
+                batch_prompts = iteration_prompts(prompts, batch, seed, iteration)
+                my_prompts = [batch_prompts[s] for s in my_slots]
+                seeds = [slot_seed(seed, iteration, s) for s in my_slots]
+                start = recipe.window_start(iteration, seed)
+
+                # 1. sample the forest with the frozen behaviour policy
+                forest = sample_forest_for_recipe(
+                    backend, recipe, my_prompts, seeds, start,
+                    progress=(lambda i, n: on_step("sampling", i, n)) if on_step else None,
+                )
+                t1 = time.perf_counter()
+
+                # 2. decode the leaves and score them (NaN/inf stops here, before any update)
+                images = decode_chunked(backend, forest.leaves, recipe.chunk)
+                leaf_prompts = [my_prompts[int(p)] for p in forest.leaf_prompt]
+                scores = score_images(rewards, images, leaf_prompts)
+                t2 = time.perf_counter()
+
+                # 3. advantages on the edges, then 4. the policy update
+                targets = estimator(forest, scores, weights)
+                stats = policy_update(
+                    backend, forest, targets, terms, optimizer, params,
+                    passes=o.passes, minibatches=o.minibatches, chunk=recipe.chunk,
+                    grad_clip=o.grad_clip, reduce_gradients=reduce_gradients,
+                )
+                t3 = time.perf_counter()
+                iteration += 1
+
+                raw = targets.leaf_rewards
+                row: dict[str, Any] = {
+                    "iteration": iteration,
+                    "window_start": start,
+                    "trees": len(my_prompts),
+                    "leaves": int(forest.leaves.shape[0]),
+                    "nfe_sampling": forest.nfe,
+                    "nfe_training": stats.nfe_training,
+                    "nfe_reference": stats.nfe_reference,
+                    "reward_mean": float(raw.mean()),
+                    "reward_std": float(raw.std(unbiased=False)),
+                    "reward_max": float(raw.max()),
+                    "loss": sum(v for k, v in stats.metrics.items() if k.startswith("loss_")),
+                    "clip_fraction": stats.metrics.get("clip_fraction", 0.0),
+                    "grad_norm": stats.grad_norm,
+                    "seconds_sampling": t1 - t0,
+                    "seconds_reward": t2 - t1,
+                    "seconds_training": t3 - t2,
+                    "seconds": t3 - t0,
+                    **{f"{name}_mean": float(v.mean()) for name, v in scores.items()},
+                    **{k: v for k, v in stats.metrics.items()},
+                }
+                if reduce_metrics is not None:
+                    row = {**row, **reduce_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))})}
+                run.history.append(row)
+                if is_main:
+                    log.log(row)
+                if on_iteration is not None:
+                    on_iteration(row)
+                due = checkpoint_every and iteration % checkpoint_every == 0
+                if out is not None and is_main and (due or stop.requested or iteration == iters):
+                    _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints)
+            run.interrupted = stop.requested and iteration < iters
+        run.iterations = iteration
+        if not run.interrupted:
+            if eval_prompts:
+                run.eval_after = run_eval("end", iteration)
+            if out is not None and is_main and export_format:
+                from .metadata import export_metadata
+
+                meta = export_metadata(backend, recipe, iteration)
+                target = out / "export" / _export_name(export_format)
+                run.exported = backend.export(export_format, str(target), meta)
+    finally:
+        log.close()
+    return run
+
+
+def _export_name(fmt: str) -> str:
+    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "transformer"}.get(
+        fmt, f"{fmt}.safetensors"
+    )
+
+
+def _save(out: Path, iteration: int, backend: VelocityModel, optimizer: torch.optim.Optimizer, recipe: Recipe,
+          run: Run, keep: int) -> None:
+    save_checkpoint(
+        out,
+        iteration,
+        backend.trainable_state_dict(),
+        optimizer,
+        {"recipe": recipe.model_dump(mode="json"), "eval_before": run.eval_before, "backend": backend.name},
+        keep=keep,
+    )

@@ -1,0 +1,179 @@
+"""The policy update: optimisation passes over the edges of a sampled forest.
+
+For every layer, parents are processed in chunks; **one velocity call per parent** gives the new
+log-probs of all its ``k`` stored children (and, when a term asks, one no-grad reference call).
+Each chunk's loss is scaled so that the accumulated gradient is that of
+
+    mean over layers ( mean over the layer's elements ( sum_terms weight * term ) ),
+
+Flow-GRPO's per-timestep mean accumulated over timesteps. Trees (prompts) are split between
+``minibatches`` optimiser steps per pass; ``passes`` repeats the whole schedule (PPO epochs).
+With ``minibatches = 1`` the chunks are exactly the sampler's, so before the first optimiser step
+every ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+from .sde import log_prob, sde_mean_std
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term produced NaN/inf; no optimiser step was taken."""
+
+
+@dataclass
+class UpdateStats:
+    """What one call to :func:`policy_update` did."""
+
+    nfe_training: int = 0
+    nfe_reference: int = 0
+    optimizer_steps: int = 0
+    grad_norm: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def sft_targets(forest: Forest, leaf_rewards: Tensor) -> list[Tensor]:
+    """LayerTuning targets: per layer, for each parent, the stored velocity of the node on the best
+    leaf's path (best = highest weighted raw reward among the prompt's leaves) at that layer.
+
+    Returns one ``[N_l, *latent]`` tensor per layer (detached).
+    """
+    per_prompt = leaf_rewards.view(forest.num_prompts, forest.leaves_per_prompt)
+    best_leaf = per_prompt.argmax(dim=1) + torch.arange(forest.num_prompts) * forest.leaves_per_prompt
+    targets = []
+    for layer in forest.layers:
+        ancestor = best_leaf // (layer.leaves_below * layer.k)  # parent index of the best leaf in this layer
+        targets.append(layer.velocity[ancestor.to(layer.velocity.device)][layer.parent_prompt].detach())
+    return targets
+
+
+def _parent_rows(forest: Forest, prompts: Tensor) -> list[Tensor]:
+    """Per layer, indices of the parents that belong to ``prompts`` (in layer order)."""
+    return [torch.isin(layer.parent_prompt.cpu(), prompts).nonzero().flatten() for layer in forest.layers]
+
+
+def policy_update(
+    model: VelocityModel,
+    forest: Forest,
+    targets: EdgeAdvantages,
+    terms: Sequence[tuple[LossTerm, float]],
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    *,
+    passes: int = 1,
+    minibatches: int = 1,
+    chunk: int = 64,
+    grad_clip: float | None = 1.0,
+    reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
+) -> UpdateStats:
+    """Run ``passes * minibatches`` optimiser steps on ``forest``; returns counts and mean metrics.
+
+    ``reduce_gradients`` (distributed training) is called on the parameters after each minibatch's
+    backward passes and before clipping; it should average gradients over ranks.
+    """
+    stats = UpdateStats()
+    if not forest.layers:
+        return stats
+    need_ref = any(t.needs_reference for t, _ in terms)
+    need_sft = any(t.needs_sft_target for t, _ in terms)
+    sft = sft_targets(forest, targets.leaf_rewards) if need_sft else None
+    groups = [g for g in torch.arange(forest.num_prompts).tensor_split(min(minibatches, forest.num_prompts)) if len(g)]
+    totals: dict[str, float] = {}
+    weight_sum = 0.0
+    model.train_mode(True)
+    try:
+        for _ in range(passes):
+            for group in groups:
+                optimizer.zero_grad(set_to_none=True)
+                rows_per_layer = _parent_rows(forest, group)
+                layers_used = sum(1 for rows in rows_per_layer if len(rows))
+                for li, (layer, rows) in enumerate(zip(forest.layers, rows_per_layer)):
+                    for part in iter_chunks(len(rows), chunk):
+                        index = rows[part]
+                        scale = len(index) / len(rows) / layers_used
+                        loss, metrics, n_ref = _chunk_loss(model, forest, targets, terms, li, index, need_ref, sft)
+                        stats.nfe_training += len(index)
+                        stats.nfe_reference += n_ref
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLossError(
+                                f"loss is {float(loss)} at layer {li} (step {layer.step}); metrics {metrics}; "
+                                "no optimiser step was taken"
+                            )
+                        (loss * scale).backward()
+                        weight_sum += scale
+                        for key, value in metrics.items():
+                            totals[key] = totals.get(key, 0.0) + value * scale
+                if reduce_gradients is not None:
+                    reduce_gradients(params)
+                if grad_clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                else:
+                    norm = torch.linalg.vector_norm(
+                        torch.stack([p.grad.norm() for p in params if p.grad is not None])
+                    )
+                stats.grad_norm = float(norm)
+                optimizer.step()
+                stats.optimizer_steps += 1
+    finally:
+        model.train_mode(False)
+        optimizer.zero_grad(set_to_none=True)
+    stats.metrics = {key: value / weight_sum for key, value in totals.items()} if weight_sum else {}
+    return stats
+
+
+def _chunk_loss(
+    model: VelocityModel,
+    forest: Forest,
+    targets: EdgeAdvantages,
+    terms: Sequence[tuple[LossTerm, float]],
+    layer_index: int,
+    index: Tensor,
+    need_ref: bool,
+    sft: list[Tensor] | None,
+) -> tuple[Tensor, dict[str, float], int]:
+    layer = forest.layers[layer_index]
+    device = layer.parents.device
+    idx = index.to(device)
+    parents = layer.parents[idx]
+    cond = select_cond(forest.cond, layer.parent_prompt[idx])
+    sigma = torch.full((len(idx),), layer.sigma, device=device, dtype=torch.float32)
+    velocity = model.velocity(parents, sigma, cond).float()
+    mean, std = sde_mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
+    children = layer.children[idx].flatten(0, 1)
+    new_logp = log_prob(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
+    ref_mean = None
+    n_ref = 0
+    if need_ref:
+        with torch.no_grad(), model.reference():
+            ref_v = model.velocity(parents, sigma, cond).float()
+        ref_mean, _ = sde_mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
+        n_ref = len(idx)
+    batch = EdgeBatch(
+        layer=layer,
+        index=index,
+        old_log_probs=layer.log_probs[idx],
+        new_log_probs=new_logp,
+        new_velocity=velocity,
+        old_velocity=layer.velocity[idx],
+        advantages=targets.advantages[layer_index][idx.to(targets.advantages[layer_index].device)].to(device),
+        clip_rewards=targets.clip_rewards[layer_index][idx.to(targets.clip_rewards[layer_index].device)].to(device),
+        std=std[:1].reshape(()),
+        new_mean=mean,
+        ref_mean=ref_mean,
+        sft_target=sft[layer_index][idx] if sft is not None else None,
+    )
+    total = velocity.new_zeros(())
+    metrics: dict[str, float] = {}
+    for term, weight in terms:
+        value, term_metrics = term(batch)
+        total = total + weight * value
+        metrics[f"loss_{term.name}"] = float(value.detach())
+        metrics.update(term_metrics)
+    return total, metrics, n_ref
