@@ -12,7 +12,9 @@ bottom, then left to right), joined by a space. Both are lower-cased and whitesp
 (1 = the requested text read exactly; 0 = nothing of it). Levenshtein distance is the standard
 unit-cost edit distance (insertions, deletions, substitutions).
 
-Images are quantised to uint8 RGB before OCR. The ONNX models run on the CPU whatever ``device``
+Images are quantised to uint8 RGB before OCR. Extra keyword options go to ``RapidOCR(**options)``
+(e.g. ``det_limit_side_len=…``: the detector resizes the short side to 736 px by default, slow on
+small images). The ONNX models run on the CPU whatever ``device``
 says; ``batch_size`` only bounds how many images are converted at once.
 """
 
