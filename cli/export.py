@@ -1,0 +1,75 @@
+"""``treesdk export``: write a trained policy as LoRA / merged weights, or check an exported file.
+
+    treesdk export RUN_OR_CHECKPOINT [--format lora|diffusers|comfyui|digits] [--out PATH]
+    treesdk export --check FILE [--base PATH]
+
+Errors (bad run folder, format the backend cannot write, no LoRA adapter, unwritable path) print
+one line and exit with code 1; ``--check`` exits 1 when a tensor does not map onto the base model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+_FORMATS = ("lora", "diffusers", "comfyui", "digits")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def export(
+    run_or_checkpoint: Optional[Path] = typer.Argument(  # noqa: UP007 - typer needs Optional
+        None, help="Run folder (its latest checkpoint) or a checkpoint folder RUN/checkpoints/<name>/."
+    ),
+    fmt: str = typer.Option("lora", "--format", "-f", help="lora | diffusers | comfyui | digits"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Target file or folder (default: RUN/export/)."),  # noqa: UP007
+    check: Optional[Path] = typer.Option(None, "--check", help="Read FILE back and check it against its base model."),  # noqa: UP007
+    base: Optional[str] = typer.Option(None, "--base", help="Base model for --check (default: from the file's metadata)."),  # noqa: UP007
+    device: str = typer.Option("cpu", "--device", help="Device to load the model on for the export."),
+) -> None:
+    """Export a trained policy (safetensors, atomic writes, treesdk metadata), or --check a file."""
+    from treesdk import export as api
+    from treesdk.registry import PluginError
+
+    if check is not None:
+        if run_or_checkpoint is not None:
+            raise _fail("give either RUN_OR_CHECKPOINT (to export) or --check FILE, not both", 2)
+        _import_layouts()
+        try:
+            report = api.check_file(check, base=base)
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(report.summary())
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    if run_or_checkpoint is None:
+        raise _fail("missing RUN_OR_CHECKPOINT (a run folder or checkpoint folder), or use --check FILE", 2)
+    if fmt not in _FORMATS:
+        raise _fail(f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", 2)
+    try:
+        files = api.export_run(run_or_checkpoint, fmt, out, device=device)
+    except (OSError, ValueError, KeyError, PluginError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise _fail(str(message)) from None
+    for file in files:
+        typer.echo(file)
+
+
+def _import_layouts() -> None:
+    """Layouts of the built-in diffusers backends (pure key maps; no diffusers import)."""
+    try:
+        importlib.import_module("treesdk_backends.keymaps")
+    except ImportError:  # pragma: no cover - backends not installed: only digits/registered layouts
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` command to ``app``."""
+    app.command("export")(export)
