@@ -119,6 +119,19 @@ class VelocityModel(ABC):
             "a bowl of ramen, studio lighting",
         ]
 
+    def default_rewards(self) -> dict[str, float]:
+        """Training rewards (name -> weight) used when the user names none; empty = must be given."""
+        return {}
+
+    def heldout_rewards(self) -> list[str]:
+        """Rewards scored only at evaluation (to show reward hacking); empty when none is known."""
+        return []
+
+    def eval_set(self) -> tuple[list[str], list[int]]:
+        """The fixed evaluation prompts and seeds (one image per pair)."""
+        prompts = self.default_prompts()
+        return prompts, list(range(len(prompts)))
+
     def recipe_defaults(self) -> dict[str, Any]:
         """Scale-dependent recipe overrides (dotted keys, e.g. ``{"optim.lr": 3e-4}``) applied to a
         preset before the user's own overrides; the papers' values are for multi-billion-parameter

@@ -154,6 +154,7 @@ def train(
     resume: bool = False,
     export_format: str | None = None,
     config: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     rank: int = 0,
     world_size: int = 1,
     reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
@@ -174,7 +175,9 @@ def train(
         checkpoint_every: iterations between checkpoints (0: only at the end); ``keep_checkpoints`` kept.
         resume: continue from the newest checkpoint in ``out_dir``.
         export_format: export the policy into ``out_dir/export`` at the end (e.g. ``"lora"``).
-        config: extra facts stored in ``config.json`` (backend options, CLI arguments).
+        config: extra facts stored in ``config.json`` (CLI arguments).
+        backend_options: the keyword options the backend was loaded with, stored in ``config.json``
+            so that ``treesdk sample/eval/export`` can rebuild it (``treesdk.load_backend(name, **options)``).
         reduce_gradients / reduce_metrics: distributed hooks (average over ranks).
         on_iteration: called with each metrics row; ``on_step(phase, done, total)`` for progress bars.
     """
@@ -211,7 +214,7 @@ def train(
     elif out is not None and is_main:
         resolved = {
             "recipe": recipe.model_dump(mode="json"),
-            "backend": {"name": backend.name, **backend.describe()},
+            "backend": {"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
             "rewards": weights,
             "eval_rewards": sorted(eval_rewards or {}),
             "iters": iters,

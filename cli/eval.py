@@ -1,0 +1,60 @@
+"""``treesdk eval``: score a base or trained policy on a prompt set with any rewards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .common import clean_errors, console, load_rewards, read_prompts
+from .sample import load_policy
+
+
+def eval_command(
+    run: Annotated[Optional[str], typer.Argument(help="run or checkpoint folder (omit for the base model)")] = None,
+    backend: Annotated[str, typer.Option(help="backend of the base model (when no RUN)")] = "digits",
+    model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id")] = None,
+    reward: Annotated[Optional[list[str]], typer.Option(help="reward to score with; repeatable (default: backend's)")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="file with one prompt per line (default: backend's eval set)")] = None,
+    seeds: Annotated[int, typer.Option(help="images per prompt (seeds 0..N-1)")] = 1,
+    steps: Annotated[int, typer.Option(help="ODE sampling steps")] = 10,
+    resolution: Annotated[Optional[int], typer.Option(help="image resolution in pixels")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch device")] = None,
+    backend_opt: Annotated[Optional[list[str]], typer.Option(help="backend option KEY=VALUE")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON here")] = None,
+) -> None:
+    """Mean reward of deterministic samples on a fixed prompt/seed set, as a table and JSON."""
+    from treesdk.evaluate import evaluate
+
+    with clean_errors():
+        policy = load_policy(run, backend, model, resolution, device, backend_opt)
+        names = list(reward) if reward else [*policy.default_rewards(), *policy.heldout_rewards()]
+        if not names:
+            raise ValueError("no reward to evaluate with: pass --reward NAME")
+        rewards = load_rewards(names, device)
+        base_prompts, base_seeds = policy.eval_set()
+        if prompts is not None or seeds != 1:
+            plist = read_prompts(prompts) or list(dict.fromkeys(base_prompts))
+            all_prompts = [p for p in plist for _ in range(seeds)]
+            all_seeds = [s for _ in plist for s in range(seeds)]
+        else:
+            all_prompts, all_seeds = base_prompts, base_seeds
+        means, scores, _ = evaluate(policy, rewards, all_prompts, all_seeds, steps)
+        table = Table(title=f"{len(all_prompts)} images, {steps} steps")
+        table.add_column("reward")
+        table.add_column("mean", justify="right")
+        table.add_column("std", justify="right")
+        for name, values in scores.items():
+            table.add_row(name, f"{float(values.mean()):.4f}", f"{float(values.std(unbiased=False)):.4f}")
+        console.print(table)
+        result = {"run": run, "images": len(all_prompts), "steps": steps, **means}
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print_json(json.dumps(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
