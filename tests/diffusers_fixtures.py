@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def _train_clip_tokenizer(out_dir: Path) -> None:
             pad_token="<|endoftext|>",
         )
         clip_tok.save_pretrained(out_dir)
+        for name in ("vocab.json", "merges.txt"):  # the hub's FLUX/SD3 tokenizer folders ship these too
+            shutil.copyfile(os.path.join(raw, name), out_dir / name)
 
 
 def _train_t5_tokenizer(out_dir: Path) -> None:
@@ -115,6 +118,7 @@ def _train_t5_tokenizer(out_dir: Path) -> None:
         )
         t5_tok = T5TokenizerFast.from_pretrained(raw, extra_ids=0, model_max_length=512)
         t5_tok.save_pretrained(out_dir)
+        shutil.copyfile(os.path.join(raw, "spiece.model"), out_dir / "spiece.model")
 
 
 @contextlib.contextmanager
@@ -147,7 +151,7 @@ def _tiny_vae(latent_channels: int, shift_factor: float | None):
     )
 
 
-def _clip_config(vocab_size: int, eos_id: int, projection: bool):
+def _clip_config(vocab_size: int, eos_id: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -213,7 +217,7 @@ def build_tiny_flux(path: str | os.PathLike, seed: int = 0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with _seeded(seed):
         clip_tok, t5_tok = _tokenizers(root, ["tokenizer"], "tokenizer_2")
-        text_encoder = CLIPTextModel(_clip_config(len(clip_tok), clip_tok.eos_token_id, projection=False))
+        text_encoder = CLIPTextModel(_clip_config(len(clip_tok), clip_tok.eos_token_id))
         text_encoder_2 = _t5_encoder(len(t5_tok), d_model=32)
         transformer = FluxTransformer2DModel(
             patch_size=1,
@@ -268,8 +272,8 @@ def build_tiny_sd3(path: str | os.PathLike, seed: int = 0) -> Path:
         from transformers import CLIPTokenizer
 
         clip_tok_2 = CLIPTokenizer.from_pretrained(root / "tokenizer_2")
-        text_encoder = CLIPTextModelWithProjection(_clip_config(len(clip_tok), clip_tok.eos_token_id, True))
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(clip_tok), clip_tok.eos_token_id, True))
+        text_encoder = CLIPTextModelWithProjection(_clip_config(len(clip_tok), clip_tok.eos_token_id))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(clip_tok), clip_tok.eos_token_id))
         text_encoder_3 = _t5_encoder(len(t5_tok), d_model=64)
         transformer = SD3Transformer2DModel(
             sample_size=TINY_RESOLUTION // 2,
@@ -301,6 +305,31 @@ def build_tiny_sd3(path: str | os.PathLike, seed: int = 0) -> Path:
         )
         pipe.save_pretrained(root)
     return root
+
+
+def perturb_trainable(backend, seed: int = 0, scale: float = 0.05) -> None:
+    """Overwrite every trainable parameter of ``backend`` with seeded ``scale * N(0, 1)`` noise.
+
+    A fresh LoRA adapter has ``lora_B = 0`` (the policy equals the base model and ``lora_A`` gets
+    no gradient); tests that need a LoRA that *does* something call this first.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in backend.trainable_parameters():
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            param.copy_((scale * noise).to(param.dtype))
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run tiny models on one intra-op thread: on a busy 2-core machine OpenMP's spinning threads
+    make a 32x32 matmul ~300x slower than single-threaded. Restores the thread count on exit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
