@@ -295,14 +295,12 @@ def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> tuple[Path, Pa
 def backend_options(backend_config: Mapping[str, Any], factory: Callable[..., Any]) -> dict[str, Any]:
     """Constructor options for ``factory`` from a run's ``config.json["backend"]``.
 
-    An explicit ``"options"`` dict is used as is; otherwise the options are rebuilt from the
-    backend's ``describe()`` facts stored there (``model_path``/``model``, ``resolution``, ``dtype``,
-    ``lora`` rank/alpha/targets, ``full_finetune``, ``guidance_scale``, ``shift``, ...), keeping only
-    the names the factory accepts.
+    Options are rebuilt from the backend's ``describe()`` facts stored there (under ``"describe"``
+    or at the top level: ``model_path``/``model``, ``resolution``, ``dtype``, ``lora``
+    rank/alpha/targets, ``full_finetune``, ``guidance``, ``shift``, ...), keeping only names the
+    factory accepts; the explicit ``"options"`` the backend was loaded with override them.
     """
-    if isinstance(backend_config.get("options"), Mapping):
-        return dict(backend_config["options"])
-    facts = dict(backend_config)
+    facts = dict(backend_config.get("describe") or backend_config)
     options: dict[str, Any] = {}
     model = facts.get("model_path") or facts.get("model")
     if model is not None:
@@ -317,13 +315,13 @@ def backend_options(backend_config: Mapping[str, Any], factory: Callable[..., An
     for key in ("resolution", "dtype", "guidance", "guidance_scale", "shift", "max_sequence_length"):
         if key in facts:
             options[key] = facts[key]
-    try:
-        accepted = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return options
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return options
-    return {k: v for k, v in options.items() if k in accepted and v is not None}
+    accepted = _accepted(factory)
+    if accepted is not None:
+        options = {k: v for k, v in options.items() if k in accepted and v is not None}
+    explicit = backend_config.get("options")
+    if isinstance(explicit, Mapping):
+        options.update(explicit)
+    return options
 
 
 def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any], backend: Any) -> dict[str, str]:
@@ -333,8 +331,9 @@ def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any],
 
     backend_cfg = config.get("backend", {}) or {}
     facts = backend.describe() if hasattr(backend, "describe") else {}
+    stored = backend_cfg.get("describe") or backend_cfg
     recipe = config.get("recipe", {}) or {}
-    base = facts.get("model_path") or facts.get("model") or backend_cfg.get("model_path") or backend_cfg.get("model")
+    base = facts.get("model_path") or facts.get("model") or stored.get("model_path") or stored.get("model")
     return {
         "treesdk.version": __version__,
         "treesdk.backend": str(backend_cfg.get("name") or getattr(backend, "name", "unknown")),
@@ -392,7 +391,8 @@ def export_run(
         target.parent.mkdir(parents=True, exist_ok=True)
     _check_writable(target)
     options = backend_options(backend_cfg, factory)
-    if device is not None and "device" in _accepted(factory):
+    accepted = _accepted(factory)
+    if device is not None and (accepted is None or "device" in accepted):
         options["device"] = device
     if fmt == "lora" and options.get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
@@ -402,11 +402,14 @@ def export_run(
     return list(backend.export(fmt, str(target), metadata))
 
 
-def _accepted(factory: Callable[..., Any]) -> set[str]:
+def _accepted(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names ``factory`` accepts; None when it takes ``**kwargs`` or has no signature."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # pragma: no cover
-        return set()
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
     return set(params)
 
 
