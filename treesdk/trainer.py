@@ -159,6 +159,8 @@ def train(
     world_size: int = 1,
     reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
     reduce_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    any_rank: Callable[[bool], bool] | None = None,
+    broadcast_object: Callable[[Any], Any] | None = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> Run:
@@ -179,6 +181,10 @@ def train(
         backend_options: the keyword options the backend was loaded with, stored in ``config.json``
             so that ``treesdk sample/eval/export`` can rebuild it (``treesdk.load_backend(name, **options)``).
         reduce_gradients / reduce_metrics: distributed hooks (average over ranks).
+        any_rank: distributed hook, ``any_rank(flag)`` is true on every rank when ``flag`` is true on
+            one; stop requests (SIGINT/SIGTERM) go through it so all ranks stop after the same iteration.
+        broadcast_object: distributed hook returning rank 0's object on every rank; with it only
+            rank 0 reads the checkpoint on resume (see :mod:`treesdk.distributed`).
         on_iteration: called with each metrics row; ``on_step(phase, done, total)`` for progress bars.
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
@@ -206,7 +212,10 @@ def train(
     if resume:
         if out is None:
             raise ValueError("resume needs the run folder (out_dir)")
-        trainable, optim_state, state = load_checkpoint(out)
+        loaded = load_checkpoint(out) if is_main or broadcast_object is None else None
+        if broadcast_object is not None:
+            loaded = broadcast_object(loaded)
+        trainable, optim_state, state = loaded
         backend.load_trainable_state_dict(trainable)
         optimizer.load_state_dict(optim_state)
         start_iteration = int(state["iteration"])
@@ -243,7 +252,9 @@ def train(
     iteration = start_iteration
     try:
         with _StopRequest() as stop:
-            while iteration < iters and not stop.requested:
+            agree = any_rank or bool  # every rank must stop after the same iteration
+            stopping = agree(stop.requested)
+            while iteration < iters and not stopping:
                 t0 = time.perf_counter()
                 batch_prompts = iteration_prompts(prompts, batch, seed, iteration)
                 my_prompts = [batch_prompts[s] for s in my_slots]
@@ -302,10 +313,11 @@ def train(
                     log.log(row)
                 if on_iteration is not None:
                     on_iteration(row)
+                stopping = agree(stop.requested)
                 due = checkpoint_every and iteration % checkpoint_every == 0
-                if out is not None and is_main and (due or stop.requested or iteration == iters):
+                if out is not None and is_main and (due or stopping or iteration == iters):
                     _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints)
-            run.interrupted = stop.requested and iteration < iters
+            run.interrupted = stopping and iteration < iters
         run.iterations = iteration
         if not run.interrupted:
             if eval_prompts:

@@ -1,0 +1,153 @@
+"""Training driver for the distributed / fault tests: the analytic MixtureFlow trained with
+:func:`treesdk.train`, run as ``python tests/_dist_driver.py ...`` or under ``torchrun``.
+
+It does what ``treesdk train`` does around the trainer (join the process group from torchrun's
+environment, broadcast the initial weights, resume after a torchrun restart, only rank 0 writes)
+and adds fault injection for the tests:
+
+* ``--record-noise DIR``: each rank saves the latents of its first velocity call (the root noise of
+  its trees at iteration 0) to ``DIR/noise_rank<R>.pt``.
+* ``--crash-at N --crash-marker FILE``: rank 1 (or 0 when alone) dies with exit code 3 when
+  iteration N starts, once (the marker file remembers that it did).
+* ``--die-at N``: rank 1 exits at once (``os._exit``) when iteration N starts, every time.
+* ``--ready-at N --ready-marker FILE --ready-sleep S``: when iteration N starts sampling, touch FILE
+  and sleep S seconds (a window for the test's SIGTERM to land mid-iteration).
+* ``--stall-checkpoint-at N --ready-marker FILE``: while writing checkpoint N, after the first file
+  is in the temporary folder, touch FILE and sleep (for the test's SIGKILL).
+
+Rank 0 writes ``--result FILE`` (JSON: final logits, iterations, interrupted) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from analytic import BrightnessReward, MixtureFlow  # noqa: E402
+from treesdk import distributed  # noqa: E402
+from treesdk.recipe import load_recipe  # noqa: E402
+from treesdk.trainer import train  # noqa: E402
+
+RECIPE = {"steps": 6, "tree.d": 3, "optim.lr": 0.05, "optim.minibatches": 2, "optim.grad_clip": 1.0}
+PROMPTS = ["a", "b", "c", "d", "e", "f"]
+
+
+def build_recipe():
+    return load_recipe("treegrpo", **RECIPE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--iters", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--checkpoint-every", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--result", type=Path, default=None)
+    parser.add_argument("--record-noise", type=Path, default=None)
+    parser.add_argument("--crash-at", type=int, default=None)
+    parser.add_argument("--crash-marker", type=Path, default=None)
+    parser.add_argument("--die-at", type=int, default=None)
+    parser.add_argument("--ready-at", type=int, default=None)
+    parser.add_argument("--ready-marker", type=Path, default=None)
+    parser.add_argument("--ready-sleep", type=float, default=1.0)
+    parser.add_argument("--stall-checkpoint-at", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    ctx = distributed.init_distributed()
+    try:
+        model = MixtureFlow()
+        ctx.broadcast_parameters(model.trainable_parameters())
+        resume = distributed.resume_decision(ctx, args.out, args.resume)
+        victim = 1 if ctx.world_size > 1 else 0
+
+        if args.record_noise is not None:
+            original = model.velocity
+            seen: list[torch.Tensor] = []
+
+            def recording(x, sigma, cond):
+                if not seen:
+                    seen.append(x.detach().clone())
+                    args.record_noise.mkdir(parents=True, exist_ok=True)
+                    torch.save(seen[0], args.record_noise / f"noise_rank{ctx.rank}.pt")
+                return original(x, sigma, cond)
+
+            model.velocity = recording  # type: ignore[method-assign]
+
+        if args.stall_checkpoint_at is not None and ctx.is_main:
+            import treesdk.checkpoint as checkpoint
+
+            real_save = checkpoint.atomic_save_safetensors
+
+            def stalling(tensors, path, metadata=None):
+                real_save(tensors, path, metadata)
+                if metadata and metadata.get("iteration") == str(args.stall_checkpoint_at):
+                    args.ready_marker.write_text(str(path))
+                    time.sleep(60)
+
+            checkpoint.atomic_save_safetensors = stalling
+
+        started: set[int] = set()
+
+        def on_step(phase: str, done: int, total: int) -> None:
+            # the iteration number is the count of rows seen so far (+1 for the running one)
+            it = len(rows) + start_offset[0] + 1
+            if it in started:
+                return
+            started.add(it)
+            if args.crash_at == it and ctx.rank == victim and args.crash_marker is not None:
+                if not args.crash_marker.exists():
+                    args.crash_marker.write_text("crashed")
+                    print(f"rank {ctx.rank}: injected crash at iteration {it}", file=sys.stderr, flush=True)
+                    os._exit(3)
+            if args.die_at == it and ctx.rank == victim:
+                print(f"rank {ctx.rank}: dying at iteration {it}", file=sys.stderr, flush=True)
+                os._exit(3)
+            if args.ready_at == it and ctx.is_main and args.ready_marker is not None:
+                args.ready_marker.write_text("ready")
+                time.sleep(args.ready_sleep)
+
+        rows: list[dict] = []
+        start_offset = [0]
+        if resume and args.out is not None:
+            from treesdk.checkpoint import list_checkpoints
+
+            found = list_checkpoints(args.out) if ctx.is_main else []
+            start_offset[0] = ctx.broadcast_object(int(found[-1].name.split("_")[1]) if found else 0)
+
+        run = train(
+            build_recipe(), model, {"brightness": BrightnessReward()}, PROMPTS,
+            iters=args.iters, batch=args.batch, seed=args.seed, out_dir=args.out,
+            checkpoint_every=args.checkpoint_every, resume=resume,
+            on_iteration=rows.append, on_step=on_step, **ctx.train_kwargs(),
+        )
+        if ctx.is_main and args.result is not None:
+            args.result.write_text(json.dumps({
+                "logits": model.logits.detach().tolist(),
+                "logits_hex": [float(v).hex() for v in model.logits.detach().double()],
+                "iterations": run.iterations,
+                "interrupted": run.interrupted,
+                "rows": run.history,
+                "world_size": ctx.world_size,
+            }))
+        if ctx.is_main:
+            print(f"done: iterations={run.iterations} interrupted={run.interrupted}", flush=True)
+        return 0
+    except distributed.DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        distributed.shutdown(ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
