@@ -102,6 +102,9 @@ class FluxBackend(DiffusersBackend):
         offload_text_encoders: keep CLIP and T5 on the CPU, moving them to the device only to
             encode prompts not yet in the cache.
         max_sequence_length: T5 tokens (512 as FLUX.1-dev's pipeline default).
+        pipeline: an already built ``FluxPipeline`` to wrap instead of loading ``model`` (its text
+            encoders and VAE may be None when only :meth:`velocity` is needed, as in
+            ``benchmarks/flux_step.py``); ``model`` is then only a label for :meth:`describe`.
 
     Attributes used by :mod:`treesdk_backends.diffusers_export`: ``pipe`` (the ``FluxPipeline``),
     ``transformer`` (``pipe.transformer``, with the adapter), ``family`` (``"flux"``),
@@ -125,13 +128,23 @@ class FluxBackend(DiffusersBackend):
         gradient_checkpointing: bool = False,
         offload_text_encoders: bool = False,
         max_sequence_length: int = 512,
+        pipeline: Any = None,
     ) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         self._device = parse_device(device)
         self.dtype = parse_dtype(dtype)
-        self.model_path, self.model_source = resolve_checkpoint(model, DEFAULT_REPO, FLUX_COMPONENTS, "FLUX")
-        self.pipe = FluxPipeline.from_pretrained(self.model_path, dtype=self.dtype, local_files_only=True)
+        if pipeline is None:
+            self.model_path, self.model_source = resolve_checkpoint(model, DEFAULT_REPO, FLUX_COMPONENTS, "FLUX")
+            self.pipe = FluxPipeline.from_pretrained(self.model_path, dtype=self.dtype, local_files_only=True)
+        else:  # an in-memory pipeline (benchmarks, notebooks); text encoders / VAE may be None
+            if not isinstance(pipeline, FluxPipeline):
+                raise TypeError(f"pipeline must be a diffusers FluxPipeline, got {type(pipeline).__name__}")
+            self.model_path, self.model_source = "<in-memory>", str(model or "<in-memory FluxPipeline>")
+            self.pipe = pipeline
+            for component in self.pipe.components.values():
+                if isinstance(component, torch.nn.Module) and component.dtype != self.dtype:
+                    component.to(dtype=self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.transformer = self.pipe.transformer
         self.guidance = float(guidance)
@@ -154,9 +167,10 @@ class FluxBackend(DiffusersBackend):
 
         self._setup_training(lora_rank, lora_alpha, lora_targets, gradient_checkpointing)
         self.transformer.to(self._device)
-        self.pipe.vae.to(self._device)
-        for name in ("text_encoder", "text_encoder_2"):
-            getattr(self.pipe, name).to("cpu" if self.offload_text_encoders else self._device)
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                module.to("cpu" if name != "vae" and self.offload_text_encoders else self._device)
         self._cache: dict[str, tuple[Tensor, Tensor]] = {}
         self._img_ids: Tensor | None = None
 
@@ -205,6 +219,8 @@ class FluxBackend(DiffusersBackend):
         prompts = self._check_prompts(prompts)
         todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if todo:
+            if self.pipe.text_encoder is None or self.pipe.text_encoder_2 is None:
+                raise ValueError(f"cannot encode {todo[0]!r}: this FluxPipeline has no text encoders")
             with torch.no_grad(), self._text_encoders_on_device(self.offload_text_encoders):
                 embeds, pooled, _ = self.pipe.encode_prompt(
                     prompt=todo, prompt_2=None, device=self._device, max_sequence_length=self.max_sequence_length
@@ -259,6 +275,8 @@ class FluxBackend(DiffusersBackend):
         ``vae.decode(x / scaling_factor + shift_factor)``, then ``(img / 2 + 0.5).clamp(0, 1)``."""
         self._check_latents(x)
         vae = self.pipe.vae
+        if vae is None:
+            raise ValueError("cannot decode: this FluxPipeline has no VAE")
         shift = vae.config.shift_factor or 0.0
         latents = x.to(self._device, vae.dtype) / vae.config.scaling_factor + shift
         images = vae.decode(latents, return_dict=False)[0]

@@ -358,3 +358,21 @@ def test_repo_id_resolves_from_the_local_hf_cache(tiny_flux_path, tmp_path, monk
     assert backend.model_path == repo_dir / "snapshots" / commit
     with pytest.raises(CheckpointNotFoundError, match="black-forest-labs/FLUX.1-dev"):
         make(None)  # the default repo is not in this (empty) cache
+
+
+def test_benchmark_script_runs_in_tiny_mode(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "flux_step.py"
+    spec = importlib.util.spec_from_file_location("flux_step_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    result = bench.main(["--tiny", "--dtype", "float32", "--device", "cpu", "--iters", "1", "--warmup", "0",
+                         "--batch", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["latent_shape"] == [4, 16, 16] and result["image_tokens"] == 64
+    assert result["trainable_parameters"] > 0 and result["seconds_per_train_step_median"] > 0
+    assert result["last_loss"] == result["last_loss"]  # finite, not NaN
