@@ -320,6 +320,11 @@ def load_recipe(name_or_path: str | Recipe | Mapping[str, Any], **overrides: Any
         factory = registry.load("algorithm", str(name_or_path))
         preset = factory() if callable(factory) else factory
         data = preset.model_dump(mode="json") if isinstance(preset, Recipe) else dict(preset)
+    if "nodes" in data:  # a recipe graph (treesdk.graph): compile it to the nested form first
+        from .graph import compile_graph
+
+        source = str(name_or_path) if isinstance(name_or_path, (str, Path)) else "<mapping>"
+        data = compile_graph(data, source=source).model_dump(mode="json")
     data = apply_overrides(data, overrides)
     try:
         return Recipe.model_validate(data)
