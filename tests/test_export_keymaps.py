@@ -188,3 +188,34 @@ def test_unwritable_target_is_one_clear_error(tmp_path):
     with pytest.raises(OSError, match="a_file"):
         diffusers_export.export_transformer(backend, "diffusers", blocker / "folder", {})
     assert blocker.read_text() == "x"
+
+
+def test_check_reads_comfyui_style_lora_names(tmp_path):
+    """``diffusion_model.<BFL module>`` and ``lora_unet_<module with _>`` LoRAs (kohya / ComfyUI
+    style) map onto the fused original weights; ``.alpha`` and peft's ``base_model.model.`` are flagged."""
+    from safetensors.torch import save_file
+
+    import treesdk.export as texport
+
+    model = tiny_flux()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "base.safetensors")
+    r, d = 2, 16
+    good = {
+        "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(r, d),
+        "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(3 * d, r),
+        "lora_unet_single_blocks_1_linear1.lora_down.weight": torch.zeros(r, d),
+        "lora_unet_single_blocks_1_linear1.lora_up.weight": torch.zeros(3 * d + 64, r),
+    }
+    save_file(good, tmp_path / "comfy.safetensors")
+    report = texport.check_file(tmp_path / "comfy.safetensors", base=tmp_path / "base.safetensors")
+    assert report.format == "lora-comfyui" and report.family == "flux" and report.rank == r and report.ok, report.summary()
+    bad = {
+        **good,
+        "diffusion_model.double_blocks.0.img_attn.qkv.alpha": torch.tensor(2.0),
+        "base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(r, d),
+        "lora_unet_single_blocks_1_linear1.lora_up.weight": torch.zeros(3 * d, r),
+    }
+    save_file(bad, tmp_path / "bad.safetensors")
+    problems = "\n".join(texport.check_file(tmp_path / "bad.safetensors", base=tmp_path / "base.safetensors").problems)
+    assert ".alpha key" in problems and "base_model.model." in problems
+    assert "lora_unet_single_blocks_1_linear1: LoRA delta is [48, 16], the base layer's weight is [112, 16]" in problems

@@ -258,7 +258,10 @@ def check_file(
         if found is not None:
             break
     if found is None:
-        found = Inspection("unknown", None, [], None, ["no known layout recognises these keys (is the backend installed?)"])
+        found = Inspection("unknown", None, [], None, [
+            "no registered layout recognises these keys; the backend's key maps register on import "
+            "(e.g. import treesdk_backends.keymaps), as `treesdk export --check` does"
+        ])
     return FileReport(
         path=str(path),
         format=found.format,
