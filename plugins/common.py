@@ -255,7 +255,7 @@ class HFClip:
         model_dir = resolve_pretrained_dir(model, what, "model")
         proc_dir = model_dir if processor is None else resolve_pretrained_dir(processor, "a CLIP processor/tokenizer folder", "processor")
         try:
-            self.model = transformers.CLIPModel.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+            self.model = transformers.CLIPModel.from_pretrained(model_dir, local_files_only=True).to(dtype)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"{str(model_dir)!r} could not be loaded as {what} ({type(exc).__name__}: {exc})") from exc
         self.model.to(device).eval()

@@ -27,6 +27,8 @@ one), ``device``, ``dtype``, ``batch_size``. Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +68,17 @@ def _model_name(open_clip, model_config: str | os.PathLike[str]) -> str:
     return str(model_config)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    logger = logging.getLogger()
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 class HPSv2Reward(RewardModel):
     """HPS v2: cosine between open_clip ViT-H-14 image and text embeddings; float32 ``[B]``."""
 
@@ -94,7 +107,8 @@ class HPSv2Reward(RewardModel):
         state = {k.removeprefix("module."): v for k, v in blob["state_dict"].items()}
 
         name = _model_name(open_clip, model_config)
-        self.model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu", pretrained_text=False)
+        with _quiet_root_logger():  # open_clip warns "no pretrained weights loaded": we load them next
+            self.model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu")
         load_state_dict_strict(self.model, state, path, fmt)
         self.model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = open_clip.get_tokenizer(name)

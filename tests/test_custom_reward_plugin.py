@@ -33,8 +33,9 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def custom_reward_plugin(tmp_path_factory):
     """Install ``examples/custom_reward`` for the session; yields the reward's registry name."""
-    if importlib.util.find_spec("treesdk_colorfulness") is not None:
-        pytest.fail(f"{DISTRIBUTION} is already installed; uninstall it first (pip uninstall {DISTRIBUTION})")
+    if importlib.util.find_spec("treesdk_colorfulness") is not None:  # left over by an interrupted session
+        _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
+        importlib.invalidate_caches()
     # build from a copy so setuptools' build/ and egg-info never land in the source tree
     source = tmp_path_factory.mktemp("custom_reward") / "custom_reward"
     shutil.copytree(EXAMPLE, source)

@@ -176,3 +176,14 @@ def test_registered_under_entry_points():
     for name, cls in [("pickscore", PickScoreReward), ("clipscore", CLIPScoreReward), ("aesthetic", AestheticReward)]:
         assert name in registry.available("reward")
         assert registry.load("reward", name) is cls
+
+
+def test_dtype_option_runs_in_bfloat16(clip_dir, images):
+    full = PickScoreReward(model=str(clip_dir), processor=None, device="cpu")
+    half = PickScoreReward(model=str(clip_dir), processor=None, device="cpu", dtype="bfloat16")
+    assert next(half.clip.model.parameters()).dtype == torch.bfloat16
+    got = half.score(images, PROMPTS)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, full.score(images, PROMPTS), atol=0.5, rtol=0.05)
+    with pytest.raises(ValueError, match=r"unknown dtype 'float8'"):
+        PickScoreReward(model=str(clip_dir), processor=None, device="cpu", dtype="float8")
