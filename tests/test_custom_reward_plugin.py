@@ -9,6 +9,7 @@ other tests (e.g. a short training run) can request it and use ``treesdk.load_re
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 import subprocess
