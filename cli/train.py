@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -49,50 +51,108 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option(help="iterations between checkpoints (0 = at the end)")] = 0,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     export_format: Annotated[Optional[str], typer.Option(help="format exported at the end (backend default)")] = None,
+    nproc_per_node: Annotated[int, typer.Option(help="processes (GPUs) per node; >1 launches through torchrun")] = 1,
+    nnodes: Annotated[int, typer.Option(help="number of nodes (run the same command on each)")] = 1,
+    node_rank: Annotated[Optional[int], typer.Option(help="this node's rank 0..nnodes-1 (static rendezvous; default: c10d assigns)")] = None,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the rendezvous (first node), for --nnodes > 1")] = None,
+    max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint")] = 0,
+    keep_checkpoints: Annotated[int, typer.Option(help="newest checkpoints kept in the run folder")] = 3,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
-    import treesdk
+    from treesdk import distributed, launch
 
-    with clean_errors():
-        if resume and out is None:
-            raise ValueError("--resume needs --out RUN_DIR")
-        options = backend_options(model, resolution, device, backend_opt)
-        vm = treesdk.load_backend(backend, **options)
-        recipe = build_recipe(algo, config, k, d, steps, lr, set_, vm)
-        weights = parse_rewards(reward) or vm.default_rewards()
-        if not weights:
-            raise ValueError(f"backend {backend!r} has no default reward: name one with --reward NAME[=WEIGHT]")
-        heldout = list(eval_reward) if eval_reward is not None else [r for r in vm.heldout_rewards() if r not in weights]
-        rewards = load_rewards(list(weights), device)
-        heldout_models = load_rewards(heldout, device)
-        train_prompts = read_prompts(prompts) or vm.default_prompts()
-        eval_prompts, eval_seeds = vm.eval_set()
-        run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        fmt = export_format or (vm.export_formats[0] if vm.export_formats else None)
-
-        console.print(
-            f"[bold]treesdk train[/] backend={backend} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
-            f"d={recipe.tree.d} roots={recipe.tree.roots} batch={batch} iters={iters} rewards={weights} -> {run_dir}"
-        )
-        with Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
-        ) as progress:
-            task = progress.add_task("training", total=iters, info="")
-
-            def on_iteration(row: dict[str, Any]) -> None:
-                progress.update(
-                    task, completed=row["iteration"],
-                    info=f"reward {row['reward_mean']:.3f}  nfe {row['nfe_sampling']}+{row['nfe_training']}  "
-                         f"{row['seconds']:.2f} s/iter",
-                )
-
-            run = treesdk.train(
-                recipe, vm, rewards, train_prompts, weights=weights, iters=iters, batch=batch, seed=seed,
-                out_dir=run_dir, eval_prompts=eval_prompts, eval_seeds=eval_seeds, eval_rewards=heldout_models,
-                checkpoint_every=checkpoint_every, resume=resume, export_format=fmt,
-                config={"cli": {"algo": algo, "config": config}}, backend_options=options, on_iteration=on_iteration,
+    if launch.needs_launch(nproc_per_node, nnodes, max_restarts):
+        with clean_errors():
+            if resume and out is None:
+                raise ValueError("--resume needs --out RUN_DIR")
+            argv = sys.argv[1:]
+            if "train" not in argv:
+                raise ValueError("--nproc-per-node/--nnodes/--max-restarts need the command line (sys.argv) of `treesdk train`")
+            worker = launch.strip_launch_flags(argv[argv.index("train"):])
+            run_dir = out
+            if run_dir is None:  # one folder for every rank, node and restart
+                run_dir = Path("runs") / f"{algo if config is None else Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+                worker += ["--out", str(run_dir)]
+            args = launch.torchrun_argv(
+                worker, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, run_dir=run_dir,
             )
+        code = launch.launch(args)
+        if code:
+            raise typer.Exit(code=code)
+        return
+
+    ctx = None
+    try:
+        with clean_errors():
+            ctx = distributed.init_distributed()
+            _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
+                   seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, d: int | None, steps: int | None,
+           iters: int, batch: int, reward: list[str] | None, eval_reward: list[str] | None, resolution: int | None,
+           config: str | None, out: Path | None, seed: int, device: str | None, lr: float | None, prompts: str | None,
+           set_: list[str] | None, backend_opt: list[str] | None, checkpoint_every: int, resume: bool,
+           export_format: str | None, keep_checkpoints: int) -> None:
+    """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
+    import treesdk
+    from treesdk import distributed
+
+    if resume and out is None:
+        raise ValueError("--resume needs --out RUN_DIR")
+    if ctx.world_size > 1 and ctx.device.type == "cuda" and device in (None, "cuda"):
+        device = str(ctx.device)  # one GPU per rank: cuda:LOCAL_RANK
+    options = backend_options(model, resolution, device, backend_opt)
+    vm = treesdk.load_backend(backend, **options)
+    recipe = build_recipe(algo, config, k, d, steps, lr, set_, vm)
+    weights = parse_rewards(reward) or vm.default_rewards()
+    if not weights:
+        raise ValueError(f"backend {backend!r} has no default reward: name one with --reward NAME[=WEIGHT]")
+    heldout = list(eval_reward) if eval_reward is not None else [r for r in vm.heldout_rewards() if r not in weights]
+    rewards = load_rewards(list(weights), device)
+    heldout_models = load_rewards(heldout, device)
+    train_prompts = read_prompts(prompts) or vm.default_prompts()
+    eval_prompts, eval_seeds = vm.eval_set()
+    run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
+    fmt = export_format or (vm.export_formats[0] if vm.export_formats else None)
+    ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights
+    resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
+
+    show = console.print if ctx.is_main else (lambda *a, **kw: None)
+    show(
+        f"[bold]treesdk train[/] backend={backend} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
+        f"d={recipe.tree.d} roots={recipe.tree.roots} batch={batch} iters={iters} rewards={weights} -> {run_dir}"
+        + (f" ranks={ctx.world_size} ({ctx.backend})" if ctx.world_size > 1 else "")
+        + (" (resuming)" if resume else "")
+    )
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
+    )
+    with bar if ctx.is_main else contextlib.nullcontext(bar) as progress:  # only rank 0 prints progress
+        task = progress.add_task("training", total=iters, info="")
+
+        def on_iteration(row: dict[str, Any]) -> None:
+            if not ctx.is_main:
+                return
+            progress.update(
+                task, completed=row["iteration"],
+                info=f"reward {row['reward_mean']:.3f}  nfe {row['nfe_sampling']}+{row['nfe_training']}  "
+                     f"{row['seconds']:.2f} s/iter",
+            )
+
+        run = treesdk.train(
+            recipe, vm, rewards, train_prompts, weights=weights, iters=iters, batch=batch, seed=seed,
+            out_dir=run_dir, eval_prompts=eval_prompts, eval_seeds=eval_seeds, eval_rewards=heldout_models,
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, export_format=fmt,
+            config={"cli": {"algo": algo, "config": config}}, backend_options=options, on_iteration=on_iteration,
+            **ctx.train_kwargs(),
+        )
+    if ctx.is_main:
         print_summary(run)
 
 

@@ -14,6 +14,8 @@ and adds fault injection for the tests:
   and sleep S seconds (a window for the test's SIGTERM to land mid-iteration).
 * ``--stall-checkpoint-at N --ready-marker FILE``: while writing checkpoint N, after the first file
   is in the temporary folder, touch FILE and sleep (for the test's SIGKILL).
+* ``--selftest DIR``: before training, exercise every collective hook on rank-dependent inputs and
+  write what came back to ``DIR/selftest_rank<R>.json``.
 
 Rank 0 writes ``--result FILE`` (JSON: final logits, iterations, interrupted) at the end.
 """
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-marker", type=Path, default=None)
     parser.add_argument("--ready-sleep", type=float, default=1.0)
     parser.add_argument("--stall-checkpoint-at", type=int, default=None)
+    parser.add_argument("--selftest", type=Path, default=None)
     args = parser.parse_args(argv)
 
     ctx = distributed.init_distributed()
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx.broadcast_parameters(model.trainable_parameters())
         resume = distributed.resume_decision(ctx, args.out, args.resume)
         victim = 1 if ctx.world_size > 1 else 0
+        if args.selftest is not None:
+            selftest(ctx, args.selftest)
 
         if args.record_noise is not None:
             original = model.velocity
@@ -147,6 +152,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         distributed.shutdown(ctx)
+
+
+def selftest(ctx: distributed.DistributedContext, folder: Path) -> None:
+    """Rank-dependent inputs through every hook; the test checks the combined values."""
+    r = ctx.rank
+
+    def params():
+        a = torch.nn.Parameter(torch.zeros(3))
+        a.grad = torch.full((3,), float(r + 1))  # mean over 2 ranks: 1.5
+        b = torch.nn.Parameter(torch.zeros(2))
+        b.grad = torch.full((2,), 4.0) if r == 1 else None  # only rank 1 has it: mean 2.0
+        c = torch.nn.Parameter(torch.zeros(2))  # no gradient anywhere: stays None
+        h = torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))
+        h.grad = torch.full((2,), r + 0.5, dtype=torch.bfloat16)  # mean 1.0, still bf16
+        return a, b, c, h
+
+    out = {}
+    for name, reduce in (("one_bucket", ctx.reduce_gradients),
+                         ("tiny_buckets", lambda ps: distributed.average_gradients(ps, ctx.world_size, bucket=2))):
+        ps = params()
+        reduce(ps)
+        out[name] = [None if p.grad is None else [str(p.grad.dtype), p.grad.float().tolist()] for p in ps]
+    out["metrics"] = ctx.reduce_metrics({
+        "iteration": 3, "trees": 2, "leaves": 8 * (r + 1), "nfe_sampling": 10 + r, "seconds": 1.0 + r,
+        "reward_mean": float(r), "reward_std": 0.5, "reward_max": float(r), "loss": float(r), "window_start": 1,
+    })
+    out["any_true"] = ctx.any_rank(r == 1)
+    out["any_false"] = ctx.any_rank(False)
+    out["broadcast"] = ctx.broadcast_object({"from": r})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"selftest_rank{r}.json").write_text(json.dumps(out))
 
 
 if __name__ == "__main__":

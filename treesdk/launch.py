@@ -1,0 +1,120 @@
+"""Launching ``treesdk train`` on several processes through torchrun (``torch.distributed.run``).
+
+``treesdk train --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT] [--max-restarts R] ...``
+re-invokes itself as ``python -m treesdk train ...`` (the same arguments minus the launcher flags)
+under torchrun, which this process then *is* (``torch.distributed.run.main`` runs in-process, so
+SIGINT/SIGTERM sent to it reach torchrun's agent, which forwards them to every worker). Running
+``torchrun --nproc-per-node N -m treesdk train ...`` by hand does the same.
+
+Rendezvous: one node uses ``--standalone`` (a free local port). Several nodes use the ``c10d``
+rendezvous at ``--rdzv-endpoint`` (a host:port every node reaches; usually the first node) with a
+rendezvous id derived from the run folder, so the same command on every node finds its peers;
+giving ``--node-rank`` selects the ``static`` rendezvous instead (``--node-rank`` 0..M-1, rank 0's
+host at the endpoint), as ``torchrun --node-rank`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: flags of ``treesdk train`` that belong to the launcher (all take a value)
+LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
+
+
+def needs_launch(nproc_per_node: int, nnodes: int, max_restarts: int) -> bool:
+    """Whether ``treesdk train`` must start torchrun (it is not already a torchrun worker and more
+    than one process, more than one node, or restarts were asked for)."""
+    from .distributed import launched_by_torchrun
+
+    return not launched_by_torchrun() and (nproc_per_node > 1 or nnodes > 1 or max_restarts > 0)
+
+
+def strip_launch_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the launcher flags (``--flag VALUE`` and ``--flag=VALUE`` forms)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in LAUNCH_FLAGS:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def rendezvous_id(run_dir: str | Path) -> str:
+    """A rendezvous id that is the same on every node launching the same run folder."""
+    name = Path(run_dir).name or "run"
+    digest = hashlib.sha1(str(Path(run_dir)).encode()).hexdigest()[:8]
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+    return f"treesdk-{safe}-{digest}"
+
+
+def torchrun_argv(
+    worker_args: Sequence[str],
+    *,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
+    run_dir: str | Path | None = None,
+    module: str = "treesdk",
+) -> list[str]:
+    """The argument list for ``torch.distributed.run`` that starts ``python -m treesdk <worker_args>``
+    on ``nproc_per_node`` processes per node.
+
+    Raises ValueError for combinations torchrun cannot run (several nodes without an endpoint).
+    """
+    if nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node {nproc_per_node}: need at least 1 process per node")
+    if nnodes < 1:
+        raise ValueError(f"--nnodes {nnodes}: need at least 1 node")
+    if max_restarts < 0:
+        raise ValueError(f"--max-restarts {max_restarts}: must be 0 or more")
+    args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
+    if nnodes == 1 and rdzv_endpoint is None:
+        args.append("--standalone")
+    else:
+        if rdzv_endpoint is None:
+            raise ValueError(
+                f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (an address of the first node that every "
+                "node can reach, e.g. --rdzv-endpoint node0:29500)"
+            )
+        if node_rank is not None:
+            if not 0 <= node_rank < nnodes:
+                raise ValueError(f"--node-rank {node_rank}: must be in 0..{nnodes - 1} for --nnodes {nnodes}")
+            host, _, port = rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"--rdzv-endpoint {rdzv_endpoint!r}: expected HOST:PORT, e.g. node0:29500")
+            args += ["--rdzv-backend=static", f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]
+        else:
+            if run_dir is None:
+                raise ValueError("several nodes need --out RUN_DIR (the same on every node; it names the rendezvous)")
+            args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rendezvous_id(run_dir)}"]
+    # "--" keeps torchrun's parser off the worker's flags (argparse would reject e.g. ``--d`` as an
+    # ambiguous abbreviation of its own ``--duplicate-*`` options); the CLI accepts a leading "--" too
+    return [*args, "-m", module, "--", *worker_args]
+
+
+def launch(argv: Sequence[str]) -> int:
+    """Run torchrun with ``argv`` (from :func:`torchrun_argv`) in this process; returns the exit
+    code (0 when every worker succeeded)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    try:
+        torchrun_main(list(argv))
+    except ChildFailedError as exc:
+        failures = exc.failures
+        first = min(failures.values(), key=lambda f: f.timestamp) if failures else None
+        where = f"rank {first.rank} (exit code {first.exitcode})" if first else "a worker"
+        print(f"error: training failed: {where} exited first; its output above shows why", file=sys.stderr)
+        return 1
+    return 0
