@@ -19,7 +19,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +407,44 @@ class DiffusersBackend(VelocityModel):
             if not isinstance(prompt, str):
                 raise ValueError(f"prompt {prompt!r} is a {type(prompt).__name__}, expected str")
         return out
+
+    def _init_prompt_cache(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"prompt_cache_size must be >= 0, got {size}")
+        self.prompt_cache_size = int(size)
+        self._cache: OrderedDict[str, tuple[Tensor, ...]] = OrderedDict()
+
+    def _prompt_rows(self, prompts: Sequence[str], encode_batch: Callable[[list[str]], Sequence[Tensor]]
+                     ) -> dict[str, tuple[Tensor, ...]]:
+        """Embeddings of each distinct prompt in ``prompts``: from the cache, or from one call
+        ``encode_batch(new_prompts)`` returning tensors with leading dimension ``len(new_prompts)``.
+
+        The cache is an LRU of at most ``prompt_cache_size`` prompts held on the **CPU** in the
+        model dtype (a FLUX T5 embedding is 512 x 4096 bf16 = 4 MiB; thousands of training prompts
+        must not pile up in GPU memory).
+        """
+        rows: dict[str, tuple[Tensor, ...]] = {}
+        todo: list[str] = []
+        for prompt in dict.fromkeys(prompts):
+            if prompt in self._cache:
+                self._cache.move_to_end(prompt)
+                rows[prompt] = self._cache[prompt]
+            else:
+                todo.append(prompt)
+        if todo:
+            with torch.no_grad(), self._text_encoders_on_device(self.offload_text_encoders):
+                tensors = encode_batch(todo)
+            for i, prompt in enumerate(todo):
+                rows[prompt] = tuple(t[i].detach().to("cpu", self.dtype, copy=True) for t in tensors)
+                if self.prompt_cache_size:
+                    self._cache[prompt] = rows[prompt]
+            while len(self._cache) > self.prompt_cache_size:
+                self._cache.popitem(last=False)
+        return rows
+
+    def _stack_rows(self, rows: Mapping[str, tuple[Tensor, ...]], prompts: Sequence[str], index: int) -> Tensor:
+        """``[B, ...]`` tensor of item ``index`` of each prompt's rows, on the device."""
+        return torch.stack([rows[p][index] for p in prompts]).to(self._device)
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self, offload: bool) -> Iterator[None]:

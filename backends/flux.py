@@ -102,6 +102,7 @@ class FluxBackend(DiffusersBackend):
         offload_text_encoders: keep CLIP and T5 on the CPU, moving them to the device only to
             encode prompts not yet in the cache.
         max_sequence_length: T5 tokens (512 as FLUX.1-dev's pipeline default).
+        prompt_cache_size: prompts whose embeddings are kept (LRU, on the CPU); 0 = no cache.
         pipeline: an already built ``FluxPipeline`` to wrap instead of loading ``model`` (its text
             encoders and VAE may be None when only :meth:`velocity` is needed, as in
             ``benchmarks/flux_step.py``); ``model`` is then only a label for :meth:`describe`.
@@ -128,6 +129,7 @@ class FluxBackend(DiffusersBackend):
         gradient_checkpointing: bool = False,
         offload_text_encoders: bool = False,
         max_sequence_length: int = 512,
+        prompt_cache_size: int = 1024,
         pipeline: Any = None,
     ) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -171,7 +173,7 @@ class FluxBackend(DiffusersBackend):
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to("cpu" if name != "vae" and self.offload_text_encoders else self._device)
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self._init_prompt_cache(prompt_cache_size)
         self._img_ids: Tensor | None = None
 
     # -- geometry and grid ---------------------------------------------------------------------
@@ -215,23 +217,24 @@ class FluxBackend(DiffusersBackend):
 
     def encode(self, prompts: Sequence[str]) -> Cond:
         """``{"prompt_embeds": [B, L, D_t5], "pooled_prompt_embeds": [B, D_clip]}`` in the model
-        dtype on the device; each distinct prompt is encoded once (``pipe.encode_prompt``) and cached."""
+        dtype on the device; each distinct prompt is encoded once (``pipe.encode_prompt``, batched)
+        and kept in an LRU cache of ``prompt_cache_size`` prompts on the CPU."""
         prompts = self._check_prompts(prompts)
-        todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if todo:
-            if self.pipe.text_encoder is None or self.pipe.text_encoder_2 is None:
-                raise ValueError(f"cannot encode {todo[0]!r}: this FluxPipeline has no text encoders")
-            with torch.no_grad(), self._text_encoders_on_device(self.offload_text_encoders):
-                embeds, pooled, _ = self.pipe.encode_prompt(
-                    prompt=todo, prompt_2=None, device=self._device, max_sequence_length=self.max_sequence_length
-                )
-            for i, prompt in enumerate(todo):
-                self._cache[prompt] = (embeds[i].to(self.dtype), pooled[i].to(self.dtype))
         if not prompts:
             raise ValueError("encode() needs at least one prompt")
+
+        def encode_batch(todo: list[str]) -> tuple[Tensor, Tensor]:
+            if self.pipe.text_encoder is None or self.pipe.text_encoder_2 is None:
+                raise ValueError(f"cannot encode {todo[0]!r}: this FluxPipeline has no text encoders")
+            embeds, pooled, _ = self.pipe.encode_prompt(
+                prompt=todo, prompt_2=None, device=self._device, max_sequence_length=self.max_sequence_length
+            )
+            return embeds, pooled
+
+        rows = self._prompt_rows(prompts, encode_batch)
         return {
-            "prompt_embeds": torch.stack([self._cache[p][0] for p in prompts]),
-            "pooled_prompt_embeds": torch.stack([self._cache[p][1] for p in prompts]),
+            "prompt_embeds": self._stack_rows(rows, prompts, 0),
+            "pooled_prompt_embeds": self._stack_rows(rows, prompts, 1),
         }
 
     # -- the model -----------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class SD3Backend(DiffusersBackend):
         gradient_checkpointing: ``transformer.enable_gradient_checkpointing()``.
         offload_text_encoders: keep the two CLIPs and T5 on the CPU between encodings.
         max_sequence_length: T5 tokens (256, the pipeline default).
+        prompt_cache_size: prompts whose embeddings are kept (LRU, on the CPU); 0 = no cache.
 
     Attributes for :mod:`treesdk_backends.diffusers_export`: ``pipe``, ``transformer``,
     ``family`` (``"sd3"``), ``lora_config``.
@@ -104,6 +105,7 @@ class SD3Backend(DiffusersBackend):
         gradient_checkpointing: bool = False,
         offload_text_encoders: bool = False,
         max_sequence_length: int = 256,
+        prompt_cache_size: int = 1024,
     ) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
@@ -142,7 +144,7 @@ class SD3Backend(DiffusersBackend):
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to("cpu" if self.offload_text_encoders else self._device)
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self._init_prompt_cache(prompt_cache_size)
 
     @property
     def do_cfg(self) -> bool:
@@ -169,42 +171,37 @@ class SD3Backend(DiffusersBackend):
 
     # -- prompts -------------------------------------------------------------------------------
 
-    def _encode_uncached(self, prompts: list[str]) -> None:
-        todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if not todo:
-            return
-        with torch.no_grad(), self._text_encoders_on_device(self.offload_text_encoders):
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=todo,
-                prompt_2=None,
-                prompt_3=None,
-                device=self._device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length,
-            )
-        for i, prompt in enumerate(todo):
-            self._cache[prompt] = (embeds[i].to(self.dtype), pooled[i].to(self.dtype))
+    def _encode_batch(self, todo: list[str]) -> tuple[Tensor, Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=todo,
+            prompt_2=None,
+            prompt_3=None,
+            device=self._device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return embeds, pooled
 
     def encode(self, prompts: Sequence[str]) -> Cond:
         """``prompt_embeds`` ``[B, 77 + L, D]`` (CLIP-L/G hidden states padded to T5 width, then T5)
         and ``pooled_prompt_embeds`` ``[B, D_pool]``; with CFG also ``negative_prompt_embeds`` and
         ``negative_pooled_prompt_embeds`` (the negative prompt's, repeated ``B`` times so every
-        tensor is batch-first). Each distinct prompt is encoded once and cached; the negative prompt
-        goes through the same encoder path the pipeline uses for it (``clip_skip=None``)."""
+        tensor is batch-first). Each distinct prompt is encoded once and kept in an LRU cache of
+        ``prompt_cache_size`` prompts on the CPU; the negative prompt goes through the same encoder
+        path the pipeline uses for it (``clip_skip=None``)."""
         prompts = self._check_prompts(prompts)
         if not prompts:
             raise ValueError("encode() needs at least one prompt")
         needed = prompts + ([self.negative_prompt] if self.do_cfg else [])
-        self._encode_uncached(needed)
+        rows = self._prompt_rows(needed, self._encode_batch)
         cond = {
-            "prompt_embeds": torch.stack([self._cache[p][0] for p in prompts]),
-            "pooled_prompt_embeds": torch.stack([self._cache[p][1] for p in prompts]),
+            "prompt_embeds": self._stack_rows(rows, prompts, 0),
+            "pooled_prompt_embeds": self._stack_rows(rows, prompts, 1),
         }
         if self.do_cfg:
-            neg, neg_pooled = self._cache[self.negative_prompt]
-            b = len(prompts)
-            cond["negative_prompt_embeds"] = neg.unsqueeze(0).expand(b, *neg.shape).contiguous()
-            cond["negative_pooled_prompt_embeds"] = neg_pooled.unsqueeze(0).expand(b, *neg_pooled.shape).contiguous()
+            negatives = [self.negative_prompt] * len(prompts)
+            cond["negative_prompt_embeds"] = self._stack_rows(rows, negatives, 0)
+            cond["negative_pooled_prompt_embeds"] = self._stack_rows(rows, negatives, 1)
         return cond
 
     # -- the model -----------------------------------------------------------------------------

@@ -143,6 +143,25 @@ def test_encode_caches_each_prompt_once(flux, tiny_flux_path):
         flux.encode(["ok", 3])
 
 
+def test_prompt_cache_is_a_bounded_lru_on_the_cpu(tiny_flux_path):
+    backend = make(tiny_flux_path, prompt_cache_size=2)
+    calls = []
+    hook = backend.pipe.text_encoder_2.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        cond = backend.encode(["a bird", "a dog", "a cat"])  # more distinct prompts than the cache holds
+        assert calls == [3] and cond["prompt_embeds"].shape[0] == 3
+        assert list(backend._cache) == ["a dog", "a cat"]
+        assert all(t.device.type == "cpu" for row in backend._cache.values() for t in row)
+        backend.encode(["a dog"])  # hit: becomes most recent
+        backend.encode(["a bird"])  # miss: re-encoded, evicts "a cat"
+        assert calls == [3, 1] and list(backend._cache) == ["a dog", "a bird"]
+    finally:
+        hook.remove()
+    uncached = make(tiny_flux_path, prompt_cache_size=0)
+    again = uncached.encode(["a bird", "a dog", "a cat"])
+    assert not uncached._cache and torch.allclose(again["prompt_embeds"], cond["prompt_embeds"], atol=1e-6)
+
+
 def test_one_transformer_call_per_velocity_and_guidance_matters(flux):
     cond = flux.encode(PROMPTS)
     x = torch.randn(2, *flux.latent_shape, generator=torch.Generator().manual_seed(1))
@@ -181,6 +200,45 @@ def test_ratio_is_exactly_one_before_any_update(flux):
     assert logp_new.requires_grad
     assert torch.equal(std, std_new)
     assert torch.equal(torch.exp(logp_new - logp_old), torch.ones(2))
+
+
+def test_ratio_is_exactly_one_in_bf16_with_checkpointing(tiny_flux_path):
+    # the training configuration: bf16 weights, fp32 LoRA, gradient checkpointing, fp32 SDE maths
+    backend = make(tiny_flux_path, dtype="bfloat16", gradient_checkpointing=True)
+    perturb_trainable(backend, seed=4)  # a LoRA that contributes, as after some updates
+    cond = backend.encode(PROMPTS)
+    sigmas = backend.sigmas(6)
+    x = torch.randn(2, *backend.latent_shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        v = backend.velocity(x, sigmas[1], cond)
+    assert v.dtype == torch.float32
+    x_next, _, _, logp_old = sde.sde_step_with_logprob(x, v, sigmas[1], sigmas[2], 0.7,
+                                                       generator=torch.Generator().manual_seed(5))
+    backend.train_mode(True)
+    v_new = backend.velocity(x, sigmas[1], cond)
+    _, mean_new, std_new = sde.sde_step(x, v_new, sigmas[1], sigmas[2], 0.7, noise=torch.zeros_like(x))
+    logp_new = sde.log_prob(x_next, mean_new, std_new)
+    assert torch.equal(torch.exp(logp_new - logp_old), torch.ones(2))
+    logp_new.mean().backward()
+    assert all(p.grad is not None for p in backend.trainable_parameters())
+
+
+def test_offloaded_text_encoders_stay_on_the_cpu_and_give_the_same_cond(tiny_flux_path, flux):
+    backend = make(tiny_flux_path, offload_text_encoders=True)
+    cond = backend.encode(PROMPTS)
+    assert next(backend.pipe.text_encoder_2.parameters()).device.type == "cpu"
+    reference = flux.encode(PROMPTS)
+    assert all(torch.allclose(cond[k], reference[k], atol=1e-6) for k in reference)
+
+
+def test_custom_lora_targets_and_alpha(tiny_flux_path):
+    backend = make(tiny_flux_path, lora_rank=2, lora_alpha=8, lora_targets=["attn.to_q", "attn.to_v"])
+    keys = set(backend.trainable_state_dict())
+    assert keys and all(".attn.to_q.lora_" in k or ".attn.to_v.lora_" in k for k in keys)
+    assert any(k.startswith("single_transformer_blocks.") for k in keys)
+    assert backend.describe()["lora"] == {"rank": 2, "alpha": 8.0, "target_modules": ["attn.to_q", "attn.to_v"]}
+    layer = backend.transformer.transformer_blocks[0].attn.to_q
+    assert layer.scaling["default"] == 4.0  # alpha / rank
 
 
 def test_reference_disables_the_lora(flux):
