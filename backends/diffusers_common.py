@@ -36,6 +36,7 @@ __all__ = [
     "check_layout",
     "parse_dtype",
     "parse_device",
+    "dtype_kwargs",
 ]
 
 _DTYPES = {
@@ -67,6 +68,16 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` keyword for ``dtype``: ``dtype=`` in diffusers that have it
+    (``torch_dtype`` is deprecated there), ``torch_dtype=`` in older ones, which ignore ``dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present with `dtype=`
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,8 +354,8 @@ class DiffusersBackend(VelocityModel):
             self.transformer.enable_adapters()
 
     def train_mode(self, enabled: bool = True) -> None:
-        """Train/eval mode of the transformer (gradient checkpointing acts only in train mode with
-        gradients on, as diffusers checks ``torch.is_grad_enabled() and self.gradient_checkpointing``)."""
+        """Train/eval mode of the transformer. (Gradient checkpointing does not depend on it:
+        diffusers checkpoints whenever ``torch.is_grad_enabled() and self.gradient_checkpointing``.)"""
         self.transformer.train(enabled)
 
     def describe(self) -> dict[str, Any]:

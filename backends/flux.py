@@ -28,7 +28,7 @@ from torch import Tensor
 
 from treesdk.interfaces import Cond
 
-from .diffusers_common import DiffusersBackend, parse_device, parse_dtype, resolve_checkpoint
+from .diffusers_common import DiffusersBackend, dtype_kwargs, parse_device, parse_dtype, resolve_checkpoint
 
 __all__ = ["FluxBackend", "FLUX_LORA_TARGETS", "FLUX_COMPONENTS", "pack_latents", "unpack_latents"]
 
@@ -138,7 +138,9 @@ class FluxBackend(DiffusersBackend):
         self.dtype = parse_dtype(dtype)
         if pipeline is None:
             self.model_path, self.model_source = resolve_checkpoint(model, DEFAULT_REPO, FLUX_COMPONENTS, "FLUX")
-            self.pipe = FluxPipeline.from_pretrained(self.model_path, dtype=self.dtype, local_files_only=True)
+            self.pipe = FluxPipeline.from_pretrained(
+                self.model_path, local_files_only=True, **dtype_kwargs(self.dtype)
+            )
         else:  # an in-memory pipeline (benchmarks, notebooks); text encoders / VAE may be None
             if not isinstance(pipeline, FluxPipeline):
                 raise TypeError(f"pipeline must be a diffusers FluxPipeline, got {type(pipeline).__name__}")

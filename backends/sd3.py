@@ -25,7 +25,7 @@ from torch import Tensor
 
 from treesdk.interfaces import Cond
 
-from .diffusers_common import DiffusersBackend, parse_device, parse_dtype, resolve_checkpoint
+from .diffusers_common import DiffusersBackend, dtype_kwargs, parse_device, parse_dtype, resolve_checkpoint
 
 __all__ = ["SD3Backend", "SD3_LORA_TARGETS", "SD3_COMPONENTS"]
 
@@ -112,7 +112,9 @@ class SD3Backend(DiffusersBackend):
         self._device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.model_path, self.model_source = resolve_checkpoint(model, DEFAULT_REPO, SD3_COMPONENTS, "SD3")
-        self.pipe = StableDiffusion3Pipeline.from_pretrained(self.model_path, dtype=self.dtype, local_files_only=True)
+        self.pipe = StableDiffusion3Pipeline.from_pretrained(
+            self.model_path, local_files_only=True, **dtype_kwargs(self.dtype)
+        )
         self.pipe.set_progress_bar_config(disable=True)
         self.transformer = self.pipe.transformer
         self.guidance_scale = float(guidance_scale)

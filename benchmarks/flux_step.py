@@ -101,7 +101,7 @@ def build_random_pipeline(config: dict, dtype: torch.dtype, device: torch.device
 def build_backend(args: argparse.Namespace):
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    from treesdk_backends.diffusers_common import parse_device, parse_dtype, resolve_checkpoint
+    from treesdk_backends.diffusers_common import dtype_kwargs, parse_device, parse_dtype, resolve_checkpoint
     from treesdk_backends.flux import DEFAULT_REPO, FluxBackend
 
     device = parse_device(args.device)
@@ -109,14 +109,16 @@ def build_backend(args: argparse.Namespace):
     if args.model is not None:
         # only the transformer is needed: load it alone (the text encoders would add ~10 GB)
         folder, source = resolve_checkpoint(args.model, DEFAULT_REPO, ("transformer", "scheduler"), "FLUX")
-        transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype,
-                                                             local_files_only=True)
+        transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", local_files_only=True,
+                                                             **dtype_kwargs(dtype))
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
         pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
                             text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-        pipe.vae_scale_factor = 8
+        vae_config = folder / "vae" / "config.json"  # only its size is needed, not the VAE
+        blocks = json.loads(vae_config.read_text())["block_out_channels"] if vae_config.is_file() else [0] * 4
+        pipe.vae_scale_factor = 2 ** (len(blocks) - 1)
         label = source
     else:
         config = TINY_CONFIG if args.tiny else FLUX_DEV_CONFIG
