@@ -218,6 +218,7 @@ class DiffusersBackend(VelocityModel):
     family: str
     lora_config: Any
     dtype: torch.dtype
+    offload_text_encoders: bool
     _device: torch.device
 
     # -- construction helpers ------------------------------------------------------------------
@@ -249,6 +250,8 @@ class DiffusersBackend(VelocityModel):
         else:
             from peft import LoraConfig
 
+            if isinstance(lora_targets, str):  # "attn.to_q,attn.to_k" from a command line
+                lora_targets = [t.strip() for t in lora_targets.split(",") if t.strip()]
             targets = list(lora_targets) if lora_targets else list(self.default_lora_targets)
             self.transformer.requires_grad_(False)
             self.lora_config = LoraConfig(
@@ -273,7 +276,7 @@ class DiffusersBackend(VelocityModel):
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
         """Text encoders and VAE: never trained."""
-        names = [n for n in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")]
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
         return [m for m in (getattr(self.pipe, n, None) for n in names) if isinstance(m, torch.nn.Module)]
 
     # -- VelocityModel: trainable part ---------------------------------------------------------

@@ -232,7 +232,7 @@ def test_offloaded_text_encoders_stay_on_the_cpu_and_give_the_same_cond(tiny_flu
 
 
 def test_custom_lora_targets_and_alpha(tiny_flux_path):
-    backend = make(tiny_flux_path, lora_rank=2, lora_alpha=8, lora_targets=["attn.to_q", "attn.to_v"])
+    backend = make(tiny_flux_path, lora_rank=2, lora_alpha=8, lora_targets="attn.to_q, attn.to_v")
     keys = set(backend.trainable_state_dict())
     assert keys and all(".attn.to_q.lora_" in k or ".attn.to_v.lora_" in k for k in keys)
     assert any(k.startswith("single_transformer_blocks.") for k in keys)
