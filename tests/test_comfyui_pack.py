@@ -4,11 +4,9 @@ its nodes run treesdk (tree search on the digits backend returns the best image 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +14,6 @@ from typer.testing import CliRunner
 
 import treesdk
 from treesdk import comfyui_pack, nodes
-from treesdk.nodes import TreeSearchSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -140,7 +137,7 @@ def test_recipe_node_assembles_and_checks_a_recipe(pack):
     (sde,) = m["TreesdkFlowGrpoSde"]().run()
     recipe_node = m["TreesdkRecipe"]()
     (recipe,) = recipe_node.run(name="h", steps=10, chunk=64, tree=tree, advantage=adv, losses_1=clip, losses_2=sft, outside=sde)
-    assert [l.kind for l in recipe.losses] == ["clipped-surrogate", "layertuning-sft"] and recipe.tree.sde_outside_window
+    assert [loss.kind for loss in recipe.losses] == ["clipped-surrogate", "layertuning-sft"] and recipe.tree.sde_outside_window
     with pytest.raises(ValueError, match="exceeds steps"):
         recipe_node.run(name="h", steps=2, chunk=64, tree=tree, advantage=adv, losses_1=clip)
     with pytest.raises(ValueError, match="'advantage'"):

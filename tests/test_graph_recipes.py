@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -74,7 +73,7 @@ def test_recipe_to_graph_round_trips(name):
 def test_hybrid_file_mixes_the_parts():
     recipe = load_recipe(HYBRID)
     assert recipe.advantage.kind == "tree-backup" and recipe.window.kind == "random"
-    assert [(l.kind, l.weight) for l in recipe.losses] == [("clipped-surrogate", 1.0), ("layertuning-sft", 0.05)]
+    assert [(loss.kind, loss.weight) for loss in recipe.losses] == [("clipped-surrogate", 1.0), ("layertuning-sft", 0.05)]
     assert recipe.losses[0].clip == "reward-adaptive"
     assert not recipe.tree.sde_outside_window  # inline `ode` node
 
@@ -265,6 +264,6 @@ def test_hybrid_recipe_file_trains_on_digits(tiny_digits, tmp_path):
     assert row["loss"] == row["loss"]  # finite, not NaN
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"]["name"] == "hybrid-treegrpo-adaptive-sft"
-    assert [l["kind"] for l in config["recipe"]["losses"]] == ["clipped-surrogate", "layertuning-sft"]
+    assert [loss["kind"] for loss in config["recipe"]["losses"]] == ["clipped-surrogate", "layertuning-sft"]
     after = backend.trainable_state_dict()
     assert any(not (after[k] == before[k]).all() for k in before), "one update step changed no weight"

@@ -419,6 +419,9 @@ def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
 
     def add(name: str, part: BaseModel) -> str:
         spec = by_model[type(part)]
+        base, i = name, 2
+        while name in nodes:  # two loss terms of the same kind
+            name, i = f"{base}-{i}", i + 1
         set_values = {
             f: _json(getattr(part, f)) for f in spec.field_names() if getattr(part, f) != spec.inputs.model_fields[f].get_default(call_default_factory=True)
         }
