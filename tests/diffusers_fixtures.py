@@ -22,6 +22,15 @@ Stable public names (other engineers rely on them):
   SD3 patchifies with patch 2 into 64 tokens).
 * :data:`TINY_MAX_SEQUENCE_LENGTH` (16): T5 token length to pass as ``max_sequence_length`` so the
   tests stay fast.
+* :func:`perturb_trainable(backend, seed, scale)`: seeded random values in every trainable weight
+  (a fresh LoRA has ``lora_B = 0`` and changes nothing).
+* :func:`single_thread()`: context manager running torch on one intra-op thread (tiny models on a
+  busy 2-core machine are ~100x faster that way); restores the thread count.
+
+Model weights are seeded (``seed``); the BPE trainer of ``tokenizers`` may break frequency ties
+differently between processes, so token ids (not the layout or the shapes) can differ from one
+build to the next. Tests compare against the pipeline built in the same session, never against
+stored numbers.
 
 Weights are random (seeded); everything is written with ``save_pretrained`` and loaded back by the
 backends through exactly the user's path (``Pipeline.from_pretrained(folder)``).
