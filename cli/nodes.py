@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,10 +35,10 @@ def _range(field) -> str:  # noqa: ANN001 - treesdk.nodes.InputField
 
 
 def nodes(
-    types: Optional[list[str]] = typer.Argument(None, help="Node types to show (default: all)."),  # noqa: UP007
+    types: list[str] | None = typer.Argument(None, help="Node types to show (default: all)."),  # noqa: UP007
     schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of a recipe graph file and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print the node specs as JSON instead of a table."),
-    check: Optional[Path] = typer.Option(None, "--check", help="Validate a recipe file and print the resolved recipe."),  # noqa: UP007
+    check: Path | None = typer.Option(None, "--check", help="Validate a recipe file and print the resolved recipe."),  # noqa: UP007
     plugins: bool = typer.Option(True, "--plugins/--no-plugins", help="Include rewards and backends from the registry."),
 ) -> None:
     """List every node type (recipe parts, SDE steps, estimators, losses, rewards, backends) with its fields."""
@@ -99,7 +98,7 @@ def nodes(
             (f.name, f.annotation, "(required)" if f.required else _fmt(f.default), _range(f), f.description)
             for f in spec.fields()
         ]
-        rows = rows or [("", "", "", "", "")]
+        rows = [("", "", "", "", f"[dim]{spec.description}[/dim]"), *rows]
         gives = ", ".join(t for _, t in spec.outputs)
         for i, row in enumerate(rows):
             first = i == 0
