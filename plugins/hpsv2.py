@@ -10,8 +10,11 @@ The score is what ``hpsv2/img_score.py`` computes::
 
 i.e. the cosine of the L2-normalised image and text embeddings (no ``logit_scale``; typical values
 0.2-0.3). Tokenizer: open_clip's ``get_tokenizer("ViT-H-14")`` (the bundled CLIP BPE, context 77).
-Images are preprocessed on tensors exactly as HPS's ``preprocess_val``: shortest side to 224
-bicubic, center crop 224, OpenAI CLIP mean/std (without the uint8 round trip).
+Images are preprocessed on tensors exactly as HPS's ``preprocess_val``, which ``img_score`` builds
+with ``light_augmentation=True``, i.e. ``ResizeMaxSize(224)`` of HPS's open_clip fork: the *longest*
+side is resized to 224 (bicubic, antialiased, on the float tensor after ``ToTensor``), the rest is
+zero-padded symmetrically (black, before normalisation), then OpenAI CLIP mean/std. Not open_clip's
+own shortest-side resize + center crop: for non-square images that would score a different crop.
 
 Why not the ``hpsv2`` package: it pins ``pytest==7.2.0`` and ``protobuf<4`` (conflicting with the
 rest of the stack), its wheel misses the BPE vocabulary file its tokenizer needs (upstream issue
@@ -43,7 +46,6 @@ from .common import (
     CLIP_STD,
     batched_score,
     check_inputs,
-    clip_preprocess,
     load_state_dict_strict,
     load_torch_checkpoint,
     require,
@@ -53,6 +55,27 @@ from .common import (
 )
 
 REPO_ID = "xswu/HPSv2"
+
+
+def hps_preprocess(images: Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+    """HPS's ``ResizeMaxSize(size)`` + normalisation on ``[B, 3, H, W]`` floats in [0, 1] -> ``[B, 3, size, size]``.
+
+    Longest side to ``size`` (``round(dim * scale)``, bicubic, antialiased), zero padding split
+    ``(pad // 2, pad - pad // 2)`` left/right and top/bottom, then ``(x - mean) / std``.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    images = images.clamp(0, 1)
+    height, width = images.shape[-2:]
+    scale = size / float(max(height, width))
+    if scale != 1.0:
+        new_h, new_w = round(height * scale), round(width * scale)
+        images = TF.resize(images, [new_h, new_w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        pad_h, pad_w = size - new_h, size - new_w
+        images = torch.nn.functional.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
 
 
 def _model_name(open_clip, model_config: str | os.PathLike[str]) -> str:
@@ -124,7 +147,7 @@ class HPSv2Reward(RewardModel):
         return self
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        pixels = clip_preprocess(images.to(self.device, torch.float32), self.image_size, None, self.mean, self.std)
+        pixels = hps_preprocess(images.to(self.device, torch.float32), self.image_size, self.mean, self.std)
         img = self.model.encode_image(pixels.to(self.dtype), normalize=True).float()
         txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
         return (img * txt).sum(-1)

@@ -1,7 +1,7 @@
 """HPSv2 / HPSv2.1 through the plugin's real loading path: an HPS-format ``.pt``
 (``{'state_dict': ...}``) over an open_clip model built from a tiny open_clip model-config JSON,
 scored against hpsv2's formula (``diag(image_features @ text_features.T)`` of open_clip's forward,
-with open_clip's own validation transforms)."""
+after HPS's longest-side resize + zero padding)."""
 
 from __future__ import annotations
 
@@ -47,21 +47,38 @@ def images():
     return torch.rand(len(PROMPTS), 3, 48, 40, generator=torch.Generator().manual_seed(3))
 
 
+def hps_resize_max_size(image, size):
+    """HPS's open_clip fork, transform.py ResizeMaxSize.forward (fill 0), on one [3, H, W] tensor."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TVF
+
+    height, width = image.shape[1:]
+    scale = size / float(max(height, width))
+    if scale != 1.0:
+        new_size = tuple(round(dim * scale) for dim in (height, width))
+        image = TVF.resize(image, new_size, InterpolationMode.BICUBIC)
+        pad_h, pad_w = size - new_size[0], size - new_size[1]
+        image = TVF.pad(image, padding=[pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+    return image
+
+
 def official_scores(path, images, prompts):
-    """hpsv2.img_score.score's computation with open_clip's model, transforms and tokenizer."""
-    model, _, preprocess_val = open_clip.create_model_and_transforms("tiny-hps-vit", pretrained=None, output_dict=True)
+    """hpsv2.img_score.score's computation: preprocess_val built with light_augmentation=True
+    (ToTensor, ResizeMaxSize, Normalize), then diag(image_features @ text_features.T), one image at a time."""
+    from torchvision.transforms import Normalize
+
+    model = open_clip.create_model("tiny-hps-vit", pretrained=None, output_dict=True)
     model.load_state_dict(torch.load(path, map_location="cpu")["state_dict"])
     model.eval()
-    # the PIL-only steps (RGB conversion, ToTensor) are skipped: inputs already are float tensors
-    tensor_steps = [t for t in preprocess_val.transforms if type(t).__name__ in ("Resize", "CenterCrop", "Normalize")]
-    assert len(tensor_steps) == 3, preprocess_val
-    pixels = images
-    for step in tensor_steps:
-        pixels = step(pixels)
+    normalize = Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
     tokenizer = open_clip.get_tokenizer("tiny-hps-vit")
+    scores = []
     with torch.no_grad():
-        out = model(pixels, tokenizer(prompts))
-        return torch.diagonal(out["image_features"] @ out["text_features"].T)
+        for image, prompt in zip(images, prompts):
+            pixels = normalize(hps_resize_max_size(image, TINY["vision_cfg"]["image_size"]))[None]
+            out = model(pixels, tokenizer([prompt]))
+            scores.append(torch.diagonal(out["image_features"] @ out["text_features"].T)[0])
+    return torch.stack(scores)
 
 
 def test_hps_score_equals_official_formula(hps, images):
@@ -71,6 +88,15 @@ def test_hps_score_equals_official_formula(hps, images):
     assert got.dtype == torch.float32 and got.shape == (len(PROMPTS),)
     torch.testing.assert_close(got, official_scores(path, images, PROMPTS), atol=1e-4, rtol=1e-4)
     assert got.abs().max() <= 1.0  # a cosine, not scaled by logit_scale
+
+
+def test_hps_pads_non_square_images_instead_of_cropping(hps):
+    path, config = hps
+    reward = HPSv21Reward(checkpoint=str(path), model_config=str(config), device="cpu")
+    wide = torch.rand(2, 3, 20, 64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(reward.score(wide, PROMPTS[:2]), official_scores(path, wide, PROMPTS[:2]), atol=1e-4, rtol=1e-4)
+    square = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))  # already 32: no resampling
+    torch.testing.assert_close(reward.score(square, PROMPTS[:1]), official_scores(path, square, PROMPTS[:1]), atol=1e-5, rtol=1e-5)
 
 
 def test_hps_batch_equals_one_by_one(hps, images):
