@@ -84,6 +84,7 @@ def nodes(
         return
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="treesdk nodes", show_lines=False, expand=False)
@@ -98,7 +99,8 @@ def nodes(
             (f.name, f.annotation, "(required)" if f.required else _fmt(f.default), _range(f), f.description)
             for f in spec.fields()
         ]
-        rows = [("", "", "", "", f"[dim]{spec.description}[/dim]"), *rows]
+        rows = [tuple(escape(str(cell)) for cell in row) for row in rows]
+        rows = [("", "", "", "", f"[dim]{escape(spec.description)}[/dim]"), *rows]
         gives = ", ".join(t for _, t in spec.outputs)
         for i, row in enumerate(rows):
             first = i == 0
