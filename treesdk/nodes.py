@@ -30,7 +30,7 @@ import os
 import pathlib
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -92,6 +92,7 @@ class FlowGRPOSDEStep(Part):
     )
 
 
+#: the step types a recipe may use outside its branching window
 StepSpec = Union[ODEStep, FlowGRPOSDEStep]
 
 #: Recipe fields a recipe node sets itself; the others come from connections
@@ -772,6 +773,7 @@ __all__ = [
     "RECIPE_CONNECTIONS",
     "RecipeSettings",
     "ScoreSpec",
+    "StepSpec",
     "TreeSearchSpec",
     "all_nodes",
     "comfy_type",
