@@ -270,6 +270,7 @@ class ImageRewardReward(RewardModel):
         self.model = ImageRewardNet(transformers, vision_config, text_config)
         load_state_dict_strict(self.model, map_official_state_dict(state, path), path, _FORMAT + f" with {med_path.name}")
         self.model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.mlp.float()  # the official head runs on .float() features
         self.image_size = vision_config.image_size
 
         tok_dir = resolve_pretrained_dir_or_vocab(tokenizer)

@@ -187,6 +187,17 @@ def test_batch_equals_one_by_one(files, images):
     torch.testing.assert_close(reward.score(images, PROMPTS), single, atol=1e-5, rtol=1e-5)
 
 
+def test_bfloat16_backbone_keeps_a_float32_head(files, images):
+    folder, _ = files
+    full = load(folder).score(images, PROMPTS)
+    half = load(folder, dtype="bfloat16")
+    assert next(half.model.visual_encoder.parameters()).dtype == torch.bfloat16
+    assert next(half.model.mlp.parameters()).dtype == torch.float32
+    got = half.score(images, PROMPTS)
+    assert got.dtype == torch.float32
+    assert torch.corrcoef(torch.stack([got, full]))[0, 1] > 0.9
+
+
 def test_unknown_or_missing_keys_are_errors(files, tmp_path):
     folder, state = files
     extra = tmp_path / "extra.pt"
