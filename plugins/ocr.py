@@ -4,8 +4,10 @@ the wheel, so nothing is downloaded).
 The target is the quoted text of the prompt: every span in straight double quotes ``"..."`` or
 curly quotes ``“...”``, joined by a space (a prompt without quoted text is an error: this reward
 has nothing to compare with). The read text is every line RapidOCR finds, in reading order (top to
-bottom, then left to right), joined by a space. Both are lower-cased and whitespace-normalised
-(runs of whitespace -> one space, stripped). The reward follows Flow-GRPO's OCR reward::
+bottom, then left to right), joined by a space. Both are lower-cased and all whitespace is removed
+(as Flow-GRPO's OCR reward does: OCR engines do not report word spacing reliably, RapidOCR reads
+"HELLO WORLD" as "HELLOWORLD" at some scales). The reward follows Flow-GRPO's OCR reward, without
+its substring shortcut (text beyond the target costs edits here)::
 
     reward = 1 - min(levenshtein(target, read), len(target)) / len(target)      in [0, 1]
 
@@ -49,8 +51,8 @@ def quoted_text(prompt: str) -> str:
 
 
 def normalise(text: str) -> str:
-    """Lower-case, whitespace runs to one space, stripped."""
-    return " ".join(text.lower().split())
+    """Lower-case with all whitespace removed."""
+    return "".join(text.lower().split())
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -70,7 +72,7 @@ def text_similarity(target: str, read: str) -> float:
     """``1 - min(lev, len(target)) / len(target)`` on normalised strings."""
     target, read = normalise(target), normalise(read)
     if not target:
-        raise ValueError("OCR target text is empty after whitespace normalisation")
+        raise ValueError("OCR target text is empty once whitespace is removed")
     return 1.0 - min(levenshtein(target, read), len(target)) / len(target)
 
 

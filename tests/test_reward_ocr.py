@@ -39,7 +39,7 @@ def test_right_prompt_scores_higher_than_wrong(reward):
 def test_score_is_one_minus_normalised_levenshtein(reward):
     image = render("HELLO WORLD")
     read = reward.read(image)
-    expected = 1 - min(levenshtein("hello there", " ".join(read.lower().split())), 11) / 11
+    expected = 1 - min(levenshtein("hellothere", "".join(read.lower().split())), 10) / 10
     assert reward.score(image[None], ['"hello there"']).item() == pytest.approx(expected)
 
 
@@ -48,6 +48,8 @@ def test_text_helpers():
     assert levenshtein("kitten", "sitting") == 3
     assert text_similarity("abc", "") == 0.0
     assert text_similarity("ABC  d", "abc d") == 1.0
+    assert text_similarity("Hello World", "HELLOWORLD") == 1.0
+    assert text_similarity("abcd", "abxd") == 0.75
 
 
 def test_prompt_without_quotes_is_an_error(reward):
