@@ -10,6 +10,8 @@ and adds fault injection for the tests:
 * ``--crash-at N --crash-marker FILE``: rank 1 (or 0 when alone) dies with exit code 3 when
   iteration N starts, once (the marker file remembers that it did).
 * ``--die-at N``: rank 1 exits at once (``os._exit``) when iteration N starts, every time.
+* ``--hang-at N``: rank 1 stops responding (sleeps 10 minutes) when iteration N starts, as a frozen
+  node would: its connections stay open, so only the timeout can save the others.
 * ``--ready-at N --ready-marker FILE --ready-sleep S``: when iteration N starts sampling, touch FILE
   and sleep S seconds (a window for the test's SIGTERM to land mid-iteration).
 * ``--stall-checkpoint-at N --ready-marker FILE``: while writing checkpoint N, after the first file
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-at", type=int, default=None)
     parser.add_argument("--crash-marker", type=Path, default=None)
     parser.add_argument("--die-at", type=int, default=None)
+    parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--ready-at", type=int, default=None)
     parser.add_argument("--ready-marker", type=Path, default=None)
     parser.add_argument("--ready-sleep", type=float, default=1.0)
@@ -117,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.die_at == it and ctx.rank == victim:
                 print(f"rank {ctx.rank}: dying at iteration {it}", file=sys.stderr, flush=True)
                 os._exit(3)
+            if args.hang_at == it and ctx.rank == victim:
+                print(f"rank {ctx.rank}: hanging at iteration {it}", file=sys.stderr, flush=True)
+                time.sleep(600)
             if args.ready_at == it and ctx.is_main and args.ready_marker is not None:
                 args.ready_marker.write_text("ready")
                 time.sleep(args.ready_sleep)
