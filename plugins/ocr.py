@@ -16,8 +16,8 @@ unit-cost edit distance (insertions, deletions, substitutions).
 
 Images are quantised to uint8 RGB before OCR. Extra keyword options go to ``RapidOCR(**options)``
 (e.g. ``det_limit_side_len=…``: the detector resizes the short side to 736 px by default, slow on
-small images). The ONNX models run on the CPU whatever ``device``
-says; ``batch_size`` only bounds how many images are converted at once.
+small images). The ONNX models run on the CPU whatever ``device`` says, one image at a time
+(``batch_size`` is accepted for a uniform interface).
 """
 
 from __future__ import annotations
