@@ -280,3 +280,29 @@ def test_missing_or_partial_checkpoint_names_the_missing_part(tiny_sd3_path, tmp
     index.write_text('{"metadata": {}, "weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors"}}')
     with pytest.raises(CheckpointNotFoundError, match=r"transformer/diffusion_pytorch_model-00001-of-00002"):
         make(sharded)
+
+
+def test_cli_trains_treegrpo_on_the_tiny_sd3(tiny_sd3_path, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from treesdk_cli.main import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "--backend", "sd3", "--model", str(tiny_sd3_path), "--algo", "treegrpo", "--k", "3", "--d", "3",
+        "--steps", "4", "--iters", "2", "--batch", "1", "--reward", "jpeg-compressibility",
+        "--resolution", str(TINY_RESOLUTION), "--device", "cpu", "--lr", "1e-3", "--out", str(out),
+        "--backend-opt", "dtype=float32", "--backend-opt", f"max_sequence_length={TINY_MAX_SEQUENCE_LENGTH}",
+        "--backend-opt", "lora_rank=4",
+    ])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [line for line in lines if not line.get("eval")]
+    assert len(train) == 2 and all(line["loss"] == line["loss"] for line in train)
+    assert all(line["leaves"] == 27 for line in train)
+    (state,) = out.glob("checkpoints/*/trainable.safetensors")
+    lora_b = [v for k, v in load_file(state).items() if ".lora_B." in k]
+    assert lora_b and max(v.abs().max().item() for v in lora_b) > 0
