@@ -29,6 +29,8 @@ from torch import Tensor
 
 from treesdk.interfaces import VelocityModel
 
+from . import keymaps  # noqa: F401 - registers the FLUX/SD3 export layouts with treesdk.export
+
 __all__ = [
     "CheckpointNotFoundError",
     "DiffusersBackend",
