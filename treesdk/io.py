@@ -17,6 +17,12 @@ import torch
 from safetensors.torch import save as _safetensors_bytes
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Path], None]) -> Path:
     """Write ``data`` (bytes, or a callable that writes the given temp path) atomically to ``path``.
 
@@ -40,6 +46,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide exports from other users
         os.replace(tmp, target)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
