@@ -3,9 +3,10 @@
 It makes every treesdk command work on a fresh CPU-only machine with no download: the weights
 (``weights/digits_flow.safetensors``, about 1.6 MB) ship inside the package and were made by
 ``examples/pretrain_digits.py`` (deterministic, a few minutes on 2 CPU cores). The model is
-deliberately imperfect: with the defaults (``T = DEFAULT_NUM_STEPS`` Euler ODE steps, guidance
-``DEFAULT_GUIDANCE_SCALE``) the held-out ``digit-evaluator`` reads the prompted digit in most but not
-all samples (``weights/digits_flow.json`` records the measured rate), so RL has something to fix.
+deliberately imperfect at following prompts (it was trained with label noise): with the defaults
+(``T = DEFAULT_NUM_STEPS`` Euler ODE steps, guidance ``DEFAULT_GUIDANCE_SCALE``) it draws clean
+digits, but the held-out ``digit-evaluator`` reads the *prompted* digit in most, not all, samples
+(``weights/digits_flow.json`` records the measured rate), so RL has something to fix.
 
 Conventions (as everywhere in treesdk):
 
@@ -201,7 +202,8 @@ class DigitsBackend(VelocityModel):
 
     Args:
         model: path of a digits flow safetensors file (from ``examples/pretrain_digits.py`` or
-            :meth:`export`); ``None`` loads the weights shipped with the package.
+            :meth:`export`), or a folder holding ``digits_flow.safetensors``; ``None`` loads the
+            weights shipped with the package.
         resolution: ``None`` or 8 (pixels); the model only knows 8x8.
         device: torch device for the network.
         dtype: ``"float32"`` (recommended, the tested setting), ``"float64"``, ``"bfloat16"`` or
@@ -232,6 +234,8 @@ class DigitsBackend(VelocityModel):
         if float(shift) <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.model_path = Path(model).expanduser() if model is not None else default_weights_path()
+        if self.model_path.is_dir():  # an export folder
+            self.model_path = self.model_path / "digits_flow.safetensors"
         state, config, metadata = _read_checkpoint(self.model_path)
         self._config = dict(config)
         self._source_metadata = metadata

@@ -210,6 +210,7 @@ def test_export_round_trip(tiny, tmp_path):
     with safe_open(files[0], framework="pt") as handle:
         assert handle.metadata()["algorithm"] == "treegrpo"
     reloaded = DigitsBackend(model=files[0])
+    assert DigitsBackend(model=tmp_path / "export").model_path == reloaded.model_path
     x, sigma, prompts = _inputs(4)
     with torch.no_grad():
         assert torch.equal(reloaded.velocity(x, sigma, reloaded.encode(prompts)), tiny.velocity(x, sigma, tiny.encode(prompts)))
