@@ -43,17 +43,20 @@ from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
 
 from .digits_prompts import digit_prompt, parse_digit_prompt
+from .images import save_image_grid
 
 __all__ = [
-    "DigitsBackend",
-    "DigitsFlowNet",
     "DEFAULT_GUIDANCE_SCALE",
     "DEFAULT_NUM_STEPS",
     "NULL_LABEL",
     "WEIGHTS_DIR",
+    "DigitsBackend",
+    "DigitsFlowNet",
     "default_weights_path",
-    "sample_digits",
     "evaluate_samples",
+    "parse_digit_prompt",
+    "sample_digits",
+    "save_image_grid",
 ]
 
 #: Euler ODE steps the shipped model is evaluated with (``sigmas(DEFAULT_NUM_STEPS)``).
@@ -165,7 +168,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], dic
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
         state = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear message
+    except Exception as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {type(exc).__name__}: {exc}") from exc
     if metadata.get(FORMAT_KEY) != FORMAT_VALUE or _CONFIG_KEY not in metadata:
         raise ValueError(

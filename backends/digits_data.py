@@ -20,7 +20,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["load_digit_images", "SPLITS"]
+__all__ = ["SPLITS", "load_digit_images"]
 
 SPLITS = ("all", "even", "odd")
 

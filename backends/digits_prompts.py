@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DIGIT_WORDS", "FILLER_WORDS", "parse_digit_prompt", "digit_prompt"]
+__all__ = ["DIGIT_WORDS", "FILLER_WORDS", "digit_prompt", "parse_digit_prompt"]
 
 #: number words, index = digit
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -38,7 +38,7 @@ def parse_digit_prompt(prompt: str) -> int:
             several digits, or contains words outside :data:`FILLER_WORDS`.
     """
     if not isinstance(prompt, str):
-        raise ValueError(f"digit prompt must be a string, got {type(prompt).__name__}: {prompt!r}")
+        raise TypeError(f"digit prompt must be a string, got {type(prompt).__name__}: {prompt!r}")
     tokens = _TOKEN.findall(prompt.lower())
     digits: list[int] = []
     unknown: list[str] = []

@@ -28,7 +28,6 @@ Run: ``python examples/pretrain_digits.py`` (a few minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -36,9 +35,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-import treesdk
-from treesdk.io import atomic_write_json
 from treesdk_backends.digits import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
@@ -51,12 +47,15 @@ from treesdk_backends.digits import (
 from treesdk_backends.digits_data import load_digit_images
 from treesdk_plugins.digits import (
     DigitClassifierNet,
+    DigitClassifierReward,
     DigitEvaluatorNet,
     DigitEvaluatorReward,
-    DigitClassifierReward,
     preprocess_digit_images,
     save_classifier_checkpoint,
 )
+
+import treesdk
+from treesdk.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,17 +29,17 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from treesdk_backends.digits_prompts import parse_digit_prompt
 
 from treesdk.interfaces import RewardModel
 from treesdk.io import atomic_save_safetensors
-from treesdk_backends.digits_prompts import parse_digit_prompt
 
 __all__ = [
-    "DigitClassifierNet",
-    "DigitEvaluatorNet",
-    "DigitClassifierReward",
-    "DigitEvaluatorReward",
     "WEIGHTS_DIR",
+    "DigitClassifierNet",
+    "DigitClassifierReward",
+    "DigitEvaluatorNet",
+    "DigitEvaluatorReward",
     "preprocess_digit_images",
     "save_classifier_checkpoint",
 ]
@@ -143,7 +143,7 @@ class _DigitReward(RewardModel):
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
             state = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"{self.name} checkpoint {path} is not readable safetensors ({exc}); {how}") from exc
         if metadata.get(FORMAT_KEY) != fmt:
             raise ValueError(f"{self.name} checkpoint {path} has {FORMAT_KEY}={metadata.get(FORMAT_KEY)!r}; {how}")

@@ -10,8 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from safetensors.torch import save_file
-
-import treesdk
 from treesdk_backends.digits_data import load_digit_images
 from treesdk_plugins.digits import (
     WEIGHTS_DIR,
@@ -21,6 +19,8 @@ from treesdk_plugins.digits import (
     DigitEvaluatorReward,
     save_classifier_checkpoint,
 )
+
+import treesdk
 
 NAMES = ("digit-classifier", "digit-evaluator")
 

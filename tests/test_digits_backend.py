@@ -11,9 +11,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-import treesdk
-from treesdk.sde import sigma_grid
 from treesdk_backends.digits import (
     DEFAULT_NUM_STEPS,
     WEIGHTS_DIR,
@@ -24,6 +21,9 @@ from treesdk_backends.digits import (
 )
 from treesdk_backends.digits_prompts import parse_digit_prompt
 from treesdk_backends.images import save_image_grid
+
+import treesdk
+from treesdk.sde import sigma_grid
 
 #: the evaluator may flip a few borderline samples on another CPU / thread count (float rounding
 #: along the ODE); on the machine that made the weights the value reproduces exactly.
@@ -177,7 +177,7 @@ def test_trainable_state_round_trip(tiny):
 def test_load_trainable_state_dict_is_strict(tiny):
     state = tiny.trainable_state_dict()
     dropped = dict(state)
-    key = sorted(dropped)[0]
+    key = min(dropped)
     del dropped[key]
     with pytest.raises(KeyError, match=key.replace(".", r"\.")):
         tiny.load_trainable_state_dict(dropped)
