@@ -13,7 +13,8 @@ and adds fault injection for the tests:
 * ``--hang-at N``: rank 1 stops responding (sleeps 10 minutes) when iteration N starts, as a frozen
   node would: its connections stay open, so only the timeout can save the others.
 * ``--ready-at N --ready-marker FILE --ready-sleep S``: when iteration N starts sampling, touch FILE
-  and sleep S seconds (a window for the test's SIGTERM to land mid-iteration).
+  and wait (at most S seconds) until the trainer has seen a SIGINT/SIGTERM, so the test's signal
+  lands mid-iteration however slow the machine is.
 * ``--stall-checkpoint-at N --ready-marker FILE``: while writing checkpoint N, after the first file
   is in the temporary folder, touch FILE and sleep (for the test's SIGKILL).
 * ``--selftest DIR``: before training, exercise every collective hook on rank-dependent inputs and
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(600)
             if args.ready_at == it and ctx.is_main and args.ready_marker is not None:
                 args.ready_marker.write_text("ready")
-                time.sleep(args.ready_sleep)
+                deadline = time.monotonic() + args.ready_sleep
+                while time.monotonic() < deadline and not stop_requested():  # wait for the test's signal
+                    time.sleep(0.05)
 
         rows: list[dict] = []
         start_offset = [0]
@@ -158,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         distributed.shutdown(ctx)
+
+
+def stop_requested() -> bool:
+    """Whether the trainer's SIGTERM handler (``treesdk.trainer._StopRequest``) has fired."""
+    handler = signal.getsignal(signal.SIGTERM)
+    return bool(getattr(getattr(handler, "__self__", None), "requested", False))
 
 
 def selftest(ctx: distributed.DistributedContext, folder: Path) -> None:

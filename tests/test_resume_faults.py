@@ -39,10 +39,10 @@ def test_sigterm_mid_iteration_checkpoints_then_resume_equals_straight():
     straight = straight_two_rank_run()
     root = scratch("sigterm")
     args = ["--out", str(root / "run"), "--iters", "4", "--result", str(root / "first.json"),
-            "--ready-at", "2", "--ready-marker", str(root / "ready"), "--ready-sleep", "2"]
+            "--ready-at", "2", "--ready-marker", str(root / "ready"), "--ready-sleep", "60"]
     proc = subprocess.Popen(torchrun_cmd(args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(root / "ready", proc)  # rank 0 is inside iteration 2 (sampling), sleeping 2 s
+        wait_for(root / "ready", proc)  # rank 0 is inside iteration 2 (sampling), waiting for the signal
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -105,12 +105,19 @@ def torchrun_argv(
 
 def launch(argv: Sequence[str]) -> int:
     """Run torchrun with ``argv`` (from :func:`torchrun_argv`) in this process; returns the exit
-    code (0 when every worker succeeded)."""
+    code: 0 when every worker succeeded, 1 when one failed, ``128 + signal`` when this process was
+    told to stop (torchrun then forwards the signal: the workers finish the iteration, checkpoint
+    and exit)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
     try:
         torchrun_main(list(argv))
+    except SignalException as exc:
+        print(f"stopped by {exc.sigval.name}: the workers were asked to finish the iteration and write a "
+              "checkpoint; continue with --resume", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failures = exc.failures
         first = min(failures.values(), key=lambda f: f.timestamp) if failures else None
