@@ -275,23 +275,19 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world_size: int, buc
                 chunk.append(members[start])
                 size += members[start].numel()
                 start += 1
-            flat = torch.zeros(size + len(chunk), dtype=reduce_dtype, device=device)
-            offset = 0
-            for i, p in enumerate(chunk):
-                if p.grad is not None:
-                    flat[offset : offset + p.numel()].copy_(p.grad.reshape(-1))
-                    flat[size + i] = 1.0
-                offset += p.numel()
+            pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(reduce_dtype) for p in chunk]
+            flags = torch.tensor([float(p.grad is not None) for p in chunk], dtype=reduce_dtype, device=device)
+            flat = torch.cat([*pieces, flags])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for i, p in enumerate(chunk):
-                if flat[size + i] > 0:
-                    mean = (flat[offset : offset + p.numel()] / world_size).view_as(p).to(dtype)
+            present = flat[size:].tolist()  # one device sync per bucket
+            means = flat[:size].div_(world_size).split([p.numel() for p in chunk])
+            for p, mean, seen in zip(chunk, means, present):
+                if seen > 0:
+                    mean = mean.view_as(p).to(dtype)
                     if p.grad is None:
-                        p.grad = mean
+                        p.grad = mean.clone()
                     else:
                         p.grad.copy_(mean)
-                offset += p.numel()
 
 
 def reduce_metric_rows(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
