@@ -73,3 +73,8 @@ def test_broken_plugin_is_listed_with_its_error(broken_plugin):
     assert rows["jpeg-compressibility"]["ok"]
     out = run("--kind", "reward")
     assert "failed to import" in out and "jpeg-compressibility" in out
+
+
+def test_verbose_table_shows_entry_points():
+    out = run("--kind", "reward", "--verbose")
+    assert "treesdk_plugins.jpeg" in out.replace("\n", "").replace("│", "").replace(" ", "")
