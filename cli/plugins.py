@@ -62,6 +62,8 @@ def plugins(
         cells = [r.kind, r.name] + ([r.value] if verbose else []) + [r.distribution or "?", r.version or "?", status]
         table.add_row(*cells)
     console = Console()
+    if verbose and console.width < 160:  # entry points are long; folding them makes them unreadable
+        console = Console(width=160)
     console.print(table)
     failed = sum(not r.ok for r in rows)
     if failed:

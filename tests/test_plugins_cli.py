@@ -77,4 +77,4 @@ def test_broken_plugin_is_listed_with_its_error(broken_plugin):
 
 def test_verbose_table_shows_entry_points():
     out = run("--kind", "reward", "--verbose")
-    assert "treesdk_plugins.jpeg" in out.replace("\n", "").replace("│", "").replace(" ", "")
+    assert "treesdk_plugins.jpeg:JpegCompressibilityReward" in out
