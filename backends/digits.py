@@ -42,7 +42,7 @@ from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
 
-from .digits_prompts import digit_prompt, parse_digit_prompt
+from .digits_prompts import DIGIT_WORDS, digit_prompt, parse_digit_prompt
 from .images import save_image_grid
 
 __all__ = [
@@ -63,6 +63,8 @@ __all__ = [
 DEFAULT_NUM_STEPS = 10
 #: classifier-free guidance scale used by default (1.0 = plain conditional velocity, one forward).
 DEFAULT_GUIDANCE_SCALE = 1.0
+#: learning rate suggested to recipes (see DigitsBackend.recipe_defaults)
+RECIPE_LR = 3e-4
 #: label index of the unconditional ("null") class used for classifier-free guidance.
 NULL_LABEL = 10
 #: folder of the shipped weights
@@ -281,6 +283,31 @@ class DigitsBackend(VelocityModel):
             "dtype": str(self._dtype).replace("torch.", ""),
             "device": str(self._device),
         }
+
+    # -- defaults the CLI and the trainer use -----------------------------------------------------
+
+    def default_prompts(self) -> list[str]:
+        """Training prompts: every digit, as a numeral and as a word ("the digit seven")."""
+        return [digit_prompt(d) for d in range(10)] + [f"the digit {DIGIT_WORDS[d]}" for d in range(10)]
+
+    def default_rewards(self) -> dict[str, float]:
+        """Train on the digit classifier (probability of the prompted digit)."""
+        return {"digit-classifier": 1.0}
+
+    def heldout_rewards(self) -> list[str]:
+        """The evaluator was trained on the other half of the data: it shows reward hacking."""
+        return ["digit-evaluator"]
+
+    def eval_set(self) -> tuple[list[str], list[int]]:
+        """10 seeds for each digit (100 images), seeds 1000..1009, fixed for every run."""
+        prompts = [digit_prompt(d) for d in range(10) for _ in range(10)]
+        seeds = [1000 + s for _ in range(10) for s in range(10)]
+        return prompts, seeds
+
+    def recipe_defaults(self) -> dict[str, Any]:
+        """Scale-dependent values for a 0.4M-parameter full fine-tune (the papers' lr 1e-5 is for
+        multi-billion-parameter transformers): lr RECIPE_LR, T = 10."""
+        return {"optim.lr": RECIPE_LR, "steps": DEFAULT_NUM_STEPS}
 
     # -- sampling ------------------------------------------------------------------------------
 
