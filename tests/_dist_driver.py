@@ -35,12 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
+from analytic import BrightnessReward, MixtureFlow
 
-from analytic import BrightnessReward, MixtureFlow  # noqa: E402
-from treesdk import distributed  # noqa: E402
-from treesdk.recipe import load_recipe  # noqa: E402
-from treesdk.trainer import train  # noqa: E402
+from treesdk import distributed
+from treesdk.recipe import load_recipe
+from treesdk.trainer import train
 
 RECIPE = {"steps": 6, "tree.d": 3, "optim.lr": 0.05, "optim.minibatches": 2, "optim.grad_clip": 1.0}
 PROMPTS = ["a", "b", "c", "d", "e", "f"]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             model.velocity = recording  # type: ignore[method-assign]
 
         if args.stall_checkpoint_at is not None and ctx.is_main:
-            import treesdk.checkpoint as checkpoint
+            from treesdk import checkpoint
 
             real_save = checkpoint.atomic_save_safetensors
 
@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             if it in started:
                 return
             started.add(it)
-            if args.crash_at == it and ctx.rank == victim and args.crash_marker is not None:
-                if not args.crash_marker.exists():
-                    args.crash_marker.write_text("crashed")
-                    print(f"rank {ctx.rank}: injected crash at iteration {it}", file=sys.stderr, flush=True)
-                    os._exit(3)
+            crash = args.crash_at == it and ctx.rank == victim and args.crash_marker is not None
+            if crash and not args.crash_marker.exists():  # only the first attempt crashes
+                args.crash_marker.write_text("crashed")
+                print(f"rank {ctx.rank}: injected crash at iteration {it}", file=sys.stderr, flush=True)
+                os._exit(3)
             if args.die_at == it and ctx.rank == victim:
                 print(f"rank {ctx.rank}: dying at iteration {it}", file=sys.stderr, flush=True)
                 os._exit(3)

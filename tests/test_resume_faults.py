@@ -7,6 +7,7 @@ float summation order, so exact equality is the right test on CPU).
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,22 @@ import time
 from pathlib import Path
 
 import pytest
-
+import torch
 from _dist_common import (
-    DRIVER, check, env, free_port, hexes, in_process_run, result, run_torchrun, scratch, straight_two_rank_run,
+    DRIVER,
+    TWO_RANK_ATOL,
+    check,
+    env,
+    free_port,
+    hexes,
+    in_process_run,
+    result,
+    run_torchrun,
+    scratch,
+    straight_two_rank_run,
     torchrun_cmd,
 )
+
 from treesdk.checkpoint import list_checkpoints, load_checkpoint
 
 
@@ -44,7 +56,7 @@ def test_sigterm_mid_iteration_checkpoints_then_resume_equals_straight():
     try:
         wait_for(root / "ready", proc)  # rank 0 is inside iteration 2 (sampling), waiting for the signal
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     first = result(root / "first.json")
@@ -78,6 +90,20 @@ def test_worker_crash_with_max_restarts_resumes_from_the_last_checkpoint():
     assert [int(line.split('"iteration": ')[1].split(",")[0].rstrip("}")) for line in lines] == [1, 2, 3, 4]
 
 
+def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
+    """``--batch`` is global, so a run checkpointed by 2 ranks continues on 1 with the same trees:
+    the weights end within the float-summation tolerance of the 2-rank run."""
+    straight = straight_two_rank_run()
+    run = tmp_path / "run"
+    shutil.copytree(straight["run"], run)
+    for later in ("iter_000003", "iter_000004"):
+        shutil.rmtree(run / "checkpoints" / later)
+    resumed, model = in_process_run(out_dir=run, iters=4, resume=True)
+    assert [row["iteration"] for row in resumed.history] == [3, 4]
+    two = torch.tensor(straight["result"]["logits"])
+    assert torch.allclose(model.logits.detach(), two, rtol=0, atol=TWO_RANK_ATOL)
+
+
 def test_sigkill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     """SIGKILL while checkpoint 4 is half written (one file in its temporary folder): checkpoint 2
     is still the newest complete one, loads, and resuming from it reproduces the straight run."""
@@ -98,7 +124,7 @@ def test_sigkill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path
     assert half, "the kill did not land during the write of checkpoint 4"
     assert [p.name for p in list_checkpoints(root / "run")] == ["iter_000002"]
     trainable, optim_state, state = load_checkpoint(root / "run")
-    assert state["iteration"] == 2 and optim_state["state"]
+    assert state["iteration"] == 2 and optim_state["state"] and set(trainable) == {"logits"}
 
     _, resumed = in_process_run(out_dir=root / "run", iters=4, resume=True)
     _, uninterrupted = in_process_run(iters=4)

@@ -42,7 +42,7 @@ import datetime
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,7 +104,7 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None  # "nccl" | "gloo" | None (single process)
     timeout_s: float = DEFAULT_TIMEOUT_S
 
@@ -123,7 +123,7 @@ class DistributedContext:
             return fn()
         except DistributedError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every backend error means the same thing here
+        except Exception as exc:
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: {what} failed ({type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}). Another rank most "
