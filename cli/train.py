@@ -65,6 +65,8 @@ def train_command(
         with clean_errors():
             if resume and out is None:
                 raise ValueError("--resume needs --out RUN_DIR")
+            launch.torchrun_argv([], nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                                 rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, run_dir=out or "runs")  # checks
             argv = sys.argv[1:]
             if "train" not in argv:
                 raise ValueError("--nproc-per-node/--nnodes/--max-restarts need the command line (sys.argv) of `treesdk train`")

@@ -156,3 +156,21 @@ def test_cli_launches_two_ranks_through_torchrun(straight):
     assert [r["iteration"] for r in rows if not r.get("eval")] == [1, 2]
     assert [r["trees"] for r in rows if not r.get("eval")] == [4, 4]
     assert json.loads((root / "run" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+        (["--nnodes", "2", "--rdzv-endpoint", "n0:29500", "--node-rank", "5"], "--node-rank 5: must be in 0..1"),
+        (["--nproc-per-node", "0", "--nnodes", "2", "--rdzv-endpoint", "n0:1"], "need at least 1 process per node"),
+    ],
+)
+def test_cli_launcher_flags_are_checked_before_anything_starts(flags, message):
+    from typer.testing import CliRunner
+
+    from treesdk_cli.main import app
+
+    done = CliRunner().invoke(app, ["train", *flags])
+    assert done.exit_code == 1
+    assert message in " ".join(done.output.split())
