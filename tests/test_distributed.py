@@ -167,9 +167,8 @@ def test_cli_launches_two_ranks_through_torchrun(straight):
     ],
 )
 def test_cli_launcher_flags_are_checked_before_anything_starts(flags, message):
-    from typer.testing import CliRunner
-
     from treesdk_cli.main import app
+    from typer.testing import CliRunner
 
     done = CliRunner().invoke(app, ["train", *flags])
     assert done.exit_code == 1
