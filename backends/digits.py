@@ -64,7 +64,7 @@ DEFAULT_NUM_STEPS = 10
 #: classifier-free guidance scale used by default (1.0 = plain conditional velocity, one forward).
 DEFAULT_GUIDANCE_SCALE = 1.0
 #: learning rate suggested to recipes (see DigitsBackend.recipe_defaults)
-RECIPE_LR = 3e-4
+RECIPE_LR = 1e-4
 #: label index of the unconditional ("null") class used for classifier-free guidance.
 NULL_LABEL = 10
 #: folder of the shipped weights

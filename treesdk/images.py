@@ -28,7 +28,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, min_siz
         h, w = h * scale, w * scale
     nrow = nrow or math.ceil(math.sqrt(b))
     rows = math.ceil(b / nrow)
-    pad = 2
+    pad = max(2, h // 16)
     canvas = torch.ones(3, rows * (h + pad) + pad, nrow * (w + pad) + pad)
     for i in range(b):
         r, c = divmod(i, nrow)
