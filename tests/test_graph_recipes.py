@@ -73,7 +73,7 @@ def test_recipe_to_graph_round_trips(name):
 def test_hybrid_file_mixes_the_parts():
     recipe = load_recipe(HYBRID)
     assert recipe.advantage.kind == "tree-backup" and recipe.window.kind == "random"
-    assert [(loss.kind, loss.weight) for loss in recipe.losses] == [("clipped-surrogate", 1.0), ("layertuning-sft", 0.05)]
+    assert [(loss.kind, loss.weight) for loss in recipe.losses] == [("clipped-surrogate", 1.0), ("layertuning-sft", 0.001)]
     assert recipe.losses[0].clip == "reward-adaptive"
     assert not recipe.tree.sde_outside_window  # inline `ode` node
 

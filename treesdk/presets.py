@@ -86,7 +86,7 @@ def dynamic_treerpo() -> Recipe:
         advantage=GroupAdvantageSpec(attribution="path", clip=5.0),  # eq. 9 path attribution (paper)
         losses=[
             ClippedSurrogateSpec(clip="reward-adaptive", eps_low=5e-5, eps_high=2e-4, eta=1.0),  # (treesdk values)
-            LayerTuningSpec(weight=0.05),  # lambda (treesdk)
+            LayerTuningSpec(weight=0.001),  # lambda (treesdk: 0.005 and above lowered the reward on digits)
         ],
         optim=OptimSpec(lr=1e-5, weight_decay=1e-4, grad_clip=1.0),
     )
