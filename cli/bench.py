@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import backend_options, clean_errors, console, load_rewards, parse_overrides, parse_rewards, read_prompts
+from .common import backend_options, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, parse_overrides, parse_rewards, read_prompts
 
 
 def bench_command(
@@ -24,6 +24,7 @@ def bench_command(
     steps: Annotated[int, typer.Option(help="sampling steps T, the same for every algorithm")] = 10,
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME[=WEIGHT]; repeatable")] = None,
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward; repeatable")] = None,
+    reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="reward threshold (default: halfway to the best final gain)")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override for every recipe, DOTTED.KEY=VALUE")] = None,
@@ -45,14 +46,16 @@ def bench_command(
         eval_prompts, eval_seeds = probe.eval_set()
         train_prompts = read_prompts(prompts) or probe.default_prompts()
         names = list(algo) if algo else list(DEFAULT_ALGORITHMS)
+        reward_options = parse_reward_options(reward_opt)
+        check_reward_options(reward_options, [*weights, *heldout_names])
         console.print(f"[bold]treesdk bench[/] {backend}: {', '.join(names)}; {seconds:.0f} s each, T={steps}, batch={batch}")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                       TimeElapsedColumn(), console=console) as progress:
             tasks = {name: progress.add_task(name, total=seconds) for name in names}
             report = run_bench(
                 lambda: treesdk.load_backend(backend, **options),
-                load_rewards(list(weights), device), weights, train_prompts, eval_prompts, eval_seeds,
-                heldout=load_rewards(heldout_names, device), algorithms=names, overrides=parse_overrides(set_),
+                load_rewards(list(weights), device, reward_options), weights, train_prompts, eval_prompts, eval_seeds,
+                heldout=load_rewards(heldout_names, device, reward_options), algorithms=names, overrides=parse_overrides(set_),
                 seconds=seconds, max_iters=iters, eval_every=eval_every, batch=batch, steps=steps, seed=seed,
                 threshold=threshold, out_dir=out,
                 on_progress=lambda name, done, total: progress.update(tasks[name], completed=done),

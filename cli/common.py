@@ -34,20 +34,37 @@ def parse_rewards(options: Sequence[str] | None) -> dict[str, float]:
     return dict(parse_reward_option(o) for o in options or [])
 
 
-def load_rewards(names: Sequence[str], device: str | None) -> dict[str, Any]:
-    """Reward models by registry name, moved to ``device``."""
+def parse_reward_options(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``["hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt"]`` -> ``{"hpsv2.1": {"checkpoint": "/p/..."}}``
+    (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        name, colon, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not colon or not eq or not name.strip() or not key.strip():
+            raise ValueError(f"--reward-opt {item!r}: expected NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/path/file.pt")
+        out.setdefault(name.strip(), {})[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def check_reward_options(options: dict[str, dict[str, Any]], names: Sequence[str]) -> None:
+    """Every ``--reward-opt`` must name a reward that is used."""
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"--reward-opt names {unknown}, which are not among the rewards used: {list(names)}")
+
+
+def load_rewards(names: Sequence[str], device: str | None, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Reward models by registry name with their ``--reward-opt`` options, on ``device``."""
     import treesdk
 
+    options = options or {}
     models = {}
     for name in names:
-        options = {"device": device} if device else {}
-        try:
-            model = treesdk.load_reward(name, **options)
-        except TypeError:
-            model = treesdk.load_reward(name)
-            if device:
-                model = model.to(device)
-        models[name] = model
+        model = treesdk.load_reward(name, **options.get(name, {}))
+        models[name] = model.to(device) if device else model
     return models
 
 

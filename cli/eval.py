@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import clean_errors, console, load_rewards, read_prompts
+from .common import clean_errors, console, check_reward_options, load_rewards, parse_reward_options, read_prompts
 from .sample import load_policy
 
 
@@ -18,6 +18,7 @@ def eval_command(
     backend: Annotated[str, typer.Option(help="backend of the base model (when no RUN)")] = "digits",
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id")] = None,
     reward: Annotated[Optional[list[str]], typer.Option(help="reward to score with; repeatable (default: backend's)")] = None,
+    reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="file with one prompt per line (default: backend's eval set)")] = None,
     seeds: Annotated[int, typer.Option(help="images per prompt (seeds 0..N-1)")] = 1,
     steps: Annotated[int, typer.Option(help="ODE sampling steps")] = 10,
@@ -34,7 +35,9 @@ def eval_command(
         names = list(reward) if reward else [*policy.default_rewards(), *policy.heldout_rewards()]
         if not names:
             raise ValueError("no reward to evaluate with: pass --reward NAME")
-        rewards = load_rewards(names, device)
+        reward_options = parse_reward_options(reward_opt)
+        check_reward_options(reward_options, names)
+        rewards = load_rewards(names, device, reward_options)
         base_prompts, base_seeds = policy.eval_set()
         if prompts is not None or seeds != 1:
             plist = read_prompts(prompts) or list(dict.fromkeys(base_prompts))

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import backend_options, clean_errors, console, load_rewards, parse_overrides, parse_rewards, read_prompts
+from .common import backend_options, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, parse_overrides, parse_rewards, read_prompts
 
 
 def build_recipe(algo: str, config: str | None, k: int | None, d: int | None, steps: int | None,
@@ -39,6 +39,7 @@ def train_command(
     batch: Annotated[int, typer.Option(help="prompts (trees) per iteration, over all ranks")] = 8,
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME or NAME=WEIGHT; repeatable")] = None,
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward scored only at evaluation; repeatable")] = None,
+    reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="image resolution in pixels (backend default if unset)")] = None,
     config: Annotated[Optional[str], typer.Option(help="recipe file (YAML/JSON); replaces --algo")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<algo>-<time>)")] = None,
@@ -89,7 +90,8 @@ def train_command(
         with clean_errors():
             ctx = distributed.init_distributed()
             _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
-                   seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints)
+                   seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints,
+                   reward_opt=reward_opt)
     finally:
         distributed.shutdown(ctx)
 
@@ -98,7 +100,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
            iters: int, batch: int, reward: list[str] | None, eval_reward: list[str] | None, resolution: int | None,
            config: str | None, out: Path | None, seed: int, device: str | None, lr: float | None, prompts: str | None,
            set_: list[str] | None, backend_opt: list[str] | None, checkpoint_every: int, resume: bool,
-           export_format: str | None, keep_checkpoints: int) -> None:
+           export_format: str | None, keep_checkpoints: int, reward_opt: list[str] | None = None) -> None:
     """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
     import treesdk
     from treesdk import distributed
@@ -114,8 +116,10 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
     if not weights:
         raise ValueError(f"backend {backend!r} has no default reward: name one with --reward NAME[=WEIGHT]")
     heldout = list(eval_reward) if eval_reward is not None else [r for r in vm.heldout_rewards() if r not in weights]
-    rewards = load_rewards(list(weights), device)
-    heldout_models = load_rewards(heldout, device)
+    reward_options = parse_reward_options(reward_opt)
+    check_reward_options(reward_options, [*weights, *heldout])
+    rewards = load_rewards(list(weights), device, reward_options)
+    heldout_models = load_rewards(heldout, device, reward_options)
     train_prompts = read_prompts(prompts) or vm.default_prompts()
     eval_prompts, eval_seeds = vm.eval_set()
     run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
