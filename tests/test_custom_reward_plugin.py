@@ -84,3 +84,24 @@ def test_installed_plugin_scores_images(custom_reward_plugin):
     assert scores.shape == (4,) and scores.dtype == torch.float32
     torch.testing.assert_close(scores, reference_colorfulness(images), atol=1e-5, rtol=1e-5)
     assert scores[0] == 0 and (scores[1:] > scores[0]).all()
+
+
+def test_installed_plugin_drives_a_short_training_run(custom_reward_plugin, tmp_path):
+    """`treesdk train --reward colorfulness=0.5 --reward digit-classifier` uses the third-party reward."""
+    from typer.testing import CliRunner
+
+    from treesdk_cli.main import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--iters", "2", "--batch", "2", "--k", "2", "--d", "2", "--steps", "4", "--out", str(out),
+         "--reward", f"{custom_reward_plugin}=0.5", "--reward", "digit-classifier"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if not r.get("eval")]
+    assert len(train_rows) == 2
+    assert all(0.0 <= r[f"{custom_reward_plugin}_mean"] for r in train_rows)
+    config = json.loads((out / "config.json").read_text())
+    assert config["rewards"] == {custom_reward_plugin: 0.5, "digit-classifier": 1.0}
