@@ -1,0 +1,99 @@
+"""The built-in digits pipeline end to end: train, sample, eval, bench on tiny budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import treesdk
+from treesdk.bench import run_bench
+from treesdk_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = runner.invoke(app, ["train", "--iters", "3", "--batch", "4", "--out", str(out), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_train_writes_the_whole_run_folder(trained_run):
+    out, output = trained_run
+    assert "before" in output and "digit-evaluator" in output  # the summary table
+    for path in ("config.json", "metrics.jsonl", "samples/start.png", "samples/end.png", "export/digits.safetensors"):
+        assert (out / path).is_file(), path
+    assert list((out / "tb").iterdir())
+    assert list((out / "checkpoints").iterdir())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("eval")]
+    assert [r["tag"] for r in evals] == ["start", "end"]
+    assert {"digit-classifier_mean", "digit-evaluator_mean"} <= set(evals[0])
+    train_rows = [r for r in rows if not r.get("eval")]
+    assert [r["iteration"] for r in train_rows] == [1, 2, 3]
+    # treegrpo on digits: k=2, d=4, T=10 -> per tree s + 15 + 16 (6 - s) evaluations
+    for r in train_rows:
+        assert r["nfe_sampling"] == 4 * (r["window_start"] + 15 + 16 * (6 - r["window_start"]))
+        assert r["nfe_training"] == 4 * 15
+
+
+def test_sample_and_eval_a_trained_run(trained_run, tmp_path):
+    out, _ = trained_run
+    grid = tmp_path / "grid.png"
+    result = runner.invoke(app, ["sample", "--run", str(out), "--prompt", "the digit seven", "--seeds", "3", "--out", str(grid)])
+    assert result.exit_code == 0, result.output
+    assert grid.is_file()
+    js = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    ends = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"tag": "end"' in line]
+    assert data["digit-evaluator_mean"] == pytest.approx(ends[0]["digit-evaluator_mean"], abs=1e-6)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    result = runner.invoke(app, ["train", "--k", "0", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "tree.k" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["sample", "--prompt", "a cat on a mat", "--out", str(tmp_path / "y.png")])
+    assert result.exit_code == 1 and "cannot condition on prompt 'a cat on a mat'" in result.output
+    result = runner.invoke(app, ["train", "--reward", "no-such-reward", "--out", str(tmp_path / "z")])
+    assert result.exit_code == 1 and "no reward named 'no-such-reward'" in result.output
+
+
+def test_a_short_training_run_raises_the_heldout_reward():
+    torch.manual_seed(0)
+    backend = treesdk.load_backend("digits")
+    rewards = {"digit-classifier": treesdk.load_reward("digit-classifier")}
+    heldout = {"digit-evaluator": treesdk.load_reward("digit-evaluator")}
+    prompts = [f"a handwritten digit {d}" for d in range(10)]
+    recipe = treesdk.load_algorithm("treegrpo", **{**backend.recipe_defaults(), "optim.lr": 3e-4})
+    run = treesdk.train(recipe, backend, rewards, prompts, iters=8, batch=8, seed=0,
+                        eval_prompts=prompts * 3, eval_seeds=[s for s in range(3) for _ in range(10)], eval_rewards=heldout)
+    gain = run.eval_after["digit-evaluator_mean"] - run.eval_before["digit-evaluator_mean"]
+    assert gain > 0.05, (run.eval_before, run.eval_after)
+
+
+def test_bench_reports_every_field(tmp_path):
+    backend_factory = lambda: treesdk.load_backend("digits")  # noqa: E731
+    rewards = {"digit-classifier": treesdk.load_reward("digit-classifier")}
+    report = run_bench(
+        backend_factory, rewards, {"digit-classifier": 1.0}, ["a handwritten digit 3", "digit 8"],
+        ["digit 3", "digit 8"], [0, 1], heldout={"digit-evaluator": treesdk.load_reward("digit-evaluator")},
+        algorithms=["grpo", "treegrpo"], overrides={"tree.d": 2, "tree.roots": 1, "steps": 4}, seconds=0.5, max_iters=2,
+        eval_every=1, batch=2, steps=4, out_dir=tmp_path,
+    )
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["threshold"] == report["threshold"]
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    for name in ("grpo", "treegrpo"):
+        entry = saved["algorithms"][name]
+        assert set(entry) >= {"seconds_to_threshold", "seconds_per_iter", "nfe_sampling_per_iter",
+                              "nfe_training_per_iter", "final_reward", "final_heldout", "curve"}
+        assert entry["curve"][0]["seconds"] == 0.0 and entry["nfe_sampling_per_iter"] > 0
+    # grpo: 2 prompts x 1 root x 4 SDE steps; treegrpo (k=2, d=2): s + 3 + 4 (2 - s) per tree
+    assert saved["algorithms"]["grpo"]["nfe_sampling_per_iter"] == 8
