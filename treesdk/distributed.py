@@ -240,12 +240,18 @@ def init_distributed(
         ctx._run(
             f"joining the process group ({backend}, MASTER_ADDR={env.get('MASTER_ADDR')}, "
             f"MASTER_PORT={env.get('MASTER_PORT')})",
-            lambda: dist.init_process_group(
-                backend=backend, rank=rank, world_size=world,
-                timeout=datetime.timedelta(seconds=timeout),
-            ),
+            lambda: _join(backend, rank, world, datetime.timedelta(seconds=timeout), restart_count(env)),
         )
     return ctx
+
+
+def _join(backend: str, rank: int, world: int, timeout: datetime.timedelta, attempt: int) -> None:
+    """``init_process_group`` over the ``env://`` store (torchrun's agent store, or one hosted by
+    rank 0), with keys prefixed by the restart attempt: after a torchrun restart the store still
+    holds the dead workers' addresses, and gloo would try to connect to them."""
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    store = dist.PrefixStore(f"treesdk/attempt{attempt}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
 def shutdown(ctx: DistributedContext | None) -> None:
