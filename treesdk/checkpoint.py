@@ -80,9 +80,9 @@ def save_checkpoint(
     """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``."""
     final = checkpoint_dir(run_dir, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(".tmp-iter_*"):  # left by a writer killed mid-checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         atomic_save_safetensors(trainable, tmp / "trainable.safetensors", {"iteration": str(iteration)})
