@@ -56,3 +56,13 @@ def test_run_folder_metrics_and_resume_bit_for_bit(tmp_path):
                 "reward_std", "loss", "clip_fraction", "seconds_sampling", "seconds_reward", "seconds_training", "seconds"}
     assert required <= set(rows[0])
     assert json.loads((tmp_path / "a" / "config.json").read_text())["recipe"]["name"] == "treegrpo"
+
+
+def test_checkpoint_carries_the_global_rng_state(tmp_path):
+    torch.manual_seed(1234)
+    train(recipe(), MixtureFlow(), {"brightness": BrightnessReward()}, ["a"], iters=1, batch=1, out_dir=tmp_path)
+    expected = torch.rand(3)  # the stream right after the checkpoint was written
+    torch.manual_seed(0)
+    train(recipe(), MixtureFlow(), {"brightness": BrightnessReward()}, ["a"], iters=1, batch=1, out_dir=tmp_path,
+          resume=True)
+    assert torch.equal(torch.rand(3), expected)

@@ -63,6 +63,30 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, state["param_groups"]
 
 
+def rng_state_tensors() -> dict[str, torch.Tensor]:
+    """The global torch RNG states (CPU and every CUDA device) as uint8 tensors ``rng.*``.
+
+    treesdk's own randomness (prompt order, windows, tree noise) is a pure function of
+    ``(seed, iteration, slot)`` and needs no state; these cover backends that draw from the global
+    generators (dropout, say), so a resumed run continues their streams too.
+    """
+    out = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = st
+    return out
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`rng_state_tensors` (CUDA states only where those devices exist)."""
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"rng.cuda.{i}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"], i)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as handle:
@@ -87,6 +111,7 @@ def save_checkpoint(
     try:
         atomic_save_safetensors(trainable, tmp / "trainable.safetensors", {"iteration": str(iteration)})
         tensors, groups = _optimizer_tensors(optimizer)
+        tensors.update(rng_state_tensors())
         atomic_save_safetensors(tensors, tmp / "optimizer.safetensors", {"iteration": str(iteration)})
         atomic_write_json({**state, "iteration": iteration, "param_groups": groups}, tmp / "state.json")
         _fsync_tree(tmp)
@@ -110,6 +135,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     optim_file = folder / "optimizer.safetensors"
     if optim_file.is_file():
         for key, value in load_file(str(optim_file)).items():
+            if key.startswith("rng."):
+                state.setdefault("rng", {})[key] = value
+                continue
             _, param_id, name = key.split(".", 2)
             optim_state["state"].setdefault(int(param_id), {})[name] = value
     return trainable, optim_state, state

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .advantages import build_estimator
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from .evaluate import decode_chunked, evaluate
 from .images import save_grid
 from .interfaces import RewardModel, VelocityModel
@@ -218,6 +218,7 @@ def train(
         trainable, optim_state, state = loaded
         backend.load_trainable_state_dict(trainable)
         optimizer.load_state_dict(optim_state)
+        restore_rng_state(state.pop("rng", {}))
         start_iteration = int(state["iteration"])
         run.eval_before = state.get("eval_before", {})
     elif out is not None and is_main:
