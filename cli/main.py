@@ -20,13 +20,7 @@ app = typer.Typer(
 _COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui")
 
 for _module_name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__package__}.{_module_name}")
-    except ModuleNotFoundError as exc:  # TEMPORARY while the commands are being written
-        if exc.name != f"{__package__}.{_module_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"{__package__}.{_module_name}").register(app)
 
 
 if __name__ == "__main__":  # pragma: no cover
