@@ -389,7 +389,7 @@ def export_run(
     formats = tuple(getattr(factory, "export_formats", ()))
     if fmt not in formats:
         raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
-    target = Path(out).expanduser() if out is not None else run / "export" / _default_name(fmt)
+    target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)
     if out is None:
         target.parent.mkdir(parents=True, exist_ok=True)
     _check_writable(target)
@@ -416,7 +416,8 @@ def _accepted(factory: Callable[..., Any]) -> set[str] | None:
     return set(params)
 
 
-def _default_name(fmt: str) -> str:
+def default_export_name(fmt: str) -> str:
+    """File (or folder, for ``diffusers``) name of format ``fmt`` inside ``RUN/export/``."""
     return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "transformer"}.get(
         fmt, f"{fmt}.safetensors"
     )
