@@ -314,7 +314,25 @@ class DiffusersBackend(VelocityModel):
             from peft import get_peft_model_state_dict
 
             state = get_peft_model_state_dict(self.transformer)
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+        from torch.distributed.tensor import DTensor
+
+        # under FSDP the values are DTensor shards: returned as they are, the trainer gathers them
+        return {k: v.detach() if isinstance(v, DTensor) else v.detach().to("cpu", copy=True).contiguous()
+                for k, v in state.items()}
+
+    def fsdp_modules(self) -> list[torch.nn.Module]:
+        """FSDP units for ``--fsdp`` (full fine-tune only): every transformer block
+        (``transformer_blocks``, then ``single_transformer_blocks`` where the model has them), then
+        the transformer itself. LoRA runs raise: their adapters are small, DDP is right for them."""
+        if self.lora_config is not None:
+            raise ValueError(
+                f"backend {self.name!r} trains a LoRA adapter (lora_rank={self.lora_rank}): --fsdp shards full "
+                "fine-tunes only; drop --fsdp (LoRA gradients are all-reduced, DDP style) or set lora_rank=0"
+            )
+        blocks: list[torch.nn.Module] = []
+        for attr in ("transformer_blocks", "single_transformer_blocks"):
+            blocks.extend(getattr(self.transformer, attr, None) or [])
+        return [*blocks, self.transformer]
 
     def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Copy ``state`` (names as :meth:`trainable_state_dict`) into the trainable weights.

@@ -365,6 +365,11 @@ class DigitsBackend(VelocityModel):
         """Every network tensor by its module path (e.g. ``down1.conv1.weight``), detached clones."""
         return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
+    def fsdp_modules(self) -> list[torch.nn.Module]:
+        """FSDP units for ``--fsdp``: the five residual blocks, then the whole network (the root
+        holds the embeddings and the in/out convolutions). The frozen reference copy is not sharded."""
+        return [m for m in self.net.modules() if isinstance(m, _ResBlock)] + [self.net]
+
     def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Strict inverse of :meth:`trainable_state_dict`: ``KeyError`` listing missing/unexpected keys."""
         _check_state_keys(self.net.state_dict(), state, "load_trainable_state_dict")

@@ -58,6 +58,7 @@ def train_command(
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the rendezvous (first node), for --nnodes > 1")] = None,
     max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint")] = 0,
     keep_checkpoints: Annotated[int, typer.Option(help="newest checkpoints kept in the run folder")] = 3,
+    fsdp: Annotated[bool, typer.Option(help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = False,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
     from treesdk import distributed, launch
@@ -91,7 +92,7 @@ def train_command(
             ctx = distributed.init_distributed()
             _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
                    seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints,
-                   reward_opt=reward_opt)
+                   reward_opt=reward_opt, fsdp=fsdp)
     finally:
         distributed.shutdown(ctx)
 
@@ -100,7 +101,8 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
            iters: int, batch: int, reward: list[str] | None, eval_reward: list[str] | None, resolution: int | None,
            config: str | None, out: Path | None, seed: int, device: str | None, lr: float | None, prompts: str | None,
            set_: list[str] | None, backend_opt: list[str] | None, checkpoint_every: int, resume: bool,
-           export_format: str | None, keep_checkpoints: int, reward_opt: list[str] | None = None) -> None:
+           export_format: str | None, keep_checkpoints: int, reward_opt: list[str] | None = None,
+           fsdp: bool = False) -> None:
     """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
     import treesdk
     from treesdk import distributed
@@ -125,6 +127,8 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
     run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
     fmt = export_format or (vm.export_formats[0] if vm.export_formats else None)
+    if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
+        raise ValueError(f"backend {backend!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights
     resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
 
@@ -133,6 +137,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
         f"[bold]treesdk train[/] backend={backend} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
         f"d={recipe.tree.d} roots={recipe.tree.roots} batch={batch} iters={iters} rewards={weights} -> {run_dir}"
         + (f" ranks={ctx.world_size} ({ctx.backend})" if ctx.world_size > 1 else "")
+        + (" fsdp" if fsdp and ctx.world_size > 1 else "")
         + (" (resuming)" if resume else "")
     )
     bar = Progress(
@@ -156,7 +161,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
             out_dir=run_dir, eval_prompts=eval_prompts, eval_seeds=eval_seeds, eval_rewards=heldout_models,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, export_format=fmt,
             config={"cli": {"algo": algo, "config": config}}, backend_options=options, on_iteration=on_iteration,
-            **ctx.train_kwargs(),
+            **ctx.train_kwargs(fsdp=fsdp),
         )
     if ctx.is_main:
         print_summary(run)

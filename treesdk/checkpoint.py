@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,8 @@ def latest_checkpoint(run_or_checkpoint: str | Path) -> Path:
     return found[-1]
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(optimizer: torch.optim.Optimizer | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for param_id, entries in state["state"].items():
         for name, value in entries.items():
@@ -97,11 +98,14 @@ def save_checkpoint(
     run_dir: str | Path,
     iteration: int,
     trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     state: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``."""
+    """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``.
+
+    ``optimizer`` is the optimiser or its (full, unsharded) ``state_dict()``, e.g. one gathered
+    under FSDP by :meth:`treesdk.distributed.FullyShardedTraining.full_optimizer_state`."""
     final = checkpoint_dir(run_dir, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(".tmp-iter_*"):  # left by a writer killed mid-checkpoint

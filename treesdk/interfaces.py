@@ -110,6 +110,14 @@ class VelocityModel(ABC):
     def train_mode(self, enabled: bool = True) -> None:
         """Switch the trainable module between train and eval mode (dropout, checkpointing)."""
 
+    def fsdp_modules(self) -> list[torch.nn.Module] | None:
+        """The modules to wrap with FSDP2 ``fully_shard`` for ``--fsdp``, innermost first and the
+        module holding all trainable parameters (the root) last, e.g. a transformer's blocks then
+        the transformer. None (the default): this backend does not support FSDP. A backend that
+        supports it only in some configurations (full fine-tune, not LoRA) raises ``ValueError``
+        saying why in the others."""
+        return None
+
     def default_prompts(self) -> list[str]:
         """Training prompts used when the user gives none."""
         return [

@@ -161,6 +161,7 @@ def train(
     reduce_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
     any_rank: Callable[[bool], bool] | None = None,
     broadcast_object: Callable[[Any], Any] | None = None,
+    fsdp: Any = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> Run:
@@ -185,6 +186,10 @@ def train(
             one; stop requests (SIGINT/SIGTERM) go through it so all ranks stop after the same iteration.
         broadcast_object: distributed hook returning rank 0's object on every rank; with it only
             rank 0 reads the checkpoint on resume (see :mod:`treesdk.distributed`).
+        fsdp: a :class:`treesdk.distributed.FullyShardedTraining` (``--fsdp``): shards the backend's
+            ``fsdp_modules()`` before the optimiser is built; checkpoints are gathered to full tensors
+            on every rank (rank 0 writes) and re-sharded on resume; the export at the end is written
+            by rank 0 from the final checkpoint. Pass no ``reduce_gradients`` with it.
         on_iteration: called with each metrics row; ``on_step(phase, done, total)`` for progress bars.
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
@@ -199,6 +204,11 @@ def train(
         for sub in ("samples", "checkpoints", "export"):
             (out / sub).mkdir(parents=True, exist_ok=True)
 
+    if fsdp is not None:
+        if batch % world_size:
+            raise ValueError(f"--fsdp needs --batch divisible by the number of ranks ({batch} % {world_size} != 0): "
+                             "every FSDP forward is a collective, so every rank must sample the same number of trees")
+        fsdp.shard(backend)
     estimator = build_estimator(recipe.advantage)
     terms = build_loss_terms(recipe.losses)
     params = backend.trainable_parameters()
@@ -216,6 +226,9 @@ def train(
         if broadcast_object is not None:
             loaded = broadcast_object(loaded)
         trainable, optim_state, state = loaded
+        if fsdp is not None:  # full tensors from the checkpoint -> this rank's shards
+            trainable = fsdp.shard_like(trainable, backend.trainable_state_dict())
+            optim_state = fsdp.shard_optimizer_state(optim_state, optimizer)
         backend.load_trainable_state_dict(trainable)
         optimizer.load_state_dict(optim_state)
         restore_rng_state(state.pop("rng", {}))
@@ -316,37 +329,46 @@ def train(
                     on_iteration(row)
                 stopping = agree(stop.requested)
                 due = checkpoint_every and iteration % checkpoint_every == 0
-                if out is not None and is_main and (due or stopping or iteration == iters):
-                    _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints)
+                if out is not None and (is_main or fsdp is not None) and (due or stopping or iteration == iters):
+                    _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints, fsdp, is_main)
             run.interrupted = stopping and iteration < iters
         run.iterations = iteration
         if not run.interrupted:
             if eval_prompts:
                 run.eval_after = run_eval("end", iteration)
-            if out is not None and is_main and export_format:
+            if out is not None and is_main and export_format and fsdp is not None:
+                # the live weights are shards: export from the final (full) checkpoint on the CPU
+                from .export import default_export_name, export_run
+
+                target = out / "export" / default_export_name(export_format)
+                run.exported = export_run(out, export_format, target, device="cpu")
+            elif out is not None and is_main and export_format:
+                from .export import default_export_name
                 from .metadata import export_metadata
 
                 meta = export_metadata(backend, recipe, iteration)
-                target = out / "export" / _export_name(export_format)
+                target = out / "export" / default_export_name(export_format)
                 run.exported = backend.export(export_format, str(target), meta)
     finally:
         log.close()
     return run
 
 
-def _export_name(fmt: str) -> str:
-    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "transformer"}.get(
-        fmt, f"{fmt}.safetensors"
-    )
-
-
 def _save(out: Path, iteration: int, backend: VelocityModel, optimizer: torch.optim.Optimizer, recipe: Recipe,
-          run: Run, keep: int) -> None:
+          run: Run, keep: int, fsdp: Any = None, is_main: bool = True) -> None:
+    """Rank 0 writes the checkpoint; under FSDP every rank first gathers the full tensors."""
+    trainable = backend.trainable_state_dict()
+    optim: Any = optimizer
+    if fsdp is not None:
+        trainable = fsdp.full_tensors(trainable)
+        optim = fsdp.full_optimizer_state(optimizer)
+    if not is_main:
+        return
     save_checkpoint(
         out,
         iteration,
-        backend.trainable_state_dict(),
-        optimizer,
+        trainable,
+        optim,
         {"recipe": recipe.model_dump(mode="json"), "eval_before": run.eval_before, "backend": backend.name},
         keep=keep,
     )
