@@ -212,6 +212,10 @@ class DiffusersBackend(VelocityModel):
     """
 
     export_formats = ("lora", "diffusers", "comfyui")
+
+    def default_export_format(self) -> str:
+        """``lora`` for a LoRA run, the merged ``diffusers`` folder for a full fine-tune."""
+        return "lora" if self.lora_config is not None else "diffusers"
     #: peft target modules used when ``lora_targets`` is None (set per backend)
     default_lora_targets: tuple[str, ...] = ()
 

@@ -17,10 +17,11 @@ from .common import backend_options, clean_errors, console, check_reward_options
 
 def build_recipe(algo: str, config: str | None, k: int | None, d: int | None, steps: int | None,
                  lr: float | None, sets: list[str] | None, backend: Any) -> Any:
-    """Preset or recipe file, then the backend's scale defaults, then the user's overrides."""
+    """Preset or recipe file, then the backend's scale defaults (presets only: a recipe file's
+    values are the user's own), then the command-line overrides."""
     from treesdk.recipe import load_recipe
 
-    overrides: dict[str, Any] = dict(backend.recipe_defaults())
+    overrides: dict[str, Any] = {} if config else dict(backend.recipe_defaults())
     for key, value in (("tree.k", k), ("tree.d", d), ("steps", steps), ("optim.lr", lr)):
         if value is not None:
             overrides[key] = value
@@ -87,14 +88,16 @@ def train_command(
         return
 
     ctx = None
+    completed = False
     try:
         with clean_errors():
             ctx = distributed.init_distributed()
             _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
                    seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints,
                    reward_opt=reward_opt, fsdp=fsdp)
+            completed = True
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(ctx, completed=completed)
 
 
 def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, d: int | None, steps: int | None,
@@ -126,7 +129,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
     eval_prompts, eval_seeds = vm.eval_set()
     run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
-    fmt = export_format or (vm.export_formats[0] if vm.export_formats else None)
+    fmt = export_format or vm.default_export_format()
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
         raise ValueError(f"backend {backend!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     ctx = distributed.init_distributed()
+    completed = False
     try:
         model = MixtureFlow()
         ctx.broadcast_parameters(model.trainable_parameters())
@@ -156,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             }))
         if ctx.is_main:
             print(f"done: iterations={run.iterations} interrupted={run.interrupted}", flush=True)
+        completed = True
         return 0
     except distributed.DistributedError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(ctx, completed=completed)
 
 
 def stop_requested() -> bool:

@@ -376,9 +376,19 @@ def _join(backend: str, rank: int, world: int, timeout: datetime.timedelta, atte
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-def shutdown(ctx: DistributedContext | None) -> None:
-    """Leave the process group (no-op for a single process)."""
+def shutdown(ctx: DistributedContext | None, completed: bool = False) -> None:
+    """Leave the process group (no-op for a single process).
+
+    After a run that ``completed`` on this rank, a barrier first waits for every other rank, so no
+    rank tears its connections down while a peer still uses them (seen as a gloo abort in the
+    peer at exit). After a failure there is nobody reliable to wait for: leave at once.
+    """
     if ctx is not None and ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
+        if completed:
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a peer already gone; nothing left to wait for
+                pass
         dist.destroy_process_group()
 
 

@@ -163,6 +163,10 @@ class VelocityModel(ABC):
     #: formats :meth:`export` understands
     export_formats: tuple[str, ...] = ()
 
+    def default_export_format(self) -> str | None:
+        """The format written into ``RUN/export/`` at the end of training (None: no export)."""
+        return self.export_formats[0] if self.export_formats else None
+
 
 class Scheduler(ABC):
     """The one place for the flow SDE/ODE math (see :mod:`treesdk.sde` for the formulas)."""

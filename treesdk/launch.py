@@ -120,8 +120,9 @@ def launch(argv: Sequence[str]) -> int:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failures = exc.failures
-        first = min(failures.values(), key=lambda f: f.timestamp) if failures else None
-        where = f"rank {first.rank} (exit code {first.exitcode})" if first else "a worker"
+        # failures maps global rank -> ProcessFailure (which itself knows only its local_rank)
+        first = min(failures.items(), key=lambda item: item[1].timestamp) if failures else None
+        where = f"rank {first[0]} (exit code {first[1].exitcode})" if first else "a worker"
         print(f"error: training failed: {where} exited first; its output above shows why", file=sys.stderr)
         return 1
     return 0
