@@ -16,6 +16,7 @@ leaves below it, one loss term per root-to-leaf path.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 
 import torch
@@ -78,8 +79,9 @@ class _LeafNormalising(AdvantageEstimator):
             adv = adv.clamp(-self.clip, self.clip)
         return adv, raw
 
+    @abstractmethod
     def _edge_values(self, forest: Forest, leaf_adv: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        """Per layer ``[N, k, 1]`` advantages under edge attribution."""
 
     def __call__(self, forest: Forest, rewards: Mapping[str, Tensor], weights: Mapping[str, float]) -> EdgeAdvantages:
         leaf_adv, leaf_raw = self._leaves(forest, rewards, weights)
