@@ -18,12 +18,13 @@ import os
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
 from .common import (
     HFClip,
+    RewardMLP,
     batched_score,
     check_inputs,
     load_state_dict_strict,
@@ -36,27 +37,6 @@ from .common import (
 FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _FORMAT = f"the LAION aesthetic MLP state dict ({FILENAME}: layers.0/2/4/6/7 weights, input size 768)"
-
-
-class AestheticMLP(nn.Module):
-    """The predictor's MLP, module names as in the reference so its state dict loads strictly."""
-
-    def __init__(self, input_size: int = 768) -> None:
-        super().__init__()
-        self.input_size = input_size
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
 
 
 class AestheticReward(RewardModel):
@@ -79,7 +59,7 @@ class AestheticReward(RewardModel):
         state = load_torch_checkpoint(path, _FORMAT)
         self.clip = HFClip(clip, None, self.device, dtype_, self.name, "a CLIP ViT-L/14 CLIPModel folder")
         dim = int(self.clip.model.config.projection_dim)
-        self.mlp = AestheticMLP(dim)
+        self.mlp = RewardMLP(dim)
         load_state_dict_strict(self.mlp, state, path, _FORMAT.replace("768", str(dim)))
         self.mlp.to(self.device).eval()
 

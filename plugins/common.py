@@ -303,3 +303,26 @@ class HFClip:
             self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         ).float()
         return feats / feats.norm(dim=-1, keepdim=True)
+
+
+class RewardMLP(torch.nn.Module):
+    """The 768 -> 1024 -> 128 -> 64 -> 16 -> 1 MLP (with dropouts) of the LAION aesthetic predictor,
+    which ImageReward reuses as its reward head. Module indices match both official checkpoints
+    (``layers.{0,2,4,6,7}``), so their state dicts load strictly."""
+
+    def __init__(self, input_size: int = 768) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(input_size, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)

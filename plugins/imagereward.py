@@ -60,6 +60,7 @@ from treesdk.interfaces import RewardModel
 from .common import (
     CLIP_MEAN,
     CLIP_STD,
+    RewardMLP,
     batched_score,
     check_inputs,
     clip_preprocess,
@@ -97,26 +98,6 @@ _VIT_RENAMES = [
     (r"^blocks\.(\d+)\.mlp\.fc([12])\.", r"encoder.layers.\1.mlp.fc\2."),
     (r"^norm\.", "post_layernorm."),
 ]
-
-
-class RewardHead(nn.Module):
-    """The official ``MLP(768)``: module indices as in the checkpoint (``mlp.layers.{0,2,4,6,7}``)."""
-
-    def __init__(self, input_size: int = 768) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
 
 
 def map_official_state_dict(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
@@ -218,7 +199,7 @@ class ImageRewardNet(nn.Module):
         super().__init__()
         self.visual_encoder = transformers.BlipVisionModel(vision_config)
         self.text_encoder = transformers.BlipTextModel(text_config, add_pooling_layer=False)
-        self.mlp = RewardHead(text_config.hidden_size)
+        self.mlp = RewardMLP(text_config.hidden_size)
 
     def forward(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         image_embeds = self.visual_encoder(pixel_values=pixels).last_hidden_state
