@@ -349,6 +349,6 @@ def test_full_finetune_run_refuses_lora_and_leaves_files(trained, tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no LoRA adapter" in errors[0]
     assert existing.read_bytes() == b"old"
-    merged = export_run(run, "diffusers", tmp_path / "merged")
+    export_run(run, "diffusers", tmp_path / "merged")
     model = _transformer_class("flux").from_pretrained(tmp_path / "merged")
     torch.testing.assert_close(model.proj_out.weight, backend.transformer.proj_out.weight)
