@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich import box
 from rich.table import Table
 
 from .common import backend_options, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, parse_overrides, parse_rewards, read_prompts
@@ -65,18 +66,21 @@ def bench_command(
 
 
 def print_report(report: dict) -> None:
-    table = Table(title=f"reward threshold {report['threshold']:.4f} (base {report['base']['reward']:.4f})")
-    for col in ("algorithm", "s/iter", "NFE sample/iter", "NFE train/iter", "iters", "final reward", "final held-out",
-                "s to threshold", "speed-up vs grpo"):
-        table.add_column(col, justify="right" if col != "algorithm" else "left")
+    table = Table(box=box.SIMPLE_HEAD, title=f"reward threshold {report['threshold']:.4f} (base {report['base']['reward']:.4f})")
+    for col in ("algorithm", "s/iter", "NFE/iter\nsamp+train", "iters", "final\nreward", "held-\nout",
+                "s to\nthresh.", "vs\ngrpo"):
+        if col == "algorithm":
+            table.add_column(col, no_wrap=True, min_width=15)
+        else:
+            table.add_column(col, justify="right")
     for name, r in report["algorithms"].items():
         speed = report["speedup_vs_grpo"].get(name)
         table.add_row(
-            name, f"{r['seconds_per_iter']:.2f}", f"{r['nfe_sampling_per_iter']:.0f}", f"{r['nfe_training_per_iter']:.0f}",
-            str(r["iterations"]), f"{r['final_reward']:.4f}",
-            f"{r['final_heldout']:.4f}" if r["final_heldout"] is not None else "-",
+            name, f"{r['seconds_per_iter']:.2f}", f"{r['nfe_sampling_per_iter']:.0f}+{r['nfe_training_per_iter']:.0f}",
+            str(r["iterations"]), f"{r['final_reward']:.3f}",
+            f"{r['final_heldout']:.3f}" if r["final_heldout"] is not None else "-",
             f"{r['seconds_to_threshold']:.1f}" if r["seconds_to_threshold"] is not None else "never",
-            f"{speed:.2f}x" if speed is not None else "-",
+            f"{speed:.1f}x" if speed is not None else "-",
         )
     console.print(table)
 
