@@ -67,7 +67,7 @@ def bench_command(
 
 def print_report(report: dict) -> None:
     table = Table(box=box.SIMPLE_HEAD, title=f"reward threshold {report['threshold']:.4f} (base {report['base']['reward']:.4f})")
-    for col in ("algorithm", "s/iter", "NFE/iter\nsamp+train", "iters", "final\nreward", "held-\nout",
+    for col in ("algorithm", "s/iter", "NFE\nsamp+trn", "iters", "final\nreward", "held-\nout",
                 "s to\nthresh.", "vs\ngrpo"):
         if col == "algorithm":
             table.add_column(col, no_wrap=True, min_width=15)
