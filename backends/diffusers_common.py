@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.checkpoint import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
 from . import keymaps  # noqa: F401 - registers the FLUX/SD3 export layouts with treesdk.export
@@ -348,20 +349,20 @@ class DiffusersBackend(VelocityModel):
             targets: dict[str, Tensor] = dict(self.transformer.state_dict(keep_vars=True))
         else:
             targets = dict(self._trainable_named())
-        missing = sorted(set(targets) - set(state))
-        unexpected = sorted(set(state) - set(targets))
+        diff = diff_state_dicts(targets, state)
+        missing, unexpected = diff.missing, diff.unexpected
         if missing or unexpected:
             raise KeyError(
                 f"{self.family} trainable state does not match: missing {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
             )
-        for key, target in targets.items():
-            if tuple(state[key].shape) != tuple(target.shape):
-                raise ValueError(
-                    f"{self.family} trainable tensor {key!r} has shape {tuple(state[key].shape)}, "
-                    f"expected {tuple(target.shape)}"
-                )
+        if diff.wrong_shape:
+            key = diff.wrong_shape[0]
+            raise ValueError(
+                f"{self.family} trainable tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"expected {tuple(targets[key].shape)}"
+            )
         with torch.no_grad():
             for key, target in targets.items():
                 target.copy_(state[key].to(device=target.device, dtype=target.dtype))

@@ -38,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from treesdk.checkpoint import diff_state_dicts
 from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
@@ -183,19 +184,19 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], dic
 
 
 def _check_state_keys(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], where: str) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    diff = diff_state_dicts(expected, state)
+    missing, unexpected = diff.missing, diff.unexpected
     if missing or unexpected:
         raise KeyError(
             f"{where}: state dict does not match the digits network: missing keys {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all), unexpected keys "
             f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)"
         )
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, the network expects {tuple(value.shape)}"
-            )
+    if diff.wrong_shape:
+        key = diff.wrong_shape[0]
+        raise ValueError(
+            f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, the network expects {tuple(expected[key].shape)}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.checkpoint import diff_state_dicts
+
 #: OpenAI CLIP normalisation, used by CLIP, open_clip, BLIP (ImageReward), HPS, PickScore.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -162,10 +164,9 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, Tensor
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors; expected {what}")
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong:
+    diff = diff_state_dicts(own, state_dict)
+    missing, unexpected, wrong = diff.missing, diff.unexpected, sorted(diff.wrong_shape)
+    if diff:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")

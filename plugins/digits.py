@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from treesdk_backends.digits_prompts import parse_digit_prompt
 
+from treesdk.checkpoint import diff_state_dicts
 from treesdk.interfaces import RewardModel
 from treesdk.io import atomic_save_safetensors
 
@@ -147,15 +148,17 @@ class _DigitReward(RewardModel):
             raise ValueError(f"{self.name} checkpoint {path} is not readable safetensors ({exc}); {how}") from exc
         if metadata.get(FORMAT_KEY) != fmt:
             raise ValueError(f"{self.name} checkpoint {path} has {FORMAT_KEY}={metadata.get(FORMAT_KEY)!r}; {how}")
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{self.name} checkpoint {path}: missing keys {missing}, unexpected keys {unexpected}; {how}")
-        for key, value in expected.items():
-            if state[key].shape != value.shape:
-                raise ValueError(
-                    f"{self.name} checkpoint {path}: {key!r} has shape {tuple(state[key].shape)}, "
-                    f"expected {tuple(value.shape)}"
-                )
+        diff = diff_state_dicts(expected, state)
+        if diff.missing or diff.unexpected:
+            raise ValueError(
+                f"{self.name} checkpoint {path}: missing keys {diff.missing}, unexpected keys {diff.unexpected}; {how}"
+            )
+        if diff.wrong_shape:
+            key = diff.wrong_shape[0]
+            raise ValueError(
+                f"{self.name} checkpoint {path}: {key!r} has shape {tuple(state[key].shape)}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
         return state
 
     def to(self, device: torch.device | str) -> _DigitReward:

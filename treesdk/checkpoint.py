@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,27 @@ from safetensors.torch import load_file
 from .io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
+
+
+@dataclass(frozen=True)
+class StateDictDiff:
+    """How a state dict differs from the one a module expects (empty = loads strictly)."""
+
+    missing: list[str]  # expected keys absent from the state, sorted
+    unexpected: list[str]  # state keys the module does not have, sorted
+    wrong_shape: list[str]  # shared keys whose shapes differ, in the expected dict's order
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.wrong_shape)
+
+
+def diff_state_dicts(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> StateDictDiff:
+    """Compare ``state`` with ``expected`` by keys and shapes; callers word the error for their format."""
+    return StateDictDiff(
+        missing=sorted(set(expected) - set(state)),
+        unexpected=sorted(set(state) - set(expected)),
+        wrong_shape=[k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)],
+    )
 
 
 def checkpoint_dir(run_dir: str | Path, iteration: int) -> Path:
