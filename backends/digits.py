@@ -44,7 +44,6 @@ from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
 
 from .digits_prompts import DIGIT_WORDS, digit_prompt, parse_digit_prompt
-from .images import save_image_grid
 
 __all__ = [
     "DEFAULT_GUIDANCE_SCALE",
@@ -57,7 +56,6 @@ __all__ = [
     "evaluate_samples",
     "parse_digit_prompt",
     "sample_digits",
-    "save_image_grid",
 ]
 
 #: Euler ODE steps the shipped model is evaluated with (``sigmas(DEFAULT_NUM_STEPS)``).

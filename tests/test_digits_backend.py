@@ -20,7 +20,6 @@ from treesdk_backends.digits import (
     save_digits_checkpoint,
 )
 from treesdk_backends.digits_prompts import parse_digit_prompt
-from treesdk_backends.images import save_image_grid
 
 import treesdk
 from treesdk.sde import sigma_grid
@@ -216,15 +215,3 @@ def test_export_round_trip(tiny, tmp_path):
         assert torch.equal(reloaded.velocity(x, sigma, reloaded.encode(prompts)), tiny.velocity(x, sigma, tiny.encode(prompts)))
     with pytest.raises(ValueError, match="digits"):
         tiny.export("diffusers", str(tmp_path / "x"), {})
-
-
-def test_save_image_grid_writes_upscaled_png(tmp_path):
-    from PIL import Image
-
-    images = torch.rand(5, 3, 8, 8)
-    path = save_image_grid(images, tmp_path / "grid.png", nrow=3, scale=4)
-    with Image.open(path) as img:
-        # 3 columns, 2 rows of 8 px tiles with 1 px borders, times 4
-        assert img.size == ((3 * 9 + 1) * 4, (2 * 9 + 1) * 4)
-        pixel = img.getpixel((4 * 1, 4 * 1))
-    assert pixel == tuple(round(float(v) * 255) for v in images[0, :, 0, 0])

@@ -1,40 +1,67 @@
-"""Image grids for people to look at (PNG, nearest-neighbour upscaling for tiny images)."""
+"""Image grids for people to look at: PNG, nearest-neighbour upscaling so 8x8 digits stay visible."""
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, min_size: int = 64) -> Path:
-    """Save ``[B, 3, H, W]`` images in ``[0, 1]`` as one PNG grid; tiles smaller than ``min_size``
-    pixels are upscaled by an integer factor (nearest) so 8x8 digits stay visible."""
+def make_grid(images: Tensor, nrow: int, scale: int = 1, padding: int = 1) -> Tensor:
+    """Tile ``images`` into one uint8 image ``[H', W', 3]``.
+
+    Args:
+        images: float ``[B, C, H, W]`` in ``[0, 1]`` (values outside are clipped), ``C`` 1 or 3.
+        nrow: images per row of the grid.
+        scale: integer nearest-neighbour upscaling factor applied to every pixel.
+        padding: pixels (before upscaling) of white border between tiles.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [B, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    if nrow < 1 or scale < 1 or padding < 0:
+        raise ValueError(f"need nrow >= 1, scale >= 1, padding >= 0; got {nrow}, {scale}, {padding}")
+    images = images.detach().float().cpu().clamp(0.0, 1.0)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    count, _, height, width = images.shape
+    rows = max(1, math.ceil(count / nrow))
+    cell_h, cell_w = height + padding, width + padding
+    grid = torch.ones(3, rows * cell_h + padding, nrow * cell_w + padding)
+    for i in range(count):
+        r, c = divmod(i, nrow)
+        top, left = padding + r * cell_h, padding + c * cell_w
+        grid[:, top : top + height, left : left + width] = images[i]
+    grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    return (grid * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def save_grid(
+    images: Tensor,
+    path: str | os.PathLike[str],
+    nrow: int | None = None,
+    scale: int | None = None,
+    min_size: int = 64,
+) -> Path:
+    """Write ``images`` (float ``[B, C, H, W]`` in ``[0, 1]``) as one PNG grid at ``path``, atomically.
+
+    ``nrow`` defaults to a square-ish grid; ``scale`` (nearest upscaling) defaults to the smallest
+    integer that makes a tile at least ``min_size`` pixels. Tiles are separated by a white border.
+    """
     from PIL import Image
 
     from .io import atomic_write_bytes
 
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
-    images = images.detach().float().clamp(0, 1).cpu()
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
-    b, _, h, w = images.shape
-    scale = max(1, math.ceil(min_size / max(h, w)))
-    if scale > 1:
-        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-        h, w = h * scale, w * scale
-    nrow = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / nrow)
-    pad = max(2, h // 16)
-    canvas = torch.ones(3, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(b):
-        r, c = divmod(i, nrow)
-        canvas[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
-    array = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
+    scale = scale or max(1, math.ceil(min_size / max(images.shape[2], images.shape[3])))
+    grid = make_grid(images, nrow=nrow, scale=scale)
+    buffer = io.BytesIO()
+    Image.fromarray(grid.numpy(), mode="RGB").save(buffer, format="PNG")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
