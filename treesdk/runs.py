@@ -6,30 +6,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .interfaces import VelocityModel
-
-
-def read_run_config(run_or_checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
-    """``(run folder, config.json)`` of a run folder or a checkpoint folder inside one."""
-    path = Path(run_or_checkpoint)
-    for folder in (path, path.parent.parent):
-        if (folder / "config.json").is_file():
-            return folder, json.loads((folder / "config.json").read_text())
-    raise FileNotFoundError(f"{path} is not a treesdk run folder or checkpoint: no config.json found there or two levels up")
 
 
 def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any) -> tuple[VelocityModel, dict[str, Any], dict[str, Any]]:
     """The run's backend with the newest (or the given) checkpoint's weights loaded.
 
-    Returns ``(backend, config.json, checkpoint state.json)``.
+    The backend is rebuilt as :func:`treesdk.export.export_run` rebuilds it (its ``describe()``
+    facts, then the options it was loaded with, from ``config.json``); non-None
+    ``option_overrides`` win. Returns ``(backend, config.json, checkpoint state.json)``.
     """
-    from . import load_backend
+    from . import registry
+    from .export import backend_options, find_checkpoint
 
-    _, config = read_run_config(run_or_checkpoint)
+    run, ckpt = find_checkpoint(run_or_checkpoint)
+    config = json.loads((run / "config.json").read_text())
     backend_cfg = config.get("backend", {})
-    options = {**backend_cfg.get("options", {}), **{k: v for k, v in option_overrides.items() if v is not None}}
-    backend = load_backend(backend_cfg["name"], **options)
-    trainable, _, state = load_checkpoint(latest_checkpoint(run_or_checkpoint))
+    factory = registry.load("backend", backend_cfg["name"])
+    options = {**backend_options(backend_cfg, factory), **{k: v for k, v in option_overrides.items() if v is not None}}
+    backend = factory(**options)
+    trainable, _, state = load_checkpoint(ckpt)
     backend.load_trainable_state_dict(trainable)
     return backend, config, state
