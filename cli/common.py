@@ -111,3 +111,8 @@ def read_prompts(path: str | None) -> list[str] | None:
     if not prompts:
         raise ValueError(f"prompt file {path} holds no prompts")
     return prompts
+
+
+def prompt_seed_pairs(prompts: Sequence[str], seeds: int) -> tuple[list[str], list[int]]:
+    """Every prompt with seeds ``0..seeds-1``: ``(prompts repeated, seeds)``, prompt-major."""
+    return [p for p in prompts for _ in range(seeds)], [s for _ in prompts for s in range(seeds)]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import clean_errors, console, check_reward_options, load_rewards, parse_reward_options, read_prompts
+from .common import prompt_seed_pairs, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, read_prompts
 from .sample import load_policy
 
 
@@ -41,8 +41,7 @@ def eval_command(
         base_prompts, base_seeds = policy.eval_set()
         if prompts is not None or seeds != 1:
             plist = read_prompts(prompts) or list(dict.fromkeys(base_prompts))
-            all_prompts = [p for p in plist for _ in range(seeds)]
-            all_seeds = [s for _ in plist for s in range(seeds)]
+            all_prompts, all_seeds = prompt_seed_pairs(plist, seeds)
         else:
             all_prompts, all_seeds = base_prompts, base_seeds
         means, scores, _ = evaluate(policy, rewards, all_prompts, all_seeds, steps)

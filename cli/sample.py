@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import backend_options, clean_errors, console
+from .common import backend_options, clean_errors, console, prompt_seed_pairs
 
 
 def load_policy(run: str | None, backend: str, model: str | None, resolution: int | None, device: str | None,
@@ -44,8 +44,7 @@ def sample_command(
     with clean_errors():
         policy = load_policy(run, backend, model, resolution, device, backend_opt)
         prompts = list(prompt) if prompt else policy.eval_set()[0]
-        all_prompts = [p for p in prompts for _ in range(seeds)]
-        all_seeds = [s for _ in prompts for s in range(seeds)]
+        all_prompts, all_seeds = prompt_seed_pairs(prompts, seeds)
         latents = sample_ode(policy, all_prompts, all_seeds, steps)
         images = decode_chunked(policy, latents)
         save_grid(images, out, nrow=seeds)
