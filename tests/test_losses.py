@@ -71,3 +71,18 @@ def test_kl_term():
     b.std = torch.tensor(0.5)
     loss, _ = KLToReference()(b)
     assert float(loss) == pytest.approx(1.0 / (2 * 0.25))
+
+
+def test_kl_forms_flow_grpo_and_transition():
+    """flow-grpo divides by std_t^2 (Flow-GRPO's KL); transition by the transition variance std_t^2 (-dt)."""
+    b = batch(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1, 1), new_mean=torch.full((1, 4), 0.3),
+              ref_mean=torch.zeros(1, 4))
+    std_t, dt = 0.8, -0.1
+    b.std = torch.tensor(std_t * math.sqrt(-dt))
+    b.kl_std = torch.tensor(std_t)
+    flow, _ = KLToReference("flow-grpo")(b)
+    exact, _ = KLToReference("transition")(b)
+    assert float(flow) == pytest.approx(0.09 / (2 * std_t**2), rel=1e-6)
+    assert float(exact) == pytest.approx(0.09 / (2 * std_t**2 * -dt), rel=1e-6)
+    with pytest.raises(ValueError, match="KL form"):
+        KLToReference("reverse")

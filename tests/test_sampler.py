@@ -76,3 +76,31 @@ def test_ratio_is_exactly_one_before_the_first_update_and_one_call_per_parent():
     assert all(bool((r == 1.0).all()) for r in term.ratios)
     parents = sum(layer.num_parents for layer in forest.layers)
     assert stats.nfe_training == parents == model.rows == 2 * (1 + 3)
+
+
+@pytest.mark.parametrize("family", ["flow-sde", "dance-sde", "cps"])
+def test_every_family_samples_and_retrains_with_ratio_one(family):
+    """The update recomputes log-probs with the family the sampler recorded in forest.extras."""
+    model = MixtureFlow(logits=(0.3, -0.2))
+    forest = sample_forest(model, ["p", "q"], [5, 6], steps=6, k=2, depth=2, window_start=3, chunk=4,
+                           noise_level=0.6, sde=family)
+    assert forest.extras["sde"] == family
+    assert all(torch.isfinite(layer.log_probs).all() for layer in forest.layers)
+    targets = GroupAdvantage()(forest, {"r": torch.randn(forest.leaves.shape[0])}, {"r": 1.0})
+    term = _RecordRatio()
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.0)
+    policy_update(model, forest, targets, [(term, 1.0)], opt, model.trainable_parameters(), chunk=4)
+    assert all(bool((r == 1.0).all()) for r in term.ratios)
+
+
+def test_per_step_noise_schedule_reaches_every_step():
+    from treesdk.recipe import Recipe
+    from treesdk.sampler import sample_forest_for_recipe
+
+    levels = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    recipe = Recipe(steps=6, tree={"k": 2, "d": 2, "sde_outside_window": True},
+                    noise={"kind": "per-step", "levels": levels})
+    forest = sample_forest_for_recipe(MixtureFlow(logits=(0.0, 0.0)), recipe, ["p"], [1], window_start=2)
+    assert [layer.noise_scale for layer in forest.layers] == pytest.approx(levels)
+    with pytest.raises(ValueError, match="one per step"):
+        Recipe(steps=5, tree={"k": 2, "d": 2}, noise={"kind": "per-step", "levels": levels})

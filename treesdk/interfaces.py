@@ -340,6 +340,8 @@ class EdgeBatch:
         ref_mean: ``[N, *latent]`` SDE mean under the reference policy, or None.
         std: transition std (scalar tensor) of the layer.
         sft_target: ``[N, *latent]`` detached LayerTuning target velocity, or None.
+        kl_std: the std Flow-GRPO's KL divides by (``std_t``, without ``sqrt(-dt)``; see
+            :class:`treesdk.sde.SDEFamily`), scalar tensor, or None.
     """
 
     layer: TreeLayer
@@ -354,6 +356,7 @@ class EdgeBatch:
     new_mean: Tensor | None = None
     ref_mean: Tensor | None = None
     sft_target: Tensor | None = None
+    kl_std: Tensor | None = None
 
 
 class LossTerm(ABC):

@@ -80,16 +80,30 @@ class LayerTuningSFT(LossTerm):
 
 
 class KLToReference(LossTerm):
-    """KL between the current and the reference SDE transition (Flow-GRPO's form):
-    ``||mean_theta - mean_ref||^2 / (2 std^2)`` averaged over latent elements and parents."""
+    """KL between the current and the reference policy's SDE transition, two named forms:
+
+    * ``flow-grpo`` (default): Flow-GRPO's ``||mean_theta - mean_ref||^2 / (2 std_t^2)``, ``std_t`` the
+      SDE's std *without* ``sqrt(-dt)`` (``EdgeBatch.kl_std``), so Flow-GRPO's beta values carry over;
+    * ``transition``: the exact KL of the two Gaussian transitions, ``||.||^2 / (2 std^2)`` with the
+      transition std ``std_t sqrt(-dt)``: the ``flow-grpo`` form divided by ``-dt`` (4-73x larger on
+      a 10-25 step grid).
+
+    Both averaged over latent elements and parents.
+    """
 
     name = "kl"
     needs_reference = True
 
+    def __init__(self, form: str = "flow-grpo") -> None:
+        if form not in ("flow-grpo", "transition"):
+            raise ValueError(f"KL form must be 'flow-grpo' or 'transition', got {form!r}")
+        self.form = form
+
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:
         if batch.new_mean is None or batch.ref_mean is None:
             raise ValueError("KLToReference needs EdgeBatch.new_mean and EdgeBatch.ref_mean")
-        kl = ((batch.new_mean.float() - batch.ref_mean.float()) ** 2).mean() / (2.0 * batch.std.float() ** 2)
+        std = batch.std if self.form == "transition" or batch.kl_std is None else batch.kl_std
+        kl = ((batch.new_mean.float() - batch.ref_mean.float()) ** 2).mean() / (2.0 * std.float() ** 2)
         return kl, {"kl": float(kl.detach())}
 
 
@@ -102,7 +116,7 @@ def build_loss_terms(specs) -> list[tuple[LossTerm, float]]:  # noqa: ANN001 - l
         elif spec.kind == "layertuning-sft":
             term = LayerTuningSFT()
         elif spec.kind == "kl":
-            term = KLToReference()
+            term = KLToReference(getattr(spec, "form", "flow-grpo"))
         else:
             raise ValueError(f"unknown loss term {spec.kind!r}")
         terms.append((term, float(spec.weight)))

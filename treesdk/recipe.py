@@ -98,17 +98,44 @@ WindowSpec = Annotated[Union[FixedWindow, SlidingWindow, RandomWindow], Field(di
 
 
 class NoiseSpec(Part):
-    """SDE noise level ``a`` per window depth: constant, or Dynamic-TreeRPO's linear growth
-    ``a(depth) = level * (1 + beta * depth / d)`` (depth 0 = first window step)."""
+    """Noise of the stochastic steps: the SDE family and its level ``a`` per step.
 
-    kind: Literal["constant", "linear"] = "constant"
-    level: float = Field(0.7, gt=0, le=10, description="base noise level a of the Flow-GRPO SDE")
+    ``kind``: ``constant`` (``a = level``), ``linear`` (Dynamic-TreeRPO's growth with window depth,
+    ``a(depth) = level * (1 + beta * depth / d)``, depth 0 = first window step) or ``per-step``
+    (``a = levels[i]`` at sampling step ``i``, any schedule over the ``T`` steps). ``sde`` names the
+    step family (:data:`treesdk.sde.SDE_FAMILIES`): ``flow-sde`` (Flow-GRPO), ``dance-sde``
+    (DanceGRPO/MixGRPO ``flux_step``) or ``cps`` (Flow-GRPO's coefficients-preserving sampler).
+    """
+
+    kind: Literal["constant", "linear", "per-step"] = "constant"
+    level: float = Field(0.7, gt=0, le=10, description="base noise level a of the SDE")
     beta: float = Field(0.0, ge=0, le=100, description="growth with depth (kind=linear)")
+    levels: list[float] | None = Field(
+        None, description="noise level at each sampling step 0..T-1 (kind=per-step)"
+    )
+    sde: Literal["flow-sde", "dance-sde", "cps"] = Field(
+        "flow-sde", description="SDE family: flow-sde (Flow-GRPO), dance-sde (DanceGRPO flux_step), cps (coefficients-preserving)"
+    )
+
+    @model_validator(mode="after")
+    def _levels_given(self) -> NoiseSpec:
+        if self.kind == "per-step" and not self.levels:
+            raise ValueError("noise.kind = per-step needs noise.levels, one level per sampling step")
+        if self.levels is not None and any(not (0 < a <= 10) for a in self.levels):
+            raise ValueError(f"noise.levels must lie in (0, 10], got {self.levels}")
+        return self
 
     def at_depth(self, depth: int, num_layers: int) -> float:
-        if self.kind == "constant" or num_layers <= 0:
+        if self.kind != "linear" or num_layers <= 0:
             return self.level
         return self.level * (1.0 + self.beta * depth / num_layers)
+
+    def at(self, step: int, depth: int, num_layers: int) -> float:
+        """Level ``a`` at sampling step ``step`` (window depth ``depth``, -1 outside the window)."""
+        if self.kind == "per-step":
+            assert self.levels is not None
+            return self.levels[step]
+        return self.at_depth(max(depth, 0), num_layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,11 +203,16 @@ class LayerTuningSpec(Part):
 
 
 class KLSpec(Part):
-    """KL to the base policy (Flow-GRPO): ``||mean_theta - mean_ref||^2 / (2 std^2)`` averaged over
-    elements, the reference obtained by disabling the adapter; times ``weight`` (beta)."""
+    """KL to the base policy, the reference obtained by disabling the adapter; times ``weight`` (beta).
+
+    ``form``: ``flow-grpo`` (Flow-GRPO's ``||mean_theta - mean_ref||^2 / (2 std_t^2)``, ``std_t``
+    without ``sqrt(-dt)``) or ``transition`` (the exact KL of the Gaussian transitions, the former
+    divided by ``-dt``). Averaged over latent elements.
+    """
 
     kind: Literal["kl"] = "kl"
     weight: float = Field(0.004, ge=0, description="beta")
+    form: Literal["flow-grpo", "transition"] = Field("flow-grpo", description="flow-grpo (divide by std_t^2) or transition (by (std_t^2 (-dt)))")
 
 
 LossSpec = Annotated[Union[ClippedSurrogateSpec, LayerTuningSpec, KLSpec], Field(discriminator="kind")]
@@ -218,6 +250,8 @@ class Recipe(Part):
     @model_validator(mode="after")
     def _window_fits(self) -> Recipe:
         T, d = self.steps, self.tree.d
+        if self.noise.kind == "per-step" and len(self.noise.levels or []) != T:
+            raise ValueError(f"noise.levels has {len(self.noise.levels or [])} values, expected one per step (steps = {T})")
         if d > T:
             raise ValueError(f"tree.d = {d} exceeds steps = {T}: the window must fit in the T sampling steps")
         win = self.window

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .interfaces import Cond, Forest, TreeLayer, VelocityModel, iter_chunks, select_cond
-from .sde import log_prob, ode_step, sde_mean_std
+from .sde import get_sde_family, ode_step
 
 
 def batched_velocity(
@@ -63,10 +63,11 @@ def sample_forest(
     window_start: int = 0,
     noise_level: Callable[[int], float] | float = 0.7,
     sde_outside_window: bool = False,
-    outside_noise_level: float | None = None,
+    outside_noise_level: Callable[[int], float] | float | None = None,
     chunk: int = 64,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
+    sde: str = "flow-sde",
 ) -> Forest:
     """Sample the forest of all ``prompts`` and return it with every trainable edge.
 
@@ -78,10 +79,12 @@ def sample_forest(
         window_start: first window step ``s``; requires ``s + d <= T``.
         noise_level: ``a`` of the SDE, or a function ``depth -> a`` (depth 0 = first window step).
         sde_outside_window: take non-branching SDE steps (trained edges) outside the window.
-        outside_noise_level: their ``a`` (default: ``noise_level`` at depth 0).
+        outside_noise_level: their ``a``, or a function ``step -> a`` (default: ``noise_level`` at depth 0).
         chunk: max nodes per velocity call.
         cond: pre-encoded conditioning for ``prompts`` (else ``model.encode(prompts)``).
         progress: called as ``progress(step, T)`` after each step.
+        sde: the step family of the stochastic steps (:data:`treesdk.sde.SDE_FAMILIES`), recorded
+            in ``forest.extras["sde"]`` so that the update recomputes log-probs with the same family.
 
     Returns:
         :class:`Forest` with ``nfe`` = number of velocity evaluations (rows), which equals
@@ -94,7 +97,11 @@ def sample_forest(
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
     level_at = noise_level if callable(noise_level) else (lambda _depth, a=float(noise_level): a)
-    outside_level = float(outside_noise_level) if outside_noise_level is not None else level_at(0)
+    if callable(outside_noise_level):
+        outside_at = outside_noise_level
+    else:
+        outside_at = lambda _step, a=float(outside_noise_level if outside_noise_level is not None else level_at(0)): a  # noqa: E731
+    family = get_sde_family(sde)
 
     num_prompts = len(prompts)
     cond = model.encode(list(prompts)) if cond is None else cond
@@ -117,12 +124,12 @@ def sample_forest(
             x = ode_step(x, v, sigma, sigma_next)
         else:
             branch = k if in_window else 1
-            level = level_at(i - window_start) if in_window else outside_level
+            level = level_at(i - window_start) if in_window else float(outside_at(i))
             parents = x
-            mean, std = sde_mean_std(parents, v, sigma, sigma_next, level)
+            mean, std = family.mean_std(parents, v, sigma, sigma_next, level)
             noise = _draw(generators, [nodes_per_prompt * branch] * num_prompts, shape, device)
             children = mean.repeat_interleave(branch, dim=0) + std[:1] * noise
-            logp = log_prob(children, mean.repeat_interleave(branch, dim=0), std[:1])
+            logp = family.log_prob(children, mean.repeat_interleave(branch, dim=0), std[:1])
             layers.append(
                 TreeLayer(
                     step=i,
@@ -157,6 +164,7 @@ def sample_forest(
         leaves_per_prompt=nodes_per_prompt,
         window_start=window_start,
         nfe=nfe,
+        extras={"sde": family.name},
     )
 
 
@@ -180,9 +188,12 @@ def sample_forest_for_recipe(
         depth=tree.d,
         roots=tree.roots,
         window_start=window_start,
-        noise_level=lambda depth: recipe.noise.at_depth(depth, tree.d),
+        noise_level=lambda depth: recipe.noise.at(window_start + depth, depth, tree.d),
         sde_outside_window=tree.sde_outside_window,
-        outside_noise_level=tree.outside_noise_level,
+        outside_noise_level=(
+            tree.outside_noise_level if tree.outside_noise_level is not None else (lambda step: recipe.noise.at(step, -1, tree.d))
+        ),
+        sde=recipe.noise.sde,
         chunk=recipe.chunk,
         cond=cond,
         progress=progress,

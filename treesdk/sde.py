@@ -1,7 +1,21 @@
 """Flow-matching ODE/SDE steps, transition log-probs and sigma grids.
 
-Everything here is a function of tensors (k-diffusion style). The SDE is the Flow-GRPO form
-(yifan123/flow_grpo, ``sd3_sde_with_logprob.py``), written from DESIGN.md:
+Everything here is a function of tensors (k-diffusion style). Four step families
+(:data:`SDE_FAMILIES`, chosen by a recipe's ``noise.sde``) share one interface,
+``mean_std(x, v, sigma, sigma_next, a) -> (mean, transition std)`` and ``log_prob``:
+
+* ``flow-sde`` (Flow-GRPO's SDE, the default, detailed below);
+* ``dance-sde`` (DanceGRPO's ``flux_step``): ``x0 = x - sigma v``,
+  ``score = -(x - (1 - sigma) x0) / sigma^2``, ``mean = x + dt (v - a^2 / 2 * score)``,
+  transition std ``a * sqrt(sigma - sigma_next)``;
+* ``cps`` (Flow-GRPO's coefficients-preserving sampler): transition std
+  ``sigma_next * sin(a * pi / 2)``, ``mean = (1 - sigma_next) x0 + sqrt(sigma_next^2 - std^2) x1`` with
+  ``x0 = x - sigma v``, ``x1 = x + (1 - sigma) v``; its log-prob is Flow-GRPO's
+  ``-mean((x_next - mean)^2)`` (constants and the ``1 / (2 std^2)`` factor dropped, so it stays finite
+  at the last step where std = 0);
+* ``ode``: the Euler step, std 0 (no log-prob).
+
+The Flow-GRPO SDE (yifan123/flow_grpo, ``sd3_sde_with_logprob.py``):
 
 * sigma in ``[0, 1]``, 1 = pure noise, steps go *down*: ``dt = sigma_next - sigma < 0``.
 * ``std_t = a * sqrt(sigma / (1 - sigma))`` with ``sigma = 1`` replaced by ``sigma_next`` in the
@@ -19,6 +33,8 @@ All arithmetic is float32 even for bf16/fp16 inputs; results come back in float3
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,6 +42,11 @@ from torch import Tensor
 from .interfaces import Scheduler
 
 __all__ = [
+    "SDE_FAMILIES",
+    "SDEFamily",
+    "cps_mean_std",
+    "dance_sde_mean_std",
+    "get_sde_family",
     "ode_step",
     "sde_step",
     "sde_mean_std",
@@ -143,6 +164,105 @@ def sde_step_with_logprob(
 
 
 # ---------------------------------------------------------------------------------------------
+# the other step families
+
+
+def dance_sde_mean_std(
+    x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, noise_level: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """DanceGRPO's ``flux_step`` (``sde_solver=True``): mean and transition std ``a * sqrt(sigma - sigma_next)``.
+
+    ``x0 = x - sigma v``; ``score = -(x - (1 - sigma) x0) / sigma^2``;
+    ``mean = x + dt * v - dt * a^2 / 2 * score`` with ``dt = sigma_next - sigma < 0``. float32.
+    """
+    x32, v32 = x.float(), v.float()
+    s, s_next = _per_sample(sigma, x32), _per_sample(sigma_next, x32)
+    dt = _check_down(s, s_next)
+    a = _per_sample(noise_level, x32)
+    x0 = x32 - s * v32
+    score = -(x32 - x0 * (1.0 - s)) / s**2
+    mean = x32 + dt * v32 - 0.5 * a**2 * score * dt
+    return mean, a * torch.sqrt(-dt)
+
+
+def cps_mean_std(
+    x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, noise_level: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """Flow-GRPO's coefficients-preserving sampler: transition std ``sigma_next * sin(a pi / 2)`` and
+    ``mean = (1 - sigma_next) x0 + sqrt(sigma_next^2 - std^2) x1`` (``x0 = x - sigma v``,
+    ``x1 = x + (1 - sigma) v``); ``a`` in ``(0, 1]``. float32."""
+    x32, v32 = x.float(), v.float()
+    s, s_next = _per_sample(sigma, x32), _per_sample(sigma_next, x32)
+    _check_down(s, s_next)
+    std = s_next * torch.sin(_per_sample(noise_level, x32) * (math.pi / 2.0))
+    x0 = x32 - s * v32
+    x1 = x32 + (1.0 - s) * v32
+    mean = x0 * (1.0 - s_next) + x1 * torch.sqrt((s_next**2 - std**2).clamp_min(0.0))
+    return mean, std
+
+
+def cps_log_prob(x_next: Tensor, mean: Tensor, std: Tensor | None = None) -> Tensor:  # noqa: ARG001 - same signature
+    """Flow-GRPO's CPS log-prob ``-mean((x_next - mean)^2)`` over non-batch elements, float32 ``[B]``."""
+    diff = x_next.detach().float() - mean.float()
+    return -(diff**2).mean(dim=tuple(range(1, diff.ndim)))
+
+
+def ode_mean_std(
+    x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, noise_level: Tensor | float = 0.0  # noqa: ARG001
+) -> tuple[Tensor, Tensor]:
+    """The Euler ODE step as a degenerate family: mean ``x + dt v``, std 0."""
+    mean = ode_step(x, v, sigma, sigma_next)
+    return mean, torch.zeros((mean.shape[0],) + (1,) * (mean.ndim - 1), dtype=torch.float32, device=mean.device)
+
+
+def _ode_log_prob(x_next: Tensor, mean: Tensor, std: Tensor | None = None) -> Tensor:  # noqa: ARG001
+    raise ValueError("the ode family is deterministic: its steps have no log-prob; choose noise.sde "
+                     "flow-sde, dance-sde or cps for trained steps")
+
+
+def _check_down(s: Tensor, s_next: Tensor) -> Tensor:
+    dt = s_next - s
+    if bool((dt >= 0).any()):
+        raise ValueError("the SDE walks sigma down: every sigma_next must be < sigma")
+    return dt
+
+
+@dataclass(frozen=True)
+class SDEFamily:
+    """One step family: ``mean_std(x, v, sigma, sigma_next, a) -> (mean, transition std)``,
+    ``log_prob(x_next, mean, std) -> [B]`` (averaged over elements), and ``kl_std(std, sigma,
+    sigma_next)``: the std Flow-GRPO divides by in its KL term (``std_t`` without ``sqrt(-dt)`` for
+    the Euler-Maruyama families, the transition std itself for CPS)."""
+
+    name: str
+    mean_std: Callable[..., tuple[Tensor, Tensor]]
+    log_prob: Callable[..., Tensor]
+    kl_std: Callable[[Tensor, float, float], Tensor]
+    description: str = ""
+
+
+def _per_sqrt_dt(std: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    return std / math.sqrt(sigma - sigma_next)
+
+
+SDE_FAMILIES: dict[str, SDEFamily] = {
+    "flow-sde": SDEFamily("flow-sde", sde_mean_std, log_prob, _per_sqrt_dt, "Flow-GRPO's SDE (std_t = a sqrt(s / (1 - s)))"),
+    "dance-sde": SDEFamily("dance-sde", dance_sde_mean_std, log_prob, _per_sqrt_dt,
+                           "DanceGRPO's flux_step (std = a sqrt(s - s_next), score-based mean)"),
+    "cps": SDEFamily("cps", cps_mean_std, cps_log_prob, lambda std, s, s_next: std,
+                     "Flow-GRPO's coefficients-preserving sampler (std = s_next sin(a pi / 2))"),
+    "ode": SDEFamily("ode", ode_mean_std, _ode_log_prob, lambda std, s, s_next: std, "Euler ODE step (no noise)"),
+}
+
+
+def get_sde_family(name: str) -> SDEFamily:
+    """The :class:`SDEFamily` called ``name``; ``ValueError`` naming the choices otherwise."""
+    if name not in SDE_FAMILIES:
+        raise ValueError(f"unknown SDE family {name!r}; expected one of {', '.join(SDE_FAMILIES)}")
+    return SDE_FAMILIES[name]
+
+
+# ---------------------------------------------------------------------------------------------
 # sigma grids
 
 
@@ -172,8 +292,11 @@ def flux_mu(
 def sigma_grid(num_steps: int, shift: float = 1.0, mu: float | None = None) -> Tensor:
     """float32 ``[num_steps + 1]`` grid ``1 = s_0 > ... > s_T = 0``.
 
-    The unshifted grid is ``linspace(1, 1/T, T)`` followed by 0 (as diffusers' FLUX/SD3 pipelines
-    build it). With ``mu`` the FLUX exponential shift is applied, otherwise the static ``shift``.
+    The unshifted grid is ``linspace(1, 1/T, T)`` followed by 0, the FLUX pipeline's base grid; with
+    ``mu`` the FLUX exponential shift is applied (equal to diffusers' FLUX grid), otherwise the static
+    ``shift``. This is *not* diffusers' SD3 pipeline grid, whose ``T`` values run linearly from the
+    scheduler's ``sigma_max`` down to its ``sigma_min`` (about 1/1000, not 1/T) before the shift; the
+    SD3 backend takes its grid from the scheduler itself. DanceGRPO's grid is ``linspace(1, 0, T + 1)`` then the static shift.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

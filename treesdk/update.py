@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
-from .sde import log_prob, sde_mean_std
+from .sde import get_sde_family
 
 
 class NonFiniteLossError(RuntimeError):
@@ -144,16 +144,17 @@ def _chunk_loss(
     parents = layer.parents[idx]
     cond = select_cond(forest.cond, layer.parent_prompt[idx])
     sigma = torch.full((len(idx),), layer.sigma, device=device, dtype=torch.float32)
+    family = get_sde_family(forest.extras.get("sde", "flow-sde"))  # the family the sampler used
     velocity = model.velocity(parents, sigma, cond).float()
-    mean, std = sde_mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
+    mean, std = family.mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
     children = layer.children[idx].flatten(0, 1)
-    new_logp = log_prob(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
+    new_logp = family.log_prob(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
     ref_mean = None
     n_ref = 0
     if need_ref:
         with torch.no_grad(), model.reference():
             ref_v = model.velocity(parents, sigma, cond).float()
-        ref_mean, _ = sde_mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
+        ref_mean, _ = family.mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
         n_ref = len(idx)
     batch = EdgeBatch(
         layer=layer,
@@ -168,6 +169,7 @@ def _chunk_loss(
         new_mean=mean,
         ref_mean=ref_mean,
         sft_target=sft[layer_index][idx] if sft is not None else None,
+        kl_std=family.kl_std(std[:1].reshape(()), layer.sigma, layer.sigma_next) if need_ref else None,
     )
     total = velocity.new_zeros(())
     metrics: dict[str, float] = {}
