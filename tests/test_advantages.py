@@ -87,3 +87,65 @@ def test_multi_reward_is_weighted_sum_of_per_reward_normalisation():
     expected = 0.8 * normalised_leaf_advantages(r1, 4) + 0.2 * normalised_leaf_advantages(r2, 4)
     torch.testing.assert_close(out.leaf_advantages, expected)
     torch.testing.assert_close(out.leaf_rewards, 0.8 * r1 + 0.2 * r2)
+
+
+def test_unbiased_std_and_tiny_eps_as_dancegrpo():
+    """DanceGRPO: (r - mean) / (r.std() + 1e-8) with torch's default (unbiased, n - 1) std per group."""
+    rewards = torch.tensor([1.0, 2.0, 4.0, 0.5, 0.5, 3.0])
+    got = normalised_leaf_advantages(rewards, 3, eps=1e-8, unbiased=True)
+    for g in range(2):
+        r = [float(x) for x in rewards[3 * g: 3 * g + 3]]
+        m = sum(r) / 3
+        sd = math.sqrt(sum((x - m) ** 2 for x in r) / 2)
+        assert [float(x) for x in got[3 * g: 3 * g + 3]] == pytest.approx([(x - m) / (sd + 1e-8) for x in r], rel=1e-5)
+    glob = normalised_leaf_advantages(rewards, 3, global_std=True, eps=1e-4)
+    pop = float(rewards.std(unbiased=False))
+    assert float(glob[0]) == pytest.approx((1.0 - 7 / 3) / (pop + 1e-4), rel=1e-5)
+
+
+def test_mean_backup_ignores_log_probs():
+    lp0 = [[0.0, math.log(9.0)]]  # softmax would give [0.1, 0.9]
+    forest = make_forest([2, 2], [lp0, [[0.0, 0.0], [0.0, 0.0]]])
+    rewards = torch.tensor([1.0, 3.0, 2.0, 6.0])
+    out = TreeBackupAdvantage(backup="mean", eps=0.0)(forest, {"r": rewards}, {"r": 1.0})
+    a = (rewards - rewards.mean()) / rewards.std(unbiased=False)
+    torch.testing.assert_close(out.advantages[0].flatten(), torch.stack([(a[0] + a[1]) / 2, (a[2] + a[3]) / 2]))
+
+
+def test_depthwise_restandardises_each_depth_per_prompt_by_hand():
+    """BranchGRPO: mean backup of leaf values, then per prompt and depth (x - mean) / (unbiased std + 1e-8)."""
+    from treesdk.advantages import DepthwiseAdvantage
+
+    # two prompts, each a binary tree of depth 2 (4 leaves)
+    forest = make_forest([2, 2], [[[0.0, 0.0]] * 2, [[0.0, 0.0]] * 4], prompts=2)
+    rewards = torch.tensor([1.0, 3.0, 2.0, 6.0, 5.0, 1.0, 1.0, 5.0])
+    out = DepthwiseAdvantage(eps=1e-8)(forest, {"r": rewards}, {"r": 1.0})
+
+    def z(values):
+        m = sum(values) / len(values)
+        sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+        return [0.0] * len(values) if sd < 1e-6 else [(v - m) / (sd + 1e-8) for v in values]
+
+    leaves = []
+    for p in range(2):
+        leaves += z([float(x) for x in rewards[4 * p: 4 * p + 4]])  # leaf normalisation (unbiased, 1e-8)
+    expect_leaf = []
+    expect_mid = []
+    for p in range(2):
+        lv = leaves[4 * p: 4 * p + 4]
+        expect_leaf += z(lv)
+        expect_mid += z([(lv[0] + lv[1]) / 2, (lv[2] + lv[3]) / 2])
+    assert [float(x) for x in out.advantages[1].flatten()] == pytest.approx(expect_leaf, abs=1e-5)
+    assert [float(x) for x in out.advantages[0].flatten()] == pytest.approx(expect_mid, abs=1e-5)
+    assert [float(x) for x in out.advantages[0].flatten()[2:]] == [0.0, 0.0]  # prompt 1's two nodes are equal
+
+
+def test_depthwise_is_built_from_a_recipe_and_refuses_path_attribution():
+    from treesdk.advantages import DepthwiseAdvantage, build_estimator
+    from treesdk.recipe import load_recipe
+
+    recipe = load_recipe("treegrpo", advantage={"kind": "depthwise", "backup": "softmax"})
+    est = build_estimator(recipe.advantage)
+    assert isinstance(est, DepthwiseAdvantage) and est.backup == "softmax" and est.unbiased
+    with pytest.raises(ValueError, match="attribution must be 'edge'"):
+        DepthwiseAdvantage(attribution="path")

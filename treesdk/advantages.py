@@ -1,14 +1,19 @@
 """Advantage estimators: leaf rewards of a :class:`~treesdk.interfaces.Forest` -> per-edge targets.
 
 Leaf advantages are group-normalised per prompt, ``A = (r - mean_prompt) / (std + eps)`` (or by the
-std over the whole batch with ``global_std``); with several rewards each is normalised on its own
-and the weighted sum is taken (as both TreeGRPO and Dynamic-TreeRPO do). Edges then receive:
+std over the whole batch with ``global_std``); ``std`` is the population std (Flow-GRPO, eps 1e-4)
+or the unbiased one (DanceGRPO, eps 1e-8). With several rewards each is normalised on its own and
+the weighted sum is taken (as both TreeGRPO and Dynamic-TreeRPO do). Edges then receive:
 
 * ``group``: the mean advantage of the leaves below the edge (a trajectory's own advantage when
   nothing branches, as GRPO/MixGRPO);
 * ``tree-backup`` (TreeGRPO): leaf edges get their leaf's advantage; an internal edge gets
   ``sum_c softmax(logp_c / temperature) * A_c`` over its child edges, ``logp`` the stored
-  behaviour log-probs of those children.
+  behaviour log-probs of those children (``backup="softmax"``), or their plain mean
+  (``backup="mean"``);
+* ``depthwise`` (BranchGRPO): the backup above, then at every depth the values of the prompt's
+  nodes are re-standardised, ``(value - mean_depth) / (unbiased std_depth + 1e-8)`` (0 where the
+  std is below 1e-6), so every layer's advantages have unit scale.
 
 Under ``path`` attribution (Dynamic-TreeRPO eq. 9) every edge carries the advantages of *all*
 leaves below it, one loss term per root-to-leaf path.
@@ -26,20 +31,22 @@ from .interfaces import AdvantageEstimator, EdgeAdvantages, Forest
 
 
 def normalised_leaf_advantages(
-    rewards: Tensor, leaves_per_prompt: int, *, global_std: bool = False, eps: float = 1e-4
+    rewards: Tensor, leaves_per_prompt: int, *, global_std: bool = False, eps: float = 1e-4, unbiased: bool = False
 ) -> Tensor:
     """``[P * L]`` rewards -> ``(r - mean_prompt) / (std + eps)``; std per prompt or over the batch.
 
-    The std is the population std (``unbiased=False``), as Flow-GRPO's per-prompt stat tracker.
+    The std is the population std (``unbiased=False``, Flow-GRPO's per-prompt stat tracker) or the
+    unbiased one (``unbiased=True``, DanceGRPO's ``tensor.std()``).
     """
     groups = rewards.float().view(-1, leaves_per_prompt)
     mean = groups.mean(dim=1, keepdim=True)
-    std = rewards.float().std(unbiased=False) if global_std else groups.std(dim=1, unbiased=False, keepdim=True)
+    std = rewards.float().std(unbiased=unbiased) if global_std else groups.std(dim=1, unbiased=unbiased, keepdim=True)
     return ((groups - mean) / (std + eps)).reshape(-1)
 
 
 def weighted_leaf_advantages(
-    rewards: Mapping[str, Tensor], weights: Mapping[str, float], leaves_per_prompt: int, *, global_std: bool, eps: float
+    rewards: Mapping[str, Tensor], weights: Mapping[str, float], leaves_per_prompt: int, *, global_std: bool, eps: float,
+    unbiased: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-reward normalisation then weighted sum. Returns ``(advantages, weighted raw rewards)``."""
     if not rewards:
@@ -48,7 +55,7 @@ def weighted_leaf_advantages(
     raw = None
     for name, values in rewards.items():
         w = float(weights.get(name, 1.0))
-        a = normalised_leaf_advantages(values, leaves_per_prompt, global_std=global_std, eps=eps) * w
+        a = normalised_leaf_advantages(values, leaves_per_prompt, global_std=global_std, eps=eps, unbiased=unbiased) * w
         r = values.float() * w
         adv = a if adv is None else adv + a
         raw = r if raw is None else raw + r
@@ -58,14 +65,18 @@ def weighted_leaf_advantages(
 
 class _LeafNormalising(AdvantageEstimator):
     def __init__(
-        self, attribution: str = "edge", global_std: bool = False, clip: float | None = None, eps: float = 1e-4
+        self, attribution: str = "edge", global_std: bool = False, clip: float | None = None, eps: float = 1e-4,
+        std: str = "population",
     ) -> None:
         if attribution not in ("edge", "path"):
             raise ValueError(f"attribution must be 'edge' or 'path', got {attribution!r}")
+        if std not in ("population", "unbiased"):
+            raise ValueError(f"std must be 'population' or 'unbiased', got {std!r}")
         self.attribution = attribution
         self.global_std = global_std
         self.clip = clip
         self.eps = eps
+        self.unbiased = std == "unbiased"
 
     def _leaves(self, forest: Forest, rewards: Mapping[str, Tensor], weights: Mapping[str, float]) -> tuple[Tensor, Tensor]:
         n_leaves = forest.leaves.shape[0]
@@ -73,7 +84,7 @@ class _LeafNormalising(AdvantageEstimator):
             if values.shape != (n_leaves,):
                 raise ValueError(f"reward {name!r} has shape {tuple(values.shape)}, expected [{n_leaves}] (one per leaf)")
         adv, raw = weighted_leaf_advantages(
-            rewards, weights, forest.leaves_per_prompt, global_std=self.global_std, eps=self.eps
+            rewards, weights, forest.leaves_per_prompt, global_std=self.global_std, eps=self.eps, unbiased=self.unbiased
         )
         if self.clip is not None:
             adv = adv.clamp(-self.clip, self.clip)
@@ -109,35 +120,73 @@ class GroupAdvantage(_LeafNormalising):
 
 
 class TreeBackupAdvantage(_LeafNormalising):
-    """TreeGRPO reward backup with a softmax over sibling log-probs at ``temperature``.
+    """TreeGRPO reward backup: an internal edge gets ``sum_c w_c A_c`` over its child edges, ``w`` the
+    softmax of sibling log-probs at ``temperature`` (``backup="softmax"``, the paper) or uniform
+    (``backup="mean"``).
 
     Log-probs are averaged over latent elements, so siblings' values are close and the softmax is
     near-uniform at temperature 1; lower temperatures weight the more likely child more.
     """
 
-    def __init__(self, temperature: float = 1.0, **kwargs: object) -> None:
+    def __init__(self, temperature: float = 1.0, backup: str = "softmax", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if backup not in ("softmax", "mean"):
+            raise ValueError(f"backup must be 'softmax' or 'mean', got {backup!r}")
         self.temperature = temperature
+        self.backup = backup
+
+    def _weights(self, layer) -> Tensor:  # noqa: ANN001 - a TreeLayer
+        if self.backup == "mean":
+            return torch.full((layer.num_parents, layer.k), 1.0 / layer.k)
+        return torch.softmax(layer.log_probs.float().cpu() / self.temperature, dim=1)
 
     def _edge_values(self, forest: Forest, leaf_adv: Tensor) -> list[Tensor]:
         node_adv = leaf_adv  # advantage of the nodes below the current layer, in node order
         out: list[Tensor] = []
         for layer in reversed(forest.layers):
-            child_adv = node_adv.view(layer.num_parents, layer.k)
+            child_adv = self._child_values(node_adv.view(layer.num_parents, layer.k), forest.num_prompts)
             out.append(child_adv.unsqueeze(-1))
-            weights = torch.softmax(layer.log_probs.float() / self.temperature, dim=1)
-            node_adv = (weights * child_adv).sum(dim=1)
+            node_adv = (self._weights(layer).to(child_adv.device) * node_adv.view(layer.num_parents, layer.k)).sum(dim=1)
         out.reverse()
         return out
+
+    def _child_values(self, child_adv: Tensor, num_prompts: int) -> Tensor:  # noqa: ARG002
+        return child_adv
+
+
+class DepthwiseAdvantage(TreeBackupAdvantage):
+    """BranchGRPO: back up leaf values (``mean`` or ``softmax``), then re-standardise the values of
+    each prompt's nodes at every depth: ``(x - mean) / (unbiased std + depth_eps)``, 0 where the std is
+    below ``1e-6`` (one node per depth, or all equal). Edge attribution only; ``clip`` applies to
+    leaves and to the re-standardised values."""
+
+    def __init__(self, depth_eps: float = 1e-8, **kwargs: object) -> None:
+        kwargs.setdefault("backup", "mean")
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        if self.attribution != "edge":
+            raise ValueError("the depthwise estimator gives one advantage per edge: attribution must be 'edge'")
+        self.depth_eps = depth_eps
+
+    def _child_values(self, child_adv: Tensor, num_prompts: int) -> Tensor:
+        per_prompt = child_adv.reshape(num_prompts, -1)
+        mean = per_prompt.mean(dim=1, keepdim=True)
+        std = per_prompt.std(dim=1, unbiased=True, keepdim=True) if per_prompt.shape[1] > 1 else torch.zeros_like(mean)
+        values = torch.where(std < 1e-6, torch.zeros_like(per_prompt), (per_prompt - mean) / (std + self.depth_eps))
+        if self.clip is not None:
+            values = values.clamp(-self.clip, self.clip)
+        return values.view_as(child_adv)
 
 
 def build_estimator(spec) -> AdvantageEstimator:  # noqa: ANN001 - a treesdk.recipe AdvantageSpec
     """The estimator a recipe's ``advantage`` part describes."""
-    common = dict(attribution=spec.attribution, global_std=spec.global_std, clip=spec.clip, eps=spec.eps)
+    common = dict(attribution=spec.attribution, global_std=spec.global_std, clip=spec.clip, eps=spec.eps,
+                  std=getattr(spec, "std", "population"))
     if spec.kind == "group":
         return GroupAdvantage(**common)
     if spec.kind == "tree-backup":
-        return TreeBackupAdvantage(temperature=spec.temperature, **common)
+        return TreeBackupAdvantage(temperature=spec.temperature, backup=spec.backup, **common)
+    if spec.kind == "depthwise":
+        return DepthwiseAdvantage(temperature=spec.temperature, backup=spec.backup, depth_eps=spec.depth_eps, **common)
     raise ValueError(f"unknown advantage estimator {spec.kind!r}")

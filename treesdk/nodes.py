@@ -39,6 +39,7 @@ from pydantic_core import PydanticUndefined
 
 from .recipe import (
     ClippedSurrogateSpec,
+    DepthwiseSpec,
     FixedWindow,
     GroupAdvantageSpec,
     KLSpec,
@@ -59,7 +60,7 @@ OUTPUT_TYPES: dict[str, str] = {
     "WINDOW": "branching-window schedule (FixedWindow / SlidingWindow / RandomWindow)",
     "NOISE": "noise schedule of the window's Flow-GRPO SDE steps (NoiseSpec)",
     "STEP": "sampler step used outside the window (ODE or Flow-GRPO SDE)",
-    "ADVANTAGE": "advantage estimator (GroupAdvantageSpec / TreeBackupSpec)",
+    "ADVANTAGE": "advantage estimator (GroupAdvantageSpec / TreeBackupSpec / DepthwiseSpec)",
     "LOSS": "weighted loss term (ClippedSurrogateSpec / LayerTuningSpec / KLSpec)",
     "OPTIM": "optimiser settings (OptimSpec)",
     "RECIPE": "a whole algorithm (treesdk.recipe.Recipe)",
@@ -653,6 +654,7 @@ def builtin_nodes() -> dict[str, NodeSpec]:
         _part("flow-grpo-sde", FlowGRPOSDEStep, "STEP", "sde", "step"),
         _part("group-advantage", GroupAdvantageSpec, "ADVANTAGE", "advantage", "advantage"),
         _part("tree-backup", TreeBackupSpec, "ADVANTAGE", "advantage", "advantage"),
+        _part("depthwise-advantage", DepthwiseSpec, "ADVANTAGE", "advantage", "advantage"),
         _part("clipped-surrogate", ClippedSurrogateSpec, "LOSS", "loss", "loss"),
         _part("layertuning-sft", LayerTuningSpec, "LOSS", "loss", "loss"),
         _part("kl", KLSpec, "LOSS", "loss", "loss"),

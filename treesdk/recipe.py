@@ -142,20 +142,26 @@ class NoiseSpec(Part):
 # advantage estimators
 
 
+_STD = Field("population", description="population std (Flow-GRPO) or unbiased std (DanceGRPO, BranchGRPO)")
+
+
 class GroupAdvantageSpec(Part):
     """Group-normalised leaf advantage ``(r - mean_prompt) / (std + eps)``; every edge gets the mean
-    advantage of the leaves below it (for non-branching trajectories: the trajectory's advantage)."""
+    advantage of the leaves below it (for non-branching trajectories: the trajectory's advantage).
+    Flow-GRPO: population std, eps 1e-4; DanceGRPO/MixGRPO: unbiased std, eps 1e-8."""
 
     kind: Literal["group"] = "group"
     attribution: Literal["edge", "path"] = Field("edge", description="edge: one value per edge; path: one per root-to-leaf path")
     global_std: bool = Field(False, description="normalise by the std over all leaves of the batch, not per prompt")
     clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
     eps: float = Field(1e-4, gt=0, description="added to the std")
+    std: Literal["population", "unbiased"] = _STD
 
 
 class TreeBackupSpec(Part):
     """TreeGRPO backup: leaf advantages as :class:`GroupAdvantageSpec`, then each internal edge gets
-    ``sum_c softmax(logp_c / temperature) * A_c`` over its child edges (stored behaviour log-probs).
+    ``sum_c w_c * A_c`` over its child edges: ``w = softmax(logp_c / temperature)`` of the stored
+    behaviour log-probs (``backup=softmax``, the paper) or ``1/k`` (``backup=mean``).
 
     Log-probs are averaged over latent elements, so they differ little between siblings and the
     softmax is near-uniform at temperature 1 (close to the plain mean). A smaller temperature
@@ -164,13 +170,31 @@ class TreeBackupSpec(Part):
 
     kind: Literal["tree-backup"] = "tree-backup"
     attribution: Literal["edge", "path"] = Field("edge", description="edge (TreeGRPO) or path (Dynamic-TreeRPO eq. 9)")
+    backup: Literal["softmax", "mean"] = Field("softmax", description="softmax over sibling log-probs, or the plain mean")
     temperature: float = Field(1.0, gt=0, description="softmax temperature over sibling log-probs")
     global_std: bool = Field(False, description="normalise by the std over all leaves of the batch")
     clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
     eps: float = Field(1e-4, gt=0, description="added to the std")
+    std: Literal["population", "unbiased"] = _STD
 
 
-AdvantageSpec = Annotated[Union[GroupAdvantageSpec, TreeBackupSpec], Field(discriminator="kind")]
+class DepthwiseSpec(Part):
+    """BranchGRPO: the tree backup (``mean`` or ``softmax``), then at every depth the values of each
+    prompt's nodes are re-standardised, ``(x - mean) / (unbiased std + depth_eps)`` (0 where the std
+    is below 1e-6); one advantage per edge."""
+
+    kind: Literal["depthwise"] = "depthwise"
+    attribution: Literal["edge"] = Field("edge", description="one advantage per edge")
+    backup: Literal["softmax", "mean"] = Field("mean", description="how leaf values are backed up before re-standardising")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature (backup=softmax)")
+    depth_eps: float = Field(1e-8, gt=0, description="added to each depth's std")
+    global_std: bool = Field(False, description="normalise leaves by the std over the batch")
+    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
+    eps: float = Field(1e-8, gt=0, description="added to the leaves' std")
+    std: Literal["population", "unbiased"] = Field("unbiased", description="std of the leaf normalisation")
+
+
+AdvantageSpec = Annotated[Union[GroupAdvantageSpec, TreeBackupSpec, DepthwiseSpec], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,6 +410,7 @@ def nfe_per_tree(steps: int, start: int, depth: int, k: int) -> int:
 
 __all__ = [
     "ClippedSurrogateSpec",
+    "DepthwiseSpec",
     "FixedWindow",
     "GroupAdvantageSpec",
     "KLSpec",
