@@ -28,7 +28,7 @@ def eval_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON here")] = None,
 ) -> None:
     """Mean reward of deterministic samples on a fixed prompt/seed set, as a table and JSON."""
-    from treesdk.evaluate import evaluate
+    from treesdk.evaluate import diversity_source, evaluate
 
     with clean_errors():
         policy = load_policy(run, backend, model, resolution, device, backend_opt)
@@ -51,8 +51,10 @@ def eval_command(
         table.add_column("std", justify="right")
         for name, values in scores.items():
             table.add_row(name, f"{float(values.mean()):.4f}", f"{float(values.std(unbiased=False)):.4f}")
+        source = diversity_source(policy, rewards)
+        table.add_row(f"diversity ({source})", f"{means['diversity']:.4f}", "")
         console.print(table)
-        result = {"run": run, "images": len(all_prompts), "steps": steps, **means}
+        result = {"run": run, "images": len(all_prompts), "steps": steps, **means, "diversity_features": source}
         if json_out is not None:
             json_out.write_text(json.dumps(result, indent=2) + "\n")
         console.print_json(json.dumps(result))

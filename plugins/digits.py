@@ -180,6 +180,21 @@ class _DigitReward(RewardModel):
         ]
         return torch.cat(out) if out else torch.zeros(0, 10)
 
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """Penultimate-layer activations float32 ``[B, D]`` on the CPU (the embedding ``treesdk``'s
+        diversity metric measures distances in)."""
+        x = preprocess_digit_images(images)
+        trunk = self._trunk()
+        out = [trunk(x[i : i + self.batch_size].to(self._device)).float().cpu() for i in range(0, x.shape[0], self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
+    def _trunk(self) -> nn.Module:
+        """The network without its last linear layer (eval mode, so dropout is off)."""
+        if isinstance(self.net, DigitEvaluatorNet):
+            return self.net.mlp[:-1]
+        return nn.Sequential(self.net.features, *self.net.head[:-1])
+
     def predict(self, images: Tensor) -> Tensor:
         """Most probable digit, int64 ``[B]`` on the CPU."""
         return self.probabilities(images).argmax(dim=1)

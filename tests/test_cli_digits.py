@@ -54,6 +54,7 @@ def test_sample_and_eval_a_trained_run(trained_run, tmp_path):
     data = json.loads(js.read_text())
     ends = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"tag": "end"' in line]
     assert data["digit-evaluator_mean"] == pytest.approx(ends[0]["digit-evaluator_mean"], abs=1e-6)
+    assert data["diversity"] == pytest.approx(ends[0]["diversity"], rel=1e-6) and data["diversity_features"] == "digit-evaluator"
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

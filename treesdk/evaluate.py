@@ -1,4 +1,5 @@
-"""Evaluation on a fixed set of prompts and seeds: deterministic ODE samples, every reward's mean."""
+"""Evaluation on a fixed set of prompts and seeds: deterministic ODE samples, every reward's mean
+and the samples' per-prompt diversity (:mod:`treesdk.diversity`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .diversity import choose_features, per_prompt_diversity
 from .interfaces import RewardModel, VelocityModel, iter_chunks
 from .rewards import score_images
 from .sampler import sample_ode
@@ -26,12 +28,23 @@ def evaluate(
     steps: int,
     chunk: int = 64,
 ) -> tuple[dict[str, float], dict[str, Tensor], Tensor]:
-    """Sample one ODE image per (prompt, seed) pair and score it.
+    """Sample one ODE image per (prompt, seed) pair, score it, and measure diversity.
 
-    Returns ``({"<reward>_mean": value}, {reward: per-image scores}, images)``.
+    Returns ``({"<reward>_mean": value, ..., "diversity": value}, {reward: per-image scores}, images)``.
+    ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
+    the features of the backend's held-out reward when one is among ``rewards`` and offers them,
+    else another reward's, else the pixels; :func:`diversity_source` names the choice.
     """
     latents = sample_ode(model, prompts, seeds, steps, chunk=chunk)
     images = decode_chunked(model, latents, chunk)
     scores = score_images(rewards, images, prompts)
     means = {f"{name}_mean": float(values.mean()) for name, values in scores.items()}
+    _, features = choose_features(rewards, model.heldout_rewards())
+    with torch.no_grad():
+        means["diversity"] = per_prompt_diversity(features(images), list(prompts))
     return means, scores, images
+
+
+def diversity_source(model: VelocityModel, rewards: Mapping[str, RewardModel]) -> str:
+    """Which features :func:`evaluate` measures diversity with: a reward's name, or ``"pixels"``."""
+    return choose_features(rewards, model.heldout_rewards())[0]
