@@ -1,4 +1,5 @@
-"""``treesdk bench``: the papers' comparison (grpo, mixgrpo, treegrpo, dynamic-treerpo) on one backend."""
+"""``treesdk bench``: the papers' comparison (grpo, mixgrpo, treegrpo, dynamic-treerpo) on one backend
+(the runner is :mod:`treesdk_cli.bench_runner`)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,20 @@ def bench_command(
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME[=WEIGHT]; repeatable")] = None,
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward; repeatable")] = None,
     reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="reward threshold (default: halfway to the best final gain)")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option(help="reward threshold; give two (default: base + 50% and 90% of the best final gain)")] = None,
+    task: Annotated[str, typer.Option(help="digits task: default, or strict (classifier at temperature 3; does not saturate)")] = "default",
+    interleave: Annotated[bool, typer.Option(help="run the algorithms round-robin by iteration (else one after another)")] = True,
     prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override for every recipe, DOTTED.KEY=VALUE")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="image resolution in pixels")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device")] = None,
     seed: Annotated[int, typer.Option(help="seed shared by every algorithm")] = 0,
 ) -> None:
-    """Compare algorithms at equal steps, seeds and evaluation set; reward versus training wall-clock."""
+    """Compare algorithms at equal steps, seeds and evaluation set: reward versus wall-clock, CPU
+    seconds and velocity evaluations, and the diversity each keeps."""
     import treesdk
-    from treesdk.bench import DEFAULT_ALGORITHMS, run_bench
+
+    from .bench_runner import DEFAULT_ALGORITHMS, TASKS, run_bench
 
     with clean_errors():
         options = backend_options(model, resolution, device, None)
@@ -47,9 +52,15 @@ def bench_command(
         eval_prompts, eval_seeds = probe.eval_set()
         train_prompts = read_prompts(prompts) or probe.default_prompts()
         names = list(algo) if algo else list(DEFAULT_ALGORITHMS)
-        reward_options = parse_reward_options(reward_opt)
+        if task not in TASKS:
+            raise ValueError(f"--task {task!r} is not a bench task; choose one of {', '.join(TASKS)}")
+        if threshold is not None and len(threshold) != 2:
+            raise ValueError(f"--threshold: give it twice (two thresholds), got {len(threshold)} value(s)")
+        reward_options = {**{name: dict(opts) for name, opts in TASKS[task].items() if name in weights},
+                          **parse_reward_options(reward_opt)}
         check_reward_options(reward_options, [*weights, *heldout_names])
-        console.print(f"[bold]treesdk bench[/] {backend}: {', '.join(names)}; {seconds:.0f} s each, T={steps}, batch={batch}")
+        console.print(f"[bold]treesdk bench[/] {backend} ({task} task): {', '.join(names)}; {seconds:.0f} s each, T={steps}, "
+                      f"batch={batch}, {'interleaved' if interleave else 'one after another'}")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                       TimeElapsedColumn(), console=console) as progress:
             tasks = {name: progress.add_task(name, total=seconds) for name in names}
@@ -58,7 +69,7 @@ def bench_command(
                 load_rewards(list(weights), device, reward_options), weights, train_prompts, eval_prompts, eval_seeds,
                 heldout=load_rewards(heldout_names, device, reward_options), algorithms=names, overrides=parse_overrides(set_),
                 seconds=seconds, max_iters=iters, eval_every=eval_every, batch=batch, steps=steps, seed=seed,
-                threshold=threshold, out_dir=out,
+                thresholds=threshold, interleave=interleave, task=task, out_dir=out,
                 on_progress=lambda name, done, total: progress.update(tasks[name], completed=done),
             )
         print_report(report)
@@ -66,21 +77,28 @@ def bench_command(
 
 
 def print_report(report: dict) -> None:
-    table = Table(box=box.SIMPLE_HEAD, title=f"reward threshold {report['threshold']:.4f} (base {report['base']['reward']:.4f})")
-    for col in ("algorithm", "s/iter", "NFE\nsamp+trn", "iters", "final\nreward", "held-\nout",
-                "s to\nthresh.", "vs\ngrpo"):
-        if col == "algorithm":
-            table.add_column(col, no_wrap=True, min_width=15)
-        else:
-            table.add_column(col, justify="right")
+    t1, t2 = report["thresholds"]
+    base = report["base"]
+    table = Table(box=box.SIMPLE_HEAD, title=f"thresholds {t1:.4f} / {t2:.4f} (base reward {base['reward']:.4f})")
+    for col in ("algorithm", "s/iter", "iters", "final\nreward", "held-\nout", "divers.\nkept",
+                "s to\nthr. 1", "CPU s\nthr. 1", "kNFE\nthr. 1", "s to\nthr. 2", "kNFE\nthr. 2"):
+        table.add_column(col, no_wrap=True, min_width=15) if col == "algorithm" else table.add_column(col, justify="right")
+
+    def cell(value: float | None, fmt: str) -> str:
+        return format(value, fmt) if value is not None else "never"
+
     for name, r in report["algorithms"].items():
-        speed = report["speedup_vs_grpo"].get(name)
+        if r["error"]:
+            table.add_row(name, "error", "", r["error"][:40], *[""] * 7)
+            continue
+        first, second = r["to_threshold"]
         table.add_row(
-            name, f"{r['seconds_per_iter']:.2f}", f"{r['nfe_sampling_per_iter']:.0f}+{r['nfe_training_per_iter']:.0f}",
-            str(r["iterations"]), f"{r['final_reward']:.3f}",
+            name, f"{r['seconds_per_iter']:.2f}", str(r["iterations"]), f"{r['final_reward']:.3f}",
             f"{r['final_heldout']:.3f}" if r["final_heldout"] is not None else "-",
-            f"{r['seconds_to_threshold']:.1f}" if r["seconds_to_threshold"] is not None else "never",
-            f"{speed:.1f}x" if speed is not None else "-",
+            f"{100 * r['diversity_kept']:.0f}%" if r["diversity_kept"] is not None else "-",
+            cell(first and first["seconds"], ".1f"), cell(first and first["cpu_seconds"], ".1f"),
+            cell(first and first["nfe"] / 1000, ".1f"), cell(second and second["seconds"], ".1f"),
+            cell(second and second["nfe"] / 1000, ".1f"),
         )
     console.print(table)
 

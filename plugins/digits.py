@@ -118,10 +118,15 @@ class _DigitReward(RewardModel):
     _net_class: type[nn.Module]
     _default_file: str
 
-    def __init__(self, checkpoint: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, checkpoint: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu", batch_size: int = 256,
+                 temperature: float = 1.0) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.batch_size = int(batch_size)
+        #: softmax temperature of the scores: > 1 asks for larger logit margins (a stricter reward)
+        self.temperature = float(temperature)
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint is not None else WEIGHTS_DIR / self._default_file
         self.net = self._net_class()
         self.net.load_state_dict(self._read(self.checkpoint), strict=True)
@@ -172,10 +177,11 @@ class _DigitReward(RewardModel):
 
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:
-        """Class probabilities float32 ``[B, 10]`` on the CPU for images ``[B, 3, H, W]`` in ``[0, 1]``."""
+        """Class probabilities float32 ``[B, 10]`` on the CPU for images ``[B, 3, H, W]`` in ``[0, 1]``
+        (softmax of the logits divided by :attr:`temperature`)."""
         x = preprocess_digit_images(images)
         out = [
-            torch.softmax(self.net(x[i : i + self.batch_size].to(self._device)).float(), dim=1).cpu()
+            torch.softmax(self.net(x[i : i + self.batch_size].to(self._device)).float() / self.temperature, dim=1).cpu()
             for i in range(0, x.shape[0], self.batch_size)
         ]
         return torch.cat(out) if out else torch.zeros(0, 10)

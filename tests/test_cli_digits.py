@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import treesdk
-from treesdk.bench import run_bench
+from treesdk_cli.bench_runner import first_crossing, run_bench
 from treesdk_cli.main import app
 
 runner = CliRunner()
@@ -79,22 +79,34 @@ def test_a_short_training_run_raises_the_heldout_reward():
     assert gain > 0.05, (run.eval_before, run.eval_after)
 
 
-def test_bench_reports_every_field(tmp_path):
+def test_bench_reports_every_field_and_interleaves(tmp_path):
     backend_factory = lambda: treesdk.load_backend("digits")  # noqa: E731
     rewards = {"digit-classifier": treesdk.load_reward("digit-classifier")}
+    order = []
     report = run_bench(
         backend_factory, rewards, {"digit-classifier": 1.0}, ["a handwritten digit 3", "digit 8"],
-        ["digit 3", "digit 8"], [0, 1], heldout={"digit-evaluator": treesdk.load_reward("digit-evaluator")},
-        algorithms=["grpo", "treegrpo"], overrides={"tree.d": 2, "tree.roots": 1, "steps": 4}, seconds=0.5, max_iters=2,
-        eval_every=1, batch=2, steps=4, out_dir=tmp_path,
+        ["digit 3", "digit 8"] * 2, [0, 1, 2, 3], heldout={"digit-evaluator": treesdk.load_reward("digit-evaluator")},
+        algorithms=["grpo", "treegrpo"], overrides={"tree.d": 2, "tree.roots": 1, "steps": 4}, seconds=60, max_iters=2,
+        eval_every=1, batch=2, steps=4, out_dir=tmp_path, on_progress=lambda name, done, total: order.append(name),
     )
+    assert order == ["grpo", "treegrpo", "grpo", "treegrpo"]  # round-robin by iteration
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["threshold"] == report["threshold"]
+    assert saved["thresholds"] == report["thresholds"] and len(saved["thresholds"]) == 2
     assert (tmp_path / "bench.png").stat().st_size > 1000
     for name in ("grpo", "treegrpo"):
         entry = saved["algorithms"][name]
-        assert set(entry) >= {"seconds_to_threshold", "seconds_per_iter", "nfe_sampling_per_iter",
-                              "nfe_training_per_iter", "final_reward", "final_heldout", "curve"}
+        assert entry["error"] is None and entry["iterations"] == 2
         assert entry["curve"][0]["seconds"] == 0.0 and entry["nfe_sampling_per_iter"] > 0
-    # grpo: 2 prompts x 1 root x 4 SDE steps; treegrpo (k=2, d=2): s + 3 + 4 (2 - s) per tree
-    assert saved["algorithms"]["grpo"]["nfe_sampling_per_iter"] == 8
+        assert entry["curve"][-1]["cpu_seconds"] > 0 and entry["curve"][-1]["nfe"] > 0
+        assert entry["final_diversity"] > 0 and entry["diversity_kept"] > 0
+    # grpo: 2 prompts x 1 root x 4 SDE steps, plus 8 trained and 8 reference (KL) evaluations per iteration
+    grpo = saved["algorithms"]["grpo"]
+    assert grpo["nfe_sampling_per_iter"] == 8 and grpo["curve"][-1]["nfe"] == 2 * (8 + 8 + 8)
+
+
+def test_first_crossing_interpolates_every_clock():
+    curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "nfe": 0, "iteration": 0, "reward": 0.5},
+             {"seconds": 10.0, "cpu_seconds": 20.0, "nfe": 100, "iteration": 4, "reward": 0.7},
+             {"seconds": 20.0, "cpu_seconds": 40.0, "nfe": 200, "iteration": 8, "reward": 0.9}]
+    assert first_crossing(curve, 0.8) == pytest.approx({"seconds": 15.0, "cpu_seconds": 30.0, "nfe": 150.0, "iteration": 6.0})
+    assert first_crossing(curve, 0.95) is None

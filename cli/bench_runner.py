@@ -1,0 +1,273 @@
+"""The papers' comparison on one backend: reward versus cost (wall-clock, CPU, NFE) and diversity.
+
+Every algorithm starts from the same base weights, sees the same prompts in the same order, uses the
+same sampling steps ``T`` and is evaluated on the same fixed prompt/seed set (deterministic ODE
+samples, :func:`treesdk.evaluate.evaluate`: every reward's mean and the per-prompt diversity).
+
+The algorithms run **interleaved**, round-robin by iteration: one iteration of each in turn (each in
+its own thread, exactly one thread running at a time), so a machine whose load changes during the
+bench slows them all alike. Three clocks count training only (evaluations pause them): wall-clock
+seconds of the iterations, process CPU seconds spent in them, and velocity evaluations (sampling,
+training and reference calls). Two thresholds default to the base reward plus 50% and 90% of the best
+final gain any algorithm reached; pass them explicitly to compare across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from treesdk.evaluate import evaluate
+from treesdk.interfaces import RewardModel, VelocityModel
+from treesdk.recipe import Recipe, load_recipe
+from treesdk.trainer import train
+
+DEFAULT_ALGORITHMS = ("grpo", "mixgrpo", "treegrpo", "dynamic-treerpo")
+#: fractions of the best final gain that define the default thresholds
+THRESHOLD_FRACTIONS = (0.5, 0.9)
+#: digits tasks: ``default`` (the classifier's probability of the prompted digit) and ``strict``
+#: (the same classifier at softmax temperature 3: a digit counts only with a large logit margin,
+#: base 0.29, so no algorithm saturates within the default budget)
+TASKS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "strict": {"digit-classifier": {"temperature": 3.0}},
+}
+_CLOCKS = ("seconds", "cpu_seconds", "nfe", "iteration")
+
+
+@dataclass
+class AlgorithmResult:
+    """Measurements of one algorithm's run; ``curve`` points carry the four clocks and the evaluation."""
+
+    name: str
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    seconds_per_iter: float = 0.0
+    nfe_sampling_per_iter: float = 0.0
+    nfe_training_per_iter: float = 0.0
+    iterations: int = 0
+    error: str | None = None
+
+
+class _TimeBudget(Exception):
+    """Raised from the iteration callback to end an algorithm's run at its budget."""
+
+
+class _Turns:
+    """Round-robin turnstile: ``wait(name)`` blocks until it is ``name``'s turn; ``pass_on`` hands it on."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.order = list(names)
+        self.active = set(names)
+        self.current: str | None = self.order[0] if self.order else None
+        self.cond = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.current == name)
+
+    def pass_on(self, name: str, finished: bool = False) -> None:
+        with self.cond:
+            if finished:
+                self.active.discard(name)
+            start = self.order.index(name)
+            nxt = [self.order[(start + j) % len(self.order)] for j in range(1, len(self.order) + 1)]
+            self.current = next((n for n in nxt if n in self.active), None)
+            self.cond.notify_all()
+
+
+def run_bench(
+    make_backend: Callable[[], VelocityModel],
+    rewards: Mapping[str, RewardModel],
+    weights: Mapping[str, float],
+    prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    eval_seeds: Sequence[int],
+    *,
+    heldout: Mapping[str, RewardModel] | None = None,
+    algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+    overrides: Mapping[str, Any] | None = None,
+    seconds: float = 240.0,
+    max_iters: int = 10_000,
+    eval_every: int = 5,
+    batch: int = 8,
+    steps: int = 10,
+    seed: int = 0,
+    thresholds: Sequence[float] | None = None,
+    interleave: bool = True,
+    task: str = "default",
+    out_dir: str | Path | None = None,
+    on_progress: Callable[[str, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train each algorithm for ``seconds`` of training wall-clock (or ``max_iters``) and compare.
+
+    ``overrides`` (dotted keys) apply to every recipe after the backend's ``recipe_defaults`` and
+    ``steps``; the training reward is the weighted sum of ``rewards``; ``heldout`` rewards are only
+    evaluated. Returns the ``bench.json`` dictionary (and writes it with ``bench.png`` into ``out_dir``).
+    """
+    heldout = dict(heldout or {})
+    eval_models = {**rewards, **heldout}
+    names = list(dict.fromkeys(algorithms))
+    results = {name: AlgorithmResult(name=name) for name in names}
+    turns = _Turns(names)
+
+    def score(backend: VelocityModel, recipe: Recipe) -> dict[str, Any]:
+        means, _, _ = evaluate(backend, eval_models, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
+        return {
+            "reward": sum(float(weights.get(n, 1.0)) * means[f"{n}_mean"] for n in rewards),
+            "heldout": means[f"{next(iter(heldout))}_mean"] if heldout else None,
+            "diversity": means["diversity"],
+        }
+
+    def worker(name: str) -> None:
+        result = results[name]
+        turns.wait(name)
+        clock = {"seconds": 0.0, "cpu_seconds": 0.0, "nfe": 0, "iteration": 0, "turn_cpu": time.process_time()}
+        sums = {"nfe_s": 0.0, "nfe_t": 0.0}
+        backend = recipe = None
+        try:
+            backend = make_backend()
+            recipe = load_recipe(name, **{**backend.recipe_defaults(), "steps": steps, **dict(overrides or {})})
+            result.name = recipe.name
+            result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
+            clock["turn_cpu"] = time.process_time()
+
+            def on_iteration(row: dict[str, Any]) -> None:
+                clock["cpu_seconds"] += time.process_time() - clock["turn_cpu"]
+                clock["seconds"] += row["seconds"]
+                clock["nfe"] += row["nfe_sampling"] + row["nfe_training"] + row.get("nfe_reference", 0)
+                clock["iteration"] = row["iteration"]
+                sums["nfe_s"] += row["nfe_sampling"]
+                sums["nfe_t"] += row["nfe_training"]
+                done = clock["seconds"] >= seconds
+                if row["iteration"] % eval_every == 0 or done:
+                    result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
+                if on_progress is not None:
+                    on_progress(name, min(clock["seconds"], seconds), seconds)
+                if done:
+                    raise _TimeBudget
+                if interleave:
+                    turns.pass_on(name)
+                    turns.wait(name)
+                clock["turn_cpu"] = time.process_time()
+
+            train(recipe, backend, rewards, prompts, weights=weights, iters=max_iters, batch=batch, seed=seed,
+                  on_iteration=on_iteration)
+        except _TimeBudget:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported in the table, the other algorithms go on
+            result.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if backend is not None and recipe is not None and result.curve and result.curve[-1]["iteration"] != clock["iteration"]:
+                result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
+            n = max(1, int(clock["iteration"]))
+            result.iterations = int(clock["iteration"])
+            result.seconds_per_iter = clock["seconds"] / n
+            result.nfe_sampling_per_iter = sums["nfe_s"] / n
+            result.nfe_training_per_iter = sums["nfe_t"] / n
+            turns.pass_on(name, finished=True)
+
+    threads = [threading.Thread(target=worker, args=(name,), name=f"bench-{name}") for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    measured = [r for r in results.values() if r.curve]
+    if not measured:
+        raise RuntimeError("no algorithm could be evaluated: " + "; ".join(f"{r.name}: {r.error}" for r in results.values()))
+    base = dict(measured[0].curve[0])
+    if thresholds is None:
+        best = max(r.curve[-1]["reward"] for r in measured)
+        thresholds = [base["reward"] + f * (best - base["reward"]) for f in THRESHOLD_FRACTIONS]
+    report = _report(results, list(thresholds), base, steps=steps, batch=batch, seconds=seconds, interleave=interleave, task=task)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_curves(report, out / "bench.png")
+    return report
+
+
+def first_crossing(curve: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, float] | None:
+    """The four clocks at which the evaluated reward first reaches ``threshold``, linearly
+    interpolated between evaluation points; None if never."""
+    previous = None
+    for point in curve:
+        if point["reward"] >= threshold:
+            if previous is None or point["reward"] == previous["reward"]:
+                return {k: float(point[k]) for k in _CLOCKS}
+            frac = (threshold - previous["reward"]) / (point["reward"] - previous["reward"])
+            return {k: float(previous[k] + frac * (point[k] - previous[k])) for k in _CLOCKS}
+        previous = point
+    return None
+
+
+def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], base: dict[str, Any], **facts: Any) -> dict[str, Any]:
+    algorithms: dict[str, Any] = {}
+    for name, r in results.items():
+        last = r.curve[-1] if r.curve else {}
+        kept = last.get("diversity", float("nan")) / base["diversity"] if r.curve and base.get("diversity") else None
+        algorithms[name] = {
+            "to_threshold": [first_crossing(r.curve, t) for t in thresholds],
+            "seconds_per_iter": r.seconds_per_iter,
+            "nfe_sampling_per_iter": r.nfe_sampling_per_iter,
+            "nfe_training_per_iter": r.nfe_training_per_iter,
+            "iterations": r.iterations,
+            "final_reward": last.get("reward"),
+            "final_heldout": last.get("heldout"),
+            "final_diversity": last.get("diversity"),
+            "diversity_kept": kept,
+            "error": r.error,
+            "curve": r.curve,
+        }
+    speedups: dict[str, list[float | None]] = {}
+    ref = algorithms.get("grpo")
+    for name, data in algorithms.items():
+        speedups[name] = [
+            ref["to_threshold"][i]["seconds"] / data["to_threshold"][i]["seconds"]
+            if ref is not None and ref["to_threshold"][i] and data["to_threshold"][i] and data["to_threshold"][i]["seconds"] > 0
+            else None
+            for i in range(len(thresholds))
+        ]
+    return {"algorithms": algorithms, "thresholds": thresholds, "base": base, "speedup_vs_grpo": speedups, **facts}
+
+
+def plot_curves(report: Mapping[str, Any], path: str | Path) -> Path:
+    """PNG: evaluated reward versus training wall-clock (left) and versus diversity kept (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+    base_div = report["base"].get("diversity") or float("nan")
+    for name, data in report["algorithms"].items():
+        curve = data["curve"]
+        if not curve:
+            continue
+        line = left.plot([p["seconds"] for p in curve], [p["reward"] for p in curve], marker="o", markersize=3, label=name)
+        kept = [100.0 * p["diversity"] / base_div for p in curve]
+        right.plot(kept, [p["reward"] for p in curve], color=line[0].get_color(), alpha=0.5, linewidth=1)
+        right.scatter(kept[-1:], [curve[-1]["reward"]], color=line[0].get_color(), s=40, label=name, zorder=3)
+    for threshold in report["thresholds"]:
+        left.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+        right.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+    left.set_xlabel("training wall-clock (s)")
+    left.set_ylabel("evaluation reward")
+    left.set_title("reward vs wall-clock (dashed: thresholds)")
+    right.set_xlabel("diversity kept (% of the base model's)")
+    right.set_ylabel("evaluation reward")
+    right.set_title("reward vs diversity (dot: end of run)")
+    right.invert_xaxis()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
