@@ -1,4 +1,5 @@
-"""What holds diversity on digits? The default run (treegrpo, 60 iterations, batch 8) under variants.
+"""What holds diversity on digits? The default run (treegrpo, 60 iterations, batch 8) under variants,
+and a recheck of Dynamic-TreeRPO's lambda and clip range on digits (``dtr-*``).
 
 Each variant trains from the shipped base model with the digit-classifier reward and is evaluated on
 the fixed 100-image set (10 prompts x 10 seeds): held-out ``digit-evaluator`` gain and diversity kept
@@ -32,6 +33,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "noise-1.0": ("treegrpo", {"noise.level": 1.0}),
     "noise-0.4": ("treegrpo", {"noise.level": 0.4}),
     "depthwise": ("treegrpo", {"advantage": {"kind": "depthwise"}}),
+    # Dynamic-TreeRPO: the paper's lambda and eps range against smaller values (digits recheck)
+    "dtr-paper": ("dynamic-treerpo", {}),
+    "dtr-lambda-0.001": ("dynamic-treerpo", {"losses.1.weight": 0.001}),
+    "dtr-lambda-0": ("dynamic-treerpo", {"losses.1.weight": 0.0}),
+    "dtr-eps-high-2e-4": ("dynamic-treerpo", {"losses.0.eps_high": 2e-4}),
 }
 
 
@@ -48,6 +54,8 @@ def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
     before, after = run.eval_before, run.eval_after
     return {
         "variant": name,
+        "reward_before": before["digit-classifier_mean"],
+        "reward_after": after["digit-classifier_mean"],
         "heldout_before": before["digit-evaluator_mean"],
         "heldout_after": after["digit-evaluator_mean"],
         "heldout_gain": after["digit-evaluator_mean"] - before["digit-evaluator_mean"],

@@ -265,7 +265,7 @@ def tree_search(backend: Any, reward: Any, spec: Any, tree: Any = None, noise: A
             f"treesdk node 'tree-search', field 'window_start': window_start + d = {spec.window_start} + {d} "
             f"> steps = {spec.steps}; the window must fit in the sampling steps"
         )
-    level = (lambda depth: noise.at_depth(depth, d)) if noise is not None else spec.noise_level
+    level = (lambda depth: noise.at(spec.window_start + depth, depth, d)) if noise is not None else spec.noise_level
     forest = sample_forest(
         backend,
         prompts,
@@ -277,6 +277,7 @@ def tree_search(backend: Any, reward: Any, spec: Any, tree: Any = None, noise: A
         window_start=spec.window_start,
         noise_level=level,
         chunk=spec.chunk,
+        sde=noise.sde if noise is not None else "flow-sde",
     )
     images = decode_chunked(backend, forest.leaves, spec.chunk)  # [P * L, 3, H, W]
     leaf_prompts = [prompts[i] for i in forest.leaf_prompt.tolist()]
