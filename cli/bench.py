@@ -77,28 +77,25 @@ def bench_command(
 
 
 def print_report(report: dict) -> None:
+    """One row per algorithm; each threshold cell is ``wall s / CPU s / thousands of NFE`` to reach it."""
     t1, t2 = report["thresholds"]
-    base = report["base"]
-    table = Table(box=box.SIMPLE_HEAD, title=f"thresholds {t1:.4f} / {t2:.4f} (base reward {base['reward']:.4f})")
-    for col in ("algorithm", "s/iter", "iters", "final\nreward", "held-\nout", "divers.\nkept",
-                "s to\nthr. 1", "CPU s\nthr. 1", "kNFE\nthr. 1", "s to\nthr. 2", "kNFE\nthr. 2"):
+    table = Table(box=box.SIMPLE_HEAD, title=f"base reward {report['base']['reward']:.3f}; thresholds {t1:.3f}, {t2:.3f} "
+                                               "(cells: wall s / CPU s / kNFE)")
+    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "to threshold 1", "to threshold 2"):
         table.add_column(col, no_wrap=True, min_width=15) if col == "algorithm" else table.add_column(col, justify="right")
 
-    def cell(value: float | None, fmt: str) -> str:
-        return format(value, fmt) if value is not None else "never"
+    def cell(hit: dict | None) -> str:
+        return f"{hit['seconds']:.0f}/{hit['cpu_seconds']:.0f}/{hit['nfe'] / 1000:.1f}" if hit else "never"
 
     for name, r in report["algorithms"].items():
         if r["error"]:
-            table.add_row(name, "error", "", r["error"][:40], *[""] * 7)
+            table.add_row(name, "-", "error", r["error"][:30], "", "", "")
             continue
-        first, second = r["to_threshold"]
         table.add_row(
-            name, f"{r['seconds_per_iter']:.2f}", str(r["iterations"]), f"{r['final_reward']:.3f}",
+            name, str(r["iterations"]), f"{r['final_reward']:.3f}",
             f"{r['final_heldout']:.3f}" if r["final_heldout"] is not None else "-",
             f"{100 * r['diversity_kept']:.0f}%" if r["diversity_kept"] is not None else "-",
-            cell(first and first["seconds"], ".1f"), cell(first and first["cpu_seconds"], ".1f"),
-            cell(first and first["nfe"] / 1000, ".1f"), cell(second and second["seconds"], ".1f"),
-            cell(second and second["nfe"] / 1000, ".1f"),
+            cell(r["to_threshold"][0]), cell(r["to_threshold"][1]),
         )
     console.print(table)
 
