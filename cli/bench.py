@@ -81,7 +81,7 @@ def print_report(report: dict) -> None:
     t1, t2 = report["thresholds"]
     table = Table(box=box.SIMPLE_HEAD, title=f"base reward {report['base']['reward']:.3f}; thresholds {t1:.3f}, {t2:.3f} "
                                                "(cells: wall s / CPU s / kNFE)")
-    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "to threshold 1", "to threshold 2"):
+    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "threshold 1", "threshold 2"):
         table.add_column(col, no_wrap=True, min_width=15) if col == "algorithm" else table.add_column(col, justify="right")
 
     def cell(hit: dict | None) -> str:
