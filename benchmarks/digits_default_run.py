@@ -2,7 +2,8 @@
 
 Runs the default ``treesdk train`` configuration (digits, treegrpo, digit-classifier reward, 60
 iterations, batch 8) with several training seeds and reports the held-out ``digit-evaluator`` mean
-on the fixed evaluation set (100 images) before and after. Two noise figures:
+on the fixed evaluation set (100 images) before and after, and the diversity kept (per-prompt mean
+pairwise distance of the evaluator's features, after / before; ``treesdk.diversity``). Two noise figures:
 
 * training noise: the spread of the *after* value over training seeds;
 * evaluation noise: the spread of the base model's value over disjoint evaluation seed sets
@@ -49,7 +50,9 @@ def main() -> None:
         run = treesdk.train(recipe, backend, train_reward, backend.default_prompts(), iters=args.iters,
                             batch=args.batch, seed=seed, eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout)
         runs.append({"seed": seed, "before": run.eval_before["digit-evaluator_mean"],
-                     "after": run.eval_after["digit-evaluator_mean"], "seconds": time.perf_counter() - start})
+                     "after": run.eval_after["digit-evaluator_mean"], "seconds": time.perf_counter() - start,
+                     "diversity_before": run.eval_before["diversity"], "diversity_after": run.eval_after["diversity"],
+                     "diversity_kept": run.eval_after["diversity"] / run.eval_before["diversity"]})
         print(json.dumps(runs[-1]))
 
     afters = [r["after"] for r in runs]
@@ -62,6 +65,7 @@ def main() -> None:
         "base_std_over_eval_seed_sets": statistics.pstdev(eval_noise),
     }
     report["gain"] = report["after_mean"] - report["before"]
+    report["diversity_kept_mean"] = statistics.mean(r["diversity_kept"] for r in runs)
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
