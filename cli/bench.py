@@ -28,7 +28,7 @@ def bench_command(
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward; repeatable")] = None,
     reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     threshold: Annotated[Optional[list[float]], typer.Option(help="reward threshold; give two (default: base + 50% and 90% of the best final gain)")] = None,
-    task: Annotated[str, typer.Option(help="digits task: default, or strict (classifier at temperature 3; does not saturate)")] = "default",
+    task: Annotated[str, typer.Option(help="digits task: strict (classifier at temperature 3; does not saturate) or default")] = "strict",
     interleave: Annotated[bool, typer.Option(help="run the algorithms round-robin by iteration (else one after another)")] = True,
     prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override for every recipe, DOTTED.KEY=VALUE")] = None,
