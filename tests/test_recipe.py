@@ -45,3 +45,11 @@ def test_window_schedules():
     assert min(draws) >= 0 and max(draws) <= 7
     assert draws.count(0) > draws.count(1) > draws.count(3)  # geometric favours early starts
     assert draws == [window_start(rnd, i, 0) for i in range(400)]  # deterministic
+
+
+def test_treegrpo_with_a_sliding_window_and_mean_backup():
+    """TreeGRPO's released-code variants are recipe options: a sliding window and the mean backup."""
+    r = load_recipe("treegrpo", window={"kind": "sliding", "start": 0, "stride": 1, "every": 2},
+                    **{"advantage.backup": "mean"})
+    assert [window_start(r, i, 0) for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert r.advantage.backup == "mean"
