@@ -37,11 +37,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "noise-1.0": ("treegrpo", {"noise.level": 1.0}),
     "noise-0.4": ("treegrpo", {"noise.level": 0.4}),
     "depthwise": ("treegrpo", {"advantage": {"kind": "depthwise"}}),
+    "global-std": ("treegrpo", {"advantage.global_std": True}),
+    "adv-eps-0.03": ("treegrpo", {"advantage.eps": 0.03}),
+    "adv-eps-0.1": ("treegrpo", {"advantage.eps": 0.1}),
     # Dynamic-TreeRPO: the paper's lambda and eps range against smaller values (digits recheck)
     "dtr-paper": ("dynamic-treerpo", {}),
     "dtr-lambda-0.001": ("dynamic-treerpo", {"losses.1.weight": 0.001}),
     "dtr-lambda-0": ("dynamic-treerpo", {"losses.1.weight": 0.0}),
     "dtr-eps-high-2e-4": ("dynamic-treerpo", {"losses.0.eps_high": 2e-4}),
+    "dtr-paper-lr-2e-4": ("dynamic-treerpo", {"optim.lr": 2e-4}),
+    "dtr-paper-lr-3e-4": ("dynamic-treerpo", {"optim.lr": 3e-4}),
+    # TreeGRPO with the LayerTuning SFT term as a regulariser
+    "tree-sft-0.02": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}]}),
+    "tree-sft-0.05": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.05}]}),
 }
 
 
