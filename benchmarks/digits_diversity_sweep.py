@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tree-sft-0.02": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}]}),
     "tree-sft-0.05": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.05}]}),
     "tree-sft-0.02-lr-2e-4": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}], "optim.lr": 2e-4}),
+    "tree-sft-0.02-lr-4e-4": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}], "optim.lr": 4e-4}),
+    "tree-sft-0.01-lr-2e-4": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.01}], "optim.lr": 2e-4}),
     "tree-sft-0.02-passes-2": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}], "optim.passes": 2}),
 }
 
