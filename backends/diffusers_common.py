@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from treesdk.checkpoint import diff_state_dicts
+from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
-from . import keymaps  # noqa: F401 - registers the FLUX/SD3 export layouts with treesdk.export
+from . import keymaps  # noqa: F401 - registers the FLUX/SD3 export layouts with treesdk.training.export
 
 __all__ = [
     "CheckpointNotFoundError",

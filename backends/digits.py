@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from treesdk.checkpoint import diff_state_dicts
+from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid

@@ -34,7 +34,7 @@ def export(
     device: str = typer.Option("cpu", "--device", help="Device to load the model on for the export."),
 ) -> None:
     """Export a trained policy (safetensors, atomic writes, treesdk metadata), or --check a file."""
-    from treesdk import export as api
+    from treesdk.training import export as api
     from treesdk.registry import PluginError
 
     if check is not None:

@@ -43,8 +43,8 @@ def nodes(
 ) -> None:
     """List every node type (recipe parts, SDE steps, estimators, losses, rewards, backends) with its fields."""
     from treesdk import nodes as registry
-    from treesdk.graph import graph_json_schema
-    from treesdk.recipe import RecipeError, load_recipe
+    from treesdk.nodes.graph import graph_json_schema
+    from treesdk.recipes import RecipeError, load_recipe
 
     if schema:
         typer.echo(json.dumps(graph_json_schema(plugins=plugins), indent=2))

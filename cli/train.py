@@ -19,7 +19,7 @@ def build_recipe(algo: str, config: str | None, k: int | None, d: int | None, st
                  lr: float | None, sets: list[str] | None, backend: Any) -> Any:
     """Preset or recipe file, then the backend's scale defaults (presets only: a recipe file's
     values are the user's own), then the command-line overrides."""
-    from treesdk.recipe import load_recipe
+    from treesdk.recipes import load_recipe
 
     overrides: dict[str, Any] = {} if config else dict(backend.recipe_defaults())
     for key, value in (("tree.k", k), ("tree.d", d), ("steps", steps), ("optim.lr", lr)):
@@ -62,7 +62,8 @@ def train_command(
     fsdp: Annotated[bool, typer.Option(help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = False,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
-    from treesdk import distributed, launch
+    from treesdk.training import distributed
+    from treesdk.training import launch
 
     if launch.needs_launch(nproc_per_node, nnodes, max_restarts):
         with clean_errors():
@@ -108,7 +109,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
            fsdp: bool = False) -> None:
     """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
     import treesdk
-    from treesdk import distributed
+    from treesdk.training import distributed
 
     if resume and out is None:
         raise ValueError("--resume needs --out RUN_DIR")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import treesdk  # noqa: E402
-from treesdk.export import check_file, export_run  # noqa: E402
+from treesdk.training.export import check_file, export_run  # noqa: E402
 from treesdk.interfaces import RewardModel  # noqa: E402
 from treesdk_backends import keymaps  # noqa: E402
 from treesdk_backends.diffusers_export import merged_state_dict  # noqa: E402
@@ -222,7 +222,7 @@ def test_original_single_file_inverts_exactly_and_has_the_prescribed_shapes(trai
     with safe_open(file, framework="pt") as handle:
         meta = handle.metadata()
     assert meta["treesdk.backend"] == trained.family and meta["treesdk.iterations"] == "1"
-    assert meta["treesdk.algorithm"] == "grpo" and json.loads(meta["treesdk.recipe"])["name"] == "grpo"
+    assert meta["treesdk.algorithm"] == "grpo" and json.loads(meta["treesdk.recipes"])["name"] == "grpo"
     assert meta["treesdk.base_model"] == str(trained.path)
 
 
@@ -335,7 +335,7 @@ def test_full_finetune_run_refuses_lora_and_leaves_files(trained, tmp_path):
     backend = treesdk.load_backend("flux", **options)
     with torch.no_grad():
         backend.transformer.proj_out.weight.add_(0.01)
-    from treesdk.checkpoint import save_checkpoint
+    from treesdk.training.checkpoint import save_checkpoint
 
     run = tmp_path / "full"
     run.mkdir()

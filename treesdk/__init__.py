@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import registry, sde
-from .interfaces import AdvantageEstimator, LossTerm, RewardModel, Scheduler, VelocityModel
+from treesdk import registry, sde
+from treesdk.interfaces import AdvantageEstimator, LossTerm, RewardModel, VelocityModel
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recipe import Recipe
+    from treesdk.recipes import Recipe
 
 
 def load_backend(name: str, **options: Any) -> VelocityModel:
@@ -38,14 +38,14 @@ def load_algorithm(name_or_path: str, **overrides: Any) -> Recipe:
 
     Overrides use dotted paths into the recipe, e.g. ``{"tree.k": 3, "window.start": 2}``.
     """
-    from .recipe import load_recipe
+    from treesdk.recipes import load_recipe
 
     return load_recipe(name_or_path, **overrides)
 
 
-def train(*args: Any, **kwargs: Any):  # noqa: ANN201 - returns treesdk.trainer.Run
-    """Run training; see :func:`treesdk.trainer.train`."""
-    from .trainer import train as _train
+def train(*args: Any, **kwargs: Any):  # noqa: ANN201 - returns treesdk.training.trainer.Run
+    """Run training; see :func:`treesdk.training.trainer.train`."""
+    from treesdk.training.trainer import train as _train
 
     return _train(*args, **kwargs)
 
@@ -54,7 +54,6 @@ __all__ = [
     "AdvantageEstimator",
     "LossTerm",
     "RewardModel",
-    "Scheduler",
     "VelocityModel",
     "load_algorithm",
     "load_backend",

@@ -12,7 +12,7 @@ here: backends register a :class:`Layout` with :func:`register_layout` when thei
 imported, and :func:`check_file` imports the backend named in the file's metadata through the
 entry-point registry. The built-in ``digits`` format is checked here directly.
 
-Run folder layout read here (written by :mod:`treesdk.trainer` / :mod:`treesdk.checkpoint`)::
+Run folder layout read here (written by :mod:`treesdk.training.trainer` / :mod:`treesdk.training.checkpoint`)::
 
     RUN/config.json                                    {"backend": {"name": ..., "options"?: {...}, <describe()>}, "recipe": {...}}
     RUN/checkpoints/iter_NNNNNN/trainable.safetensors  backend.trainable_state_dict()
@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from . import registry
+from treesdk import registry
 
 #: export formats the CLI offers (each backend lists what it supports in ``export_formats``)
 FORMATS = ("lora", "diffusers", "comfyui", "digits")
@@ -283,7 +283,7 @@ def check_file(
 def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(run folder, checkpoint folder)`` for a run folder (its latest checkpoint) or a checkpoint
     folder (``RUN/checkpoints/<name>/`` with ``trainable.safetensors`` and ``state.json``)."""
-    from .checkpoint import latest_checkpoint
+    from treesdk.training.checkpoint import latest_checkpoint
 
     path = Path(run_or_checkpoint).expanduser()
     if not path.exists():
@@ -330,7 +330,7 @@ def backend_options(backend_config: Mapping[str, Any], factory: Callable[..., An
 def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any], backend: Any) -> dict[str, str]:
     """The ``treesdk.*`` string metadata of an export: base model, backend, algorithm, recipe
     (JSON), treesdk version, training iterations, plus the checkpoint it came from."""
-    from . import __version__
+    from treesdk import __version__
 
     backend_cfg = config.get("backend", {}) or {}
     facts = backend.describe() if hasattr(backend, "describe") else {}
@@ -342,7 +342,7 @@ def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any],
         "treesdk.backend": str(backend_cfg.get("name") or getattr(backend, "name", "unknown")),
         "treesdk.base_model": str(base if base is not None else "unknown"),
         "treesdk.algorithm": str(recipe.get("name") or config.get("algorithm") or "custom"),
-        "treesdk.recipe": json.dumps(recipe, sort_keys=True, default=str),
+        "treesdk.recipes": json.dumps(recipe, sort_keys=True, default=str),
         "treesdk.iterations": str(int(state.get("iteration", 0))),
     }
 

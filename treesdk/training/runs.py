@@ -6,19 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_checkpoint
-from .interfaces import VelocityModel
+from treesdk.training.checkpoint import load_checkpoint
+from treesdk.interfaces import VelocityModel
 
 
 def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any) -> tuple[VelocityModel, dict[str, Any], dict[str, Any]]:
     """The run's backend with the newest (or the given) checkpoint's weights loaded.
 
-    The backend is rebuilt as :func:`treesdk.export.export_run` rebuilds it (its ``describe()``
+    The backend is rebuilt as :func:`treesdk.training.export.export_run` rebuilds it (its ``describe()``
     facts, then the options it was loaded with, from ``config.json``); non-None
     ``option_overrides`` win. Returns ``(backend, config.json, checkpoint state.json)``.
     """
-    from . import registry
-    from .export import backend_options, find_checkpoint
+    from treesdk import registry
+    from treesdk.training.export import backend_options, find_checkpoint
 
     run, ckpt = find_checkpoint(run_or_checkpoint)
     config = json.loads((run / "config.json").read_text())

@@ -2,7 +2,7 @@
 
 A graph file (YAML or JSON) has two sections::
 
-    nodes:                      # named nodes: a type from treesdk.nodes and its inputs
+    nodes:                      # named nodes: a type from treesdk.nodes.catalog and its inputs
       tree:  {type: tree, inputs: {k: 2, d: 4}}
       win:   {type: random-window, inputs: {p: 0.5}}
       adv:   {type: tree-backup, inputs: {clip: 5.0}}
@@ -16,10 +16,10 @@ A graph file (YAML or JSON) has two sections::
       advantage: adv
       losses: [clip, {node: sft, weight: 0.1}]   # a loss entry may override the node's weight
 
-Slots (:data:`treesdk.nodes.RECIPE_CONNECTIONS`): ``tree`` (TREE), ``window`` (WINDOW), ``noise``
-(NOISE), ``outside`` (STEP: ``ode`` or ``flow-grpo-sde``, the step taken outside the branching
+Slots (:data:`treesdk.nodes.catalog.RECIPE_CONNECTIONS`): ``tree`` (TREE), ``window`` (WINDOW), ``noise``
+(NOISE), ``sde`` (SDE: the step family, default ``flow-sde``), ``outside`` (STEP: ``ode`` or ``flow-grpo-sde``, the step taken outside the branching
 window), ``advantage`` (ADVANTAGE), ``losses`` (a list of LOSS), ``optim`` (OPTIM); ``tree``,
-``advantage`` and ``losses`` are required, the rest default as :class:`treesdk.recipe.Recipe` does.
+``advantage`` and ``losses`` are required, the rest default as :class:`treesdk.recipes.Recipe` does.
 A slot may also hold an inline node (``window: {type: fixed-window, inputs: {start: 2}}``).
 
 Validation collects every problem before failing, and each message names the node and the field:
@@ -40,8 +40,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .nodes import RECIPE_CONNECTIONS, NodeInputError, NodeSpec, all_nodes, builtin_nodes, validation_problems
-from .recipe import Recipe, RecipeError
+from treesdk.nodes.catalog import RECIPE_CONNECTIONS, FlowGRPOSDEStep, ODEStep, all_nodes, builtin_nodes, part_nodes
+from treesdk.nodes.spec import NodeInputError, NodeSpec, validation_problems
+from treesdk.recipes.loading import RecipeError
+from treesdk.recipes.recipe import Recipe
 
 #: top-level keys a graph file may have
 TOP_LEVEL_KEYS = ("$schema", "description", "nodes", "recipe")
@@ -67,7 +69,7 @@ class Problem:
 class GraphError(RecipeError):
     """An invalid recipe graph; the message lists every problem, one per line.
 
-    A :class:`treesdk.recipe.RecipeError` (so callers that catch invalid recipes catch it too);
+    A :class:`treesdk.recipes.RecipeError` (so callers that catch invalid recipes catch it too);
     ``problems`` holds the :class:`Problem` items, ``errors`` them as ``{"loc", "msg"}`` dicts.
     """
 
@@ -92,11 +94,6 @@ class Graph:
         for target in self.connections.values():
             used.update(target if isinstance(target, list) else [target])
         return [name for name in self.nodes if name not in used]
-
-
-def is_graph(data: Any) -> bool:
-    """Whether recipe data is in the graph format (has ``nodes``) rather than the nested one."""
-    return isinstance(data, Mapping) and "nodes" in data
 
 
 def compile_graph(data: Mapping[str, Any], source: str = "<graph>") -> Recipe:
@@ -409,9 +406,7 @@ def graph_json_schema(plugins: bool = True) -> dict[str, Any]:
 
 def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
     """The graph form of a recipe (one node per part, inputs that differ from the defaults only)."""
-    from .nodes import FlowGRPOSDEStep, ODEStep
-
-    by_model = {spec.inputs: spec for spec in builtin_nodes().values() if not spec.connections}
+    by_model = {spec.inputs: spec for spec in [*part_nodes(plugins=True), *builtin_nodes().values()] if not spec.connections}
     nodes: dict[str, Any] = {}
     section: dict[str, Any] = {"name": recipe.name, "steps": recipe.steps}
     if recipe.chunk != Recipe.model_fields["chunk"].default:
@@ -432,6 +427,7 @@ def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
     section["tree"] = add("tree", tree)
     section["window"] = add("window", recipe.window)
     section["noise"] = add("noise", recipe.noise)
+    section["sde"] = add("sde", recipe.sde)
     outside = FlowGRPOSDEStep(noise_level=tree.outside_noise_level) if tree.sde_outside_window else ODEStep()
     section["outside"] = add("outside", outside)
     section["advantage"] = add("advantage", recipe.advantage)
@@ -451,7 +447,6 @@ __all__ = [
     "apply_outside_step",
     "compile_graph",
     "graph_json_schema",
-    "is_graph",
     "parse_graph",
     "recipe_to_graph",
 ]

@@ -27,7 +27,7 @@ LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint"
 def needs_launch(nproc_per_node: int, nnodes: int, max_restarts: int) -> bool:
     """Whether ``treesdk train`` must start torchrun (it is not already a torchrun worker and more
     than one process, more than one node, or restarts were asked for)."""
-    from .distributed import launched_by_torchrun
+    from treesdk.training.distributed import launched_by_torchrun
 
     return not launched_by_torchrun() and (nproc_per_node > 1 or nnodes > 1 or max_restarts > 0)
 

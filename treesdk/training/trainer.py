@@ -11,7 +11,7 @@ Run folder::
     metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
     tb/                TensorBoard events
     samples/           start.png / end.png grids of the evaluation set
-    checkpoints/       iter_NNNNNN/ (see treesdk.checkpoint)
+    checkpoints/       iter_NNNNNN/ (see treesdk.training.checkpoint)
     export/            the exported policy
 """
 
@@ -28,16 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .advantages import build_estimator
-from .checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
-from .evaluate import decode_chunked, evaluate
-from .images import save_grid
-from .interfaces import RewardModel, VelocityModel
-from .losses import build_loss_terms
-from .recipe import Recipe, load_recipe
-from .rewards import score_images
-from .sampler import sample_forest_for_recipe
-from .update import policy_update
+from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from treesdk.training.evaluate import decode_chunked, evaluate
+from treesdk.images import save_grid
+from treesdk.interfaces import RewardModel, VelocityModel
+from treesdk.recipes import Recipe, load_recipe, parts
+from treesdk.rewards import score_images
+from treesdk.sampler import sample_forest_for_recipe
+from treesdk.training.update import policy_update
 
 
 @dataclass
@@ -185,8 +183,8 @@ def train(
         any_rank: distributed hook, ``any_rank(flag)`` is true on every rank when ``flag`` is true on
             one; stop requests (SIGINT/SIGTERM) go through it so all ranks stop after the same iteration.
         broadcast_object: distributed hook returning rank 0's object on every rank; with it only
-            rank 0 reads the checkpoint on resume (see :mod:`treesdk.distributed`).
-        fsdp: a :class:`treesdk.distributed.FullyShardedTraining` (``--fsdp``): shards the backend's
+            rank 0 reads the checkpoint on resume (see :mod:`treesdk.training.distributed`).
+        fsdp: a :class:`treesdk.training.distributed.FullyShardedTraining` (``--fsdp``): shards the backend's
             ``fsdp_modules()`` before the optimiser is built; checkpoints are gathered to full tensors
             on every rank (rank 0 writes) and re-sharded on resume; the export at the end is written
             by rank 0 from the final checkpoint. Pass no ``reduce_gradients`` with it.
@@ -209,8 +207,9 @@ def train(
             raise ValueError(f"--fsdp needs --batch divisible by the number of ranks ({batch} % {world_size} != 0): "
                              "every FSDP forward is a collective, so every rank must sample the same number of trees")
         fsdp.shard(backend)
-    estimator = build_estimator(recipe.advantage)
-    terms = build_loss_terms(recipe.losses)
+    estimator = parts.build("advantage", recipe.advantage)
+    terms = [(parts.build("loss", spec), float(spec.weight)) for spec in recipe.losses]
+    mean_std = parts.build("sde", recipe.sde)
     params = backend.trainable_parameters()
     if not params:
         raise ValueError(f"backend {backend.name!r} has no trainable parameters")
@@ -277,7 +276,7 @@ def train(
 
                 # 1. sample the forest with the frozen behaviour policy
                 forest = sample_forest_for_recipe(
-                    backend, recipe, my_prompts, seeds, start,
+                    backend, recipe, my_prompts, seeds, start, mean_std=mean_std,
                     progress=(lambda i, n: on_step("sampling", i, n)) if on_step else None,
                 )
                 t1 = time.perf_counter()
@@ -338,13 +337,13 @@ def train(
                 run.eval_after = run_eval("end", iteration)
             if out is not None and is_main and export_format and fsdp is not None:
                 # the live weights are shards: export from the final (full) checkpoint on the CPU
-                from .export import default_export_name, export_run
+                from treesdk.training.export import default_export_name, export_run
 
                 target = out / "export" / default_export_name(export_format)
                 run.exported = export_run(out, export_format, target, device="cpu")
             elif out is not None and is_main and export_format:
-                from .export import default_export_name
-                from .metadata import export_metadata
+                from treesdk.training.export import default_export_name
+                from treesdk.training.metadata import export_metadata
 
                 meta = export_metadata(backend, recipe, iteration)
                 target = out / "export" / default_export_name(export_format)

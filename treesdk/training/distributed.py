@@ -1,6 +1,6 @@
 """Training over several processes with ``torch.distributed``: one process (rank) per device.
 
-How the work is split (see :func:`treesdk.trainer.train`): ``--batch`` is global; rank ``r`` of
+How the work is split (see :func:`treesdk.training.trainer.train`): ``--batch`` is global; rank ``r`` of
 ``W`` owns the batch slots ``r, r + W, ...`` and samples *whole trees* there, with the noise of
 slot ``s`` seeded by ``(seed, iteration, s)``. Seeds therefore belong to prompts and trees, never to
 ranks: no two ranks sample the same noise, and the number of ranks does not change what is sampled.
@@ -478,7 +478,7 @@ def resume_decision(ctx: DistributedContext, run_dir: str | Path | None, resume:
     Rank 0 looks at its disk and broadcasts the answer. A restart that finds no checkpoint starts
     over, and rank 0 empties the stale ``metrics.jsonl`` of the failed attempt first.
     """
-    from .checkpoint import list_checkpoints
+    from treesdk.training.checkpoint import list_checkpoints
 
     decision = resume
     if ctx.is_main and not resume and run_dir is not None and restart_count() > 0:

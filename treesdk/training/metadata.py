@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .interfaces import VelocityModel
+from treesdk.interfaces import VelocityModel
 
 
 def export_metadata(backend: VelocityModel, recipe: Any, iterations: int) -> dict[str, str]:
     """``treesdk.*`` keys: base model, backend, algorithm, recipe (JSON), version, iterations."""
-    from . import __version__
+    from treesdk import __version__
 
     facts = backend.describe()
     recipe_json = recipe.model_dump_json() if hasattr(recipe, "model_dump_json") else json.dumps(recipe)
@@ -19,6 +19,6 @@ def export_metadata(backend: VelocityModel, recipe: Any, iterations: int) -> dic
         "treesdk.backend": backend.name,
         "treesdk.base_model": str(facts.get("model", facts.get("base_model", backend.name))),
         "treesdk.algorithm": str(getattr(recipe, "name", "custom")),
-        "treesdk.recipe": recipe_json,
+        "treesdk.recipes": recipe_json,
         "treesdk.iterations": str(int(iterations)),
     }
