@@ -489,12 +489,3 @@ def _compare(shapes, expected) -> list[str]:  # noqa: ANN001
     from treesdk.training.export import compare_shapes
 
     return compare_shapes(shapes, expected)
-
-
-def _register() -> None:
-    from treesdk.training.export import register_layout
-
-    register_layout(DiffusersTransformerLayout())
-
-
-_register()

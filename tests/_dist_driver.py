@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             build_recipe(), model, {"brightness": BrightnessReward()}, PROMPTS,
             iters=args.iters, batch=args.batch, seed=args.seed, out_dir=args.out,
             checkpoint_every=args.checkpoint_every, resume=resume,
-            on_iteration=rows.append, on_step=on_step, **ctx.train_kwargs(),
+            on_iteration=rows.append, on_step=on_step, collective=ctx,
         )
         if ctx.is_main and args.result is not None:
             args.result.write_text(json.dumps({
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stop_requested() -> bool:
-    """Whether the trainer's SIGTERM handler (``treesdk.training.trainer._StopRequest``) has fired."""
+    """Whether the trainer's SIGTERM handler (``treesdk.training.metrics.StopRequest``) has fired."""
     handler = signal.getsignal(signal.SIGTERM)
     return bool(getattr(getattr(handler, "__self__", None), "requested", False))
 

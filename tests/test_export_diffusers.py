@@ -222,7 +222,7 @@ def test_original_single_file_inverts_exactly_and_has_the_prescribed_shapes(trai
     with safe_open(file, framework="pt") as handle:
         meta = handle.metadata()
     assert meta["treesdk.backend"] == trained.family and meta["treesdk.iterations"] == "1"
-    assert meta["treesdk.algorithm"] == "grpo" and json.loads(meta["treesdk.recipes"])["name"] == "grpo"
+    assert meta["treesdk.algorithm"] == "grpo" and json.loads(meta["treesdk.recipe"])["name"] == "grpo"
     assert meta["treesdk.base_model"] == str(trained.path)
 
 

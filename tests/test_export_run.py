@@ -56,7 +56,7 @@ def test_digits_export_reloads_to_the_trained_velocity_with_metadata(digits_run,
         meta = handle.metadata()
     assert meta["treesdk.backend"] == "digits" and meta["treesdk.base_model"] == str(base)
     assert meta["treesdk.iterations"] == "2" and meta["treesdk.algorithm"] == "grpo"
-    assert json.loads(meta["treesdk.recipes"])["steps"] == 3 and meta["treesdk.version"] == treesdk.__version__
+    assert json.loads(meta["treesdk.recipe"])["steps"] == 3 and meta["treesdk.version"] == treesdk.__version__
 
 
 def test_checkpoint_folder_and_default_target(digits_run):

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
-from treesdk.interfaces import VelocityModel
+from treesdk import __version__
+from treesdk.recipes import Recipe
 
 
-def export_metadata(backend: VelocityModel, recipe: Any, iterations: int) -> dict[str, str]:
-    """``treesdk.*`` keys: base model, backend, algorithm, recipe (JSON), version, iterations."""
-    from treesdk import __version__
-
-    facts = backend.describe()
-    recipe_json = recipe.model_dump_json() if hasattr(recipe, "model_dump_json") else json.dumps(recipe)
+def export_metadata(backend_name: str, facts: Mapping[str, Any], recipe: Recipe, iterations: int) -> dict[str, str]:
+    """``treesdk.*`` keys: version, backend, base model (``facts`` are the backend's ``describe()``:
+    ``model_path``/``model``/``base_model``), algorithm (the recipe's name), recipe (JSON), iterations."""
+    base = facts.get("model_path") or facts.get("model") or facts.get("base_model") or backend_name
     return {
         "treesdk.version": __version__,
-        "treesdk.backend": backend.name,
-        "treesdk.base_model": str(facts.get("model", facts.get("base_model", backend.name))),
-        "treesdk.algorithm": str(getattr(recipe, "name", "custom")),
-        "treesdk.recipes": recipe_json,
+        "treesdk.backend": backend_name,
+        "treesdk.base_model": str(base),
+        "treesdk.algorithm": recipe.name,
+        "treesdk.recipe": recipe.model_dump_json(),
         "treesdk.iterations": str(int(iterations)),
     }
