@@ -43,7 +43,7 @@ def nodes(
 ) -> None:
     """List every node type (recipe parts, SDE steps, estimators, losses, rewards, backends) with its fields."""
     from treesdk import nodes as registry
-    from treesdk.nodes.graph import graph_json_schema
+    from treesdk.nodes.schema import graph_json_schema
     from treesdk.recipes import RecipeError, load_recipe
 
     if schema:

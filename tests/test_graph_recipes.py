@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 import treesdk
-from treesdk.nodes.graph import GraphError, compile_graph, graph_json_schema, parse_graph, recipe_to_graph
+from treesdk.nodes.graph import GraphError, compile_graph, parse_graph, recipe_to_graph
+from treesdk.nodes.schema import graph_json_schema
 from treesdk.recipes.presets import PRESETS
 from treesdk.recipes import RecipeError, load_recipe
 

@@ -16,11 +16,10 @@ Layers, each importing only the ones below it:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # before the imports: treesdk.training.metadata reads it while treesdk loads
-
 from typing import Any
 
 from treesdk import registry, sde
+from treesdk._version import __version__
 from treesdk.interfaces import AdvantageEstimator, LossTerm, RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe
 from treesdk.training.collective import Collective

@@ -36,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
+
+import treesdk
+from treesdk._version import __version__
 
 from treesdk.nodes.catalog import all_nodes, get_node
 from treesdk.nodes.graph import apply_outside_step
@@ -102,8 +106,6 @@ def _format_input_types(types: Mapping[str, Mapping[str, tuple]]) -> str:
 
 def pack_sources(specs: Sequence[NodeSpec] | None = None) -> dict[str, str]:
     """``{file name: text}`` of the pack for ``specs`` (default: every node, plugins included)."""
-    from treesdk import __version__
-
     specs = list(all_nodes().values()) if specs is None else list(specs)
     names = [class_name(s.type) for s in specs]
     if len(set(names)) != len(names):
@@ -186,7 +188,6 @@ def execute(node_type: str, inputs: Mapping[str, Any]) -> tuple:
         raise ValueError(f"treesdk node {node_type!r}: {exc}") from exc
     if spec.plugin is not None:
         kind, name = spec.plugin
-        import treesdk
 
         loader = treesdk.load_reward if kind == "reward" else treesdk.load_backend
         return (loader(name, **instance.model_dump()),)
@@ -362,8 +363,6 @@ def load_export_into_backend(backend: Any, path: str | Path, strength: float = 1
     ``trainable.safetensors``); other layouts (diffusers/ComfyUI LoRA) raise ``ValueError`` saying
     which keys did not match.
     """
-    from safetensors.torch import load_file
-
     state = load_file(str(path))
     base = getattr(backend, "_treesdk_base_state", None)
     if base is None:

@@ -47,7 +47,7 @@ from treesdk.recipes.recipe import Recipe
 
 #: top-level keys a graph file may have
 TOP_LEVEL_KEYS = ("$schema", "description", "nodes", "recipe")
-_SETTINGS = ("name", "steps", "chunk")
+SETTINGS = ("name", "steps", "chunk")
 _SLOTS = {c.name: c for c in RECIPE_CONNECTIONS}
 
 
@@ -129,10 +129,10 @@ def parse_graph(data: Mapping[str, Any], source: str = "<graph>") -> Graph:
     recipe_data: dict[str, Any] = {}
     connections: dict[str, str | list[str]] = {}
     for key, value in section.items():
-        if key in _SETTINGS:
+        if key in SETTINGS:
             recipe_data[key] = value
         elif key not in _SLOTS:
-            allowed = ", ".join([*_SETTINGS, *_SLOTS])
+            allowed = ", ".join([*SETTINGS, *_SLOTS])
             problems.append(Problem("recipe", str(key), f"unknown recipe field; expected one of {allowed}"))
     for slot, conn in _SLOTS.items():
         value = section.get(slot)
@@ -289,7 +289,7 @@ def _recipe_problems(
     out = []
     for loc, message in validation_problems(error):
         head, _, rest = loc.partition(".")
-        if head in _SETTINGS:
+        if head in SETTINGS:
             out.append(Problem("recipe", head, message))
             continue
         if head in connections and head != "losses" and rest:
@@ -313,91 +313,6 @@ def _recipe_problems(
         where = "; ".join(refs) or "the recipe"
         out.append(Problem("recipe", "-", f"{message} [involves {where}]"))
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# JSON Schema of a graph file
-
-
-def graph_json_schema(plugins: bool = True) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a recipe graph file, built from every node spec.
-
-    Editors use it to autocomplete and check recipe files (YAML via ``# yaml-language-server:
-    $schema=...``). ``plugins=False`` leaves out reward and backend nodes.
-    """
-    specs = [s for s in all_nodes(plugins).values() if not s.connections]
-    defs: dict[str, Any] = {}
-    entries = []
-    for spec in specs:
-        inputs = spec.json_schema()
-        if "$defs" in inputs:  # hoist the node's own definitions under a unique prefix
-            prefix = re.sub(r"[^\w]", "_", spec.type) + "__"
-            inner = inputs.pop("$defs")
-            text = json.dumps(inputs).replace('"#/$defs/', f'"#/$defs/{prefix}')
-            inputs = json.loads(text)
-            for key, value in inner.items():
-                defs[prefix + key] = json.loads(json.dumps(value).replace('"#/$defs/', f'"#/$defs/{prefix}'))
-        entry_name = "node:" + spec.type
-        defs[entry_name] = {
-            "type": "object",
-            "title": spec.title,
-            "description": f"{spec.description} Gives {spec.output}.",
-            "properties": {
-                "type": {"const": spec.type},
-                "inputs": inputs,
-                "description": {"type": "string"},
-            },
-            "required": ["type"],
-            "additionalProperties": False,
-        }
-        entries.append({"$ref": f"#/$defs/{entry_name}"})
-    defs["node"] = {"oneOf": entries}
-
-    settings = Recipe.model_json_schema()["properties"]
-    recipe_props: dict[str, Any] = {name: settings[name] for name in _SETTINGS}
-    for conn in RECIPE_CONNECTIONS:
-        fitting = [s.type for s in specs if s.output == conn.type]
-        ref = {
-            "anyOf": [
-                {"type": "string", "description": f"name of a node giving {conn.type} ({', '.join(fitting)})"},
-                {"$ref": "#/$defs/node"},
-            ]
-        }
-        if conn.many:
-            weighted = {
-                "type": "object",
-                "properties": {"node": {"type": "string"}, "weight": {"type": "number", "minimum": 0}},
-                "required": ["node"],
-                "additionalProperties": False,
-            }
-            recipe_props[conn.name] = {
-                "type": "array",
-                "minItems": 1,
-                "items": {"anyOf": [*ref["anyOf"], weighted]},
-                "description": conn.description,
-            }
-        else:
-            recipe_props[conn.name] = {**ref, "description": conn.description}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "treesdk recipe graph",
-        "description": "A treesdk recipe as a graph of named nodes (see `treesdk nodes`).",
-        "type": "object",
-        "properties": {
-            "$schema": {"type": "string"},
-            "description": {"type": "string"},
-            "nodes": {"type": "object", "additionalProperties": {"$ref": "#/$defs/node"}},
-            "recipe": {
-                "type": "object",
-                "properties": recipe_props,
-                "required": [c.name for c in RECIPE_CONNECTIONS if c.required],
-                "additionalProperties": False,
-            },
-        },
-        "required": ["nodes", "recipe"],
-        "additionalProperties": False,
-        "$defs": defs,
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,7 +361,6 @@ __all__ = [
     "Problem",
     "apply_outside_step",
     "compile_graph",
-    "graph_json_schema",
     "parse_graph",
     "recipe_to_graph",
 ]

@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from treesdk.training.checkpoint import list_checkpoints
 from treesdk.training.collective import Collective
 from treesdk.training.fsdp import FullyShardedTraining
 
@@ -364,8 +365,6 @@ def resume_decision(ctx: DistributedContext, run_dir: str | Path | None, resume:
     Rank 0 looks at its disk and broadcasts the answer. A restart that finds no checkpoint starts
     over, and rank 0 empties the stale ``metrics.jsonl`` of the failed attempt first.
     """
-    from treesdk.training.checkpoint import list_checkpoints
-
     decision = resume
     if ctx.is_main and not resume and run_dir is not None and restart_count() > 0:
         if list_checkpoints(run_dir):

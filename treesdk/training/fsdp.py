@@ -64,7 +64,7 @@ class FullyShardedTraining:
         """``state`` with every ``DTensor`` gathered into a full CPU tensor (one collective per
         tensor, so the peak is one full tensor, not the whole model); other values are moved to
         the CPU as they are."""
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # as fully_shard above: only where FSDP2 exists (torch >= 2.6)
 
         def full(value: Any) -> Any:
             if isinstance(value, DTensor):
@@ -85,7 +85,7 @@ class FullyShardedTraining:
 
     @staticmethod
     def _shard(full: torch.Tensor, like: Any) -> Any:
-        from torch.distributed.tensor import DTensor, distribute_tensor
+        from torch.distributed.tensor import DTensor, distribute_tensor  # torch >= 2.6, as above
 
         if not isinstance(like, DTensor):
             return full

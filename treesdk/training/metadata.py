@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from treesdk import __version__
+from treesdk._version import __version__
 from treesdk.recipes import Recipe
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import treesdk
 from treesdk import registry
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.training.checkpoint import latest_checkpoint, load_checkpoint
@@ -35,7 +34,7 @@ def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dic
     """Reward models by registry name with their options, on ``device``."""
     models = {}
     for name, cfg in configs.items():
-        model = treesdk.load_reward(name, **cfg.options)
+        model = registry.load("reward", name)(**cfg.options)
         models[name] = model.to(device) if device else model
     return models
 
@@ -43,7 +42,7 @@ def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dic
 def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> RunParts:
     """Load the backend (unless given), resolve the recipe with the backend's scale defaults, and
     load the rewards (the backend's defaults when the config names none), prompts and eval set."""
-    vm = backend if backend is not None else treesdk.load_backend(config.backend.name, **config.backend_options())
+    vm = backend if backend is not None else registry.load("backend", config.backend.name)(**config.backend_options())
     recipe = config.resolve_recipe(vm.recipe_defaults())
     weights = {n: r.weight for n, r in config.rewards.items()} or vm.default_rewards()
     if not weights:
