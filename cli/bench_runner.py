@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treesdk.evaluate import evaluate
+from treesdk.training.evaluate import evaluate
 from treesdk.interfaces import RewardModel, VelocityModel
-from treesdk.recipe import Recipe, load_recipe
-from treesdk.trainer import train
+from treesdk.recipes import Recipe, load_recipe
+from treesdk.training.trainer import train
 
 DEFAULT_ALGORITHMS = ("grpo", "mixgrpo", "treegrpo", "dynamic-treerpo")
 #: fractions of the best final gain that define the default thresholds

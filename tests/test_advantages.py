@@ -7,6 +7,7 @@ import torch
 
 from treesdk.advantages import GroupAdvantage, TreeBackupAdvantage, normalised_leaf_advantages
 from treesdk.interfaces import Forest, TreeLayer
+from treesdk.sde import sde_mean_std
 
 
 def make_forest(ks, log_probs, prompts=1, roots=1):
@@ -24,7 +25,8 @@ def make_forest(ks, log_probs, prompts=1, roots=1):
         layer.leaves_below = below
         below *= layer.k
     return Forest(prompts=["p"] * prompts, cond={}, sigmas=torch.zeros(2), layers=layers,
-                  leaves=torch.zeros(n, 1), leaves_per_prompt=n // prompts, window_start=0, nfe=0)
+                  leaves=torch.zeros(n, 1), leaves_per_prompt=n // prompts, window_start=0, nfe=0,
+                  mean_std=sde_mean_std)
 
 
 def test_tree_backup_three_levels_by_hand():
@@ -141,11 +143,11 @@ def test_depthwise_restandardises_each_depth_per_prompt_by_hand():
 
 
 def test_depthwise_is_built_from_a_recipe_and_refuses_path_attribution():
-    from treesdk.advantages import DepthwiseAdvantage, build_estimator
-    from treesdk.recipe import load_recipe
+    from treesdk.advantages import DepthwiseAdvantage
+    from treesdk.recipes import load_recipe, parts
 
     recipe = load_recipe("treegrpo", advantage={"kind": "depthwise", "backup": "softmax"})
-    est = build_estimator(recipe.advantage)
+    est = parts.build("advantage", recipe.advantage)
     assert isinstance(est, DepthwiseAdvantage) and est.backup == "softmax" and est.unbiased
     with pytest.raises(ValueError, match="attribution must be 'edge'"):
         DepthwiseAdvantage(attribution="path")

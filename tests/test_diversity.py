@@ -43,7 +43,7 @@ def test_feature_choice_prefers_heldout_then_any_then_pixels():
 
 
 def test_evaluate_reports_diversity_with_the_heldout_evaluator_features():
-    from treesdk.evaluate import diversity_source, evaluate
+    from treesdk.training.evaluate import diversity_source, evaluate
 
     backend = treesdk.load_backend("digits")
     rewards = {n: treesdk.load_reward(n) for n in ("digit-classifier", "digit-evaluator")}

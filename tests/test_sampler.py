@@ -6,9 +6,10 @@ import torch
 from analytic import MixtureFlow
 from treesdk.advantages import GroupAdvantage
 from treesdk.losses import ClippedSurrogate
-from treesdk.recipe import nfe_per_tree
+from treesdk.recipes import nfe_per_tree
 from treesdk.sampler import sample_forest
-from treesdk.update import policy_update
+from treesdk.sde import get_sde_family
+from treesdk.training.update import policy_update
 
 
 @pytest.mark.parametrize(
@@ -80,11 +81,11 @@ def test_ratio_is_exactly_one_before_the_first_update_and_one_call_per_parent():
 
 @pytest.mark.parametrize("family", ["flow-sde", "dance-sde", "cps"])
 def test_every_family_samples_and_retrains_with_ratio_one(family):
-    """The update recomputes log-probs with the family the sampler recorded in forest.extras."""
+    """The update recomputes log-probs with the family the sampler recorded on the forest."""
     model = MixtureFlow(logits=(0.3, -0.2))
     forest = sample_forest(model, ["p", "q"], [5, 6], steps=6, k=2, depth=2, window_start=3, chunk=4,
-                           noise_level=0.6, sde=family)
-    assert forest.extras["sde"] == family
+                           noise_level=0.6, mean_std=get_sde_family(family))
+    assert forest.mean_std is get_sde_family(family)
     assert all(torch.isfinite(layer.log_probs).all() for layer in forest.layers)
     targets = GroupAdvantage()(forest, {"r": torch.randn(forest.leaves.shape[0])}, {"r": 1.0})
     term = _RecordRatio()
@@ -94,7 +95,7 @@ def test_every_family_samples_and_retrains_with_ratio_one(family):
 
 
 def test_per_step_noise_schedule_reaches_every_step():
-    from treesdk.recipe import Recipe
+    from treesdk.recipes import Recipe
     from treesdk.sampler import sample_forest_for_recipe
 
     levels = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]

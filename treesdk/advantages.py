@@ -177,16 +177,3 @@ class DepthwiseAdvantage(TreeBackupAdvantage):
         if self.clip is not None:
             values = values.clamp(-self.clip, self.clip)
         return values.view_as(child_adv)
-
-
-def build_estimator(spec) -> AdvantageEstimator:  # noqa: ANN001 - a treesdk.recipe AdvantageSpec
-    """The estimator a recipe's ``advantage`` part describes."""
-    common = dict(attribution=spec.attribution, global_std=spec.global_std, clip=spec.clip, eps=spec.eps,
-                  std=getattr(spec, "std", "population"))
-    if spec.kind == "group":
-        return GroupAdvantage(**common)
-    if spec.kind == "tree-backup":
-        return TreeBackupAdvantage(temperature=spec.temperature, backup=spec.backup, **common)
-    if spec.kind == "depthwise":
-        return DepthwiseAdvantage(temperature=spec.temperature, backup=spec.backup, depth_eps=spec.depth_eps, **common)
-    raise ValueError(f"unknown advantage estimator {spec.kind!r}")

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .interfaces import Cond, Forest, TreeLayer, VelocityModel, iter_chunks, select_cond
-from .sde import get_sde_family, ode_step
+from .interfaces import Cond, Forest, MeanStd, TreeLayer, VelocityModel, iter_chunks, select_cond
+from .sde import ode_step, sde_mean_std, transition_log_prob
 
 
 def batched_velocity(
@@ -67,7 +67,7 @@ def sample_forest(
     chunk: int = 64,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
-    sde: str = "flow-sde",
+    mean_std: MeanStd = sde_mean_std,
 ) -> Forest:
     """Sample the forest of all ``prompts`` and return it with every trainable edge.
 
@@ -83,8 +83,7 @@ def sample_forest(
         chunk: max nodes per velocity call.
         cond: pre-encoded conditioning for ``prompts`` (else ``model.encode(prompts)``).
         progress: called as ``progress(step, T)`` after each step.
-        sde: the step family of the stochastic steps (:data:`treesdk.sde.SDE_FAMILIES`), recorded
-            in ``forest.extras["sde"]`` so that the update recomputes log-probs with the same family.
+        mean_std: the SDE family's transition (default: the Flow-GRPO step); stored on the forest.
 
     Returns:
         :class:`Forest` with ``nfe`` = number of velocity evaluations (rows), which equals
@@ -101,7 +100,7 @@ def sample_forest(
         outside_at = outside_noise_level
     else:
         outside_at = lambda _step, a=float(outside_noise_level if outside_noise_level is not None else level_at(0)): a  # noqa: E731
-    family = get_sde_family(sde)
+    logp_of = transition_log_prob(mean_std)
 
     num_prompts = len(prompts)
     cond = model.encode(list(prompts)) if cond is None else cond
@@ -126,10 +125,10 @@ def sample_forest(
             branch = k if in_window else 1
             level = level_at(i - window_start) if in_window else float(outside_at(i))
             parents = x
-            mean, std = family.mean_std(parents, v, sigma, sigma_next, level)
+            mean, std = mean_std(parents, v, sigma, sigma_next, level)
             noise = _draw(generators, [nodes_per_prompt * branch] * num_prompts, shape, device)
             children = mean.repeat_interleave(branch, dim=0) + std[:1] * noise
-            logp = family.log_prob(children, mean.repeat_interleave(branch, dim=0), std[:1])
+            logp = logp_of(children, mean.repeat_interleave(branch, dim=0), std[:1])
             layers.append(
                 TreeLayer(
                     step=i,
@@ -164,20 +163,22 @@ def sample_forest(
         leaves_per_prompt=nodes_per_prompt,
         window_start=window_start,
         nfe=nfe,
-        extras={"sde": family.name},
+        mean_std=mean_std,
     )
 
 
 def sample_forest_for_recipe(
     model: VelocityModel,
-    recipe,  # noqa: ANN001 - treesdk.recipe.Recipe (kept untyped to avoid an import cycle in docs)
+    recipe,  # noqa: ANN001 - a treesdk.recipes.Recipe (the kernel imports nothing above it)
     prompts: Sequence[str],
     seeds: Sequence[int],
     window_start: int,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mean_std: MeanStd = sde_mean_std,
 ) -> Forest:
-    """:func:`sample_forest` with the tree shape, noise schedule and chunk size of ``recipe``."""
+    """:func:`sample_forest` with the tree shape, noise schedule, SDE family (``mean_std``, built from
+    ``recipe.sde`` by the caller; default Flow-GRPO) and chunk size of ``recipe``."""
     tree = recipe.tree
     return sample_forest(
         model,
@@ -193,10 +194,10 @@ def sample_forest_for_recipe(
         outside_noise_level=(
             tree.outside_noise_level if tree.outside_noise_level is not None else (lambda step: recipe.noise.at(step, -1, tree.d))
         ),
-        sde=recipe.noise.sde,
         chunk=recipe.chunk,
         cond=cond,
         progress=progress,
+        mean_std=mean_std,
     )
 
 

@@ -1,7 +1,7 @@
 """Flow-matching ODE/SDE steps, transition log-probs and sigma grids.
 
 Everything here is a function of tensors (k-diffusion style). Four step families
-(:data:`SDE_FAMILIES`, chosen by a recipe's ``noise.sde``) share one interface,
+(:data:`SDE_FAMILIES`, a recipe's ``sde`` part) share one interface,
 ``mean_std(x, v, sigma, sigma_next, a) -> (mean, transition std)`` and ``log_prob``:
 
 * ``flow-sde`` (Flow-GRPO's SDE, the default, detailed below);
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .interfaces import Scheduler
 
 __all__ = [
     "SDE_FAMILIES",
@@ -47,6 +46,7 @@ __all__ = [
     "cps_mean_std",
     "dance_sde_mean_std",
     "get_sde_family",
+    "transition_log_prob",
     "ode_step",
     "sde_step",
     "sde_mean_std",
@@ -57,7 +57,6 @@ __all__ = [
     "shift_sigmas",
     "time_shift",
     "flux_mu",
-    "FlowMatchScheduler",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -232,13 +231,19 @@ class SDEFamily:
     """One step family: ``mean_std(x, v, sigma, sigma_next, a) -> (mean, transition std)``,
     ``log_prob(x_next, mean, std) -> [B]`` (averaged over elements), and ``kl_std(std, sigma,
     sigma_next)``: the std Flow-GRPO divides by in its KL term (``std_t`` without ``sqrt(-dt)`` for
-    the Euler-Maruyama families, the transition std itself for CPS)."""
+    the Euler-Maruyama families, the transition std itself for CPS). Calling the family calls
+    ``mean_std``, so it is what a recipe's ``sde`` part builds (a plain ``mean_std`` function is
+    accepted too; it gets the Gaussian :func:`log_prob`)."""
 
     name: str
     mean_std: Callable[..., tuple[Tensor, Tensor]]
     log_prob: Callable[..., Tensor]
     kl_std: Callable[[Tensor, float, float], Tensor]
     description: str = ""
+
+    def __call__(self, x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, noise_level: Tensor | float) -> tuple[Tensor, Tensor]:
+        """The family is its transition: ``family(x, v, sigma, sigma_next, a) == family.mean_std(...)``."""
+        return self.mean_std(x, v, sigma, sigma_next, noise_level)
 
 
 def _per_sqrt_dt(std: Tensor, sigma: float, sigma_next: float) -> Tensor:
@@ -253,6 +258,11 @@ SDE_FAMILIES: dict[str, SDEFamily] = {
                      "Flow-GRPO's coefficients-preserving sampler (std = s_next sin(a pi / 2))"),
     "ode": SDEFamily("ode", ode_mean_std, _ode_log_prob, lambda std, s, s_next: std, "Euler ODE step (no noise)"),
 }
+
+
+def transition_log_prob(mean_std: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., Tensor]:
+    """The log-prob that goes with a transition: the family's own (CPS) or the Gaussian :func:`log_prob`."""
+    return getattr(mean_std, "log_prob", log_prob)
 
 
 def get_sde_family(name: str) -> SDEFamily:
@@ -303,18 +313,3 @@ def sigma_grid(num_steps: int, shift: float = 1.0, mu: float | None = None) -> T
     base = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
     shifted = time_shift(base, mu) if mu is not None else shift_sigmas(base, shift)
     return torch.cat([shifted, torch.zeros(1, dtype=torch.float64)]).float()
-
-
-class FlowMatchScheduler(Scheduler):
-    """:class:`treesdk.interfaces.Scheduler` over the functions of this module."""
-
-    def __init__(self, shift: float = 1.0, mu: float | None = None) -> None:
-        self.shift = shift
-        self.mu = mu
-
-    def sigmas(self, num_steps: int) -> Tensor:
-        return sigma_grid(num_steps, self.shift, self.mu)
-
-    ode_step = staticmethod(ode_step)
-    sde_step = staticmethod(sde_step)
-    log_prob = staticmethod(log_prob)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
-from .sde import get_sde_family
+from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+from treesdk.sde import transition_log_prob
 
 
 class NonFiniteLossError(RuntimeError):
@@ -144,32 +144,29 @@ def _chunk_loss(
     parents = layer.parents[idx]
     cond = select_cond(forest.cond, layer.parent_prompt[idx])
     sigma = torch.full((len(idx),), layer.sigma, device=device, dtype=torch.float32)
-    family = get_sde_family(forest.extras.get("sde", "flow-sde"))  # the family the sampler used
     velocity = model.velocity(parents, sigma, cond).float()
-    mean, std = family.mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
+    mean, std = forest.mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
     children = layer.children[idx].flatten(0, 1)
-    new_logp = family.log_prob(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
+    new_logp = transition_log_prob(forest.mean_std)(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
     ref_mean = None
     n_ref = 0
     if need_ref:
         with torch.no_grad(), model.reference():
             ref_v = model.velocity(parents, sigma, cond).float()
-        ref_mean, _ = family.mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
+        ref_mean, _ = forest.mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
         n_ref = len(idx)
     batch = EdgeBatch(
         layer=layer,
-        index=index,
         old_log_probs=layer.log_probs[idx],
         new_log_probs=new_logp,
         new_velocity=velocity,
-        old_velocity=layer.velocity[idx],
         advantages=targets.advantages[layer_index][idx.to(targets.advantages[layer_index].device)].to(device),
         clip_rewards=targets.clip_rewards[layer_index][idx.to(targets.clip_rewards[layer_index].device)].to(device),
         std=std[:1].reshape(()),
         new_mean=mean,
         ref_mean=ref_mean,
         sft_target=sft[layer_index][idx] if sft is not None else None,
-        kl_std=family.kl_std(std[:1].reshape(()), layer.sigma, layer.sigma_next) if need_ref else None,
+        kl_std=_kl_std(forest.mean_std, std[:1].reshape(()), layer.sigma, layer.sigma_next) if need_ref else None,
     )
     total = velocity.new_zeros(())
     metrics: dict[str, float] = {}
@@ -179,3 +176,9 @@ def _chunk_loss(
         metrics[f"loss_{term.name}"] = float(value.detach())
         metrics.update(term_metrics)
     return total, metrics, n_ref
+
+
+def _kl_std(mean_std, std: Tensor, sigma: float, sigma_next: float) -> Tensor:  # noqa: ANN001 - an SDE family
+    """The std Flow-GRPO's KL divides by: the family's ``kl_std``, else ``std / sqrt(-dt)``."""
+    kl_std = getattr(mean_std, "kl_std", None)
+    return kl_std(std, sigma, sigma_next) if kl_std is not None else std / (sigma - sigma_next) ** 0.5

@@ -8,8 +8,10 @@ so comparisons are fair. Backends may adjust scale-dependent values (learning ra
 
 from __future__ import annotations
 
-from .recipe import (
+from treesdk.recipes.recipe import (
     ClippedSurrogateSpec,
+    DanceSDESpec,
+    FlowSDESpec,
     FixedWindow,
     GroupAdvantageSpec,
     KLSpec,
@@ -28,7 +30,7 @@ def grpo() -> Recipe:
     """Flow-GRPO (SD3.5-M, PickScore config): G = 24 independent trajectories of the Flow-GRPO SDE,
     every step trained, advantages normalised by the batch std, KL to the base (beta 0.01).
 
-    For DanceGRPO's variant: ``noise.sde=dance-sde``, ``advantage.std=unbiased``, ``advantage.eps=1e-8``,
+    For DanceGRPO's variant: ``sde.kind=dance-sde``, ``advantage.std=unbiased``, ``advantage.eps=1e-8``,
     ``advantage.global_std=false``, no KL (see docs/algorithms.md).
     """
     return Recipe(
@@ -36,7 +38,8 @@ def grpo() -> Recipe:
         steps=10,  # Flow-GRPO config/grpo.py pickscore_sd3: sample.num_steps=10
         tree=TreeSpec(k=1, d=0, roots=24, sde_outside_window=True),  # sample.num_image_per_prompt=24
         window=FixedWindow(start=0),
-        noise=NoiseSpec(kind="constant", level=0.7, sde="flow-sde"),  # config/base.py: sample.noise_level=0.7
+        noise=NoiseSpec(kind="constant", level=0.7),  # config/base.py: sample.noise_level=0.7
+        sde=FlowSDESpec(),
         advantage=GroupAdvantageSpec(global_std=True, clip=5.0, eps=1e-4, std="population"),  # sample.global_std=True, adv_clip_max=5
         losses=[
             ClippedSurrogateSpec(clip="fixed", eps=1e-4),  # config/base.py: train.clip_range=1e-4
@@ -59,7 +62,8 @@ def mixgrpo() -> Recipe:
         steps=25,  # MixGRPO finetune_flux_grpo_MixGRPO.sh: sampling_steps=25
         tree=TreeSpec(k=1, d=4, roots=12),  # group_size (window)=4, num_generations=12
         window=SlidingWindow(start=0, stride=1, every=25),  # iters_per_group=25, prog_overlap_step=1
-        noise=NoiseSpec(kind="constant", level=0.7, sde="dance-sde"),  # eta=0.7, dance_grpo_step
+        noise=NoiseSpec(kind="constant", level=0.7),  # eta=0.7, dance_grpo_step
+        sde=DanceSDESpec(),
         advantage=GroupAdvantageSpec(clip=5.0, eps=1e-8, std="unbiased"),  # adv_clip_max=5.0; group_rewards.std() + 1e-8
         losses=[ClippedSurrogateSpec(clip="fixed", eps=1e-4)],  # clip_range=1e-4 (kl_coeff=0)
         optim=OptimSpec(lr=1e-5, weight_decay=1e-4, grad_clip=1.0),  # learning_rate=1e-5, weight_decay=0.0001
@@ -79,7 +83,8 @@ def treegrpo() -> Recipe:
         steps=10,  # TreeGRPO sec. 4: NFE budget of 10 steps
         tree=TreeSpec(k=2, d=4, roots=1),  # k=2 (Table 3 default row); d=4 (treesdk)
         window=RandomWindow(p=0.5, min_start=0),  # truncated geometric start (paper); p (treesdk)
-        noise=NoiseSpec(kind="constant", level=0.7, sde="flow-sde"),  # Flow-GRPO sample.noise_level=0.7
+        noise=NoiseSpec(kind="constant", level=0.7),  # Flow-GRPO sample.noise_level=0.7
+        sde=FlowSDESpec(),
         advantage=TreeBackupSpec(attribution="edge", backup="softmax", temperature=1.0, clip=5.0),  # softmax backup (paper)
         losses=[ClippedSurrogateSpec(clip="fixed", eps=1e-4)],  # Flow-GRPO clip_range=1e-4; no KL (paper)
         optim=OptimSpec(lr=1e-5, weight_decay=0.01, grad_clip=1.0),  # AdamW lr 1e-5, weight decay 0.01 (paper)
@@ -100,7 +105,8 @@ def dynamic_treerpo() -> Recipe:
         steps=25,  # paper: 25 sampling steps
         tree=TreeSpec(k=2, d=3, roots=1),  # paper: binary, depth 4 counting the root = 8 leaves
         window=SlidingWindow(start=0, stride=1, every=25),  # sliding window (paper, eq. 8); pace (treesdk)
-        noise=NoiseSpec(kind="linear", level=0.7, beta=0.7, sde="flow-sde"),  # g(k)=g(1+beta k/d), beta 0.7; eq. 5 SDE (paper)
+        noise=NoiseSpec(kind="linear", level=0.7, beta=0.7),  # g(k)=g(1+beta k/d), beta 0.7; eq. 5 SDE (paper)
+        sde=FlowSDESpec(),
         advantage=GroupAdvantageSpec(attribution="path", clip=5.0),  # eq. 9 path attribution (paper)
         losses=[
             ClippedSurrogateSpec(clip="reward-adaptive", eps_low=5e-5, eps_high=5e-3, eta=0.5),  # paper
