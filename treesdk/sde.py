@@ -215,7 +215,7 @@ def ode_mean_std(
 
 
 def _ode_log_prob(x_next: Tensor, mean: Tensor, std: Tensor | None = None) -> Tensor:  # noqa: ARG001
-    raise ValueError("the ode family is deterministic: its steps have no log-prob; choose noise.sde "
+    raise ValueError("the ode family is deterministic: its steps have no log-prob; choose sde kind "
                      "flow-sde, dance-sde or cps for trained steps")
 
 

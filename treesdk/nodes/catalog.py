@@ -25,7 +25,7 @@ OUTPUT_TYPES: dict[str, str] = {
     "TREE": "tree shape (TreeSpec)",
     "WINDOW": "branching-window schedule (FixedWindow / SlidingWindow / RandomWindow)",
     "NOISE": "noise schedule of the window's SDE steps (NoiseSpec)",
-    "SDE": "SDE step family of the stochastic steps (flow-sde, ode, or a treesdk.sde plugin)",
+    "SDE": "SDE step family of the stochastic steps (flow-sde, dance-sde, cps, ode, or a treesdk.sde plugin)",
     "STEP": "sampler step used outside the window (ODE or Flow-GRPO SDE)",
     "ADVANTAGE": "advantage estimator (group, tree-backup, or a treesdk.estimators plugin)",
     "LOSS": "weighted loss term (clipped-surrogate, layertuning-sft, kl, or a treesdk.losses plugin)",

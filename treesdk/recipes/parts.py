@@ -8,9 +8,9 @@ slot       output   built-in kinds                                     third-par
 ========== ======== ================================================== ===========================
 tree       TREE     ``tree``
 window     WINDOW   ``fixed``, ``sliding``, ``random``
-noise      NOISE    ``constant`` / ``linear`` (one spec)
-sde        SDE      ``flow-sde``, ``ode``                              ``treesdk.sde``
-advantage  ADVANTAGE ``group``, ``tree-backup``                        ``treesdk.estimators``
+noise      NOISE    ``constant`` / ``linear`` / ``per-step`` (one spec)
+sde        SDE      ``flow-sde``, ``dance-sde``, ``cps``, ``ode``      ``treesdk.sde``
+advantage  ADVANTAGE ``group``, ``tree-backup``, ``depthwise``         ``treesdk.estimators``
 loss       LOSS     ``clipped-surrogate``, ``layertuning-sft``, ``kl`` ``treesdk.losses``
 optim      OPTIM    ``adamw``
 ========== ======== ================================================== ===========================
@@ -22,7 +22,8 @@ Schema of recipe files, graph files and the generated ComfyUI nodes (:mod:`trees
 Adding an SDE step family is one declaration: a spec whose ``kind`` is a one-value ``Literal`` and a
 builder returning the family's transition ``mean_std(x, v, sigma, sigma_next, noise_level) ->
 (mean, std)`` (float32 mean ``[B, ...]``; ``std`` the transition std, broadcastable; sigma walks
-from 1 = noise to 0 = data; log-probs of the transition are Gaussian, averaged over elements)::
+from 1 = noise to 0 = data; log-probs of the transition are Gaussian, averaged over elements,
+unless the returned object has its own ``log_prob``, as :class:`treesdk.sde.SDEFamily` does)::
 
     class DanceSDE(Part):
         kind: Literal["dance-sde"] = "dance-sde"

@@ -355,7 +355,7 @@ class Recipe(Part):
     def _trained_edges_have_a_density(self) -> Recipe:
         if self.sde.kind == "ode" and (self.tree.d > 0 or self.tree.sde_outside_window):
             raise ValueError("sde kind 'ode' has no transition density, so the window's edges (tree.d > 0) and "
-                             "tree.sde_outside_window cannot be trained; use sde kind 'flow-sde'")
+                             "tree.sde_outside_window cannot be trained; use sde kind 'flow-sde', 'dance-sde' or 'cps'")
         return self
 
     def window_start(self, iteration: int, seed: int) -> int:
