@@ -100,6 +100,8 @@ def test_unbiased_std_and_tiny_eps_as_dancegrpo():
         m = sum(r) / 3
         sd = math.sqrt(sum((x - m) ** 2 for x in r) / 2)
         assert [float(x) for x in got[3 * g: 3 * g + 3]] == pytest.approx([(x - m) / (sd + 1e-8) for x in r], rel=1e-5)
+    single = normalised_leaf_advantages(torch.tensor([0.3, 0.9]), 1, eps=1e-8, unbiased=True)
+    assert single.tolist() == [0.0, 0.0]  # one leaf per prompt: no spread, no advantage (not NaN)
     glob = normalised_leaf_advantages(rewards, 3, global_std=True, eps=1e-4)
     pop = float(rewards.std(unbiased=False))
     assert float(glob[0]) == pytest.approx((1.0 - 7 / 3) / (pop + 1e-4), rel=1e-5)

@@ -41,6 +41,7 @@ def normalised_leaf_advantages(
     groups = rewards.float().view(-1, leaves_per_prompt)
     mean = groups.mean(dim=1, keepdim=True)
     std = rewards.float().std(unbiased=unbiased) if global_std else groups.std(dim=1, unbiased=unbiased, keepdim=True)
+    std = torch.nan_to_num(std, nan=0.0)  # the unbiased std of a single leaf is undefined: advantage 0
     return ((groups - mean) / (std + eps)).reshape(-1)
 
 
