@@ -40,8 +40,9 @@ def normalised_leaf_advantages(
     """
     groups = rewards.float().view(-1, leaves_per_prompt)
     mean = groups.mean(dim=1, keepdim=True)
+    n = rewards.numel() if global_std else groups.shape[1]
+    unbiased = unbiased and n > 1  # one leaf: no spread (the unbiased std would be NaN), advantage 0
     std = rewards.float().std(unbiased=unbiased) if global_std else groups.std(dim=1, unbiased=unbiased, keepdim=True)
-    std = torch.nan_to_num(std, nan=0.0)  # the unbiased std of a single leaf is undefined: advantage 0
     return ((groups - mean) / (std + eps)).reshape(-1)
 
 
