@@ -6,6 +6,7 @@ Each sub-command lives in its own module of this package and exposes ``register(
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -16,6 +17,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of every error (same as TREESDK_DEBUG=1)"),
+) -> None:
+    """RL post-training of flow-matching text-to-image models with tree-structured sampling."""
+    if debug:
+        os.environ["TREESDK_DEBUG"] = "1"  # read by treesdk.errors.debug_enabled, in worker processes too
+
 
 _COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui")
 

@@ -721,8 +721,8 @@ def _plugin_nodes() -> dict[str, NodeSpec]:
             try:
                 cls = ep.load()
                 spec = plugin_node(kind, name, cls, ep.value)
-            except Exception as exc:  # noqa: BLE001 - one broken plugin never hides the others
-                _PLUGIN_ERRORS[f"{kind}:{name}"] = f"{ep.value}: {type(exc).__name__}: {exc}"
+            except registry.IMPORT_FAILURES as exc:  # one broken plugin never hides the others
+                _PLUGIN_ERRORS[f"{kind}:{name}"] = f"{ep.value}: {registry.describe_failure(exc)}"
                 continue
             nodes[spec.type] = spec
     return nodes
