@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from treesdk.io import atomic_save_safetensors
+from treesdk.io import atomic_save_safetensors, folder_mode, remove_stale_temps, temp_prefix
 
 from . import keymaps
 
@@ -166,12 +166,14 @@ def _write_folder_atomically(target: Path, fill) -> None:
         raise OSError(f"cannot write {target}: folder {parent} does not exist")
     if target.exists() and not target.is_dir():
         raise OSError(f"cannot write folder {target}: a file of that name exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=parent))
+    os.chmod(tmp, folder_mode())  # mkdtemp's 0700 would hide the export from other users
     old = None
     try:
         fill(tmp)
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".old", dir=parent))
             old.rmdir()
             os.replace(target, old)
         os.replace(tmp, target)

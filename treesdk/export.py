@@ -331,6 +331,7 @@ def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any],
     """The ``treesdk.*`` string metadata of an export: base model, backend, algorithm, recipe
     (JSON), treesdk version, training iterations, plus the checkpoint it came from."""
     from . import __version__
+    from .metadata import resolved_base_model
 
     backend_cfg = config.get("backend", {}) or {}
     facts = backend.describe() if hasattr(backend, "describe") else {}
@@ -340,7 +341,7 @@ def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any],
     return {
         "treesdk.version": __version__,
         "treesdk.backend": str(backend_cfg.get("name") or getattr(backend, "name", "unknown")),
-        "treesdk.base_model": str(base if base is not None else "unknown"),
+        "treesdk.base_model": resolved_base_model(base) if base is not None else "unknown",
         "treesdk.algorithm": str(recipe.get("name") or config.get("algorithm") or "custom"),
         "treesdk.recipe": json.dumps(recipe, sort_keys=True, default=str),
         "treesdk.iterations": str(int(state.get("iteration", 0))),
@@ -378,10 +379,13 @@ def export_run(
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
     are untouched in every case.
     """
+    from .checkpoint import load_trainable, read_state
+    from .safe_load import read_json_file
+
     run, ckpt = find_checkpoint(run_or_checkpoint)
-    config = json.loads((run / "config.json").read_text())
-    state = json.loads((ckpt / "state.json").read_text())
-    backend_cfg = config.get("backend")
+    config = read_json_file(run / "config.json", "run configuration")
+    state = read_state(ckpt)
+    backend_cfg = config.get("backend") if isinstance(config, Mapping) else None
     if not isinstance(backend_cfg, Mapping) or "name" not in backend_cfg:
         raise ValueError(f"{run / 'config.json'} has no backend name (expected {{'backend': {{'name': ...}}}})")
     name = str(backend_cfg["name"])
@@ -399,8 +403,9 @@ def export_run(
         options["device"] = device
     if fmt == "lora" and options.get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
+    trainable = load_trainable(ckpt)  # verified and finite before the (slow) model load
     backend = factory(**options)
-    backend.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+    backend.load_trainable_state_dict(trainable)
     metadata = export_metadata_for_run(config, state, backend)
     return list(backend.export(fmt, str(target), metadata))
 

@@ -1,13 +1,17 @@
 """Atomic file writes: temporary file in the same folder, fsync, rename.
 
 An interrupted write never leaves a truncated file under the final name; the previous file (if
-any) stays readable until the rename.
+any) stays readable until the rename. Temporary names carry the writer's process id
+(``.NAME.PID.XXXX.tmp``); a writer killed with SIGKILL leaves one behind, and the next write of
+the same name removes it (:func:`remove_stale_temps`) once that process is gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +27,52 @@ def _current_umask() -> int:
     return mask
 
 
+def temp_prefix(target: Path) -> str:
+    """Prefix of the temporary names used while writing ``target``: ``.NAME.PID.``"""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove the temporary files/folders beside ``target`` (``.NAME.PID.*.tmp`` / ``.old``) whose
+    writer process no longer exists; returns what was removed. A stale ``.old`` (the previous
+    version, moved aside by a writer killed before its rename) is put back when ``target`` is missing."""
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\..*\.(tmp|old)$")
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not target.exists():
+            os.replace(entry, target)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def folder_mode() -> int:
+    """Permission bits of a new folder under the current umask (``mkdtemp`` would give 0700)."""
+    return 0o777 & ~_current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Path], None]) -> Path:
     """Write ``data`` (bytes, or a callable that writes the given temp path) atomically to ``path``.
 
@@ -33,7 +83,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OSError(f"cannot write {target}: folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
     tmp = Path(tmp_name)
     try:
         if callable(data):

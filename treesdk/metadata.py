@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from .interfaces import VelocityModel
@@ -17,8 +18,16 @@ def export_metadata(backend: VelocityModel, recipe: Any, iterations: int) -> dic
     return {
         "treesdk.version": __version__,
         "treesdk.backend": backend.name,
-        "treesdk.base_model": str(facts.get("model", facts.get("base_model", backend.name))),
+        "treesdk.base_model": resolved_base_model(facts.get("model", facts.get("base_model", backend.name))),
         "treesdk.algorithm": str(getattr(recipe, "name", "custom")),
         "treesdk.recipe": recipe_json,
         "treesdk.iterations": str(int(iterations)),
     }
+
+
+def resolved_base_model(model: Any) -> str:
+    """A base model as stored in metadata: a local path made absolute (so ``export --check`` works
+    from any folder), anything else (a hub id, a backend name) as given."""
+    text = str(model)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if text and path.exists() else text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,17 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
     from . import registry
     from .export import backend_options, find_checkpoint
 
+    from .errors import UserError
+    from .safe_load import read_json_file
+
     run, ckpt = find_checkpoint(run_or_checkpoint)
-    config = json.loads((run / "config.json").read_text())
-    backend_cfg = config.get("backend", {})
+    config = read_json_file(run / "config.json", "run configuration")
+    backend_cfg = config.get("backend", {}) if isinstance(config, dict) else {}
+    if not isinstance(backend_cfg, dict) or "name" not in backend_cfg:
+        raise UserError(f"{run / 'config.json'} has no backend name (expected {{'backend': {{'name': ...}}}})")
     factory = registry.load("backend", backend_cfg["name"])
     options = {**backend_options(backend_cfg, factory), **{k: v for k, v in option_overrides.items() if v is not None}}
+    trainable, _, state = load_checkpoint(ckpt)  # verified and finite before the (slow) model load
     backend = factory(**options)
-    trainable, _, state = load_checkpoint(ckpt)
     backend.load_trainable_state_dict(trainable)
     return backend, config, state
