@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -76,7 +75,9 @@ def train_command(
             worker = launch.strip_launch_flags(argv[argv.index("train"):])
             run_dir = out
             if run_dir is None:  # one folder for every rank, node and restart
-                run_dir = Path("runs") / f"{algo if config is None else Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+                from treesdk.run_names import default_run_dir
+
+                run_dir = default_run_dir(algo if config is None else Path(config).stem)
                 worker += ["--out", str(run_dir)]
             args = launch.torchrun_argv(
                 worker, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
@@ -89,15 +90,18 @@ def train_command(
 
     ctx = None
     completed = False
+    exit_code = 0
     try:
         with clean_errors():
             ctx = distributed.init_distributed()
-            _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
+            exit_code = _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
                    seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints,
                    reward_opt=reward_opt, fsdp=fsdp)
             completed = True
     finally:
         distributed.shutdown(ctx, completed=completed)
+    if exit_code:  # stopped by SIGINT/SIGTERM after its checkpoint (130/143): not a finished run
+        raise typer.Exit(code=exit_code)
 
 
 def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, d: int | None, steps: int | None,
@@ -105,8 +109,9 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
            config: str | None, out: Path | None, seed: int, device: str | None, lr: float | None, prompts: str | None,
            set_: list[str] | None, backend_opt: list[str] | None, checkpoint_every: int, resume: bool,
            export_format: str | None, keep_checkpoints: int, reward_opt: list[str] | None = None,
-           fsdp: bool = False) -> None:
-    """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
+           fsdp: bool = False) -> int:
+    """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``);
+    returns the exit code (0, or 130/143 for a run stopped by SIGINT/SIGTERM)."""
     import treesdk
     from treesdk import distributed
 
@@ -127,8 +132,11 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
     heldout_models = load_rewards(heldout, device, reward_options)
     train_prompts = read_prompts(prompts) or vm.default_prompts()
     eval_prompts, eval_seeds = vm.eval_set()
-    run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
+    if out is None and ctx.is_main:
+        from treesdk.run_names import claim_run_dir
+
+        out = claim_run_dir(recipe.name)  # runs/<safe name>-<time>[-N], never shared with another run
+    run_dir = ctx.broadcast_object(out)  # rank 0 names (and creates) the folder
     fmt = export_format or vm.default_export_format()
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
         raise ValueError(f"backend {backend!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
@@ -168,6 +176,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
         )
     if ctx.is_main:
         print_summary(run)
+    return run.exit_code
 
 
 def print_summary(run: Any) -> None:
@@ -183,7 +192,8 @@ def print_summary(run: Any) -> None:
         table.add_row(key.removesuffix("_mean"), f"{b:.4f}" if b is not None else "-", f"{a:.4f}" if a is not None else "-", change)
     console.print(table)
     if run.interrupted:
-        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume[/]")
+        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume "
+                      f"(exit code {run.exit_code})[/]")
     console.print(f"run folder: {run.out_dir}" + (f"; exported: {', '.join(run.exported)}" if run.exported else ""))
 
 

@@ -185,6 +185,22 @@ def read_header(path: str | os.PathLike[str]) -> tuple[Shapes, dict[str, str]]:
     return shapes, metadata
 
 
+def nonfinite_tensors(path: str | os.PathLike[str], limit: int = 5) -> list[str]:
+    """Problems (one line each, at most ``limit`` named) for floating tensors of ``path`` (a file or
+    folder, as :func:`read_header`) that hold NaN or infinity; reads one tensor at a time."""
+    bad: list[str] = []
+    for file in _safetensors_files(Path(path)):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(key)
+    lines = [f"{k}: holds NaN or inf values (a diverged run or a damaged file)" for k in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"... and {len(bad) - limit} more tensors with NaN or inf values")
+    return lines
+
+
 def _hub_cache_folder(repo_id: str) -> Path | None:
     """The newest local snapshot of ``repo_id`` in the Hugging Face cache, if any (no download)."""
     if "/" not in repo_id:
@@ -262,6 +278,7 @@ def check_file(
             "no registered layout recognises these keys; the backend's key maps register on import "
             "(e.g. import treesdk_backends.keymaps), as `treesdk export --check` does"
         ])
+    problems += nonfinite_tensors(path)
     return FileReport(
         path=str(path),
         format=found.format,

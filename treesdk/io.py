@@ -68,6 +68,25 @@ def remove_stale_temps(target: Path) -> list[Path]:
     return removed
 
 
+def check_writable(path: str | os.PathLike[str], what: str) -> Path:
+    """Raise ``UserError`` naming ``what`` (a flag, e.g. ``"--out"``) and ``path`` when nothing could
+    be written there: an existing folder where a file goes, the nearest existing parent a file or
+    not writable. Checked before any work, so a bad path fails at once and nothing is written."""
+    from .errors import UserError
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError(f"{what} {target}: is a folder; name a file")
+    probe = target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {target}: folder {probe} is not writable")
+    return target
+
+
 def folder_mode() -> int:
     """Permission bits of a new folder under the current umask (``mkdtemp`` would give 0700)."""
     return 0o777 & ~_current_umask()

@@ -51,6 +51,14 @@ class Run:
     eval_after: dict[str, float] = field(default_factory=dict)
     exported: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: the signal that stopped the run early (SIGINT/SIGTERM; SIGTERM when another rank got it)
+    stop_signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run, ``128 + signal`` (130 SIGINT, 143 SIGTERM) for one stopped early:
+        ``treesdk train && treesdk export`` then exports nothing incomplete."""
+        return 128 + int(self.stop_signal or signal.SIGTERM) if self.interrupted else 0
 
 
 def slot_seed(seed: int, iteration: int, slot: int) -> int:
@@ -115,6 +123,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -129,6 +138,7 @@ class _StopRequest:
         if self.requested:  # second signal: give up at once
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -332,6 +342,7 @@ def train(
                 if out is not None and (is_main or fsdp is not None) and (due or stopping or iteration == iters):
                     _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints, fsdp, is_main)
             run.interrupted = stopping and iteration < iters
+            run.stop_signal = stop.signum if run.interrupted else None
         run.iterations = iteration
         if not run.interrupted:
             if eval_prompts:
