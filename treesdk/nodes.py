@@ -401,6 +401,8 @@ def describe_field(name: str, info: Any) -> InputField:
         default = info.default_factory()
     else:
         default = None
+    if annotation is Any and default is None and not info.is_required():
+        nullable = True  # e.g. ``pipeline: Any = None``: an empty widget means "not given"
     bounds: dict[str, float] = {}
     for meta in info.metadata:
         for key in ("ge", "gt", "le", "lt"):
