@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,21 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - plugins package not installed
         pass
     return tuple(types)
+
+
+class _EchoHandler(logging.Handler):
+    """Library warnings (logger ``treesdk``) as plain lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def show_library_warnings() -> None:
+    """Print the ``treesdk`` logger's warnings (a damaged checkpoint skipped, ...) on stderr, once."""
+    logger = logging.getLogger("treesdk")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler(logging.WARNING))
+        logger.propagate = False
 
 
 def print_error(message: str) -> None:

@@ -25,8 +25,11 @@ def main(
     debug: bool = typer.Option(False, "--debug", help="show the full traceback of every error (same as TREESDK_DEBUG=1)"),
 ) -> None:
     """RL post-training of flow-matching text-to-image models with tree-structured sampling."""
+    from .common import show_library_warnings
+
     if debug:
         os.environ["TREESDK_DEBUG"] = "1"  # read by treesdk.errors.debug_enabled, in worker processes too
+    show_library_warnings()
 
 
 _COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui")
