@@ -75,7 +75,7 @@ def train_command(
             worker = launch.strip_launch_flags(argv[argv.index("train"):])
             run_dir = out
             if run_dir is None:  # one folder for every rank, node and restart
-                from treesdk.run_names import default_run_dir
+                from treesdk.run_folders import default_run_dir
 
                 run_dir = default_run_dir(algo if config is None else Path(config).stem)
                 worker += ["--out", str(run_dir)]
@@ -133,7 +133,7 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
     train_prompts = read_prompts(prompts) or vm.default_prompts()
     eval_prompts, eval_seeds = vm.eval_set()
     if out is None and ctx.is_main:
-        from treesdk.run_names import claim_run_dir
+        from treesdk.run_folders import claim_run_dir
 
         out = claim_run_dir(recipe.name)  # runs/<safe name>-<time>[-N], never shared with another run
     run_dir = ctx.broadcast_object(out)  # rank 0 names (and creates) the folder

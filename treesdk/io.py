@@ -141,3 +141,49 @@ def atomic_save_safetensors(
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     """JSON-dump ``obj`` (indented, sorted keys) to ``path`` atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (in dicts and lists too) replaced by None: strict JSON."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json_line(row: Mapping[str, Any]) -> str:
+    """One JSON line (sorted keys) that any JSON parser reads: NaN/inf become ``null``."""
+    return json.dumps(finite_or_none(row), sort_keys=True, allow_nan=False, default=str)
+
+
+def truncate_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]], bool], what: str = "metrics file") -> int:
+    """Keep the lines of the JSON-lines file ``path`` for which ``keep(row)`` is true, rewriting it
+    atomically (a failure leaves the old file whole). A torn last line (a run killed mid-append) is
+    dropped; any other unreadable line is a ``UserError`` naming the file and line. Returns the
+    number of lines kept."""
+    from .errors import UserError
+    from .safe_load import load_json
+
+    target = Path(path)
+    lines = target.read_text(encoding="utf-8", errors="strict").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = load_json(line, f"{what} {target} line {number}")
+        except UserError:
+            if number == len(lines):  # torn by a kill during the last append: not data
+                continue
+            raise
+        if not isinstance(row, dict):
+            raise UserError(f"{what} {target} line {number}: expected a JSON object, got {type(row).__name__}")
+        if keep(row):
+            kept.append(strict_json_line(row))
+    atomic_write_bytes(target, "".join(line + "\n" for line in kept).encode())
+    return len(kept)
