@@ -87,6 +87,23 @@ def check_writable(path: str | os.PathLike[str], what: str) -> Path:
     return target
 
 
+def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Like :func:`check_writable` for a folder that will receive files (it may exist already)."""
+    from .errors import UserError
+
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{what} {target}: is a file, not a folder")
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {target}: folder {probe} is not writable")
+    return target
+
+
 def folder_mode() -> int:
     """Permission bits of a new folder under the current umask (``mkdtemp`` would give 0700)."""
     return 0o777 & ~_current_umask()
