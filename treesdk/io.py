@@ -156,8 +156,10 @@ def atomic_save_safetensors(
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """JSON-dump ``obj`` (indented, sorted keys) to ``path`` atomically."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """JSON-dump ``obj`` (indented, sorted keys) to ``path`` atomically, as strict JSON (NaN/inf
+    floats become ``null``; Python's ``NaN``/``Infinity`` tokens are not JSON)."""
+    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def finite_or_none(value: Any) -> Any:
