@@ -134,3 +134,55 @@ def refuse_changed_config(run_dir: str | Path, stored: Mapping[str, Any], new: M
             f"continues the same training; only {', '.join(HARMLESS_ON_RESUME[:4])} and where it runs may change. "
             "Start a new run (another --out) to train differently"
         )
+
+
+LOCK_NAME = ".treesdk-run.lock"
+
+
+class RunLock:
+    """``RUN/.treesdk-run.lock`` (holding the owner's pid and host), created with ``O_EXCL``: a
+    second ``treesdk train`` (a new run or a ``--resume``) on the same folder while the first is
+    alive is refused; a lock left by a process that no longer exists on this host is taken over."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        import os
+        import socket
+
+        from .io import _alive
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.path.read_text(errors="replace").split()
+                pid = int(owner[0]) if owner and owner[0].isdigit() else -1
+                same_host = len(owner) > 1 and owner[1] == socket.gethostname()
+                if same_host and pid > 0 and not _alive(pid):
+                    self.path.unlink(missing_ok=True)  # left by a killed run
+                    continue
+                raise UserError(
+                    f"--out {self.path.parent}: another treesdk run (pid {' on '.join(owner[:2]) or '?'}) is using this "
+                    f"folder; wait for it to end (or delete {self.path} if that run is gone)"
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(me)
+            self.held = True
+            return self
+        raise UserError(f"--out {self.path.parent}: could not take {self.path}")  # pragma: no cover
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
