@@ -78,7 +78,7 @@ def check_algorithm(name: str) -> None:
     from pathlib import Path as _Path
 
     from treesdk import registry
-    from treesdk.recipe import read_recipe_file
+    from treesdk.recipes.loading import read_recipe_file
 
     if _Path(name).suffix.lower() in {".yaml", ".yml", ".json"}:
         read_recipe_file(name)

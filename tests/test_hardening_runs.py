@@ -15,7 +15,7 @@ import pytest
 from _hardening_plugins import fake_distribution
 from typer.testing import CliRunner
 
-from treesdk.checkpoint import list_checkpoints
+from treesdk.training.checkpoint import list_checkpoints
 from treesdk.run_folders import claim_run_dir, sanitize_run_name
 from treesdk_cli.main import app
 
@@ -48,7 +48,7 @@ def test_a_signal_stopped_run_checkpoints_and_exits_non_zero(plugins):
     """Class 3: SIGINT/SIGTERM finish the iteration, write its checkpoint, and exit 130/143, so
     ``treesdk train && treesdk export`` does not export an unfinished run. The signal lands inside
     iteration 1 by construction: the reward waits for the test between two files."""
-    from treesdk.trainer import Run
+    from treesdk.training.trainer import Run
 
     assert Run(None, 1, interrupted=True, stop_signal=signal.SIGTERM).exit_code == 143
     assert Run(None, 1, interrupted=True, stop_signal=None).exit_code == 143  # stopped on another rank's signal

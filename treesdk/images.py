@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .io import atomic_write_bytes
+
 
 def make_grid(images: Tensor, nrow: int, scale: int = 1, padding: int = 1) -> Tensor:
     """Tile ``images`` into one uint8 image ``[H', W', 3]``.
@@ -69,8 +71,6 @@ def save_grid(
     integer that makes a tile at least ``min_size`` pixels. Tiles are separated by a white border.
     """
     from PIL import Image
-
-    from .io import atomic_write_bytes
 
     fmt = image_format(path)
     if images.ndim != 4:

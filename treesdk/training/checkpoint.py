@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .errors import CheckpointError, NonFiniteWeightsError
-from .io import atomic_save_safetensors, atomic_write_json
+from treesdk.errors import CheckpointError, NonFiniteWeightsError
+from treesdk.io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
 _log = logging.getLogger("treesdk")
@@ -143,7 +143,7 @@ def verify_checkpoint(folder: str | Path) -> None:
     ``state.json`` unreadable, a file missing, a size or SHA-256 that differs from the record in
     ``state.json`` (or, for checkpoints without the record, a safetensors file whose header does
     not account for its bytes). Results are cached while the files are unchanged."""
-    from .safe_load import read_json_file
+    from treesdk.safe_load import read_json_file
 
     folder = Path(folder)
     state_file = folder / "state.json"
@@ -203,7 +203,7 @@ def load_trainable(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def read_state(folder: str | Path) -> dict[str, Any]:
     """``state.json`` of checkpoint ``folder`` (verified as :func:`latest_checkpoint` does)."""
-    from .safe_load import read_json_file
+    from treesdk.safe_load import read_json_file
 
     return read_json_file(latest_checkpoint(folder) / "state.json", "checkpoint state")
 
@@ -259,7 +259,7 @@ def save_checkpoint(
     """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``.
 
     ``optimizer`` is the optimiser or its (full, unsharded) ``state_dict()``, e.g. one gathered
-    under FSDP by :meth:`treesdk.distributed.FullyShardedTraining.full_optimizer_state`."""
+    under FSDP by :meth:`treesdk.training.distributed.FullyShardedTraining.full_optimizer_state`."""
     final = checkpoint_dir(run_dir, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(".tmp-iter_*"):  # left by a writer killed mid-checkpoint
