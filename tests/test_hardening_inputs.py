@@ -147,7 +147,8 @@ def test_comfyui_nodes_run_with_their_defaults_and_refuse_a_merged_file_as_lora(
     import torch
     from safetensors.torch import save_file
 
-    from treesdk import comfyui_pack, nodes
+    from treesdk import nodes
+    from treesdk.nodes import comfyui_pack
 
     spec = nodes.get_node("backend:flux")
     optional = spec.input_types()["optional"]

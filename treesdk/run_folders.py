@@ -21,6 +21,8 @@ from typing import Any
 
 from .errors import UserError
 
+#: the lock file of a live run inside its folder (see :class:`RunLock`)
+LOCK_NAME = ".treesdk-run.lock"
 #: longest run name kept (characters), before the time stamp
 MAX_NAME = 80
 
@@ -72,19 +74,18 @@ def check_out_dir(out: str | Path, resume: bool, restarted: bool = False) -> Non
         return
     if restarted or not folder.is_dir():
         return
-    held = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name != LOCK_NAME)
     if held:
         shown = ", ".join(held[:5]) + (" ..." if len(held) > 5 else "")
         raise UserError(f"--out {folder} is not empty (it holds {shown}): pass --resume to continue the run in it, "
                         "or name a new folder; treesdk never mixes two runs in one folder")
 
 
-#: configuration fields (dotted paths of config.json) that may change when a run is resumed: they
-#: say how long to run and what to write, not how to train
+#: configuration fields (dotted paths of config.json, a RunConfig) that may change when a run is
+#: resumed: they say how long to run, where, what to write and what to evaluate, not how to train
 HARMLESS_ON_RESUME = (
-    "iters", "checkpoint_every", "keep_checkpoints", "export_format", "device", "backend.options.device",
-    "nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "max_restarts", "world_size", "out", "resume",
-    "allow_changes",
+    "iters", "checkpoint", "export", "launch", "logging", "device", "backend.options.device",
+    "backend.describe", "eval_rewards",
 )
 
 
@@ -131,12 +132,10 @@ def refuse_changed_config(run_dir: str | Path, stored: Mapping[str, Any], new: M
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise UserError(
             f"--resume {run_dir}: the configuration differs from the run's config.json ({shown}). A resumed run "
-            f"continues the same training; only {', '.join(HARMLESS_ON_RESUME[:4])} and where it runs may change. "
-            "Start a new run (another --out) to train differently"
+            "continues the same training; only --iters, checkpointing, export, evaluation rewards and where it runs "
+            "may change. Pass --allow-config-change to train on differently, or start a new run (another --out)"
         )
 
-
-LOCK_NAME = ".treesdk-run.lock"
 
 
 class RunLock:

@@ -214,14 +214,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return read_mapping_file(path, "config file")
 
 
-def run_config_from_data(data: Mapping[str, Any], source: str = "<config>") -> RunConfig:
-    """A :class:`RunConfig` from parsed data; :class:`RunConfigError` naming each bad field."""
+def run_config_from_data(data: Mapping[str, Any], source: str = "<config>",
+                         flags: Mapping[str, str] | None = None) -> RunConfig:
+    """A :class:`RunConfig` from parsed data; :class:`RunConfigError` naming each bad field (by
+    the command-line flag that set it when ``flags`` maps its dotted name to one, e.g.
+    ``{"iters": "--iters"}``)."""
     try:
         return RunConfig.model_validate(dict(data))
     except ValidationError as exc:
-        lines = [f"invalid run file {source!r}:"]
+        lines = [f"invalid run file {source!r}:" if source != "<command line>" else "invalid command line:"]
         for item in exc.errors():
             loc = ".".join(str(p) for p in item["loc"]) or "(run)"
+            loc = (flags or {}).get(loc, loc)
             got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {excerpt(item.get('input'))})"
             lines.append(f"  {loc}: {item['msg'].removeprefix('Value error, ')}{got}")
         raise RunConfigError("\n".join(lines)) from None

@@ -70,6 +70,47 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
     )
 
 
+def check_parts(prompts: Any, rewards: Mapping[str, Any], weights: Mapping[str, float] | None) -> None:
+    """Python API arguments of a run: ``prompts`` a list (one string would be read character by
+    character) and ``weights`` only for rewards that are passed."""
+    from treesdk.errors import UserError
+    from treesdk.safe_load import excerpt
+
+    if isinstance(prompts, (str, bytes)):
+        raise UserError(f"prompts: got one string ({excerpt(prompts, 60)}), which would be read character by "
+                        "character; pass a list of prompts, e.g. [\"a cat\"]")
+    unknown = sorted(set(weights or {}) - set(rewards))
+    if unknown:
+        raise UserError(f"weights name {unknown}, which are not among the rewards {sorted(rewards)}; "
+                        "give a weight for a reward that is passed in `rewards`")
+
+
+def precheck_run_config(config: RunConfig) -> None:
+    """Check what can be checked before any model loads (each error names the flag or file): the
+    prompts, the option keys of the rewards named, the backend's option keys, and the recipe (fully
+    for a recipe file, the paths of the overrides for a preset, whose values the backend's scale
+    defaults may still change)."""
+    from treesdk.errors import UserError
+
+    if config.prompts.items is not None or config.prompts.file is not None:
+        config.prompts.load([])
+    factory = registry.load("backend", config.backend.name)
+    registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
+    named = {**config.rewards, **(config.eval_rewards or {})}
+    for name, reward in named.items():
+        options = {**config.reward_options.get(name, {}), **reward.options}
+        registry.check_options("reward", name, registry.load("reward", name), options, f"--reward-opt {name}:KEY")
+    if isinstance(config.recipe, str) and Path(config.recipe).suffix.lower() in {".yaml", ".yml", ".json"}:
+        config.resolve_recipe()
+    elif isinstance(config.recipe, str):
+        try:
+            config.resolve_recipe({})  # an unknown preset or a bad override path fails here
+        except UserError:
+            raise
+        except ValueError:  # a value the backend's defaults may still change: judged after it loads
+            pass
+
+
 # ---------------------------------------------------------------------------------------------
 # rebuilding a trained policy
 
