@@ -5,6 +5,7 @@
   its signal between the two, so the signal lands inside an iteration by construction (an event),
   not after a guessed delay.
 * ``exits-at-import`` (reward): a module that calls ``sys.exit(3)`` when imported.
+* ``nan-later`` (reward): brightness, then NaN from its N-th call (:class:`NaNLater`).
 * ``mixture`` (backend) and ``brightness`` (reward): the analytic pair of :mod:`analytic`.
 """
 
@@ -24,6 +25,7 @@ mixture = analytic:MixtureFlow
 brightness = analytic:BrightnessReward
 gated-brightness = _hardening_plugins:GatedBrightness
 exits-at-import = _exit_at_import:Reward
+nan-later = _hardening_plugins:NaNLater
 """
 
 
@@ -52,3 +54,19 @@ class GatedBrightness(BrightnessReward):
             while not Path(go).exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
         return super().score(images, prompts)
+
+
+class NaNLater(BrightnessReward):
+    """Brightness until call ``from_call`` (1-based; call 1 is the evaluation before training),
+    then NaN: a reward that breaks in the middle of a run."""
+
+    name = "nan-later"
+
+    def __init__(self, from_call: int = 3) -> None:
+        super().__init__()
+        self.from_call, self.calls = from_call, 0
+
+    def score(self, images, prompts):  # noqa: ANN001, ANN201
+        self.calls += 1
+        values = super().score(images, prompts)
+        return values * float("nan") if self.calls >= self.from_call else values
