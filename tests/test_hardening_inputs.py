@@ -166,3 +166,40 @@ def test_comfyui_nodes_run_with_their_defaults_and_refuse_a_merged_file_as_lora(
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2)}, str(merged))
     with pytest.raises(ValueError, match="Load Diffusion Model"):
         comfyui_pack.load_lora(str(merged), 1.0, model=object())
+
+
+def test_bench_checks_its_inputs_before_training(tmp_path):
+    """Class 4: ``bench`` refuses an unwritable ``--out``, a missing prompt file, an unknown
+    algorithm and bad numbers at once, not after minutes of training."""
+    (tmp_path / "a-file").write_text("")
+    for args, words in ((["--out", str(tmp_path / "a-file" / "bench")], ["--out", "is a file"]),
+                        (["--prompts", str(tmp_path / "absent.txt")], ["absent.txt"]),
+                        (["--algo", "no-such-algo"], ["no-such-algo"]),
+                        (["--set", "tree.k=["], ["--set tree.k"])):
+        out = one_line_error(runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args]))
+        assert all(word in out for word in words), out
+    assert "--batch" in one_line_error(runner.invoke(app, ["bench", "--batch", "0"]), code=2)
+    assert not (tmp_path / "b").exists()
+
+
+def test_python_api_refuses_a_string_of_prompts_and_weights_of_unknown_rewards():
+    """Class 6: ``prompts="a cat"`` would train on the letters; ``weights`` for a reward that is
+    not passed would be ignored."""
+    import treesdk
+    from analytic import BrightnessReward, MixtureFlow
+
+    rewards = {"brightness": BrightnessReward()}
+    with pytest.raises(UserError, match="one string"):
+        treesdk.train("grpo", MixtureFlow(), rewards, "a cat", iters=1, batch=1)
+    with pytest.raises(UserError, match="weights name \\['typo'\\]"):
+        treesdk.train("grpo", MixtureFlow(), rewards, ["a cat"], weights={"typo": 1.0}, iters=1, batch=1)
+
+
+def test_a_missing_reward_checkpoint_reads_as_english():
+    """Class 8: the message of a reward whose weights are not on disk ("no the LAION ..." before)."""
+    from treesdk_plugins.aesthetic import _FORMAT, FILENAME
+    from treesdk_plugins.common import resolve_file
+
+    with pytest.raises(FileNotFoundError) as missing:
+        resolve_file(None, filename=FILENAME, repo_id=None, what=_FORMAT, option="checkpoint")
+    assert str(missing.value).startswith("could not find the LAION aesthetic") and "checkpoint=" in str(missing.value)
