@@ -196,3 +196,24 @@ def test_base_model_metadata_is_resolved_so_check_works_from_any_folder(run, tmp
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert "OK" in ok(runner.invoke(app, ["export", "--check", str(out)]))
+
+
+class _Payload:
+    """Pickles into a call of ``os.system``: what a malicious reward checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    """Kept from before: torch checkpoints of rewards are read with ``weights_only=True``."""
+    from treesdk_plugins.common import load_torch_checkpoint
+
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_torch_checkpoint(tmp_path / "evil.pt", "a reward checkpoint")
+    assert not marker.exists()
