@@ -21,6 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from treesdk import nodes
 from treesdk.recipes import RecipeError, load_recipe, parts
 from treesdk_cli.main import app
 
@@ -42,12 +43,14 @@ def custom_parts(tmp_path_factory):
     done = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", str(source))
     assert done.returncode == 0, done.stdout + done.stderr
     importlib.invalidate_caches()
+    nodes.refresh()  # the node catalogue caches the plugins it found
     try:
         yield EXAMPLE / "rank_tree.yaml"
     finally:
         undone = _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
         importlib.invalidate_caches()
         sys.modules.pop("treesdk_custom_parts", None)
+        nodes.refresh()
         assert undone.returncode == 0, undone.stdout + undone.stderr
 
 
