@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.errors import StateDictMismatchError
 from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
@@ -354,7 +355,7 @@ class DiffusersBackend(VelocityModel):
         diff = diff_state_dicts(targets, state)
         missing, unexpected = diff.missing, diff.unexpected
         if missing or unexpected:
-            raise KeyError(
+            raise StateDictMismatchError(
                 f"{self.family} trainable state does not match: missing {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
