@@ -133,13 +133,13 @@ def train_command(
             worker = launch.strip_launch_flags(argv[argv.index("train"):])
             run_dir = out
             if run_dir is None:  # one folder for every rank, node and restart
-                from treesdk.run_folders import default_run_dir
+                from treesdk.training.run_folders import default_run_dir
 
                 name = run_config.recipe if isinstance(run_config.recipe, str) else run_config.recipe.name
                 run_dir = default_run_dir(Path(name).stem)
                 worker += ["--out", str(run_dir)]
             else:
-                from treesdk.run_folders import check_out_dir
+                from treesdk.training.run_folders import check_out_dir
 
                 check_out_dir(run_dir, resume)
             args = launch.torchrun_argv(
@@ -171,7 +171,7 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
 
     Everything that can be checked without the model is checked first (the run folder, prompts,
     reward options, the recipe's overrides), so a bad input fails at once and writes nothing."""
-    from treesdk.run_folders import check_out_dir, claim_run_dir, refuse_changed_config
+    from treesdk.training.run_folders import check_out_dir, claim_run_dir, refuse_changed_config
     from treesdk.training import distributed
     from treesdk.training.config import read_run_config
     from treesdk.training.runs import build_run_parts, precheck_run_config
@@ -235,7 +235,7 @@ def keep_previous_config(run_dir: Path, stored: Any, new: Any) -> None:
     import time
 
     from treesdk.io import atomic_write_bytes
-    from treesdk.run_folders import config_changes
+    from treesdk.training.run_folders import config_changes
 
     if not config_changes(stored.model_dump(mode="json"), new.model_dump(mode="json")):
         return

@@ -17,7 +17,7 @@ from _hardening_plugins import fake_distribution
 from typer.testing import CliRunner
 
 from treesdk.training.checkpoint import list_checkpoints
-from treesdk.run_folders import claim_run_dir, sanitize_run_name
+from treesdk.training.run_folders import claim_run_dir, sanitize_run_name
 from treesdk_cli.main import app
 
 TESTS = Path(__file__).parent
@@ -112,7 +112,7 @@ def test_a_run_folder_belongs_to_one_run(plugins, finished):
     """Class 1: ``--out`` of an existing run without ``--resume`` is refused before anything is
     loaded or written; so is a second live run on the folder (its lock), while a lock left by a
     dead process is taken over."""
-    from treesdk.run_folders import LOCK_NAME
+    from treesdk.training.run_folders import LOCK_NAME
 
     before = snapshot(finished)
     out = failed(train(plugins, "--reward", "brightness", "--iters", "2", "--out", str(finished)))
@@ -127,6 +127,13 @@ def test_a_run_folder_belongs_to_one_run(plugins, finished):
     result = train(plugins, "--resume", "--iters", "3", "--out", str(finished))
     assert result.exit_code == 0, result.output
     assert not (finished / LOCK_NAME).exists()
+    nothing_saved = plugins / "failed-early"
+    nothing_saved.mkdir()
+    (nothing_saved / "config.json").write_text((finished / "config.json").read_text())
+    out = failed(train(plugins, "--resume", "--out", str(nothing_saved)))
+    assert "has no checkpoint" in out and "new folder" in out
+    out = failed(train(plugins, "--resume", "--out", str(plugins / "absent")))
+    assert "holds no run" in out
 
 
 def test_resume_continues_the_same_configuration_only(plugins, finished):

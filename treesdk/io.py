@@ -32,7 +32,7 @@ def temp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +55,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if not match or _alive(int(match.group(1))):
+        if not match or process_alive(int(match.group(1))):
             continue
         if match.group(2) == "old" and not target.exists():
             os.replace(entry, target)

@@ -37,7 +37,7 @@ import torch
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe, parts
 from treesdk.rewards import score_images
-from treesdk.run_folders import RunLock, check_out_dir
+from treesdk.training.run_folders import RunLock, check_out_dir
 from treesdk.sampler import sample_forest_for_recipe
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective

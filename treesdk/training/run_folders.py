@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from treesdk.errors import UserError
 
 #: the lock file of a live run inside its folder (see :class:`RunLock`)
 LOCK_NAME = ".treesdk-run.lock"
@@ -69,8 +69,13 @@ def check_out_dir(out: str | Path, resume: bool, restarted: bool = False) -> Non
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder}: is a file, not a run folder")
     if resume:
+        from treesdk.training.checkpoint import list_checkpoints
+
         if not (folder / "config.json").is_file():
             raise UserError(f"--resume: {folder} holds no run to continue (no config.json); drop --resume to start one there")
+        if not list_checkpoints(folder):
+            raise UserError(f"--resume: {folder} has no checkpoint (its run stopped before the first one): start the run "
+                            "again in a new folder (or delete this one)")
         return
     if restarted or not folder.is_dir():
         return
@@ -102,7 +107,7 @@ def config_changes(stored: Mapping[str, Any], new: Mapping[str, Any],
                    harmless: Iterable[str] = HARMLESS_ON_RESUME) -> list[str]:
     """``"field: stored -> new"`` for every dotted field that differs, leaving out ``harmless``
     fields and their sub-fields. Lists compare as values (``[1, 2]`` vs ``(1, 2)`` are equal)."""
-    from .safe_load import excerpt
+    from treesdk.safe_load import excerpt
 
     allowed = tuple(harmless)
 
@@ -151,7 +156,7 @@ class RunLock:
         import os
         import socket
 
-        from .io import _alive
+        from treesdk.io import process_alive
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = f"{os.getpid()} {socket.gethostname()}\n"
@@ -162,7 +167,7 @@ class RunLock:
                 owner = self.path.read_text(errors="replace").split()
                 pid = int(owner[0]) if owner and owner[0].isdigit() else -1
                 same_host = len(owner) > 1 and owner[1] == socket.gethostname()
-                if same_host and pid > 0 and not _alive(pid):
+                if same_host and pid > 0 and not process_alive(pid):
                     self.path.unlink(missing_ok=True)  # left by a killed run
                     continue
                 raise UserError(
