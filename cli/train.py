@@ -171,9 +171,9 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
 
     Everything that can be checked without the model is checked first (the run folder, prompts,
     reward options, the recipe's overrides), so a bad input fails at once and writes nothing."""
-    from treesdk.training.run_folders import check_out_dir, claim_run_dir, refuse_changed_config
     from treesdk.training import distributed
     from treesdk.training.config import read_run_config
+    from treesdk.training.run_folders import check_out_dir, claim_run_dir, refuse_changed_config
     from treesdk.training.runs import build_run_parts, precheck_run_config
     from treesdk.training.trainer import Trainer
 
@@ -184,6 +184,8 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
         config = config.model_copy(update={"device": str(ctx.device)})  # one GPU per rank: cuda:LOCAL_RANK
     parts = build_run_parts(config)
     vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
+    if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
+        raise ValueError(f"backend {vm.name!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     if resume and ctx.is_main:
         stored = read_run_config(out)
         if allow_config_change:
@@ -193,8 +195,6 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
     if out is None and ctx.is_main:
         out = claim_run_dir(recipe.name)  # runs/<safe name>-<time>[-N], never shared with another run
     run_dir = ctx.broadcast_object(out)  # rank 0 names (and creates) the folder
-    if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
-        raise ValueError(f"backend {vm.name!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights
     resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
     weights = {n: r.weight for n, r in parts.config.rewards.items()}

@@ -37,7 +37,6 @@ import torch
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe, parts
 from treesdk.rewards import score_images
-from treesdk.training.run_folders import RunLock, check_out_dir
 from treesdk.sampler import sample_forest_for_recipe
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective
@@ -47,6 +46,7 @@ from treesdk.training.evaluate import decode_chunked, evaluate
 from treesdk.training.export import default_export_name, export_run
 from treesdk.training.metadata import export_metadata
 from treesdk.training.metrics import MetricsLog, StopRequest
+from treesdk.training.run_folders import RunLock, check_out_dir
 from treesdk.training.runs import RunParts, build_run_parts, check_parts
 from treesdk.training.update import policy_update
 from treesdk.images import save_grid
