@@ -26,8 +26,9 @@ from .errors import UserError
 MAX_CONFIG_BYTES = 1 << 20
 #: largest prompt file read (bytes)
 MAX_PROMPT_BYTES = 64 << 20
-#: largest number of values (mappings, lists, scalars) a parsed document may expand to
-MAX_NODES = 100_000
+#: largest number of values (mappings, lists, scalars) a parsed document may expand to: more than a
+#: 1 MiB file can spell out, so only aliases repeating sub-trees reach it
+MAX_NODES = 1_000_000
 #: longest excerpt of an input echoed in an error message (characters)
 EXCERPT_CHARS = 120
 

@@ -38,7 +38,7 @@ from treesdk.io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
 _log = logging.getLogger("treesdk")
-_VERIFIED: dict[tuple[str, int, int], None] = {}  # (state.json path, size, mtime_ns) of verified checkpoints
+_VERIFIED: set[tuple[tuple[str, int, int], ...]] = set()  # (path, size, mtime_ns) of each file of verified checkpoints
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,7 @@ def verify_checkpoint(folder: str | Path) -> None:
     folder = Path(folder)
     state_file = folder / "state.json"
     try:
-        stat = state_file.stat()
-        key = (str(state_file.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file())
         if key in _VERIFIED:
             return
         state = read_json_file(state_file, "checkpoint state")
@@ -177,7 +176,7 @@ def verify_checkpoint(folder: str | Path) -> None:
             problem = _check_safetensors_structure(file)
             if problem:
                 raise CheckpointError(f"checkpoint {folder} is damaged: {problem}")
-    _VERIFIED[key] = None
+    _VERIFIED.add(key)
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path) -> None:
