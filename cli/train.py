@@ -120,7 +120,9 @@ def train_command(
         if resume and config is None and (out / "config.json").is_file():
             stored = str(out / "config.json")  # the run's own configuration, flags on top
         run_config = build_config(config or stored, flags)
-    lc = run_config.launch
+        lc = run_config.launch
+        launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
+                             rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts)  # checks, one process too
     if launch.needs_launch(lc.nproc_per_node, lc.nnodes, lc.max_restarts):
         with clean_errors():
             if resume and out is None:

@@ -164,7 +164,7 @@ def test_cli_launches_two_ranks_through_torchrun(straight):
     [
         (["--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
         (["--nnodes", "2", "--rdzv-endpoint", "n0:29500", "--node-rank", "5"], "--node-rank 5: must be in 0..1"),
-        (["--nproc-per-node", "0", "--nnodes", "2", "--rdzv-endpoint", "n0:1"], "--nproc-per-node: Input should be greater than or equal to 1"),
+        (["--nproc-per-node", "0", "--nnodes", "2", "--rdzv-endpoint", "n0:1"], "need at least 1 process per node"),
     ],
 )
 def test_cli_launcher_flags_are_checked_before_anything_starts(flags, message):

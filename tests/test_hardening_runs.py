@@ -212,6 +212,9 @@ def test_metrics_are_strict_json_and_rewritten_atomically(plugins, finished, mon
     (["--seed", "-1"], ["--seed"]),
     (["--iters", "0"], ["--iters"]),
     (["--checkpoint-every", "-1"], ["--checkpoint-every"]),
+    (["--keep-checkpoints", "0"], ["--keep-checkpoints"]),
+    (["--nproc-per-node", "0"], ["--nproc-per-node 0"]),
+    (["--max-restarts", "-1"], ["--max-restarts -1"]),
 ])
 def test_bad_input_fails_before_the_model_loads_and_writes_nothing(plugins, monkeypatch, flags, words):
     """Class 4 (and 3, numeric flags): every input that can be checked without the model is
