@@ -68,8 +68,6 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
 FLAG_OF_FIELD = {
     "iters": ("--iters", "iters"), "batch": ("--batch", "batch"), "seed": ("--seed", "seed"),
     "checkpoint.every": ("--checkpoint-every", "checkpoint_every"), "checkpoint.keep": ("--keep-checkpoints", "keep_checkpoints"),
-    "launch.nproc_per_node": ("--nproc-per-node", "nproc_per_node"), "launch.nnodes": ("--nnodes", "nnodes"),
-    "launch.node_rank": ("--node-rank", "node_rank"), "launch.max_restarts": ("--max-restarts", "max_restarts"),
     "export.format": ("--export-format", "export_format"), "device": ("--device", "device"),
 }
 
