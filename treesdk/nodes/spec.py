@@ -20,6 +20,8 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
+from treesdk.safe_load import excerpt
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -336,7 +338,7 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
         loc = ".".join(str(p) for p in item["loc"]) or "-"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] not in {"missing"} and "input" in item and not isinstance(item["input"], Mapping):
-            message += f" (got {item['input']!r})"
+            message += f" (got {excerpt(item['input'])})"
         out.append((loc, message))
     return out
 
