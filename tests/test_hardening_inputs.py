@@ -84,9 +84,13 @@ def test_an_alias_bomb_is_refused_before_it_is_walked():
         load_yaml("a: &a [1, *a]", "loop")
 
 
-def test_a_plugin_calling_sys_exit_at_import_hides_nothing(tmp_path, monkeypatch):
+def test_a_plugin_calling_sys_exit_at_import_hides_nothing(tmp_path, monkeypatch, request):
     """Class 6: ``sys.exit()`` while a plugin imports is that plugin's error; the others load."""
+    from treesdk import nodes
+
     monkeypatch.syspath_prepend(str(fake_distribution(tmp_path / "site")))
+    nodes.refresh()  # the node catalogue caches the plugins it found
+    request.addfinalizer(nodes.refresh)  # forget the test's plugins again
     result = runner.invoke(app, ["plugins", "--kind", "reward", "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
