@@ -1,0 +1,1 @@
+"""Conformance suite for treesdk backends (see docs/backends.md)."""
