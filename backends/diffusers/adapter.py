@@ -61,7 +61,8 @@ class FamilyAdapter:
     naming it.
 
     The backend sets, before any other call: :attr:`pipe` (the loaded pipeline), :attr:`device`,
-    :attr:`dtype` (the model dtype) and :attr:`resolution` (``(height, width)`` in pixels).
+    :attr:`dtype` (the model dtype), :attr:`resolution` (``(height, width)`` in pixels) and
+    :attr:`backend` (the owning backend; :attr:`transformer` is its transformer).
     """
 
     #: family name, e.g. ``"flux"`` (the key in ``treesdk.diffusers_families``)
@@ -81,6 +82,11 @@ class FamilyAdapter:
     #: key layout of the merged single-file export (``comfyui`` format) in
     #: :mod:`treesdk_backends.keymaps` (``"flux"``, ``"sd3"``), or None: no single-file export
     single_file_layout: ClassVar[str | None] = None
+
+    #: tolerances (max abs difference, fp32 on CPU) the conformance suite holds this family to:
+    #: ODE sampling through treesdk vs the pipeline, and a velocity row in a batch vs alone
+    parity_atol: ClassVar[float] = 1e-5
+    batch_atol: ClassVar[float] = 1e-5
 
     pipe: Any
     device: torch.device
@@ -102,7 +108,9 @@ class FamilyAdapter:
 
     @property
     def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
+        """The backend's transformer (``pipe.transformer`` unless the backend swapped it)."""
+        backend = getattr(self, "backend", None)
+        return backend.transformer if backend is not None else self.pipe.transformer
 
     @property
     def vae_scale_factor(self) -> int:

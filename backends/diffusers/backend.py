@@ -110,6 +110,7 @@ class DiffusersFlowBackend(DiffusersBackend):
         self.transformer = self.pipe.transformer
         self.offload_text_encoders = bool(offload_text_encoders)
         self.adapter.pipe, self.adapter.device, self.adapter.dtype = self.pipe, self._device, self.dtype
+        self.adapter.backend = self
 
         multiple = self.adapter.resolution_multiple()
         self.resolution = int(resolution or self.adapter.default_resolution())
