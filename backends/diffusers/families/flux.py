@@ -68,6 +68,13 @@ class FluxAdapter(FamilyAdapter):
         self.guidance = float(guidance)
         self._img_ids: Tensor | None = None
 
+    @classmethod
+    def accepts(cls, model_index: dict[str, Any], folder: Any) -> bool:
+        """Checkpoints with a guidance embedding (FLUX.1-dev); FLUX.1-schnell is ``flux-schnell``."""
+        from .flux_schnell import has_guidance_embedding
+
+        return has_guidance_embedding(folder) is not False
+
     def resolution_multiple(self) -> int:
         return 2 * self.vae_scale_factor
 
