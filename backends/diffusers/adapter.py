@@ -153,6 +153,11 @@ class FamilyAdapter:
         ``linspace(1, 1/T, T)``), or None when it passes only ``num_inference_steps``."""
         return np.linspace(1.0, 1.0 / num_steps, num_steps)
 
+    def scheduler_overrides(self) -> dict[str, Any]:
+        """Scheduler config values the family's options replace in the backend's private scheduler
+        (e.g. ``{"shift": 3.0}``); default none."""
+        return {}
+
     def mu(self) -> float | None:
         """The ``mu=`` passed to ``set_timesteps`` (dynamic shifting), or None without it."""
         if not self.pipe.scheduler.config.get("use_dynamic_shifting", False):

@@ -19,6 +19,7 @@ Everything here is the same for FLUX.1, SD3, and every other pipeline built on
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,10 @@ class DiffusersFlowBackend(DiffusersBackend):
     name = "diffusers"
     #: adapter class fixed by :meth:`for_family` (None: chosen per checkpoint)
     adapter_class: type[FamilyAdapter] | None = None
+    #: ``lora`` and the merged ``diffusers`` folder always; ``comfyui`` (merged single file) where
+    #: the family has a single-file layout. On the class: what some family can write (the CLI
+    #: checks it before loading); on an instance: what its family writes.
+    export_formats: tuple[str, ...] = ("lora", "diffusers", "comfyui")
 
     def __init__(
         self,
@@ -100,6 +105,7 @@ class DiffusersFlowBackend(DiffusersBackend):
         except TypeError as exc:
             raise TypeError(f"{cls.family} backend: {exc} (family options of {cls.__name__})") from None
         self.family = cls.family
+        self.export_formats = _formats(cls)
         self.default_lora_targets = tuple(cls.lora_targets)
         if pipeline is None:
             self.pipe = self._load_pipeline(model, cls)
@@ -124,7 +130,8 @@ class DiffusersFlowBackend(DiffusersBackend):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         # a private scheduler of the pipeline's config: sigmas() must not disturb pipe.scheduler
-        self._scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        self._scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config,
+                                                                      **self.adapter.scheduler_overrides())
 
         self._setup_training(lora_rank, lora_alpha, lora_targets, gradient_checkpointing)
         self.transformer.to(self._device)
@@ -135,11 +142,19 @@ class DiffusersFlowBackend(DiffusersBackend):
             module.to("cpu" if self.offload_text_encoders else self._device)
         self._init_prompt_cache(prompt_cache_size)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family-bound subclass advertises its real options (generic ones + the adapter's), so
+        callers that inspect the signature (rebuilding a run's backend) pass only those."""
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("adapter_class") is not None:
+            cls.__signature__ = _signature(cls.adapter_class)
+
     @classmethod
     def for_family(cls, adapter: type[FamilyAdapter], name: str | None = None) -> type[DiffusersFlowBackend]:
         """A backend class bound to one family (registered as ``--backend <family>``)."""
         return type(f"{adapter.__name__.removesuffix('Adapter')}Backend", (cls,),
-                    {"adapter_class": adapter, "name": name or adapter.family, "__module__": adapter.__module__})
+                    {"adapter_class": adapter, "name": name or adapter.family, "__module__": adapter.__module__,
+                     "export_formats": _formats(adapter)})
 
     # -- construction --------------------------------------------------------------------------
 
@@ -190,12 +205,6 @@ class DiffusersFlowBackend(DiffusersBackend):
     def _text_encoders(self) -> list[torch.nn.Module]:
         names = self.adapter.text_encoder_names
         return [m for m in (getattr(self.pipe, n, None) for n in names) if isinstance(m, torch.nn.Module)]
-
-    @property
-    def export_formats(self) -> tuple[str, ...]:  # type: ignore[override]
-        """``lora`` and the merged ``diffusers`` folder always; ``comfyui`` (merged single file)
-        where the family has a single-file layout."""
-        return ("lora", "diffusers") + (("comfyui",) if self.adapter.single_file_layout else ())
 
     # -- geometry and grid ---------------------------------------------------------------------
 
@@ -309,6 +318,19 @@ class DiffusersFlowBackend(DiffusersBackend):
         if mu is not None:
             info["mu"] = float(mu)
         return info
+
+
+def _signature(adapter: type[FamilyAdapter]) -> inspect.Signature:
+    generic = [p for p in inspect.signature(DiffusersFlowBackend.__init__).parameters.values()
+               if p.name not in ("self", "family") and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(adapter.__init__).parameters.values()
+           if p.name != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    return inspect.Signature(generic + own)
+
+
+def _formats(adapter: type[FamilyAdapter]) -> tuple[str, ...]:
+    return ("lora", "diffusers") + (("comfyui",) if adapter.single_file_layout else ())
 
 
 def _read_model_index(folder: Path) -> dict[str, Any]:

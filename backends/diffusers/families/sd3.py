@@ -27,7 +27,8 @@ SD3_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 class SD3Adapter(FamilyAdapter):
     """SD3 / SD3.5. Options: ``guidance_scale`` (CFG, 4.5 as Flow-GRPO for SD3.5-Medium; ``<= 1``
-    disables it), ``negative_prompt`` (``""``), ``max_sequence_length`` (T5 tokens, 256)."""
+    disables it), ``negative_prompt`` (``""``), ``max_sequence_length`` (T5 tokens, 256), ``shift``
+    (the grid's static shift; None = the scheduler config's; the pipeline itself keeps its own)."""
 
     family = "sd3"
     pipeline_classes = ("StableDiffusion3Pipeline",)
@@ -36,18 +37,23 @@ class SD3Adapter(FamilyAdapter):
     lora_targets = SD3_LORA_TARGETS
     single_file_layout = "sd3"
 
-    def __init__(self, guidance_scale: float = 4.5, negative_prompt: str = "", max_sequence_length: int = 256) -> None:
+    def __init__(self, guidance_scale: float = 4.5, negative_prompt: str = "", max_sequence_length: int = 256,
+                 shift: float | None = None) -> None:
         super().__init__(max_sequence_length)
         self.guidance_scale = float(guidance_scale)
         self.negative_prompt = str(negative_prompt)
+        self._shift = None if shift is None else float(shift)
+
+    def scheduler_overrides(self) -> dict[str, Any]:
+        return {} if self._shift is None else {"shift": self._shift}
 
     def base_sigmas(self, num_steps: int) -> None:
         return None
 
     @property
     def shift(self) -> float:
-        """The scheduler's static time shift (3.0 for SD3/SD3.5)."""
-        return float(self.pipe.scheduler.config.shift)
+        """The static time shift: the ``shift`` option, else the scheduler's (3.0 for SD3/SD3.5)."""
+        return float(self.pipe.scheduler.config.shift if self._shift is None else self._shift)
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
