@@ -305,7 +305,7 @@ class DiffusersFlowBackend(DiffusersBackend):
     def pipeline_latents(self, prompts: Sequence[str], num_steps: int, seed: int) -> Tensor:
         """The family's own pipeline, ``output_type="latent"``, one generator seeded ``seed``, in the
         backend's latent convention ``[B, *latent_shape]`` (what ODE sampling must reproduce)."""
-        out = self.pipe(list(prompts), num_inference_steps=num_steps, output_type="latent",
+        out = self.pipe(prompt=list(prompts), num_inference_steps=num_steps, output_type="latent",
                         generator=torch.Generator().manual_seed(int(seed)), **self.adapter.pipeline_kwargs())
         latents = out.images if hasattr(out, "images") else out.frames if hasattr(out, "frames") else out[0]
         return self.adapter.pipeline_latents(latents)
