@@ -1,4 +1,4 @@
-"""What the diffusers backends (:mod:`treesdk_backends.flux`, :mod:`treesdk_backends.sd3`) share.
+"""The training plumbing of the generic diffusers backend (:mod:`treesdk_backends.diffusers`).
 
 * Finding a checkpoint: a local folder in the Hugging Face hub layout, or a repo id resolved in the
   local HF cache with ``local_files_only=True``. Weights are never downloaded; a missing or partial
@@ -9,8 +9,9 @@
   by disabling the adapter; trainable state dicts under peft's names
   (``get_peft_model_state_dict``: ``transformer_blocks.0.attn.to_q.lora_A.weight``, ...).
 
-Each backend file stays self-contained for its model's maths (packing, CFG, shifts); only the parts
-that are the same for both live here.
+A model family's maths (packing, CFG, shifts) lives in its adapter
+(:mod:`treesdk_backends.diffusers.families`); what is the same for every family lives here and in
+:class:`treesdk_backends.diffusers.DiffusersFlowBackend`.
 """
 
 from __future__ import annotations
@@ -204,10 +205,10 @@ def resolve_checkpoint(model: str | os.PathLike | None, default_repo: str, compo
 
 
 class DiffusersBackend(VelocityModel):
-    """Training-side plumbing shared by the FLUX and SD3 backends.
+    """Training-side plumbing of :class:`~treesdk_backends.diffusers.DiffusersFlowBackend`.
 
     Subclasses set, in their constructor, ``self.pipe`` (the diffusers pipeline), ``self.transformer``
-    (``self.pipe.transformer``), ``self.family`` (``"flux"`` or ``"sd3"``), ``self._device``,
+    (``self.pipe.transformer``), ``self.family`` (e.g. ``"flux"``), ``self._device``,
     ``self.dtype``, then call :meth:`_setup_training`, which sets ``self.lora_config`` (a peft
     ``LoraConfig``, or None for a full fine-tune).
     """
