@@ -361,7 +361,8 @@ def _split_lora_key(key: str) -> tuple[str, str] | None:
 
 
 class DiffusersTransformerLayout:
-    """:class:`treesdk.export.Layout` for FLUX and SD3 files: diffusers LoRA
+    """:class:`treesdk.export.Layout` for files of the diffusers families (FLUX and SD3 in both
+    layouts; the other families, named by the file's ``treesdk.family`` metadata, in diffusers names): diffusers LoRA
     (``transformer.<module>.lora_A/B.weight``), ComfyUI-style LoRA (``diffusion_model.<original
     module>`` or ``lora_unet_``/``lora_transformer_`` underscore names), the original BFL/SAI single
     file, and a plain diffusers transformer state dict.
@@ -375,6 +376,8 @@ class DiffusersTransformerLayout:
         keys = list(shapes)
         lora = any(_split_lora_key(k) for k in keys)
         family = metadata.get("treesdk.family") or None
+        if family is not None and family not in ORIGINAL_LAYOUT:
+            return self._inspect_diffusers_only(shapes, family, base_shapes, lora)
         if family not in ORIGINAL_LAYOUT and base_shapes is not None:
             family = detect_family(list(base_shapes))
         if family not in ORIGINAL_LAYOUT:
@@ -414,6 +417,26 @@ class DiffusersTransformerLayout:
             problems += _compare(names, base_diff)
         modules = sorted({k.rsplit(".", 1)[0] for k in names})
         return Inspection("diffusers-transformer", family, modules, None, problems)
+
+    def _inspect_diffusers_only(self, shapes, family, base_shapes, lora):  # noqa: ANN001
+        """A file written by treesdk for a family without an original single-file layout (its
+        ``treesdk.family`` metadata says which): diffusers names only, checked against a base in
+        diffusers names."""
+        from treesdk.export import Inspection
+
+        problems: list[str] = []
+        base_diff = None
+        if base_shapes is not None:
+            if is_original_layout(base_shapes):
+                problems.append(f"the {family} family has no original layout here: give the base in diffusers names")
+            else:
+                base_diff = {_strip_prefix(k): tuple(v) for k, v in base_shapes.items()}
+        if lora:
+            return self._inspect_lora(shapes, family, base_diff, None, problems, Inspection)
+        names = {_strip_prefix(k): v for k, v in shapes.items()}
+        if base_diff is not None:
+            problems += _compare(names, base_diff)
+        return Inspection("diffusers-transformer", family, sorted({k.rsplit(".", 1)[0] for k in names}), None, problems)
 
     @staticmethod
     def _module_of(key: str) -> str:

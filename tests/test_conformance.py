@@ -100,3 +100,12 @@ def test_digits_passes_check_backend():
     report = testing.check_backend(lambda: treesdk.load_backend("digits", device="cpu"))
     assert report["nfe"]["nfe"] == report["nfe"]["formula"]
     assert set(report) == {"shapes", "gradients", "state_roundtrip", "batch_invariance", "adapter_on_off", "nfe"}
+
+
+def test_export_check_reads_the_lora_against_the_base(family, tmp_path):
+    from treesdk.export import check_file
+
+    name, backend = family
+    lora = backend.export("lora", str(tmp_path / "lora.safetensors"), {"treesdk.backend": "diffusers"})[0]
+    report = check_file(lora, base=str(backend.model_path / "transformer"))
+    assert report.ok and report.family == name and report.format == "lora-diffusers" and report.rank == 4, report.problems
