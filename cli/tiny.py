@@ -49,7 +49,18 @@ def tiny(
         spec = families[family]
         path = spec(out, seed=seed)
         console.print(f"wrote a tiny {spec.pipeline} ({spec.description}) to {path}", highlight=False)
-        console.print(f"try: treesdk train --backend diffusers --model {path} --algo treegrpo", highlight=False)
+        console.print(f"try: {train_command(spec, path)}", highlight=False, soft_wrap=True)
+
+
+def train_command(spec, path: Path) -> str:
+    """A ``treesdk train`` line for the tiny pipeline at ``path``: its size, text length and frames
+    as flags (the pipeline defaults are the full-size model's), a reward that needs no weights."""
+    kwargs = dict(spec.call_kwargs)
+    flags = [f"--resolution {kwargs.pop('height')}"]
+    kwargs.pop("width", None)
+    flags += [f"--backend-opt {key}={value}" for key, value in kwargs.items()]
+    return (f"treesdk train --backend diffusers --model {path} --algo treegrpo --k 3 --d 3 --steps 4 "
+            f"--iters 2 --batch 1 --reward jpeg-compressibility {' '.join(flags)}")
 
 
 def register(app: typer.Typer) -> None:
