@@ -1,6 +1,6 @@
 """Wan2.1 text-to-video (``WanPipeline``): UMT5 prompt features, 5-D latents ``[B, C, F, h, w]`` of
 a causal video VAE, a 3-D patch transformer predicting ``noise - x0``, CFG, the scheduler's own
-shifted grid (``set_timesteps(T)``, flow shift 3 / 5).
+shifted grid (``set_timesteps(T)``, flow shift 3 / 5; the hub's UniPC scheduler: its flow sigmas).
 
 Decoding for rewards: the ``num_frames`` decoded frames are tiled into one image per video, row
 by row, ``ceil(sqrt(F))`` frames per row (unused cells black), so every image reward scores the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -85,8 +86,20 @@ class WanAdapter(FamilyAdapter):
         _, ph, pw = self.transformer.config.patch_size
         return f * (h // ph) * (w // pw)
 
-    def base_sigmas(self, num_steps: int) -> None:
-        return None
+    def base_sigmas(self, num_steps: int) -> np.ndarray | None:
+        """None (``set_timesteps(T)``, as the pipeline) for a ``FlowMatchEulerDiscreteScheduler``; for
+        the hub's ``UniPCMultistepScheduler`` (``use_flow_sigmas``, ``flow_shift``) the sigmas that
+        scheduler walks, from a copy of it (treesdk's Euler/SDE steps then run on the same grid; the
+        copy's config has no ``shift``, so the Euler scheduler does not shift them again)."""
+        scheduler = self.pipe.scheduler
+        if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+            return None
+        if not scheduler.config.get("use_flow_sigmas", False) or "shift" in scheduler.config:
+            raise ValueError(f"wan: scheduler {type(scheduler).__name__} is not a flow-sigma scheduler; use "
+                             "FlowMatchEulerDiscreteScheduler or UniPCMultistepScheduler(use_flow_sigmas=True)")
+        copy = type(scheduler).from_config(scheduler.config)
+        copy.set_timesteps(num_steps)
+        return copy.sigmas[:-1].double().numpy()
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
         embeds, _ = self.pipe.encode_prompt(prompt=prompts, negative_prompt=None, do_classifier_free_guidance=False,
