@@ -110,6 +110,7 @@ def check_merged_export(backend: DiffusersFlowBackend, atol: float = 1e-5) -> di
     from safetensors.torch import load_file
 
     from .. import keymaps
+    from ..diffusers_export import SAME_NAMES
 
     result: dict[str, Any] = {}
     with perturbed(backend, seed=22), tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +124,9 @@ def check_merged_export(backend: DiffusersFlowBackend, atol: float = 1e-5) -> di
         layout = backend.adapter.single_file_layout
         if layout is not None:
             files = backend.export("comfyui", str(Path(tmp) / "single.safetensors"), {})
-            state = keymaps.original_to_diffusers(load_file(files[0]), layout)
+            state = load_file(files[0])
+            if layout != SAME_NAMES:
+                state = keymaps.original_to_diffusers(state, layout)
             model = cls.from_config(backend.transformer.config).to(backend.dtype)
             model.load_state_dict(state, strict=True)
             with _using(backend, model.to(backend.device)):

@@ -39,6 +39,7 @@ class QwenImageAdapter(FamilyAdapter):
     default_repo = "Qwen/Qwen-Image"
     text_encoder_names = ("text_encoder",)
     lora_targets = QWEN_IMAGE_LORA_TARGETS
+    single_file_layout = "diffusers-names"  # ComfyUI's native Qwen-Image model uses diffusers' key names
     parity_atol = 2e-5
 
     def __init__(self, true_cfg_scale: float = 4.0, negative_prompt: str = " ", max_sequence_length: int = 512) -> None:
