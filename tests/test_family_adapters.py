@@ -56,6 +56,11 @@ def test_flux_dev_and_schnell_are_told_apart_by_the_guidance_embedding(tiny, fam
     assert backend.describe()["family"] == family
 
 
+def test_schnell_backend_refuses_a_dev_checkpoint(tiny):
+    with pytest.raises(ValueError, match="has a guidance embedding .*--backend flux"):
+        treesdk.load_backend("flux-schnell", model=str(tiny("flux")), resolution=32, dtype="float32", device="cpu")
+
+
 def test_wan_uses_the_sigmas_of_the_hub_unipc_scheduler(tiny, tmp_path):
     import shutil
 

@@ -42,6 +42,12 @@ class FluxSchnellAdapter(FluxAdapter):
     def accepts(cls, model_index: dict[str, Any], folder: Any) -> bool:
         return has_guidance_embedding(folder) is False
 
+    def latent_shape(self) -> tuple[int, ...]:
+        if self.transformer.config.guidance_embeds:
+            raise ValueError("flux-schnell: this FluxPipeline has a guidance embedding (FLUX.1-dev); "
+                             "use --backend flux (or --backend diffusers, which reads it from the checkpoint)")
+        return super().latent_shape()
+
     def pipeline_kwargs(self) -> dict[str, Any]:
         return {**super().pipeline_kwargs(), "guidance_scale": 0.0}
 
