@@ -12,9 +12,9 @@ Formats (``fmt``):
   here; the training model is never modified) as a ``save_pretrained``-style folder
   (``config.json`` + ``diffusion_pytorch_model.safetensors``) that ``from_pretrained`` loads.
 * ``comfyui``: the merged transformer as one safetensors file in the original BFL (FLUX) / SAI (SD3)
-  key layout, no prefix (:mod:`treesdk_backends.keymaps`), or in diffusers' own names for families
-  whose ComfyUI model uses them (Qwen-Image); only for families with such a layout (the adapter's
-  ``single_file_layout``).
+  key layout, no prefix (:mod:`treesdk_backends.keymaps`), the original Wan layout, or diffusers'
+  own names where ComfyUI's model uses them (Qwen-Image); only for families with such a layout
+  (the adapter's ``single_file_layout``, :mod:`treesdk_backends.single_file`).
 
 All writes are atomic (:mod:`treesdk.io`); a folder is written beside its target and renamed.
 """
@@ -34,13 +34,11 @@ from torch import Tensor
 
 from treesdk.io import atomic_save_safetensors
 
-from . import keymaps
+from . import keymaps, single_file
+from .single_file import SAME_NAMES
 
 #: formats :func:`export_transformer` writes
 FORMATS = ("lora", "diffusers", "comfyui")
-#: ``single_file_layout`` of a family whose ComfyUI-native single file uses diffusers' key names
-#: (Qwen-Image): the merged state dict is written as it is
-SAME_NAMES = "diffusers-names"
 #: file names used when ``path`` is a folder
 LORA_FILE = "pytorch_lora_weights.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -208,7 +206,7 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
     family = str(backend.family)
     adapter = getattr(backend, "adapter", None)
     layout = getattr(adapter, "single_file_layout", family) if adapter is not None else family
-    if fmt == "comfyui" and layout not in keymaps.ORIGINAL_LAYOUT and layout != SAME_NAMES:
+    if fmt == "comfyui" and layout not in single_file.LAYOUT_NAMES and layout != SAME_NAMES:
         raise ValueError(
             f"the {family} backend has no merged single-file layout (ComfyUI has no native loader for it); "
             f"export 'lora' or the merged 'diffusers' folder instead (single-file layouts: "
@@ -222,11 +220,8 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
         return [str(atomic_save_safetensors(state, target, meta))]
     if fmt == "comfyui":
         merged = merged_state_dict(transformer)
-        if layout == SAME_NAMES:  # the loader's native layout is diffusers' own key names
-            original, fmt_name = merged, f"comfyui-{family}"
-        else:
-            original, fmt_name = keymaps.diffusers_to_original(merged, layout), keymaps.ORIGINAL_LAYOUT[layout]
-        meta = _meta(metadata, fmt_name, family)
+        original = single_file.to_single_file(merged, layout)
+        meta = _meta(metadata, single_file.LAYOUT_NAMES.get(layout, f"comfyui-{family}"), family)
         target = _file_target(path, COMFYUI_FILE.get(family, f"{family}_treesdk.safetensors"))
         return [str(atomic_save_safetensors(original, target, meta))]
     if fmt == "diffusers":

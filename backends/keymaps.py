@@ -377,7 +377,7 @@ class DiffusersTransformerLayout:
         lora = any(_split_lora_key(k) for k in keys)
         family = metadata.get("treesdk.family") or None
         if family is not None and family not in ORIGINAL_LAYOUT:
-            return self._inspect_diffusers_only(shapes, family, base_shapes, lora)
+            return self._inspect_diffusers_only(shapes, family, base_shapes, lora, metadata.get("treesdk.format"))
         if family not in ORIGINAL_LAYOUT and base_shapes is not None:
             family = detect_family(list(base_shapes))
         if family not in ORIGINAL_LAYOUT:
@@ -418,10 +418,11 @@ class DiffusersTransformerLayout:
         modules = sorted({k.rsplit(".", 1)[0] for k in names})
         return Inspection("diffusers-transformer", family, modules, None, problems)
 
-    def _inspect_diffusers_only(self, shapes, family, base_shapes, lora):  # noqa: ANN001
-        """A file written by treesdk for a family without an original single-file layout (its
-        ``treesdk.family`` metadata says which): diffusers names only, checked against a base in
-        diffusers names."""
+    def _inspect_diffusers_only(self, shapes, family, base_shapes, lora, fmt=None):  # noqa: ANN001
+        """A file written by treesdk for a family other than FLUX/SD3 (its ``treesdk.family``
+        metadata says which): diffusers names, or a rename-only single-file layout
+        (:mod:`treesdk_backends.single_file`, named by ``treesdk.format``), checked against a base
+        in diffusers names."""
         from treesdk.export import Inspection
 
         problems: list[str] = []
@@ -433,10 +434,16 @@ class DiffusersTransformerLayout:
                 base_diff = {_strip_prefix(k): tuple(v) for k, v in base_shapes.items()}
         if lora:
             return self._inspect_lora(shapes, family, base_diff, None, problems, Inspection)
+        from .single_file import RENAME_LAYOUTS, from_single_file
+
         names = {_strip_prefix(k): v for k, v in shapes.items()}
+        layout = RENAME_LAYOUTS.get(fmt or "")
+        if layout is not None:
+            names = from_single_file(names, layout)
         if base_diff is not None:
             problems += _compare(names, base_diff)
-        return Inspection("diffusers-transformer", family, sorted({k.rsplit(".", 1)[0] for k in names}), None, problems)
+        modules = sorted({k.rsplit(".", 1)[0] for k in names})
+        return Inspection(fmt if layout else "diffusers-transformer", family, modules, None, problems)
 
     @staticmethod
     def _module_of(key: str) -> str:

@@ -1,7 +1,8 @@
-"""Merged single files of the families whose ComfyUI model uses diffusers' key names (Qwen-Image):
-loaded strictly into ComfyUI's own model class, they give the backend's velocity. Needs a ComfyUI
-checkout (``COMFYUI_PATH``); the format itself is covered without ComfyUI by
-``tests/test_conformance.py::test_merged_exports_give_the_trained_velocity``."""
+"""Merged single files of the families beyond FLUX/SD3 in the layout ComfyUI's native loader reads:
+Wan2.1 in its original layout (the exact inverse of diffusers' own single-file converter),
+Qwen-Image in diffusers' key names. With a ComfyUI checkout (``COMFYUI_PATH``) both are loaded
+strictly into ComfyUI's own model classes and give the backend's velocity; that the files load back
+into diffusers is ``tests/test_conformance.py::test_merged_exports_give_the_trained_velocity``."""
 
 from __future__ import annotations
 
@@ -17,43 +18,102 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from diffusers_fixtures import single_thread
+from test_conformance import backend_options
 
 import treesdk
+from treesdk.export import check_file
 from treesdk.testing import perturbed
+from treesdk_backends.diffusers_export import merged_state_dict
+from treesdk_backends.tiny import FAMILIES
+
+needs_comfyui = pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI checkout")
 
 
-@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI checkout")
-def test_qwen_image_single_file_runs_in_comfyuis_model(tmp_path):
-    from safetensors.torch import load_file
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
 
-    from test_conformance import backend_options
-    from treesdk_backends.tiny import FAMILIES
 
+def _comfy():
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
     import comfy.ops
+
+    return comfy.ops.disable_weight_init
+
+
+def _backend(family, tmp_path, **options):
+    path = FAMILIES[family](tmp_path / "model")
+    return treesdk.load_backend("diffusers", model=str(path), **{**backend_options(family), **options})
+
+
+def test_wan_single_file_is_what_diffusers_single_file_converter_inverts(tmp_path):
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from safetensors.torch import load_file
+
+    backend = _backend("wan", tmp_path)
+    with perturbed(backend, seed=1):
+        (file,) = backend.export("comfyui", str(tmp_path / "wan.safetensors"), {})
+        merged = merged_state_dict(backend.transformer)
+    single = load_file(file)
+    assert "blocks.0.self_attn.q.weight" in single and "head.head.weight" in single and "blocks.0.norm3.weight" in single
+    back = convert_wan_transformer_to_diffusers(dict(single))
+    assert set(back) == set(merged) and all(torch.equal(back[k], merged[k]) for k in merged)
+    report = check_file(file, base=str(backend.model_path / "transformer"))
+    assert report.ok and report.format == "wan-original" and report.family == "wan", report.problems
+
+
+@needs_comfyui
+def test_wan_single_file_runs_in_comfyuis_wan_model(tmp_path):
+    from safetensors.torch import load_file
+
+    operations = _comfy()
+    from comfy.ldm.wan.model import WanModel
+
+    backend = _backend("wan", tmp_path, guidance_scale=1.0)
+    c = backend.transformer.config
+    with perturbed(backend, seed=1):
+        (file,) = backend.export("comfyui", str(tmp_path / "wan.safetensors"), {})
+        theirs = WanModel(model_type="t2v", patch_size=tuple(c.patch_size), in_dim=c.in_channels,
+                          dim=c.num_attention_heads * c.attention_head_dim, ffn_dim=c.ffn_dim, freq_dim=c.freq_dim,
+                          text_dim=c.text_dim, out_dim=c.out_channels, num_heads=c.num_attention_heads,
+                          num_layers=c.num_layers, qk_norm=True, cross_attn_norm=c.cross_attn_norm, eps=c.eps,
+                          operations=operations, dtype=torch.float32, device="cpu")
+        theirs.load_state_dict(load_file(file), strict=True)
+        x = torch.randn((1, *backend.latent_shape), generator=torch.Generator().manual_seed(0))
+        cond = backend.encode(["a photo of a cat"])
+        with torch.no_grad():
+            ours = backend.velocity(x, torch.tensor([0.6]), cond)
+            out = theirs(x, torch.tensor([600.0]), cond["prompt_embeds"])  # ComfyUI feeds sigma * 1000
+    torch.testing.assert_close(out, ours, atol=1e-5, rtol=1e-5)
+
+
+@needs_comfyui
+def test_qwen_image_single_file_runs_in_comfyuis_model(tmp_path):
+    from safetensors.torch import load_file
+
+    operations = _comfy()
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
-    path = FAMILIES["qwen-image"](tmp_path / "model")
-    backend = treesdk.load_backend("diffusers", model=str(path), **{**backend_options("qwen-image"), "true_cfg_scale": 1.0})
-    config = backend.transformer.config
-    with single_thread(), perturbed(backend, seed=1):
+    backend = _backend("qwen-image", tmp_path, true_cfg_scale=1.0)
+    c = backend.transformer.config
+    with perturbed(backend, seed=1):
         (file,) = backend.export("comfyui", str(tmp_path / "qwen.safetensors"), {})
         theirs = QwenImageTransformer2DModel(
-            patch_size=config.patch_size, in_channels=config.in_channels, out_channels=config.out_channels,
-            num_layers=config.num_layers, attention_head_dim=config.attention_head_dim,
-            num_attention_heads=config.num_attention_heads, joint_attention_dim=config.joint_attention_dim,
-            axes_dims_rope=tuple(config.axes_dims_rope), operations=comfy.ops.disable_weight_init,
-            dtype=torch.float32, device="cpu",
+            patch_size=c.patch_size, in_channels=c.in_channels, out_channels=c.out_channels, num_layers=c.num_layers,
+            attention_head_dim=c.attention_head_dim, num_attention_heads=c.num_attention_heads,
+            joint_attention_dim=c.joint_attention_dim, axes_dims_rope=tuple(c.axes_dims_rope),
+            operations=operations, dtype=torch.float32, device="cpu",
         )
         theirs.load_state_dict(load_file(file), strict=True)
         x = torch.randn((1, *backend.latent_shape), generator=torch.Generator().manual_seed(0))
         cond = backend.encode(["a photo of a cat"])
         with torch.no_grad():
             ours = backend.velocity(x, torch.tensor([0.6]), cond)
-            mask = cond["prompt_mask"][:, : int(cond["prompt_mask"].sum(1).max())]
-            embeds = cond["prompt_embeds"][:, : mask.shape[1]]
+            length = int(cond["prompt_mask"].sum(1).max())
+            mask, embeds = cond["prompt_mask"][:, :length], cond["prompt_embeds"][:, :length]
             out = theirs(x.unsqueeze(2), torch.tensor([0.6]), embeds, attention_mask=None if bool(mask.all()) else mask)
     torch.testing.assert_close(out.reshape(ours.shape), ours, atol=1e-5, rtol=1e-5)

@@ -79,9 +79,9 @@ class FamilyAdapter:
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "text_encoder_3")
     #: peft ``target_modules`` used when the user gives none
     lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
-    #: key layout of the merged single-file export (``comfyui`` format): a layout of
-    #: :mod:`treesdk_backends.keymaps` (``"flux"``, ``"sd3"``), ``"diffusers-names"`` (ComfyUI's
-    #: native model uses diffusers' key names: written as is), or None: no single-file export
+    #: key layout of the merged single-file export (``comfyui`` format) in
+    #: :mod:`treesdk_backends.single_file`: ``"flux"``, ``"sd3"``, ``"wan"`` (original layouts),
+    #: ``"diffusers-names"`` (ComfyUI's model uses diffusers' key names), or None: no single file
     single_file_layout: ClassVar[str | None] = None
 
     #: tolerances (max abs difference, fp32 on CPU) the conformance suite holds this family to:

@@ -109,8 +109,7 @@ def check_merged_export(backend: DiffusersFlowBackend, atol: float = 1e-5) -> di
     trained velocity when loaded back strictly."""
     from safetensors.torch import load_file
 
-    from .. import keymaps
-    from ..diffusers_export import SAME_NAMES
+    from ..single_file import from_single_file
 
     result: dict[str, Any] = {}
     with perturbed(backend, seed=22), tempfile.TemporaryDirectory() as tmp:
@@ -124,9 +123,7 @@ def check_merged_export(backend: DiffusersFlowBackend, atol: float = 1e-5) -> di
         layout = backend.adapter.single_file_layout
         if layout is not None:
             files = backend.export("comfyui", str(Path(tmp) / "single.safetensors"), {})
-            state = load_file(files[0])
-            if layout != SAME_NAMES:
-                state = keymaps.original_to_diffusers(state, layout)
+            state = from_single_file(load_file(files[0]), layout)
             model = cls.from_config(backend.transformer.config).to(backend.dtype)
             model.load_state_dict(state, strict=True)
             with _using(backend, model.to(backend.device)):

@@ -50,6 +50,7 @@ class WanAdapter(FamilyAdapter):
     default_repo = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
     text_encoder_names = ("text_encoder",)
     lora_targets = WAN_LORA_TARGETS
+    single_file_layout = "wan"  # the original Wan2.1 layout, what ComfyUI's WanModel loads
     parity_atol = 2e-5
 
     def __init__(self, num_frames: int = 81, guidance_scale: float = 5.0, negative_prompt: str = "",

@@ -1,0 +1,98 @@
+"""Merged single files in the layout ComfyUI's native loader reads, per family layout name.
+
+A family adapter names its layout in ``single_file_layout``:
+
+* ``"flux"`` / ``"sd3"``: the original BFL / SAI layouts with fused tensors
+  (:mod:`treesdk_backends.keymaps`).
+* ``"diffusers-names"``: ComfyUI's model uses diffusers' own key names (Qwen-Image): written as is.
+* ``"wan"``: the original Wan2.1 layout (``blocks.N.self_attn.q``, ``ffn.0``, ``head.head``,
+  ``modulation``, ...), pure renames plus the swapped ``norm2``/``norm3`` names, inverse of diffusers'
+  ``convert_wan_transformer_to_diffusers`` (what ComfyUI's ``WanModel`` loads).
+
+:func:`to_single_file` and :func:`from_single_file` are exact inverses; both raise ``ValueError``
+naming a key they cannot place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from . import keymaps
+
+__all__ = ["SAME_NAMES", "LAYOUT_NAMES", "RENAME_LAYOUTS", "to_single_file", "from_single_file"]
+
+SAME_NAMES = "diffusers-names"
+
+#: the ``treesdk.format`` metadata of each layout's single file
+LAYOUT_NAMES = {**keymaps.ORIGINAL_LAYOUT, "wan": "wan-original"}
+#: format name -> layout, for the layouts that only rename keys (any values, e.g. shapes, map)
+RENAME_LAYOUTS = {"wan-original": "wan"}
+
+# diffusers -> original Wan names, applied in order (the inverse of diffusers' rename chain)
+_WAN_TOP = {
+    "condition_embedder.time_embedder.linear_1.": "time_embedding.0.",
+    "condition_embedder.time_embedder.linear_2.": "time_embedding.2.",
+    "condition_embedder.text_embedder.linear_1.": "text_embedding.0.",
+    "condition_embedder.text_embedder.linear_2.": "text_embedding.2.",
+    "condition_embedder.time_proj.": "time_projection.1.",
+    "scale_shift_table": "head.modulation",
+    "proj_out.": "head.head.",
+}
+_WAN_BLOCK = [
+    (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."), (".to_out.0.", ".o."), (".to_q.", ".q."),
+    (".to_k.", ".k."), (".to_v.", ".v."), (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."),
+    (".norm_added_k.", ".norm_k_img."), (".ffn.net.0.proj.", ".ffn.0."), (".ffn.net.2.", ".ffn.2."),
+    (".norm2.", ".norm3."), (".scale_shift_table", ".modulation"),
+]
+_BLOCK = re.compile(r"^blocks\.\d+(\.|$)")
+
+
+def _wan_original(key: str) -> str:
+    if _BLOCK.match(key):
+        for new, old in _WAN_BLOCK:
+            key = key.replace(new, old)
+        return key
+    for new, old in _WAN_TOP.items():
+        if key.startswith(new):
+            return old + key[len(new):]
+    return key  # patch_embedding.*
+
+
+def _wan_diffusers(key: str) -> str:
+    if _BLOCK.match(key):
+        for new, old in reversed(_WAN_BLOCK):
+            key = key.replace(old, new)
+        return key
+    for new, old in _WAN_TOP.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def to_single_file(state: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
+    """Merged diffusers transformer state dict (no prefix) -> the single file of ``layout``."""
+    if layout == SAME_NAMES:
+        return dict(state)
+    if layout == "wan":
+        out = {_wan_original(k): v for k, v in state.items()}
+        if len(out) != len(state):
+            raise ValueError("diffusers->wan-original: two diffusers tensors map onto the same original name")
+        return out
+    if layout in keymaps.ORIGINAL_LAYOUT:
+        return keymaps.diffusers_to_original(state, layout)
+    raise ValueError(f"unknown single-file layout {layout!r}; known: {SAME_NAMES}, {', '.join(sorted(LAYOUT_NAMES))}")
+
+
+def from_single_file(state: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
+    """Inverse of :func:`to_single_file` (a ``model.diffusion_model.`` prefix is stripped)."""
+    state = {keymaps._strip_prefix(k): v for k, v in state.items()}
+    if layout == SAME_NAMES:
+        return state
+    if layout == "wan":
+        return {_wan_diffusers(k): v for k, v in state.items()}
+    if layout in keymaps.ORIGINAL_LAYOUT:
+        return keymaps.original_to_diffusers(state, layout)
+    raise ValueError(f"unknown single-file layout {layout!r}; known: {SAME_NAMES}, {', '.join(sorted(LAYOUT_NAMES))}")
