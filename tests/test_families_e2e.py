@@ -30,7 +30,7 @@ from treesdk_backends.tiny import FAMILIES
 from treesdk_cli.main import app
 
 #: the families with their own adapter beyond FLUX.1-dev and SD3 (those have their own tests)
-NEW_FAMILIES = ["flux-schnell", "flux2-klein", "qwen-image", "z-image", "chroma", "lumina2", "wan"]
+NEW_FAMILIES = ["flux-schnell", "flux2", "flux2-klein", "qwen-image", "z-image", "chroma", "lumina2", "wan"]
 
 
 def cli_options(family: str) -> list[str]:

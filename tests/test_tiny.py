@@ -15,11 +15,12 @@ from treesdk_backends.tiny import FAMILIES, UnknownFamilyError, build_tiny
 from treesdk_cli.main import app
 
 #: latent shape ``pipe(..., output_type="latent")`` returns for one prompt at the tiny size
-#: (FLUX-style pipelines return packed tokens; FLUX.2 unpatchifies; Wan is 5-D)
+#: (FLUX.1-style pipelines and FLUX.2-dev return packed tokens; FLUX.2-klein unpatchifies; Wan is 5-D)
 EXPECTED_LATENTS = {
     "flux": (1, 64, 16),
     "flux-schnell": (1, 64, 16),
     "sd3": (1, 4, 16, 16),
+    "flux2": (1, 64, 16),
     "flux2-klein": (1, 4, 16, 16),
     "qwen-image": (1, 16, 16),
     "z-image": (1, 4, 16, 16),

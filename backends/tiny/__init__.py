@@ -28,7 +28,7 @@ from typing import Any
 from ._common import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION
 from .chroma import build_tiny_chroma
 from .flux import build_tiny_flux, build_tiny_flux_schnell
-from .flux2 import build_tiny_flux2_klein
+from .flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
 from .lumina2 import LUMINA2_RESOLUTION, build_tiny_lumina2
 from .qwen_image import build_tiny_qwen_image
 from .sd3 import build_tiny_sd3
@@ -45,6 +45,7 @@ __all__ = [
     "build_tiny",
     "build_tiny_chroma",
     "build_tiny_flux",
+    "build_tiny_flux2_dev",
     "build_tiny_flux2_klein",
     "build_tiny_flux_schnell",
     "build_tiny_lumina2",
@@ -93,6 +94,14 @@ FAMILIES: dict[str, TinyFamily] = {
         TinyFamily("sd3", build_tiny_sd3, "StableDiffusion3Pipeline", "SD3.5: 2 CLIP + T5, CFG, shift 3", {**_SIZE, **_TEXT}),
         TinyFamily(
             "flux2-klein", build_tiny_flux2_klein, "Flux2KleinPipeline", "FLUX.2-klein base: Qwen3, CFG", {**_SIZE, **_TEXT}
+        ),
+        TinyFamily(
+            "flux2",
+            build_tiny_flux2_dev,
+            "Flux2Pipeline",
+            "FLUX.2-dev: Mistral3, guidance embedding",
+            # FLUX.2's system message takes ~70 of the text tokens
+            {**_SIZE, "max_sequence_length": 128},
         ),
         TinyFamily(
             "qwen-image", build_tiny_qwen_image, "QwenImagePipeline", "Qwen-Image: Qwen2.5-VL, true CFG", {**_SIZE, **_TEXT}

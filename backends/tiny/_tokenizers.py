@@ -187,3 +187,42 @@ def train_gemma_tokenizer(out_dir: Path, vocab_size: int = 300):
     gemma_tok = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, model_max_length=8192)
     gemma_tok.save_pretrained(out_dir)
     return GemmaTokenizer.from_pretrained(out_dir)
+
+
+MISTRAL_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+                          "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+#: Mistral-Small-3's chat template reduced to text turns (content as a string or a list of parts)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') "
+    "| join('') %}{%- endif %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- else %}{{- text + eos_token }}{%- endif %}{%- endfor %}"
+)
+
+
+def train_pixtral_processor(out_dir: Path, system_message: str, vocab_size: int = 700):
+    """A byte-level BPE with Mistral's special tokens and a Mistral-Small-3-style chat template,
+    inside a ``PixtralProcessor`` (FLUX.2-dev's ``tokenizer`` component). Returns the processor."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoProcessor, PixtralImageProcessor, PixtralProcessor
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=MISTRAL_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((CORPUS + [system_message]) * 8, trainer)
+    fast = TokenizersBackend(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                             pad_token="<pad>", model_max_length=131072)
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=16), tokenizer=fast, patch_size=16,
+                                 spatial_merge_size=2, chat_template=MISTRAL_CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    return AutoProcessor.from_pretrained(out_dir)

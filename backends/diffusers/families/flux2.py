@@ -1,4 +1,6 @@
-"""FLUX.2-klein (``Flux2KleinPipeline``): Qwen3 prompt features (three hidden layers stacked), noise
+"""FLUX.2-klein (``Flux2KleinPipeline``) and FLUX.2-dev (``Flux2Pipeline``).
+
+klein: Qwen3 prompt features (three hidden layers stacked), noise
 drawn already 2x2-patchified and flattened to tokens, 4-axis position ids, a batch-normalised latent
 space, CFG on the base models (not on the distilled ones), a step-count-dependent shift.
 
@@ -9,7 +11,10 @@ space, CFG on the base models (not on the distilled ones), a step-count-dependen
 * Timestep ``timestep / 1000`` as FLUX.1; no guidance embedding (klein has none).
 * CFG: ``guidance_scale > 1`` and ``is_distilled`` false (model_index); negative prompt ``""``.
 * Decoding / pipeline latents: ``x * bn_std + bn_mean``, unpatchify, VAE (and back for parity).
-FLUX.2-dev (``Flux2Pipeline``, Mistral3 encoder, guidance embedding) is not covered.
+
+dev (:class:`Flux2DevAdapter`): the same latents, ids, grid and decoding; prompt features from
+Mistral3 (layers 10/20/30 behind FLUX.2's system message); a guidance embedding (``guidance``,
+4.0) instead of CFG; the pipeline's ``output_type="latent"`` is the token tensor itself.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import Tensor
 from ..adapter import FamilyAdapter
 from ..backend import DiffusersFlowBackend
 
-__all__ = ["Flux2KleinAdapter", "Flux2KleinBackend", "FLUX2_LORA_TARGETS"]
+__all__ = ["Flux2DevAdapter", "Flux2DevBackend", "Flux2KleinAdapter", "Flux2KleinBackend", "FLUX2_LORA_TARGETS"]
 
 #: attention of both streams of the double blocks and the fused projection of the single blocks
 FLUX2_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
@@ -94,9 +99,14 @@ class Flux2KleinAdapter(FamilyAdapter):
         if self._ids is None:
             self._ids = self.pipe._prepare_latent_ids(torch.empty(1, *self.latent_shape()))[0].to(self.device)
         img_ids = self._ids.expand(hidden.shape[0], -1, -1)
-        return self.transformer(hidden_states=hidden, timestep=timestep, guidance=None, encoder_hidden_states=embeds,
+        return self.transformer(hidden_states=hidden, timestep=timestep, guidance=self._guidance(hidden.shape[0]),
+                                encoder_hidden_states=embeds,
                                 txt_ids=self.pipe._prepare_text_ids(embeds).to(self.device), img_ids=img_ids,
                                 return_dict=False)[0]
+
+    def _guidance(self, batch: int) -> Tensor | None:
+        """The guidance-embedding input (klein has none)."""
+        return None
 
     def _bn(self, like: Tensor) -> tuple[Tensor, Tensor]:
         vae = self.pipe.vae
@@ -122,5 +132,38 @@ class Flux2KleinAdapter(FamilyAdapter):
         return {**super().describe(), "guidance_scale": self.cfg, "text_encoder_out_layers": list(self.text_encoder_out_layers)}
 
 
+class Flux2DevAdapter(Flux2KleinAdapter):
+    """FLUX.2-dev. Options: ``guidance`` (the distilled guidance scale fed to the guidance embedding,
+    4.0 as the pipeline), ``text_encoder_out_layers`` ((10, 20, 30)), ``max_sequence_length`` (512)."""
+
+    family = "flux2"
+    pipeline_classes = ("Flux2Pipeline",)
+    default_repo = "black-forest-labs/FLUX.2-dev"
+
+    def __init__(self, guidance: float = 4.0, text_encoder_out_layers: tuple[int, ...] = (10, 20, 30),
+                 max_sequence_length: int = 512) -> None:
+        super().__init__(1.0, text_encoder_out_layers, max_sequence_length)
+        self.guidance = float(guidance)
+
+    @property
+    def guidance_scale(self) -> float:  # type: ignore[override]
+        return 1.0  # guidance-distilled: no CFG
+
+    def _guidance(self, batch: int) -> Tensor:
+        return torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        return {**super().pipeline_kwargs(), "guidance_scale": self.guidance}
+
+    def pipeline_latents(self, output: Tensor) -> Tensor:
+        return self.unpack(output, output.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length, "guidance": self.guidance,
+                "text_encoder_out_layers": list(self.text_encoder_out_layers)}
+
+
 #: ``--backend flux2-klein``: the generic backend bound to this family
 Flux2KleinBackend = DiffusersFlowBackend.for_family(Flux2KleinAdapter)
+#: ``--backend flux2``: FLUX.2-dev
+Flux2DevBackend = DiffusersFlowBackend.for_family(Flux2DevAdapter)
