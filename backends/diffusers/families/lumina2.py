@@ -35,7 +35,7 @@ class Lumina2Adapter(FamilyAdapter):
     ``max_sequence_length`` (Gemma tokens including the system prompt, 256)."""
 
     family = "lumina2"
-    pipeline_classes = ("Lumina2Pipeline",)
+    pipeline_classes = ("Lumina2Pipeline", "Lumina2Text2ImgPipeline")  # the second: older model_index.json files
     default_repo = "Alpha-VLLM/Lumina-Image-2.0"
     text_encoder_names = ("text_encoder",)
     lora_targets = LUMINA2_LORA_TARGETS
