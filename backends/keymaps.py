@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 #: the original layout name of each family, as ``check_file`` reports it
-ORIGINAL_LAYOUT = {"flux": "bfl-flux", "sd3": "sai-sd3"}
+ORIGINAL_LAYOUT = {"flux": "bfl-flux", "sd3": "sai-sd3", "chroma": "bfl-chroma"}
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,13 @@ def _sd3_entries(blocks: list[int]) -> list[_Entry]:
 
 
 def detect_family(keys) -> str | None:
-    """``"flux"`` or ``"sd3"`` from a set of keys in either layout (diffusers or original), else None.
+    """``"flux"``, ``"chroma"`` or ``"sd3"`` from a set of keys in either layout (diffusers or original), else None.
 
     Prefixes ``transformer.`` / ``diffusion_model.`` / ``model.diffusion_model.`` are ignored.
     """
     names = [_strip_prefix(k) for k in keys]
+    if any(n.startswith("distilled_guidance_layer.") for n in names):
+        return "chroma"
     if any(n.startswith(("double_blocks.", "single_blocks.", "img_in.")) for n in names):
         return "flux"
     if any(n.startswith(("joint_blocks.", "x_embedder.proj.")) or n == "pos_embed" for n in names):
@@ -195,22 +197,43 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
+def _chroma_entries(double: list[int], single: list[int], guidance: list[int]) -> list[_Entry]:
+    """Chroma: FLUX's blocks (no modulation linears: absent entries are skipped) and its
+    approximator ``distilled_guidance_layer`` (``layers.i.{in,out}_layer``, ``norms.i.scale``)."""
+    e = _flux_entries(double, single)
+    g = "distilled_guidance_layer"
+    _linear(e, f"{g}.in_proj", f"{g}.in_proj")
+    _linear(e, f"{g}.out_proj", f"{g}.out_proj")
+    for i in guidance:
+        _linear(e, f"{g}.layers.{i}.in_layer", f"{g}.layers.{i}.linear_1")
+        _linear(e, f"{g}.layers.{i}.out_layer", f"{g}.layers.{i}.linear_2")
+        e.append(_Entry(f"{g}.norms.{i}.scale", (f"{g}.norms.{i}.weight",)))
+    return e
+
+
 def _entries_from_diffusers(family: str, keys: list[str]) -> list[_Entry]:
     if family == "flux":
         return _flux_entries(
             _indices(keys, r"transformer_blocks\.(\d+)\."), _indices(keys, r"single_transformer_blocks\.(\d+)\.")
         )
+    if family == "chroma":
+        return _chroma_entries(_indices(keys, r"transformer_blocks\.(\d+)\."),
+                               _indices(keys, r"single_transformer_blocks\.(\d+)\."),
+                               _indices(keys, r"distilled_guidance_layer\.norms\.(\d+)\."))
     if family == "sd3":
         return _sd3_entries(_indices(keys, r"transformer_blocks\.(\d+)\."))
-    raise ValueError(f"unknown model family {family!r}; expected 'flux' or 'sd3'")
+    raise ValueError(f"unknown model family {family!r}; expected one of {sorted(ORIGINAL_LAYOUT)}")
 
 
 def _entries_from_original(family: str, keys: list[str]) -> list[_Entry]:
     if family == "flux":
         return _flux_entries(_indices(keys, r"double_blocks\.(\d+)\."), _indices(keys, r"single_blocks\.(\d+)\."))
+    if family == "chroma":
+        return _chroma_entries(_indices(keys, r"double_blocks\.(\d+)\."), _indices(keys, r"single_blocks\.(\d+)\."),
+                               _indices(keys, r"distilled_guidance_layer\.norms\.(\d+)\."))
     if family == "sd3":
         return _sd3_entries(_indices(keys, r"joint_blocks\.(\d+)\."))
-    raise ValueError(f"unknown model family {family!r}; expected 'flux' or 'sd3'")
+    raise ValueError(f"unknown model family {family!r}; expected one of {sorted(ORIGINAL_LAYOUT)}")
 
 
 def _swap_halves(t: Tensor) -> Tensor:

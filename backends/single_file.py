@@ -2,8 +2,8 @@
 
 A family adapter names its layout in ``single_file_layout``:
 
-* ``"flux"`` / ``"sd3"``: the original BFL / SAI layouts with fused tensors
-  (:mod:`treesdk_backends.keymaps`).
+* ``"flux"`` / ``"sd3"`` / ``"chroma"``: the original BFL / SAI layouts with fused tensors, and
+  Chroma's BFL-style one (:mod:`treesdk_backends.keymaps`).
 * ``"diffusers-names"``: ComfyUI's model uses diffusers' own key names (Qwen-Image): written as is.
 * ``"wan"``: the original Wan2.1 layout (``blocks.N.self_attn.q``, ``ffn.0``, ``head.head``,
   ``modulation``, ...), pure renames plus the swapped ``norm2``/``norm3`` names, inverse of diffusers'

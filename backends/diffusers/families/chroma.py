@@ -29,7 +29,7 @@ class ChromaAdapter(FluxAdapter):
     default_repo = "lodestones/Chroma1-HD"
     components = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
     text_encoder_names = ("text_encoder",)
-    single_file_layout = None
+    single_file_layout = "chroma"  # the BFL-style layout ComfyUI's Chroma model loads
 
     def __init__(self, guidance_scale: float = 5.0, negative_prompt: str = "", max_sequence_length: int = 512) -> None:
         super().__init__(guidance=0.0, max_sequence_length=max_sequence_length)
