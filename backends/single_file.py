@@ -5,6 +5,9 @@ A family adapter names its layout in ``single_file_layout``:
 * ``"flux"`` / ``"sd3"`` / ``"chroma"``: the original BFL / SAI layouts with fused tensors, and
   Chroma's BFL-style one (:mod:`treesdk_backends.keymaps`).
 * ``"diffusers-names"``: ComfyUI's model uses diffusers' own key names (Qwen-Image): written as is.
+* ``"z-image"``: the original Z-Image layout (fused ``attention.qkv``, ``q_norm``/``k_norm``,
+  ``attention.out``, ``final_layer``, ``x_embedder``), inverse of ComfyUI's ``z_image_to_diffusers``
+  and diffusers' ``convert_z_image_transformer_checkpoint_to_diffusers``.
 * ``"wan"``: the original Wan2.1 layout (``blocks.N.self_attn.q``, ``ffn.0``, ``head.head``,
   ``modulation``, ...), pure renames plus the swapped ``norm2``/``norm3`` names, inverse of diffusers'
   ``convert_wan_transformer_to_diffusers`` (what ComfyUI's ``WanModel`` loads).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 
 from . import keymaps
@@ -27,9 +31,9 @@ __all__ = ["SAME_NAMES", "LAYOUT_NAMES", "RENAME_LAYOUTS", "to_single_file", "fr
 SAME_NAMES = "diffusers-names"
 
 #: the ``treesdk.format`` metadata of each layout's single file
-LAYOUT_NAMES = {**keymaps.ORIGINAL_LAYOUT, "wan": "wan-original"}
-#: format name -> layout, for the layouts that only rename keys (any values, e.g. shapes, map)
-RENAME_LAYOUTS = {"wan-original": "wan"}
+LAYOUT_NAMES = {**keymaps.ORIGINAL_LAYOUT, "wan": "wan-original", "z-image": "z-image-original"}
+#: format name -> layout, for the layouts :mod:`treesdk_backends.keymaps` does not handle
+RENAME_LAYOUTS = {"wan-original": "wan", "z-image-original": "z-image"}
 
 # diffusers -> original Wan names, applied in order (the inverse of diffusers' rename chain)
 _WAN_TOP = {
@@ -72,10 +76,59 @@ def _wan_diffusers(key: str) -> str:
     return key
 
 
+# Z-Image: per-block renames (diffusers -> original) and the fused q, k, v
+_Z_RENAMES = [(".attention.norm_q.", ".attention.q_norm."), (".attention.norm_k.", ".attention.k_norm."),
+              (".attention.to_out.0.", ".attention.out.")]
+_Z_TOP = [("all_final_layer.2-1.", "final_layer."), ("all_x_embedder.2-1.", "x_embedder.")]
+_Z_QKV = re.compile(r"^(.*\.attention\.)to_q\.(weight|bias)$")
+
+
+def _z_image_original(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue  # fused with to_q below
+        match = _Z_QKV.match(key)
+        if match:
+            base, kind = match.groups()
+            parts = [state.get(f"{base}to_{x}.{kind}") for x in "qkv"]
+            if any(p is None for p in parts):
+                raise ValueError(f"diffusers->z-image-original: {base}qkv needs to_q, to_k and to_v {kind}")
+            out[f"{base}qkv.{kind}"] = torch.cat(parts, dim=0)
+            continue
+        for new, old in _Z_RENAMES:
+            key = key.replace(new, old)
+        for new, old in _Z_TOP:
+            key = old + key[len(new):] if key.startswith(new) else key
+        out[key] = value
+    return out
+
+
+def _z_image_diffusers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key == "norm_final.weight":  # unused by the model; diffusers drops it as well
+            continue
+        if ".attention.qkv." in key:
+            if value.shape[0] % 3:
+                raise ValueError(f"z-image-original->diffusers: {key} has leading size {value.shape[0]}, not 3 * D")
+            for x, part in zip("qkv", value.chunk(3, dim=0)):
+                out[key.replace(".attention.qkv.", f".attention.to_{x}.")] = part
+            continue
+        for new, old in _Z_RENAMES:
+            key = key.replace(old, new)
+        for new, old in _Z_TOP:
+            key = new + key[len(old):] if key.startswith(old) else key
+        out[key] = value
+    return out
+
+
 def to_single_file(state: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
     """Merged diffusers transformer state dict (no prefix) -> the single file of ``layout``."""
     if layout == SAME_NAMES:
         return dict(state)
+    if layout == "z-image":
+        return _z_image_original(state)
     if layout == "wan":
         out = {_wan_original(k): v for k, v in state.items()}
         if len(out) != len(state):
@@ -91,6 +144,8 @@ def from_single_file(state: Mapping[str, Tensor], layout: str) -> dict[str, Tens
     state = {keymaps._strip_prefix(k): v for k, v in state.items()}
     if layout == SAME_NAMES:
         return state
+    if layout == "z-image":
+        return _z_image_diffusers(state)
     if layout == "wan":
         return {_wan_diffusers(k): v for k, v in state.items()}
     if layout in keymaps.ORIGINAL_LAYOUT:

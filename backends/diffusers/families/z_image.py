@@ -40,6 +40,7 @@ class ZImageAdapter(FamilyAdapter):
     default_repo = "Tongyi-MAI/Z-Image-Turbo"
     text_encoder_names = ("text_encoder",)
     lora_targets = Z_IMAGE_LORA_TARGETS
+    single_file_layout = "z-image"  # the original layout, what ComfyUI's Z-Image (NextDiT) model loads
 
     def __init__(self, guidance_scale: float = 0.0, negative_prompt: str = "", max_sequence_length: int = 512) -> None:
         super().__init__(max_sequence_length)
