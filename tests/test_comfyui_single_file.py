@@ -195,3 +195,41 @@ def test_z_image_single_file_has_the_keys_of_comfyuis_z_image_model(tmp_path):
     # the released model (dim 3840), not for the tiny one; every other tensor has the same shape
     wrong = [k for k in state if tuple(state[k].shape) != tuple(theirs[k].shape) and not k.startswith("t_embedder.")]
     assert not wrong
+
+
+def test_lumina2_single_file_roundtrips_and_is_read_by_export_check(tmp_path):
+    from safetensors.torch import load_file
+
+    from treesdk_backends.single_file import from_single_file
+
+    backend = _backend("lumina2", tmp_path)
+    with perturbed(backend, seed=1):
+        (file,) = backend.export("comfyui", str(tmp_path / "lumina2.safetensors"), {})
+        merged = merged_state_dict(backend.transformer)
+    single = load_file(file)
+    # the original names (grouped-query q, k, v fused)
+    assert {"layers.0.attention.qkv.weight", "layers.0.attention_norm1.weight", "layers.0.adaLN_modulation.1.weight",
+            "context_refiner.0.attention_norm1.weight", "cap_embedder.1.weight", "final_layer.linear.weight"} <= set(single)
+    back = from_single_file(dict(single), "lumina2")
+    assert set(back) == set(merged) and all(torch.equal(back[k], merged[k]) for k in merged)
+    report = check_file(file, base=str(backend.model_path / "transformer"))
+    assert report.ok and report.format == "lumina2-original" and report.family == "lumina2", report.problems
+
+
+@needs_comfyui
+def test_lumina2_single_file_loads_strictly_in_comfyuis_lumina2_model(tmp_path):
+    from safetensors.torch import load_file
+
+    operations = _comfy()
+    from comfy.ldm.lumina.model import NextDiT
+
+    backend = _backend("lumina2", tmp_path)
+    c = backend.transformer.config
+    (file,) = backend.export("comfyui", str(tmp_path / "lumina2.safetensors"), {})
+    # ComfyUI's model_detection settings for Lumina2 (ffn multiplier 4): every key and shape must fit
+    theirs = NextDiT(patch_size=2, in_channels=c.in_channels, dim=c.hidden_size, n_layers=c.num_layers,
+                     n_refiner_layers=c.num_refiner_layers, n_heads=c.num_attention_heads, n_kv_heads=c.num_kv_heads,
+                     multiple_of=c.multiple_of, ffn_dim_multiplier=4.0, norm_eps=c.norm_eps, qk_norm=True,
+                     cap_feat_dim=c.cap_feat_dim, axes_dims=list(c.axes_dim_rope), axes_lens=list(c.axes_lens),
+                     rope_theta=10000.0, operations=operations, dtype=torch.float32, device="cpu")
+    theirs.load_state_dict(load_file(file), strict=True)

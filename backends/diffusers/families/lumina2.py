@@ -39,6 +39,7 @@ class Lumina2Adapter(FamilyAdapter):
     default_repo = "Alpha-VLLM/Lumina-Image-2.0"
     text_encoder_names = ("text_encoder",)
     lora_targets = LUMINA2_LORA_TARGETS
+    single_file_layout = "lumina2"  # the original layout, what ComfyUI's Lumina2 (NextDiT) model loads
     parity_atol = 2e-5
 
     def __init__(self, guidance_scale: float = 4.0, negative_prompt: str = "", cfg_normalization: bool = True,
