@@ -2,8 +2,8 @@
 
 A family adapter names its layout in ``single_file_layout``:
 
-* ``"flux"`` / ``"sd3"`` / ``"chroma"``: the original BFL / SAI layouts with fused tensors, and
-  Chroma's BFL-style one (:mod:`treesdk_backends.keymaps`).
+* ``"flux"`` / ``"sd3"`` / ``"flux2"`` / ``"chroma"``: the original BFL / SAI layouts with fused
+  tensors, and Chroma's BFL-style one (:mod:`treesdk_backends.keymaps`).
 * ``"diffusers-names"``: ComfyUI's model uses diffusers' own key names (Qwen-Image): written as is.
 * ``"z-image"``: the original Z-Image layout (fused ``attention.qkv``, ``q_norm``/``k_norm``,
   ``attention.out``, ``final_layer``, ``x_embedder``), inverse of ComfyUI's ``z_image_to_diffusers``

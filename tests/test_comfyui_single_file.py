@@ -233,3 +233,44 @@ def test_lumina2_single_file_loads_strictly_in_comfyuis_lumina2_model(tmp_path):
                      cap_feat_dim=c.cap_feat_dim, axes_dims=list(c.axes_dim_rope), axes_lens=list(c.axes_lens),
                      rope_theta=10000.0, operations=operations, dtype=torch.float32, device="cpu")
     theirs.load_state_dict(load_file(file), strict=True)
+
+
+@pytest.mark.parametrize("family", ["flux2-klein", "flux2"])
+def test_flux2_single_file_is_what_diffusers_single_file_converter_inverts(family, tmp_path):
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    backend = _backend(family, tmp_path)
+    with perturbed(backend, seed=1):
+        (file,) = backend.export("comfyui", str(tmp_path / "flux2.safetensors"), {})
+        merged = merged_state_dict(backend.transformer)
+    single = load_file(file)
+    assert {"double_blocks.0.img_attn.qkv.weight", "double_stream_modulation_img.lin.weight",
+            "single_blocks.0.linear1.weight", "final_layer.adaLN_modulation.1.weight"} <= set(single)
+    back = convert_flux2_transformer_checkpoint_to_diffusers(dict(single))
+    assert set(back) == set(merged) and all(torch.equal(back[k], merged[k]) for k in merged)
+    report = check_file(file, base=str(backend.model_path / "transformer"))
+    assert report.ok and report.format == "bfl-flux2" and report.family == family, report.problems
+
+
+@needs_comfyui
+@pytest.mark.parametrize("family", ["flux2-klein", "flux2"])
+def test_flux2_single_file_loads_strictly_in_comfyuis_flux2_model(family, tmp_path):
+    from safetensors.torch import load_file
+
+    operations = _comfy()
+    from comfy.ldm.flux.model import Flux
+
+    backend = _backend(family, tmp_path)
+    c = backend.transformer.config
+    (file,) = backend.export("comfyui", str(tmp_path / "flux2.safetensors"), {})
+    state = load_file(file)
+    # ComfyUI's model_detection settings for FLUX.2, sizes read from the file as it does
+    theirs = Flux(image_model="flux2", axes_dim=list(c.axes_dims_rope), num_heads=c.num_attention_heads,
+                  mlp_ratio=c.mlp_ratio, theta=c.rope_theta, out_channels=c.out_channels or c.in_channels,
+                  global_modulation=True, mlp_silu_act=True, qkv_bias=False, ops_bias=False, txt_ids_dims=[3],
+                  patch_size=1, in_channels=state["img_in.weight"].shape[1], hidden_size=state["img_in.weight"].shape[0],
+                  context_in_dim=state["txt_in.weight"].shape[1], vec_in_dim=None, depth=c.num_layers,
+                  depth_single_blocks=c.num_single_layers, guidance_embed="guidance_in.in_layer.weight" in state,
+                  operations=operations, dtype=torch.float32, device="cpu")
+    theirs.load_state_dict(state, strict=True)

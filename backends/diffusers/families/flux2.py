@@ -45,6 +45,7 @@ class Flux2KleinAdapter(FamilyAdapter):
     default_repo = "black-forest-labs/FLUX.2-klein-base-4B"
     text_encoder_names = ("text_encoder",)
     lora_targets = FLUX2_LORA_TARGETS
+    single_file_layout = "flux2"  # the BFL FLUX.2 layout, what ComfyUI's Flux2 model loads
     parity_atol = 2e-5
 
     def __init__(self, guidance_scale: float = 4.0, text_encoder_out_layers: tuple[int, ...] = (9, 18, 27),
