@@ -211,7 +211,7 @@ def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], bas
     algorithms: dict[str, Any] = {}
     for name, r in results.items():
         last = r.curve[-1] if r.curve else {}
-        kept = last.get("diversity", float("nan")) / base["diversity"] if r.curve and base.get("diversity") else None
+        kept = last["diversity"] / base["diversity"] if r.curve and last.get("diversity") is not None and base.get("diversity") else None
         algorithms[name] = {
             "to_threshold": [first_crossing(r.curve, t) for t in thresholds],
             "seconds_per_iter": r.seconds_per_iter,
@@ -251,7 +251,7 @@ def plot_curves(report: Mapping[str, Any], path: str | Path) -> Path:
         if not curve:
             continue
         line = left.plot([p["seconds"] for p in curve], [p["reward"] for p in curve], marker="o", markersize=3, label=name)
-        kept = [100.0 * p["diversity"] / base_div for p in curve]
+        kept = [100.0 * (p["diversity"] if p["diversity"] is not None else float("nan")) / base_div for p in curve]
         right.plot(kept, [p["reward"] for p in curve], color=line[0].get_color(), alpha=0.5, linewidth=1)
         right.scatter(kept[-1:], [curve[-1]["reward"]], color=line[0].get_color(), s=40, label=name, zorder=3)
     for threshold in report["thresholds"]:

@@ -57,7 +57,8 @@ def eval_command(
         for name, values in scores.items():
             table.add_row(name, f"{float(values.mean()):.4f}", f"{float(values.std(unbiased=False)):.4f}")
         source = diversity_source(policy, rewards)
-        table.add_row(f"diversity ({source})", f"{means['diversity']:.4f}", "")
+        diversity = means["diversity"]
+        table.add_row(f"diversity ({source})", f"{diversity:.4f}" if diversity is not None else "- (one image per prompt)", "")
         console.print(table)
         result = {"run": run, "images": len(all_prompts), "steps": steps, **means, "diversity_features": source}
         if json_out is not None:

@@ -54,6 +54,8 @@ def test_evaluate_reports_diversity_with_the_heldout_evaluator_features():
     assert feats.shape == (8, 128)
     expected = (mean_pairwise_distance(feats[:4]) + mean_pairwise_distance(feats[4:])) / 2
     assert means["diversity"] == pytest.approx(expected, rel=1e-6) and means["diversity"] > 0
+    single, _, _ = evaluate(backend, rewards, prompts[::4], [0, 1], 6)  # one image per prompt: undefined
+    assert single["diversity"] is None
     # identical seeds give identical images: no diversity
     same, _, _ = evaluate(backend, rewards, prompts[:4], [7] * 4, 6)
     assert same["diversity"] == pytest.approx(0.0, abs=1e-6)

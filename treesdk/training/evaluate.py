@@ -30,7 +30,8 @@ def evaluate(
 ) -> tuple[dict[str, float], dict[str, Tensor], Tensor]:
     """Sample one ODE image per (prompt, seed) pair, score it, and measure diversity.
 
-    Returns ``({"<reward>_mean": value, ..., "diversity": value}, {reward: per-image scores}, images)``.
+    Returns ``({"<reward>_mean": value, ..., "diversity": value}, {reward: per-image scores}, images)``;
+    ``diversity`` is None when no prompt has at least two images.
     ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
     the features of the backend's held-out reward when one is among ``rewards`` and offers them,
     else another reward's, else the pixels; :func:`diversity_source` names the choice.
@@ -41,7 +42,8 @@ def evaluate(
     means = {f"{name}_mean": float(values.mean()) for name, values in scores.items()}
     _, features = choose_features(rewards, model.heldout_rewards())
     with torch.no_grad():
-        means["diversity"] = per_prompt_diversity(features(images), list(prompts))
+        value = per_prompt_diversity(features(images), list(prompts))
+    means["diversity"] = value if value == value else None  # None (JSON null) when no prompt has two images
     return means, scores, images
 
 
