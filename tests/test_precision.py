@@ -65,3 +65,11 @@ def test_cpu_defaults_pick_threads_and_fp32_with_a_note(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert cpu_threads(2, {"OMP_NUM_THREADS": "3"}) is None
+
+
+def test_accelerate_mixed_precision_is_the_default_precision():
+    from treesdk.precision import default_precision
+
+    assert default_precision({"ACCELERATE_MIXED_PRECISION": "bf16"}) == "bf16"
+    assert default_precision({"ACCELERATE_MIXED_PRECISION": "no"}) == "fp32"
+    assert default_precision({}) == "fp32"

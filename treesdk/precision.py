@@ -37,6 +37,14 @@ def parse_precision(name: str | None) -> torch.dtype | None:
     return PRECISIONS[key]
 
 
+def default_precision(environ: Mapping[str, str] | None = None) -> str:
+    """``--precision`` when not given: accelerate's ``--mixed_precision`` (``ACCELERATE_MIXED_PRECISION``,
+    set by ``accelerate launch``) when it is ``bf16``/``fp16``, else ``fp32``."""
+    env = os.environ if environ is None else environ
+    value = env.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    return value if value in ("bf16", "fp16") else "fp32"
+
+
 def backend_device(backend: Any) -> torch.device:
     """The device a backend computes on: its ``device`` attribute, or that of its first trainable parameter."""
     device = getattr(backend, "device", None) or getattr(backend, "_device", None)
