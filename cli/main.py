@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui")
+_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui", "examples")
 
 for _module_name in _COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module_name}").register(app)
