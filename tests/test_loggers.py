@@ -89,3 +89,18 @@ def test_progress_shows_phases_inside_the_iteration():
         assert progress.progress.tasks[0].completed == 1
     text = out.getvalue()
     assert "training" in text and "reward 0.250" in text and "lr 1.00e-04" in text
+
+
+def test_summary_table_lists_before_after_and_change():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from treesdk.progress import print_summary
+
+    run = SimpleNamespace(iterations=3, eval_before={"digit_mean": 0.5}, eval_after={"digit_mean": 0.75},
+                          out_dir="runs/x", exported=["runs/x/export/a.safetensors"], interrupted=False)
+    out = io.StringIO()
+    print_summary(run, Console(file=out, width=100))
+    text = out.getvalue()
+    assert "digit" in text and "0.5000" in text and "0.7500" in text and "+0.2500" in text and "a.safetensors" in text

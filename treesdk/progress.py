@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -85,3 +86,27 @@ class TrainProgress:
         if "lr" in row:
             info += f"  lr {row['lr']:.2e}"
         self.progress.update(self.run_task, completed=row.get("iteration", 0), info=info)
+
+
+def summary_table(run: Any) -> Table:
+    """The before/after table of a finished run (``run.eval_before`` / ``run.eval_after``: reward
+    means on the evaluation set), one row per reward."""
+    table = Table(title=f"evaluation set: before vs after ({run.iterations} iterations)")
+    for name, justify in (("reward", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for key in sorted(set(run.eval_before) | set(run.eval_after)):
+        b, a = run.eval_before.get(key), run.eval_after.get(key)
+        change = f"{a - b:+.4f}" if a is not None and b is not None else "-"
+        table.add_row(key.removesuffix("_mean"), f"{b:.4f}" if b is not None else "-",
+                      f"{a:.4f}" if a is not None else "-", change)
+    return table
+
+
+def print_summary(run: Any, console: Console | None = None) -> None:
+    """Print :func:`summary_table`, then where the run folder and exports are."""
+    console = console or Console()
+    console.print(summary_table(run))
+    if getattr(run, "interrupted", False):
+        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume[/]")
+    exported = getattr(run, "exported", None)
+    console.print(f"run folder: {run.out_dir}" + (f"; exported: {', '.join(exported)}" if exported else ""))
