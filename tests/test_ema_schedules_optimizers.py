@@ -177,3 +177,36 @@ def test_adamw_8bit_without_bitsandbytes_and_unknown_names_are_one_line_errors()
             build_optimizer("adamw-8bit", _params(), lr=1e-3)
     with pytest.raises(ValueError, match=", ".join(OPTIMIZERS)):
         build_optimizer("adamx", _params(), lr=1e-3)
+
+
+# -- the trainer's combination --------------------------------------------------------------------
+
+
+def test_optimization_combines_optimizer_schedule_and_ema():
+    from types import SimpleNamespace
+
+    from treesdk.optimization import EMAConfig, Optimization, accumulation_summary
+
+    spec = SimpleNamespace(optimizer="sgd", lr=0.1, betas=(0.0, 0.999), weight_decay=0.0, eps=1e-8, passes=1,
+                           minibatches=2, lr_schedule="linear", lr_warmup=1, lr_min_factor=0.0)
+    params = _params()
+    opt = Optimization(params, spec, iters=4, ema=EMAConfig(decay=0.5, warmup=False, use="eval"))
+    assert isinstance(opt.optimizer, torch.optim.SGD)
+    opt.start(0)
+    lrs = []
+    for _ in range(4):
+        _train(params, opt.optimizer, 2)
+        lrs.append(opt.end_iteration()["lr"])
+    assert lrs == pytest.approx([0.1 * lr_factor("linear", i, 4, 1) for i in range(4)])
+    assert opt.ema is not None and opt.ema.steps == 8
+    live = params[0].detach().clone()
+    with opt.weights_for("eval") as swapped:
+        assert swapped and torch.equal(params[0].detach(), opt.ema.shadow[0])
+    with opt.weights_for("export") as swapped:
+        assert not swapped and torch.equal(params[0].detach(), live)
+    assert torch.equal(params[0].detach(), live)
+    saved = opt.checkpoint_tensors()
+    again = Optimization(params, spec, iters=4, ema=EMAConfig(decay=0.5))
+    again.load_checkpoint_tensors(saved)
+    assert torch.equal(again.ema.shadow[0], opt.ema.shadow[0]) and again.ema.updates == 8
+    assert "2 optimiser step(s) per iteration" in accumulation_summary(spec, batch=8, world_size=2, chunk=64)
