@@ -31,9 +31,11 @@ import torch
 from .advantages import build_estimator
 from .checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from .evaluate import decode_chunked, evaluate
-from .images import save_grid
+from .images import make_grid, save_grid
 from .interfaces import RewardModel, VelocityModel
+from .loggers import build_loggers
 from .losses import build_loss_terms
+from .optimization import EMAConfig, Optimization
 from .recipe import Recipe, load_recipe
 from .rewards import score_images
 from .sampler import sample_forest_for_recipe
@@ -69,45 +71,6 @@ def iteration_prompts(prompts: Sequence[str], batch: int, seed: int, iteration: 
         order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
         out.append(prompts[int(order[offset])])
     return out
-
-
-class _MetricsLog:
-    """metrics.jsonl + TensorBoard, written by rank 0 only."""
-
-    def __init__(self, out_dir: Path | None, resume_from: int | None) -> None:
-        self.path = out_dir / "metrics.jsonl" if out_dir else None
-        self.writer = None
-        if out_dir is None:
-            return
-        if resume_from is not None and self.path.is_file():  # drop lines past the checkpoint
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= resume_from
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tb"))
-        except ImportError:  # pragma: no cover - tensorboard is a dependency, but never fatal
-            self.writer = None
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-        if self.writer is not None:
-            prefix = "eval/" if row.get("eval") else "train/"
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration":
-                    self.writer.add_scalar(prefix + key, value, row.get("iteration", 0))
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 class _StopRequest:
@@ -164,6 +127,9 @@ def train(
     fsdp: Any = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
+    ema: EMAConfig | Mapping[str, Any] | None = None,
+    report_to: str | Sequence[str] | None = None,
+    eval_every: int = 0,
 ) -> Run:
     """Train ``backend`` with ``recipe`` on ``prompts`` scored by ``rewards``; see module doc.
 
@@ -190,7 +156,18 @@ def train(
             ``fsdp_modules()`` before the optimiser is built; checkpoints are gathered to full tensors
             on every rank (rank 0 writes) and re-sharded on resume; the export at the end is written
             by rank 0 from the final checkpoint. Pass no ``reduce_gradients`` with it.
-        on_iteration: called with each metrics row; ``on_step(phase, done, total)`` for progress bars.
+        on_iteration: called with each metrics row; ``on_step(phase, done, total)`` for progress
+            displays, phases ``sampling`` (steps), ``decoding``, ``rewards``, ``optimizer`` (steps),
+            ``evaluation`` (see :class:`treesdk.progress.TrainProgress`).
+        ema: EMA of the trainable weights (:class:`treesdk.optimization.EMAConfig` or its fields);
+            ``decay > 0`` turns it on; its ``use`` says whether evaluations and the export see it.
+        report_to: loggers (``"jsonl,tensorboard,wandb"``, see :mod:`treesdk.loggers`; None: jsonl
+            and tensorboard).
+        eval_every: also evaluate every ``eval_every`` iterations (0: only before and after),
+            writing ``samples/iter_N.png`` and the means to the loggers.
+
+    The optimiser, its lr schedule and the gradient accumulation are the recipe's ``optim`` part
+    (:mod:`treesdk.optimization`); each metrics row holds the ``lr`` it used.
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
     weights = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
@@ -215,7 +192,11 @@ def train(
     if not params:
         raise ValueError(f"backend {backend.name!r} has no trainable parameters")
     o = recipe.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    ema_config = ema if isinstance(ema, EMAConfig) else EMAConfig(**dict(ema or {}))
+    if ema_config.enabled and fsdp is not None:
+        raise ValueError("--ema-decay with --fsdp is not supported yet (the average would be sharded); drop one of them")
+    optimization = Optimization(params, o, iters, ema_config)
+    optimizer = optimization.optimizer
 
     start_iteration = 0
     run = Run(out_dir=out, iterations=0)
@@ -232,6 +213,7 @@ def train(
         backend.load_trainable_state_dict(trainable)
         optimizer.load_state_dict(optim_state)
         restore_rng_state(state.pop("rng", {}))
+        optimization.load_checkpoint_tensors(state.pop("extra", {}))
         start_iteration = int(state["iteration"])
         run.eval_before = state.get("eval_before", {})
     elif out is not None and is_main:
@@ -244,19 +226,31 @@ def train(
             "batch": batch,
             "seed": seed,
             "world_size": world_size,
+            "ema": ema_config.model_dump(mode="json"),
+            "eval_every": eval_every,
             **dict(config or {}),
         }
         (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n")
-    log = _MetricsLog(out if is_main else None, start_iteration if resume else None)
+    optimization.start(start_iteration)
+    log = build_loggers(report_to, out if is_main else None, config=dict(config or {}),
+                        resume_from=start_iteration if resume else None)
 
     all_eval_rewards = {**rewards, **(eval_rewards or {})}
     eval_seeds = list(eval_seeds) if eval_seeds is not None else list(range(len(eval_prompts or [])))
 
     def run_eval(tag: str, iteration: int) -> dict[str, float]:
-        means, _, images = evaluate(backend, all_eval_rewards, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
+        if on_step:
+            on_step("evaluation", 0, 1)
+        with optimization.weights_for("eval") as averaged:
+            means, _, images = evaluate(backend, all_eval_rewards, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
         if out is not None and is_main:
-            save_grid(images, out / "samples" / f"{tag}.png", nrow=min(10, len(eval_prompts)))
-            log.log({"eval": True, "iteration": iteration, "tag": tag, **means})
+            nrow = min(10, len(eval_prompts))
+            save_grid(images, out / "samples" / f"{tag}.png", nrow=nrow)
+            grid = make_grid(images, nrow=nrow).permute(2, 0, 1).float() / 255.0
+            log.log_metrics({"eval": True, "iteration": iteration, "tag": tag, "ema": averaged, **means}, iteration)
+            log.log_images("samples", grid, iteration)
+        if on_step:
+            on_step("evaluation", 1, 1)
         return means
 
     if eval_prompts and not resume:
@@ -283,10 +277,19 @@ def train(
                 t1 = time.perf_counter()
 
                 # 2. decode the leaves and score them (NaN/inf stops here, before any update)
+                if on_step:
+                    on_step("decoding", 0, 1)
                 images = decode_chunked(backend, forest.leaves, recipe.chunk)
                 leaf_prompts = [my_prompts[int(p)] for p in forest.leaf_prompt]
+                if on_step:
+                    on_step("rewards", 0, len(rewards))
                 scores = score_images(rewards, images, leaf_prompts)
                 t2 = time.perf_counter()
+                if on_step:
+                    on_step("rewards", len(rewards), len(rewards))
+                    steps_hook = optimizer.register_step_post_hook(
+                        lambda *_: on_step("optimizer", optimization.steps_done, optimization.steps_per_iteration))
+                    on_step("optimizer", 0, optimization.steps_per_iteration)
 
                 # 3. advantages on the edges, then 4. the policy update
                 targets = estimator(forest, scores, weights)
@@ -296,7 +299,10 @@ def train(
                     grad_clip=o.grad_clip, reduce_gradients=reduce_gradients,
                 )
                 t3 = time.perf_counter()
+                if on_step:
+                    steps_hook.remove()
                 iteration += 1
+                lr_used = optimization.end_iteration()
 
                 raw = targets.leaf_rewards
                 row: dict[str, Any] = {
@@ -319,18 +325,25 @@ def train(
                     "seconds": t3 - t0,
                     **{f"{name}_mean": float(v.mean()) for name, v in scores.items()},
                     **{k: v for k, v in stats.metrics.items()},
+                    **lr_used,
                 }
                 if reduce_metrics is not None:
                     row = {**row, **reduce_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))})}
                 run.history.append(row)
                 if is_main:
-                    log.log(row)
+                    log.log_metrics(row, iteration)
+                    log.log_histogram("train/leaf_reward", raw, iteration)
+                    for name, values in scores.items():
+                        log.log_histogram(f"train/{name}", values, iteration)
                 if on_iteration is not None:
                     on_iteration(row)
+                if eval_prompts and eval_every and iteration % eval_every == 0 and iteration < iters:
+                    run_eval(f"iter_{iteration}", iteration)
                 stopping = agree(stop.requested)
                 due = checkpoint_every and iteration % checkpoint_every == 0
                 if out is not None and (is_main or fsdp is not None) and (due or stopping or iteration == iters):
-                    _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints, fsdp, is_main)
+                    _save(out, iteration, backend, optimizer, recipe, run, keep_checkpoints, fsdp, is_main,
+                          optimization.checkpoint_tensors())
             run.interrupted = stopping and iteration < iters
         run.iterations = iteration
         if not run.interrupted:
@@ -346,16 +359,20 @@ def train(
                 from .export import default_export_name
                 from .metadata import export_metadata
 
+                from .model_card import write_model_card
+
                 meta = export_metadata(backend, recipe, iteration)
                 target = out / "export" / default_export_name(export_format)
-                run.exported = backend.export(export_format, str(target), meta)
+                with optimization.weights_for("export") as averaged:
+                    run.exported = backend.export(export_format, str(target), {**meta, "treesdk.ema": str(averaged)})
+                write_model_card(run.exported, export_format, meta, rewards=weights)
     finally:
         log.close()
     return run
 
 
 def _save(out: Path, iteration: int, backend: VelocityModel, optimizer: torch.optim.Optimizer, recipe: Recipe,
-          run: Run, keep: int, fsdp: Any = None, is_main: bool = True) -> None:
+          run: Run, keep: int, fsdp: Any = None, is_main: bool = True, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Rank 0 writes the checkpoint; under FSDP every rank first gathers the full tensors."""
     trainable = backend.trainable_state_dict()
     optim: Any = optimizer
@@ -371,4 +388,5 @@ def _save(out: Path, iteration: int, backend: VelocityModel, optimizer: torch.op
         optim,
         {"recipe": recipe.model_dump(mode="json"), "eval_before": run.eval_before, "backend": backend.name},
         keep=keep,
+        extra=extra,
     )
