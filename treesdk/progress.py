@@ -46,7 +46,7 @@ class TrainProgress:
         self.start = start
         self.enabled = enabled
         self.progress = Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[progress.description]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=console, transient=False, disable=not enabled,
         )
