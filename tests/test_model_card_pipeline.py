@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from treesdk.model_card import MARKER, hub_repo_id, model_card, write_model_card
-from treesdk.pipeline_folder import assemble_pipeline, cast_safetensors, parse_export_dtype
+from treesdk.pipeline_folder import cast_safetensors, parse_export_dtype
 
 META = {
     "treesdk.version": "0.1.0",
@@ -96,8 +96,7 @@ def test_full_pipeline_folder_loads_with_from_pretrained(family, tmp_path):
                 p.add_(0.05 * torch.randn_like(p))
         merged = merged_state_dict(backend.transformer)
         folder = tmp_path / "pipeline"
-        folder.mkdir()
-        files = assemble_pipeline(folder, base, lambda sub: export_transformer(backend, "diffusers", sub, META))
+        files = export_transformer(backend, "diffusers", folder, META)  # assemble_pipeline around the transformer
         cls = FluxPipeline if family == "flux" else StableDiffusion3Pipeline
         pipe = cls.from_pretrained(str(folder))
     assert str(folder / "model_index.json") in files

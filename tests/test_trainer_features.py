@@ -86,5 +86,4 @@ def test_digits_export_holds_the_ema_weights_when_asked(tmp_path):
     assert torch.allclose(exported[key].float(), averaged[key])
     _, exported_raw, _ = run("eval", "raw")
     assert torch.allclose(exported_raw[key].float(), raw[key].float())
-    card = (tmp_path / "ema" / "export" / "README.md").read_text()
-    assert "digit-classifier" in card and "treegrpo" in card
+    assert not (tmp_path / "ema" / "export" / "README.md").exists()  # cards are for LoRA and pipeline exports

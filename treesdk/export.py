@@ -364,8 +364,9 @@ def export_run(
     fmt: str = "lora",
     out: str | os.PathLike[str] | None = None,
     device: str | None = "cpu",
+    dtype: str | None = None,
 ) -> list[str]:
-    """Export a run's policy; returns the files written.
+    """Export a run's policy; returns the files written (the model card ``README.md`` last).
 
     Args:
         run_or_checkpoint: a run folder (its latest checkpoint) or one checkpoint folder.
@@ -373,6 +374,11 @@ def export_run(
             in ``export_formats``.
         out: target file or folder; None = ``RUN/export/<fmt default name>``.
         device: device to load the backend on for the export (None = as trained).
+        dtype: ``fp32``/``bf16``/``fp16``: floating-point tensors of the written weights in that
+            dtype (None = as trained); see :func:`treesdk.pipeline_folder.cast_safetensors`.
+
+    A model card (:mod:`treesdk.model_card`) is written beside the export: in the folder of a
+    ``lora``/``comfyui`` file, at the top of a ``diffusers`` pipeline folder.
 
     Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
@@ -389,10 +395,15 @@ def export_run(
     formats = tuple(getattr(factory, "export_formats", ()))
     if fmt not in formats:
         raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
+    from .model_card import write_model_card
+    from .pipeline_folder import cast_safetensors, parse_export_dtype
+
+    export_dtype = parse_export_dtype(dtype)
     target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)
-    if out is None:
-        target.parent.mkdir(parents=True, exist_ok=True)
     _check_writable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)  # created before the (slow) model load
+    if not target.suffix and not target.exists():
+        target.mkdir()  # a folder target: the backend writes into it (or replaces it atomically)
     options = backend_options(backend_cfg, factory)
     accepted = _accepted(factory)
     if device is not None and (accepted is None or "device" in accepted):
@@ -402,7 +413,10 @@ def export_run(
     backend = factory(**options)
     backend.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
     metadata = export_metadata_for_run(config, state, backend)
-    return list(backend.export(fmt, str(target), metadata))
+    files = cast_safetensors(list(backend.export(fmt, str(target), metadata)), export_dtype)
+    rewards = config.get("rewards") if isinstance(config.get("rewards"), Mapping) else None
+    card = write_model_card(files, fmt, metadata, rewards=rewards)
+    return files + ([str(card)] if card is not None else [])
 
 
 def _accepted(factory: Callable[..., Any]) -> set[str] | None:
@@ -418,7 +432,7 @@ def _accepted(factory: Callable[..., Any]) -> set[str] | None:
 
 def default_export_name(fmt: str) -> str:
     """File (or folder, for ``diffusers``) name of format ``fmt`` inside ``RUN/export/``."""
-    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "transformer"}.get(
+    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "pipeline"}.get(
         fmt, f"{fmt}.safetensors"
     )
 

@@ -15,7 +15,10 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+#: export formats that get a card (what the Hub hosts: LoRA adapters and diffusers pipelines)
+CARD_FORMATS = ("lora", "diffusers")
 #: the first line of every card treesdk writes (an existing README.md without it is never overwritten)
 MARKER = "<!-- written by treesdk -->"
 
@@ -35,7 +38,7 @@ def hub_repo_id(base: str) -> str | None:
 
 
 def model_card(metadata: Mapping[str, str], kind: str, files: Sequence[str] = (),
-               rewards: Mapping[str, float] | None = None) -> str:
+               rewards: Mapping[str, Any] | None = None) -> str:
     """The card text for an export of ``kind`` (``lora``, ``diffusers``, ``comfyui``, ...)."""
     base = str(metadata.get("treesdk.base_model", "unknown"))
     backend = str(metadata.get("treesdk.backend", "unknown"))
@@ -53,7 +56,7 @@ def model_card(metadata: Mapping[str, str], kind: str, files: Sequence[str] = ()
     front += ["library_name: diffusers", "pipeline_tag: text-to-image", "tags:"]
     front += [f"- {tag}" for tag in dict.fromkeys(tags)]
     front.append("---")
-    reward_text = ", ".join(f"`{k}` (weight {v:g})" for k, v in (rewards or {}).items()) or "not recorded"
+    reward_text = ", ".join(f"`{k}` (weight {_weight(v):g})" for k, v in (rewards or {}).items()) or "not recorded"
     names = [Path(f).name for f in files]
     body = [
         MARKER,
@@ -82,6 +85,11 @@ def model_card(metadata: Mapping[str, str], kind: str, files: Sequence[str] = ()
             pretty = recipe
         body += ["", "## Recipe", "", "```json", pretty, "```"]
     return "\n".join(front + body) + "\n"
+
+
+def _weight(value: object) -> float:
+    """A reward's weight from ``1.0`` or ``{"weight": 1.0, "options": ...}`` (run files store both)."""
+    return float(value.get("weight", 1.0)) if isinstance(value, Mapping) else float(value)  # type: ignore[arg-type]
 
 
 def _usage(kind: str, family: str, base: str, names: Sequence[str]) -> list[str]:
@@ -116,10 +124,11 @@ def card_path(files: Sequence[str], kind: str) -> Path | None:
 
 
 def write_model_card(files: Sequence[str], kind: str, metadata: Mapping[str, str],
-                     rewards: Mapping[str, float] | None = None) -> Path | None:
-    """Write the card of an export (see :func:`card_path`); returns its path, or None when a
-    ``README.md`` not written by treesdk is already there (it is left alone)."""
-    target = card_path(files, kind)
+                     rewards: Mapping[str, Any] | None = None) -> Path | None:
+    """Write the card of a ``lora`` or ``diffusers`` export (see :func:`card_path`); returns its
+    path, or None for other formats and when a ``README.md`` not written by treesdk is already
+    there (it is left alone)."""
+    target = card_path(files, kind) if kind in CARD_FORMATS else None
     if target is None:
         return None
     if target.exists() and MARKER not in target.read_text(errors="replace"):
