@@ -88,7 +88,7 @@ def test_progress_shows_phases_inside_the_iteration():
                                "seconds": 1.5, "lr": 1e-4})
         assert progress.progress.tasks[0].completed == 1
     text = out.getvalue()
-    assert "training" in text and "reward 0.250" in text and "lr 1.00e-04" in text
+    assert "training" in text and "reward 0.250" in text and "lr 1.0e-04" in text
 
 
 def test_summary_table_lists_before_after_and_change():

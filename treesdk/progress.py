@@ -24,7 +24,6 @@ from rich.progress import (
     Progress,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
@@ -39,7 +38,7 @@ PHASE_LABELS = {
 
 
 class TrainProgress:
-    """Two bars: iterations (reward, NFE, s/iter, ETA of the run) and the current phase."""
+    """Two bars: iterations (ETA of the run, reward, s/iter, lr) and the current phase."""
 
     def __init__(self, iters: int, *, start: int = 0, console: Console | None = None, enabled: bool = True) -> None:
         self.iters = iters
@@ -47,7 +46,7 @@ class TrainProgress:
         self.enabled = enabled
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             console=console, transient=False, disable=not enabled,
         )
         self.run_task: TaskID | None = None
@@ -77,14 +76,13 @@ class TrainProgress:
             self.progress.update(self.phase_task, total=max(total, 1), completed=done)
 
     def on_iteration(self, row: dict[str, Any]) -> None:
-        """After an iteration: advance the run bar and show its reward, NFE and seconds."""
+        """After an iteration: advance the run bar and show its mean reward, seconds and lr."""
         if self.run_task is None:
             return
         self.phase = None
-        info = (f"reward {row.get('reward_mean', float('nan')):.3f}  nfe {row.get('nfe_sampling', 0)}"
-                f"+{row.get('nfe_training', 0)}  {row.get('seconds', 0.0):.2f} s/iter")
+        info = f"reward {row.get('reward_mean', float('nan')):.3f}  {row.get('seconds', 0.0):.2f} s/it"
         if "lr" in row:
-            info += f"  lr {row['lr']:.2e}"
+            info += f"  lr {row['lr']:.1e}"
         self.progress.update(self.run_task, completed=row.get("iteration", 0), info=info)
 
 
