@@ -13,7 +13,7 @@ Formats (``fmt``):
   for every LoRA layer, computed here; the training model is never modified) as
   ``config.json`` + ``diffusion_pytorch_model.safetensors``, and the base model's other components
   and ``model_index.json`` are hard-linked (copied across file systems) from the base folder
-  (:mod:`treesdk.pipeline_folder`). A backend built around an in-memory pipeline has no base
+  (:mod:`treesdk.training.pipeline_folder`). A backend built around an in-memory pipeline has no base
   folder: it gets the transformer folder alone.
 * ``comfyui``: the merged transformer as one safetensors file in the original BFL (FLUX) / SAI (SD3)
   key layout, no prefix (:mod:`treesdk_backends.keymaps`).
@@ -235,7 +235,7 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
 
         base = Path(str(getattr(backend, "model_path", "")))
         if (base / "model_index.json").is_file():  # the full pipeline: from_pretrained(target) loads it
-            from treesdk.pipeline_folder import assemble_pipeline
+            from treesdk.training.pipeline_folder import assemble_pipeline
 
             _write_folder_atomically(target, lambda folder: assemble_pipeline(folder, base, write_transformer))
             return [str(target / "model_index.json"), *(str(target / "transformer" / n) for n in ("config.json", DIFFUSERS_WEIGHTS))]

@@ -8,57 +8,135 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from treesdk.progress import TrainProgress
-
-from .common import backend_options, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, parse_overrides, parse_rewards
+from .common import backend_options, clean_errors, console, parse_overrides, parse_reward_options, parse_rewards
 from .flags import apply_first_class, check_option_keys
 
 
-def build_recipe(algo: str, config: str | None, k: int | None, d: int | None, steps: int | None,
-                 lr: float | None, sets: list[str] | None, backend: Any) -> Any:
-    """Preset or recipe file, then the backend's scale defaults (presets only: a recipe file's
-    values are the user's own), then the command-line overrides."""
-    from treesdk.recipe import load_recipe
+def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
+    """The :class:`treesdk.RunConfig` of ``treesdk train``: a run file given with ``--config`` (or a
+    plain recipe file, told apart by its keys), then every flag given on the command line on top."""
+    from treesdk.training.config import is_run_file_data, read_config_file, run_config_from_data
 
-    overrides: dict[str, Any] = {} if config else dict(backend.recipe_defaults())
-    for key, value in (("tree.k", k), ("tree.d", d), ("steps", steps), ("optim.lr", lr)):
-        if value is not None:
-            overrides[key] = value
-    overrides.update(parse_overrides(sets))
-    return load_recipe(config if config else algo, **overrides)
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        raw = read_config_file(config_file)
+        data = raw if is_run_file_data(raw) else {"recipe": config_file}
+    f = flags
+    backend = dict(data.get("backend") or {})
+    if f["backend"] is not None:
+        backend["name"] = f["backend"]
+    extra = backend_options(f["model"], f["resolution"], None, f["backend_opt"])
+    name = backend.get("name") or "digits"
+    valid = option_names("backend", name)
+    check_option_keys("--backend-opt", f"backend {name!r}", extra, valid)
+    extra = apply_first_class(extra, valid, name, **{key: f[key] for key in FIRST_CLASS_FLAGS})
+    if extra:
+        backend["options"] = {**(backend.get("options") or {}), **extra}
+    check_option_keys("backend.options:", f"backend {name!r}", backend.get("options") or {}, valid)
+    if backend:
+        data["backend"] = backend
+    if f["algo"] is not None and not (config_file is not None and "recipe" in data and data["recipe"] == config_file):
+        data["recipe"] = f["algo"]
+    overrides = {key: value for key, value in (("tree.k", f["k"]), ("tree.d", f["d"]), ("steps", f["steps"]), ("optim.lr", f["lr"]))
+                 if value is not None}
+    overrides.update(parse_overrides(f["set_"]))
+    if overrides:
+        data["overrides"] = {**(data.get("overrides") or {}), **overrides}
+    if f["reward"]:
+        data["rewards"] = parse_rewards(f["reward"])
+    if f["eval_reward"] is not None:
+        data["eval_rewards"] = list(f["eval_reward"])
+    if f["reward_opt"]:
+        data["reward_options"] = {**(data.get("reward_options") or {}), **parse_reward_options(f["reward_opt"])}
+    if f["prompts"] is not None:
+        data["prompts"] = {"file": f["prompts"]}
+    for key in ("column", "split"):
+        if f[f"prompt_{key}"] is not None:
+            data["prompts"] = {**(data.get("prompts") or {}), key: f[f"prompt_{key}"]}
+    overrides = {f"optim.{key}": f[key] for key in ("optimizer", "lr_schedule", "lr_warmup") if f[key] is not None}
+    if overrides:
+        data["overrides"] = {**(data.get("overrides") or {}), **overrides}
+    for key in ("iters", "batch", "seed", "device", "dtype", "precision"):
+        if f[key] is not None:
+            data[key] = f[key]
+    for section, key, flag in (("checkpoint", "every", "checkpoint_every"), ("checkpoint", "keep", "keep_checkpoints"),
+                               ("export", "format", "export_format"), ("launch", "nproc_per_node", "nproc_per_node"),
+                               ("launch", "nnodes", "nnodes"), ("launch", "node_rank", "node_rank"),
+                               ("launch", "rdzv_endpoint", "rdzv_endpoint"), ("launch", "max_restarts", "max_restarts"),
+                               ("launch", "fsdp", "fsdp"), ("ema", "decay", "ema_decay"), ("ema", "every", "ema_every"),
+                               ("ema", "use", "ema_use"), ("logging", "report_to", "report_to"),
+                               ("logging", "eval_every", "eval_every")):
+        if f[flag] is not None:
+            data[section] = {**(data.get(section) or {}), key: f[flag]}
+    if "precision" not in data:
+        from treesdk.training.precision import default_precision
+
+        data["precision"] = default_precision()  # accelerate launch --mixed_precision bf16
+    for reward, given in {**(data.get("reward_options") or {}),
+                          **{n: r.get("options") or {} for n, r in _reward_sections(data).items()}}.items():
+        check_option_keys("--reward-opt", f"reward {reward!r}", given, option_names("reward", reward))
+    return run_config_from_data(data, config_file or "<command line>")
+
+
+#: flags that become backend options (``treesdk_cli.flags.FIRST_CLASS``; --dtype is RunConfig.dtype)
+FIRST_CLASS_FLAGS = ("lora_rank", "lora_alpha", "lora_targets", "gradient_checkpointing", "guidance", "max_sequence_length")
+
+
+def _reward_sections(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``rewards``/``eval_rewards`` of run-file data that carry options (``{name: {options: ...}}``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in ("rewards", "eval_rewards"):
+        section = data.get(key)
+        if isinstance(section, dict):
+            out.update({n: v for n, v in section.items() if isinstance(v, dict)})
+    return out
+
+
+def option_names(kind: str, name: str) -> set[str] | None:
+    """Keyword options the registered ``kind`` plugin ``name`` takes (None: any, or an unknown name,
+    which fails later with the registry's own message)."""
+    from treesdk import registry
+    from treesdk.training.runs import accepted_options
+
+    try:
+        factory = registry.load(kind, name)
+    except Exception:  # noqa: BLE001 - unknown or broken plugin: reported where it is loaded
+        return None
+    accepted = accepted_options(factory)
+    return None if accepted is None else accepted - {"self"}
 
 
 def train_command(
-    backend: Annotated[str, typer.Option(help="velocity-model backend (entry point in treesdk.backends)")] = "digits",
+    backend: Annotated[Optional[str], typer.Option(help="velocity-model backend (entry point in treesdk.backends) [default: digits]")] = None,
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id; default: the backend's")] = None,
-    algo: Annotated[str, typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file)")] = "treegrpo",
+    algo: Annotated[Optional[str], typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file) [default: treegrpo]")] = None,
     k: Annotated[Optional[int], typer.Option(help="branching factor of the tree (overrides the recipe)")] = None,
     d: Annotated[Optional[int], typer.Option(help="tree depth = SDE window length in steps")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampling steps T")] = None,
-    iters: Annotated[int, typer.Option(help="total iterations of the run")] = 60,
-    batch: Annotated[int, typer.Option(help="prompts (trees) per iteration, over all ranks")] = 8,
+    iters: Annotated[Optional[int], typer.Option(help="total iterations of the run [default: 60]")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="prompts (trees) per iteration, over all ranks [default: 8]")] = None,
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME or NAME=WEIGHT; repeatable")] = None,
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward scored only at evaluation; repeatable")] = None,
     reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="image resolution in pixels (backend default if unset)")] = None,
-    config: Annotated[Optional[str], typer.Option(help="recipe file (YAML/JSON); replaces --algo")] = None,
+    config: Annotated[Optional[str], typer.Option(help="run file (YAML/JSON, e.g. a run's config.json; flags override it) or a recipe file (replaces --algo)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<algo>-<time>)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of prompts order, windows and tree noise")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="seed of prompts order, windows and tree noise [default: 0]")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (cpu, cuda, cuda:1); backend default if unset")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (overrides the recipe)")] = None,
-    prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="prompts: text file (one per line), CSV/TSV, JSONL, JSON, parquet or a datasets folder", rich_help_panel="Data")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="recipe override DOTTED.KEY=VALUE, e.g. noise.level=0.8")] = None,
     backend_opt: Annotated[Optional[list[str]], typer.Option(help="backend option KEY=VALUE, e.g. lora_rank=32")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="iterations between checkpoints (0 = at the end)")] = 0,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="iterations between checkpoints (0 = at the end) [default: 0]")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     export_format: Annotated[Optional[str], typer.Option(help="format exported at the end (backend default)")] = None,
-    nproc_per_node: Annotated[int, typer.Option(help="processes (GPUs) per node; >1 launches through torchrun")] = 1,
-    nnodes: Annotated[int, typer.Option(help="number of nodes (run the same command on each)")] = 1,
+    nproc_per_node: Annotated[Optional[int], typer.Option(help="processes (GPUs) per node; >1 launches through torchrun [default: 1]")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(help="number of nodes (run the same command on each) [default: 1]")] = None,
     node_rank: Annotated[Optional[int], typer.Option(help="this node's rank 0..nnodes-1 (static rendezvous; default: c10d assigns)")] = None,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the rendezvous (first node), for --nnodes > 1")] = None,
-    max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint")] = 0,
-    keep_checkpoints: Annotated[int, typer.Option(help="newest checkpoints kept in the run folder")] = 3,
-    fsdp: Annotated[bool, typer.Option(help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = False,
+    max_restarts: Annotated[Optional[int], typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint [default: 0]")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="newest checkpoints kept in the run folder [default: 3]")] = None,
+    fsdp: Annotated[Optional[bool], typer.Option("--fsdp/--no-fsdp", help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = None,
     lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank (0: train the whole transformer)", rich_help_panel="Model")] = None,
     lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank, scale 1)", rich_help_panel="Model")] = None,
     lora_targets: Annotated[Optional[str], typer.Option(help="comma-separated peft target modules, e.g. attn.to_q,attn.to_v", rich_help_panel="Model")] = None,
@@ -71,33 +149,38 @@ def train_command(
     prompt_split: Annotated[Optional[str], typer.Option(help="split of a datasets folder given to --prompts (default train)", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw, adamw-8bit, adafactor, sgd (recipe optim.optimizer)", rich_help_panel="Optimisation")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="constant, linear or cosine, per iteration (recipe optim.lr_schedule)", rich_help_panel="Optimisation")] = None,
-    lr_warmup: Annotated[Optional[int], typer.Option(help="iterations of linear lr warm-up", rich_help_panel="Optimisation")] = None,
-    ema_decay: Annotated[float, typer.Option(help="EMA of the trainable weights with this decay (0: off), e.g. 0.999", rich_help_panel="Optimisation")] = 0.0,
-    ema_every: Annotated[int, typer.Option(help="optimiser steps between EMA updates", rich_help_panel="Optimisation")] = 1,
-    ema_use: Annotated[str, typer.Option(help="where EMA weights are used: eval+export, eval, export, none", rich_help_panel="Optimisation")] = "eval+export",
-    report_to: Annotated[Optional[str], typer.Option(help="loggers: jsonl,tensorboard,wandb (default jsonl,tensorboard; 'none')", rich_help_panel="Logging")] = None,
-    eval_every: Annotated[int, typer.Option(help="evaluate every N iterations: samples/iter_N.png and logger images (0: start and end only)", rich_help_panel="Logging")] = 0,
+    lr_warmup: Annotated[Optional[int], typer.Option(help="iterations of linear lr warm-up (recipe optim.lr_warmup)", rich_help_panel="Optimisation")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the trainable weights with this decay, e.g. 0.999 [default: 0 = off]", rich_help_panel="Optimisation")] = None,
+    ema_every: Annotated[Optional[int], typer.Option(help="optimiser steps between EMA updates [default: 1]", rich_help_panel="Optimisation")] = None,
+    ema_use: Annotated[Optional[str], typer.Option(help="where EMA weights are used: eval+export, eval, export, none [default: eval+export]", rich_help_panel="Optimisation")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="loggers: jsonl,tensorboard,wandb or none [default: jsonl,tensorboard]", rich_help_panel="Logging")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="evaluate every N iterations: samples/iter_N.png and logger images [default: 0 = start and end]", rich_help_panel="Logging")] = None,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
-    from treesdk import distributed, launch
+    from treesdk.training import distributed, launch
 
-    if launch.needs_launch(nproc_per_node, nnodes, max_restarts):
+    flags = dict(locals())
+    with clean_errors():
+        run_config = build_config(config, flags)
+    lc = run_config.launch
+    if launch.needs_launch(lc.nproc_per_node, lc.nnodes, lc.max_restarts):
         with clean_errors():
             if resume and out is None:
                 raise ValueError("--resume needs --out RUN_DIR")
-            launch.torchrun_argv([], nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                                 rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, run_dir=out or "runs")  # checks
+            launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
+                                 rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts, run_dir=out or "runs")  # checks
             argv = sys.argv[1:]
             if "train" not in argv:
                 raise ValueError("--nproc-per-node/--nnodes/--max-restarts need the command line (sys.argv) of `treesdk train`")
             worker = launch.strip_launch_flags(argv[argv.index("train"):])
             run_dir = out
             if run_dir is None:  # one folder for every rank, node and restart
-                run_dir = Path("runs") / f"{algo if config is None else Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+                name = run_config.recipe if isinstance(run_config.recipe, str) else run_config.recipe.name
+                run_dir = Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
                 worker += ["--out", str(run_dir)]
             args = launch.torchrun_argv(
-                worker, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, run_dir=run_dir,
+                worker, nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
+                rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts, run_dir=run_dir,
             )
         code = launch.launch(args)
         if code:
@@ -109,124 +192,69 @@ def train_command(
     try:
         with clean_errors():
             ctx = distributed.init_distributed()
-            flags = {"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": lora_targets, "dtype": dtype,
-                     "gradient_checkpointing": gradient_checkpointing, "guidance": guidance,
-                     "max_sequence_length": max_sequence_length}
-            recipe_flags = {"optim.optimizer": optimizer, "optim.lr_schedule": lr_schedule, "optim.lr_warmup": lr_warmup}
-            extras = {"flags": flags, "recipe_flags": recipe_flags, "precision": precision, "prompt_column": prompt_column,
-                      "prompt_split": prompt_split, "ema": {"decay": ema_decay, "every": ema_every, "use": ema_use},
-                      "report_to": report_to, "eval_every": eval_every}
-            _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
-                   seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints,
-                   reward_opt=reward_opt, fsdp=fsdp, extras=extras)
+            _train(ctx, run_config, out, resume)
             completed = True
     finally:
         distributed.shutdown(ctx, completed=completed)
 
 
-def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, d: int | None, steps: int | None,
-           iters: int, batch: int, reward: list[str] | None, eval_reward: list[str] | None, resolution: int | None,
-           config: str | None, out: Path | None, seed: int, device: str | None, lr: float | None, prompts: str | None,
-           set_: list[str] | None, backend_opt: list[str] | None, checkpoint_every: int, resume: bool,
-           export_format: str | None, keep_checkpoints: int, reward_opt: list[str] | None = None,
-           fsdp: bool = False, extras: dict[str, Any] | None = None) -> None:
+def _train(ctx: Any, config: Any, out: Path | None, resume: bool) -> None:
     """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
-    import treesdk
-    from treesdk import distributed
+    from treesdk.training import distributed
+    from treesdk.training.optimization import accumulation_summary
+    from treesdk.training.precision import cpu_defaults
+    from treesdk.training.progress import TrainProgress
+    from treesdk.training.runs import build_run_parts
+    from treesdk.training.trainer import Trainer
 
     if resume and out is None:
         raise ValueError("--resume needs --out RUN_DIR")
-    if ctx.world_size > 1 and ctx.device.type == "cuda" and device in (None, "cuda"):
-        device = str(ctx.device)  # one GPU per rank: cuda:LOCAL_RANK
-    from treesdk.loggers import parse_report_to
-    from treesdk.optimization import EMAConfig, accumulation_summary
-    from treesdk.precision import cpu_defaults, default_precision, with_precision
-    from treesdk.prompts import load_prompts
-
-    extras = extras or {}
     show = console.print if ctx.is_main else (lambda *a, **kw: None)
-    parse_report_to(extras.get("report_to"))  # a typo fails before any model is loaded
-    ema = EMAConfig(**extras.get("ema", {}))
-    options = backend_options(model, resolution, device, backend_opt)
-    valid = option_names("backend", backend)
-    check_option_keys("--backend-opt", f"backend {backend!r}", options, valid)
-    apply_first_class(options, valid, backend, **extras.get("flags", {}))
-    for name, given in parse_reward_options(reward_opt).items():
-        check_option_keys("--reward-opt", f"reward {name!r}", given, option_names("reward", name))
-    note = cpu_defaults(options.get("device", device), options, valid, ctx.local_world_size)
+    given = {"dtype": config.dtype} if config.dtype is not None else dict(
+        {"dtype": config.backend.options["dtype"]} if "dtype" in config.backend.options else {})
+    note = cpu_defaults(config.device or config.backend.options.get("device"), given,
+                        option_names("backend", config.backend.name), ctx.local_world_size)
     if note:
         show(f"[dim]{note}[/]")
-    precision = extras.get("precision") or default_precision()
-    vm = with_precision(treesdk.load_backend(backend, **options), precision)
-    recipe = build_recipe(algo, config, k, d, steps, lr, [*(set_ or []), *(f"{key}={value}" for key, value in
-                          extras.get("recipe_flags", {}).items() if value is not None)], vm)
-    weights = parse_rewards(reward) or vm.default_rewards()
-    if not weights:
-        raise ValueError(f"backend {backend!r} has no default reward: name one with --reward NAME[=WEIGHT]")
-    heldout = list(eval_reward) if eval_reward is not None else [r for r in vm.heldout_rewards() if r not in weights]
-    reward_options = parse_reward_options(reward_opt)
-    check_reward_options(reward_options, [*weights, *heldout])
-    rewards = load_rewards(list(weights), device, reward_options)
-    heldout_models = load_rewards(heldout, device, reward_options)
-    train_prompts = (load_prompts(prompts, extras.get("prompt_column"), extras.get("prompt_split"))
-                     if prompts else vm.default_prompts())
-    eval_prompts, eval_seeds = vm.eval_set()
+        if config.dtype is None and "dtype" not in config.backend.options and "dtype" in given:
+            config = config.model_copy(update={"dtype": given["dtype"]})
+    if ctx.world_size > 1 and ctx.device.type == "cuda" and config.device in (None, "cuda"):
+        config = config.model_copy(update={"device": str(ctx.device)})  # one GPU per rank: cuda:LOCAL_RANK
+    parts = build_run_parts(config)
+    vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
     run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
-    fmt = export_format or vm.default_export_format()
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
-        raise ValueError(f"backend {backend!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
+        raise ValueError(f"backend {vm.name!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights
     resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
+    weights = {n: r.weight for n, r in parts.config.rewards.items()}
 
     show(
-        f"[bold]treesdk train[/] backend={backend} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
-        f"d={recipe.tree.d} roots={recipe.tree.roots} batch={batch} iters={iters} rewards={weights} -> {run_dir}"
+        f"[bold]treesdk train[/] backend={vm.name} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
+        f"d={recipe.tree.d} roots={recipe.tree.roots} batch={config.batch} iters={config.iters} rewards={weights} -> {run_dir}"
         + (f" ranks={ctx.world_size} ({ctx.backend})" if ctx.world_size > 1 else "")
         + (" fsdp" if fsdp and ctx.world_size > 1 else "")
         + (" (resuming)" if resume else "")
-        + (f" precision={precision}" if precision != "fp32" else "")
+        + (f" precision={config.precision}" if config.precision != "fp32" else "")
     )
-    o = recipe.optim
+    o, ema = recipe.optim, config.ema
     show(f"[dim]optimiser {o.optimizer} lr {o.lr:g} ({o.lr_schedule}, warm-up {o.lr_warmup})"
          + (f", EMA decay {ema.decay:g} every {ema.every} step(s) for {ema.use}" if ema.enabled else "")
-         + f"; {accumulation_summary(o, batch, ctx.world_size, recipe.chunk)}[/]")
-    with TrainProgress(iters, console=console, enabled=ctx.is_main) as progress:  # only rank 0 prints progress
-        run = treesdk.train(
-            recipe, vm, rewards, train_prompts, weights=weights, iters=iters, batch=batch, seed=seed,
-            out_dir=run_dir, eval_prompts=eval_prompts, eval_seeds=eval_seeds, eval_rewards=heldout_models,
-            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, export_format=fmt,
-            config={"cli": {"algo": algo, "config": config, "precision": precision, "prompts": prompts,
-                            "prompt_column": extras.get("prompt_column"), "prompt_split": extras.get("prompt_split")}},
-            backend_options=options, on_iteration=progress.on_iteration, on_step=progress.on_step, ema=ema,
-            report_to=extras.get("report_to"), eval_every=int(extras.get("eval_every") or 0),
-            **ctx.train_kwargs(fsdp=fsdp),
-        )
+         + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.chunk)}[/]")
+    with TrainProgress(config.iters, console=console, enabled=ctx.is_main) as progress:  # only rank 0 shows it
+        trainer = Trainer.from_parts(parts, run_dir, collective=ctx.with_fsdp(fsdp), callbacks=[progress.on_iteration],
+                                     on_step=progress.on_step)
+        run = trainer.fit(resume)
     if ctx.is_main:
         print_summary(run)
 
 
 def print_summary(run: Any) -> None:
-    """Reward before/after on the evaluation set, per reward (:func:`treesdk.progress.print_summary`)."""
-    from treesdk.progress import print_summary as show_summary
+    """Reward before/after on the evaluation set, per reward (:func:`treesdk.training.progress.print_summary`)."""
+    from treesdk.training.progress import print_summary as show_summary
 
     show_summary(run, console)
-
-
-def option_names(kind: str, name: str) -> set[str] | None:
-    """Keyword options the registered ``kind`` plugin ``name`` takes (None: any, or not inspectable)."""
-    import inspect
-
-    from treesdk import registry
-
-    try:
-        factory = registry.load(kind, name)
-        params = inspect.signature(factory).parameters
-    except Exception:  # noqa: BLE001 - an unknown name fails later with the registry's own message
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
 
 
 def register(app: typer.Typer) -> None:

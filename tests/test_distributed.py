@@ -23,9 +23,9 @@ from _dist_common import (
     straight_two_rank_run,
 )
 
-from treesdk.checkpoint import list_checkpoints, load_checkpoint
-from treesdk.distributed import reduce_metric_rows
-from treesdk.launch import rendezvous_id, strip_launch_flags, torchrun_argv
+from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
+from treesdk.training.distributed import reduce_metric_rows
+from treesdk.training.launch import rendezvous_id, strip_launch_flags, torchrun_argv
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""--precision (autocast with the weights dtype kept) and CPU defaults (treesdk.precision)."""
+"""--precision (autocast with the weights dtype kept) and CPU defaults (treesdk.training.precision)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import treesdk
-from treesdk.precision import Autocast, cpu_defaults, cpu_threads, parse_precision, with_precision
+from treesdk.training.precision import Autocast, cpu_defaults, cpu_threads, parse_precision, with_precision
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_cpu_defaults_pick_threads_and_fp32_with_a_note(monkeypatch):
 
 
 def test_accelerate_mixed_precision_is_the_default_precision():
-    from treesdk.precision import default_precision
+    from treesdk.training.precision import default_precision
 
     assert default_precision({"ACCELERATE_MIXED_PRECISION": "bf16"}) == "bf16"
     assert default_precision({"ACCELERATE_MIXED_PRECISION": "no"}) == "fp32"

@@ -11,10 +11,10 @@ from analytic import BrightnessReward, MixtureFlow
 from safetensors.torch import load_file
 
 import treesdk
-from treesdk.checkpoint import load_checkpoint
-from treesdk.recipe import load_recipe
-from treesdk.schedules import lr_factor
-from treesdk.trainer import train
+from treesdk.training.checkpoint import load_checkpoint
+from treesdk.recipes import load_recipe
+from treesdk.training.schedules import lr_factor
+from treesdk.training.trainer import train
 
 REWARDS = {"brightness": BrightnessReward()}
 

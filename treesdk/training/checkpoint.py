@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .io import atomic_save_safetensors, atomic_write_json
+from treesdk.io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
 
@@ -129,7 +129,7 @@ def save_checkpoint(
     """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``.
 
     ``optimizer`` is the optimiser or its (full, unsharded) ``state_dict()``, e.g. one gathered
-    under FSDP by :meth:`treesdk.distributed.FullyShardedTraining.full_optimizer_state`. ``extra``
+    under FSDP by :meth:`treesdk.training.distributed.FullyShardedTraining.full_optimizer_state`. ``extra``
     tensors (e.g. the EMA's ``ema.*``) are stored beside the optimiser state and come back in
     ``state["extra"]`` from :func:`load_checkpoint`."""
     final = checkpoint_dir(run_dir, iteration)

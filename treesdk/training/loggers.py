@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .suggest import unknown_name_message
+from ..suggest import unknown_name_message
 
 #: logger names understood by :func:`build_loggers`
 LOGGERS = ("jsonl", "tensorboard", "wandb")
@@ -170,6 +170,13 @@ class Loggers(Logger):
         if values.numel():
             for logger in self.loggers:
                 logger.log_histogram(tag, values, step)
+
+    def log_reward_histograms(self, leaf_rewards: Tensor, scores: Mapping[str, Tensor], step: int) -> None:
+        """Histograms of an iteration's weighted leaf rewards (``train/leaf_reward``) and of each
+        reward's raw scores (``train/<name>``)."""
+        self.log_histogram("train/leaf_reward", leaf_rewards, step)
+        for name, values in scores.items():
+            self.log_histogram(f"train/{name}", values, step)
 
     def close(self) -> None:
         for logger in self.loggers:
