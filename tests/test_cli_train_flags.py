@@ -77,3 +77,35 @@ def test_tiny_flux_lora_flags_set_the_exported_adapter(tiny_flux_path, tmp_path)
     assert report.rank == 2
     assert {m.rsplit(".", 1)[-1] for m in report.modules} == {"to_q", "to_v"}
     assert (out / "export" / "README.md").is_file()
+
+
+def test_the_new_settings_round_trip_through_config_json(tmp_path):
+    """A run's config.json holds every new setting; training again from it repeats the run."""
+    from treesdk.training.config import read_run_config
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"caption": f"the digit {d}"}) + "\n" for d in ("three", "seven")))
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = runner.invoke(app, [
+        "train", "--iters", "2", "--batch", "2", "--set", "tree.k=2", "--set", "tree.d=2", "--steps", "4",
+        "--cfg", "1.5", "--prompts", str(prompts), "--prompt-column", "caption", "--optimizer", "sgd",
+        "--lr-schedule", "cosine", "--lr-warmup", "1", "--ema-decay", "0.5", "--ema-use", "eval",
+        "--report-to", "jsonl", "--eval-every", "1", "--precision", "bf16", "--export-format", "none", "--out", str(first),
+    ])
+    assert result.exit_code == 0, result.output
+    stored = read_run_config(first)
+    assert stored.backend.options["guidance_scale"] == 1.5 and stored.precision == "bf16"
+    assert stored.prompts.column == "caption" and stored.ema.decay == 0.5 and stored.ema.use == "eval"
+    assert stored.logging.report_to == ["jsonl"] and stored.logging.eval_every == 1
+    assert stored.recipe.optim.optimizer == "sgd" and stored.recipe.optim.lr_schedule == "cosine"
+    again = runner.invoke(app, ["train", "--config", str(first / "config.json"), "--out", str(second)])
+    assert again.exit_code == 0, again.output
+
+    def rows(run):
+        noisy = ("seconds", "seconds_sampling", "seconds_reward", "seconds_training")
+        return [{k: v for k, v in json.loads(line).items() if k not in noisy}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(first) == rows(second)
+    assert [r["tag"] for r in rows(first) if r.get("eval")] == ["start", "iter_1", "end"]
+    assert read_run_config(second) == stored
