@@ -4,6 +4,10 @@ whether it imports.
 Reads the entry-point groups through :func:`treesdk.registry.plugin_status`; a plugin that fails to
 import is listed with its error and never hides the others. ``--json`` prints a list of objects
 ``{kind, name, value, distribution, version, ok, error}`` for scripts.
+
+``--verbose`` also shows each entry point and, for every backend and reward that imports, its
+constructor options (name, default, description): what ``--backend-opt KEY=VALUE`` /
+``--reward-opt NAME:KEY=VALUE`` and a run file's ``options`` accept (JSON: an ``options`` object).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ def plugins(
         typer.Option("--kind", "-k", help=f"only these kinds ({', '.join(GROUPS)}); repeatable"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show each entry point (module:object)")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show each entry point and every backend's and reward's options")] = False,
 ) -> None:
     """List backends, rewards and algorithms with their distribution, version and load status."""
     kinds = tuple(kind) if kind else tuple(GROUPS)
@@ -40,6 +44,7 @@ def plugins(
                 "version": r.version,
                 "ok": r.ok,
                 "error": r.error,
+                **({"options": plugin_options(r.kind, r.name)} if verbose and r.ok and r.kind in OPTION_KINDS else {}),
             }
             for r in rows
         ]
@@ -65,9 +70,48 @@ def plugins(
     if verbose and console.width < 160:  # entry points are long; folding them makes them unreadable
         console = Console(width=160)
     console.print(table)
+    if verbose:
+        for r in rows:
+            if r.ok and r.kind in OPTION_KINDS:
+                console.print(options_table(r.kind, r.name))
     failed = sum(not r.ok for r in rows)
     if failed:
         console.print(f"[yellow]{failed} plugin(s) failed to import; the others are usable.[/yellow]")
+
+
+#: plugin kinds whose constructor options are listed by ``--verbose``
+OPTION_KINDS = ("backend", "reward")
+
+
+def plugin_options(kind: str, name: str) -> dict[str, dict[str, object]]:
+    """``{option: {"default": ..., "required": bool, "description": ...}}`` of a plugin's constructor
+    (:func:`treesdk.nodes.options.options_model`: its ``Options`` model or its ``__init__`` signature
+    and docstring)."""
+    from treesdk import registry
+    from treesdk.nodes.options import options_model
+
+    model = options_model(registry.load(kind, name))
+    out: dict[str, dict[str, object]] = {}
+    for option, field in model.model_fields.items():
+        required = field.is_required()
+        out[option] = {"default": None if required else field.default, "required": required,
+                       "description": field.description or ""}
+    return out
+
+
+def options_table(kind: str, name: str) -> object:
+    """A rich table of :func:`plugin_options`."""
+    from rich.table import Table
+
+    flag = "--backend-opt KEY=VALUE" if kind == "backend" else f"--reward-opt {name}:KEY=VALUE"
+    table = Table(title=f"{kind} {name}: options ({flag})", title_justify="left")
+    table.add_column("option", no_wrap=True)
+    table.add_column("default", overflow="fold")
+    table.add_column("description", overflow="fold")
+    for option, info in plugin_options(kind, name).items():
+        default = "(required)" if info["required"] else repr(info["default"])
+        table.add_row(option, default, " ".join(str(info["description"]).split()))
+    return table
 
 
 def register(app: typer.Typer) -> None:

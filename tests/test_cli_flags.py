@@ -32,3 +32,23 @@ def test_unknown_option_keys_list_valid_keys_closest_first():
         check_option_keys("--backend-opt", "backend 'flux'", {"lora_rnak": 8}, FLUX_LIKE)
     check_option_keys("--backend-opt", "backend 'flux'", {"lora_rank": 8}, FLUX_LIKE)
     check_option_keys("--backend-opt", "backend 'x'", {"anything": 1}, None)
+
+
+def test_plugins_verbose_documents_every_backend_and_reward_option():
+    import json
+
+    from typer.testing import CliRunner
+
+    from treesdk_cli.main import app
+
+    result = CliRunner().invoke(app, ["plugins", "--verbose", "--json", "--kind", "backend", "--kind", "reward"])
+    assert result.exit_code == 0, result.output
+    rows = {(r["kind"], r["name"]): r for r in json.loads(result.output)}
+    digits = rows[("backend", "digits")]["options"]
+    assert digits["guidance_scale"]["default"] == 1.0 and "classifier-free" in digits["guidance_scale"]["description"]
+    flux = rows[("backend", "flux")]["options"]
+    assert {"lora_rank", "lora_alpha", "lora_targets", "gradient_checkpointing", "guidance", "max_sequence_length"} <= set(flux)
+    assert all(info["description"] for info in flux.values())  # every backend option is documented
+    assert "checkpoint" in rows[("reward", "hpsv2")]["options"]
+    table = CliRunner().invoke(app, ["plugins", "--verbose", "--kind", "backend"])
+    assert table.exit_code == 0 and "backend sd3: options" in table.output
