@@ -220,6 +220,9 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool) -> None:
             config = config.model_copy(update={"dtype": given["dtype"]})
     if ctx.world_size > 1 and ctx.device.type == "cuda" and config.device in (None, "cuda"):
         config = config.model_copy(update={"device": str(ctx.device)})  # one GPU per rank: cuda:LOCAL_RANK
+    if ctx.world_size > 1:  # a torchrun worker: its argv lost the launcher flags; record what it runs on
+        launched = {"nproc_per_node": ctx.local_world_size, "nnodes": ctx.world_size // max(ctx.local_world_size, 1)}
+        config = config.model_copy(update={"launch": config.launch.model_copy(update=launched)})
     parts = build_run_parts(config)
     vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
     run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"

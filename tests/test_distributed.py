@@ -155,7 +155,8 @@ def test_cli_launches_two_ranks_through_torchrun(straight):
     rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if not r.get("eval")] == [1, 2]
     assert [r["trees"] for r in rows if not r.get("eval")] == [4, 4]
-    assert json.loads((root / "run" / "config.json").read_text())["world_size"] == 2
+    launched = json.loads((root / "run" / "config.json").read_text())["launch"]
+    assert launched["nproc_per_node"] * launched["nnodes"] == 2
 
 
 @pytest.mark.parametrize(

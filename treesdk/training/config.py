@@ -99,13 +99,15 @@ class ExportConfig(_Section):
 
 
 class LaunchConfig(_Section):
-    """Processes of the run (``treesdk train`` starts torchrun when more than one is asked for)."""
+    """Processes of the run (``treesdk train`` starts torchrun when more than one is asked for).
+    The values are checked together, with the flag names, by :func:`treesdk.training.launch.torchrun_argv`;
+    a worker records the processes it ran with (``nproc_per_node`` x ``nnodes``)."""
 
-    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node")
-    nnodes: int = Field(1, ge=1, description="number of nodes")
-    node_rank: int | None = Field(None, ge=0, description="this node's rank (static rendezvous)")
+    nproc_per_node: int = Field(1, description="processes (GPUs) per node")
+    nnodes: int = Field(1, description="number of nodes")
+    node_rank: int | None = Field(None, description="this node's rank (static rendezvous)")
     rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous")
-    max_restarts: int = Field(0, ge=0, description="torchrun restarts after a worker failure")
+    max_restarts: int = Field(0, description="torchrun restarts after a worker failure")
     fsdp: bool = Field(False, description="shard a full fine-tune over the ranks with FSDP2")
 
 
