@@ -295,8 +295,8 @@ def export_run(
         dtype: ``fp32``/``bf16``/``fp16``: floating-point tensors of the written weights in that
             dtype (None = as trained); see :func:`treesdk.training.pipeline_folder.cast_safetensors`.
 
-    A model card (:mod:`treesdk.training.model_card`) is written beside the export: in the folder of a
-    ``lora``/``comfyui`` file, at the top of a ``diffusers`` pipeline folder.
+    A model card (:mod:`treesdk.training.model_card`) is written beside ``lora`` and ``diffusers``
+    exports: in the folder of the LoRA file, at the top of the pipeline folder.
 
     Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
