@@ -18,6 +18,7 @@ Every logger is written by rank 0 only (the trainer creates them there). ``step`
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -197,6 +198,8 @@ def parse_report_to(report_to: str | Sequence[str] | None) -> list[str]:
     for name in names:
         if name not in LOGGERS:
             raise ValueError(f"--report-to: {unknown_name_message('logger', name, LOGGERS)}")
+    if "wandb" in names and importlib.util.find_spec("wandb") is None:  # fail before any model is loaded
+        raise ValueError("--report-to wandb needs the wandb package: pip install wandb (or drop wandb from --report-to)")
     return list(dict.fromkeys(names))
 
 
