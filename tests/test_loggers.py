@@ -104,3 +104,10 @@ def test_summary_table_lists_before_after_and_change():
     print_summary(run, Console(file=out, width=100))
     text = out.getvalue()
     assert "digit" in text and "0.5000" in text and "0.7500" in text and "+0.2500" in text and "a.safetensors" in text
+
+
+def test_metrics_jsonl_is_always_written(tmp_path):
+    logs = build_loggers("none", tmp_path)
+    logs.log_metrics({"iteration": 1, "reward_mean": 0.5}, 1)
+    logs.close()
+    assert (tmp_path / "metrics.jsonl").is_file() and not (tmp_path / "tb").exists()

@@ -61,7 +61,7 @@ def test_eval_every_writes_grids_and_eval_rows_and_progress_sees_every_phase(tmp
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["end.png", "iter_2.png", "start.png"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["tag"] for r in rows if r.get("eval")] == ["start", "iter_2", "end"]
-    assert not (tmp_path / "tb").exists()  # only jsonl was asked for
+    assert not (tmp_path / "tb").exists()  # only jsonl was asked for (metrics.jsonl is always written)
     seen = {p for p, _, _ in phases}
     assert {"sampling", "decoding", "rewards", "optimizer", "evaluation"} <= seen
     assert ("optimizer", 1, 1) in phases  # one optimiser step per iteration, counted when taken

@@ -1,6 +1,8 @@
 """Where a run's metrics, sample grids and reward histograms go (``--report-to jsonl,tensorboard,wandb``).
 
 * ``jsonl``: ``RUN/metrics.jsonl``, one JSON line per iteration and per evaluation (``"eval": true``).
+  A run folder always has it (it is the run's record, read by tools and tests): a run folder gets
+  it whatever ``report_to`` says.
   On resume the lines past the checkpoint's iteration are dropped first, so the file describes
   exactly the iterations the weights went through. Images are not written there (they are
   ``RUN/samples/*.png``); histograms neither.
@@ -205,13 +207,15 @@ def parse_report_to(report_to: str | Sequence[str] | None) -> list[str]:
 
 def build_loggers(report_to: str | Sequence[str] | None, out_dir: str | Path | None, *,
                   config: Mapping[str, Any] | None = None, resume_from: int | None = None) -> Loggers:
-    """The loggers named in ``report_to`` writing into the run folder ``out_dir`` (None: none).
+    """``metrics.jsonl`` and the loggers named in ``report_to``, writing into the run folder
+    ``out_dir`` (None: none).
 
     ``resume_from`` is the checkpoint's iteration when the run resumes (metrics.jsonl is cut
     there; wandb continues the same run)."""
     names = parse_report_to(report_to)
     if out_dir is None:
         return Loggers()
+    names = ["jsonl", *(n for n in names if n != "jsonl")]  # metrics.jsonl is the run folder's record
     out = Path(out_dir)
     built: list[Logger] = []
     for name in names:
