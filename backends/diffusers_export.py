@@ -13,8 +13,8 @@ Formats (``fmt``):
   for every LoRA layer, computed here; the training model is never modified) as
   ``config.json`` + ``diffusion_pytorch_model.safetensors``, and the base model's other components
   and ``model_index.json`` are hard-linked (copied across file systems) from the base folder
-  (:mod:`treesdk.training.pipeline_folder`). A backend built around an in-memory pipeline has no base
-  folder: it gets the transformer folder alone.
+  (:mod:`treesdk.training.pipeline_folder`). Without a base pipeline folder listing a ``transformer``
+  (a backend built around an in-memory pipeline) the transformer folder alone is written.
 * ``comfyui``: the merged transformer as one safetensors file in the original BFL (FLUX) / SAI (SD3)
   key layout, no prefix (:mod:`treesdk_backends.keymaps`).
 
@@ -234,11 +234,12 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
             return [str(folder / "config.json"), str(folder / DIFFUSERS_WEIGHTS)]
 
         base = Path(str(getattr(backend, "model_path", "")))
-        if (base / "model_index.json").is_file():  # the full pipeline: from_pretrained(target) loads it
-            from treesdk.training.pipeline_folder import assemble_pipeline
+        from treesdk.training.pipeline_folder import assemble_pipeline, has_component
+
+        if has_component(base, "transformer"):  # the full pipeline: from_pretrained(target) loads it
 
             _write_folder_atomically(target, lambda folder: assemble_pipeline(folder, base, write_transformer))
             return [str(target / "model_index.json"), *(str(target / "transformer" / n) for n in ("config.json", DIFFUSERS_WEIGHTS))]
-        _write_folder_atomically(target, write_transformer)  # in-memory pipeline: no base folder to take from
+        _write_folder_atomically(target, write_transformer)  # no base pipeline folder to take the rest from
         return [str(target / "config.json"), str(target / DIFFUSERS_WEIGHTS)]
     raise ValueError(f"the {family} backend cannot export format {fmt!r}; it supports: {', '.join(FORMATS)}")

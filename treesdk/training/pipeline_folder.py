@@ -63,6 +63,14 @@ def pipeline_components(base: str | os.PathLike[str]) -> list[str]:
     return [k for k, v in data.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
 
 
+def has_component(base: str | os.PathLike[str], name: str) -> bool:
+    """Whether ``base`` is a pipeline folder whose ``model_index.json`` lists component ``name``."""
+    try:
+        return name in pipeline_components(base)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+
+
 def _link_or_copy(src: Path, dst: Path, mode: str) -> None:
     real = Path(os.path.realpath(src))
     if mode == "link":
