@@ -87,3 +87,20 @@ def test_digits_export_holds_the_ema_weights_when_asked(tmp_path):
     _, exported_raw, _ = run("eval", "raw")
     assert torch.allclose(exported_raw[key].float(), raw[key].float())
     assert not (tmp_path / "ema" / "export" / "README.md").exists()  # cards are for LoRA and pipeline exports
+
+
+def test_treesdk_export_and_sample_use_the_ema_weights_as_the_run_did(tmp_path):
+    from treesdk.training.export import export_run
+    from treesdk.training.runs import load_trained_backend
+
+    backend = treesdk.load_backend("digits")
+    r = load_recipe("treegrpo", **{**backend.recipe_defaults(), "tree.d": 2, "steps": 4})
+    train(r, backend, {"digit-classifier": treesdk.load_reward("digit-classifier")}, backend.default_prompts()[:2],
+          iters=2, batch=2, out_dir=tmp_path / "run", export_format="digits", report_to="none",
+          ema={"decay": 0.5, "warmup": False, "use": "eval+export"})
+    at_end = load_file(str(tmp_path / "run" / "export" / "digits.safetensors"))
+    again = load_file(export_run(tmp_path / "run", "digits", tmp_path / "again.safetensors")[0])
+    assert at_end.keys() == again.keys() and all(torch.equal(at_end[k], again[k]) for k in at_end)
+    rebuilt, _, state = load_trained_backend(tmp_path / "run")
+    assert state["ema"] is True
+    assert all(torch.equal(rebuilt.trainable_state_dict()[k].float(), at_end[k].float()) for k in at_end)

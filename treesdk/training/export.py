@@ -295,7 +295,8 @@ def export_run(
         dtype: ``fp32``/``bf16``/``fp16``: floating-point tensors of the written weights in that
             dtype (None = as trained); see :func:`treesdk.training.pipeline_folder.cast_safetensors`.
 
-    A model card (:mod:`treesdk.training.model_card`) is written beside ``lora`` and ``diffusers``
+    A run trained with EMA for export (``ema.use``) exports the checkpoint's EMA weights, as its
+    own end-of-run export did. A model card (:mod:`treesdk.training.model_card`) is written beside ``lora`` and ``diffusers``
     exports: in the folder of the LoRA file, at the top of the pipeline folder.
 
     Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
@@ -311,6 +312,7 @@ def export_run(
     if fmt not in formats:
         raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
     from .model_card import write_model_card
+    from .optimization import load_ema_weights
     from .pipeline_folder import cast_safetensors, parse_export_dtype
 
     export_dtype = parse_export_dtype(dtype)
@@ -323,8 +325,10 @@ def export_run(
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
     backend = rebuild_backend(config, device=device)
     backend.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+    averaged = load_ema_weights(backend, config.ema, ckpt, "export")  # as the run's own end-of-run export
     recipe = config.recipe if isinstance(config.recipe, Recipe) else config.resolve_recipe()
     metadata = export_metadata(name, {**config.backend.describe, **backend.describe()}, recipe, int(state.get("iteration", 0)))
+    metadata["treesdk.ema"] = str(averaged)
     files = cast_safetensors(list(backend.export(fmt, str(target), metadata)), export_dtype)
     rewards = {n: r.weight for n, r in config.rewards.items()} or None
     card = write_model_card(files, fmt, metadata, rewards=rewards)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -122,6 +123,37 @@ class Optimization:
             with torch.no_grad():
                 for avg, p in zip(self.ema.shadow, self.params):
                     avg.copy_(p.detach().to(device=avg.device, dtype=torch.float32))
+
+
+def checkpoint_ema(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA tensors (``ema.<position>``) stored in a checkpoint folder; empty when it has none."""
+    from safetensors import safe_open
+
+    file = Path(checkpoint) / "optimizer.safetensors"
+    if not file.is_file():
+        return {}
+    with safe_open(str(file), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys() if k.startswith("ema.")}
+
+
+def load_ema_weights(backend: Any, ema: EMAConfig, checkpoint: str | Path, purpose: Literal["eval", "export"]) -> bool:
+    """Put a checkpoint's EMA weights into ``backend.trainable_parameters()`` when the run used EMA
+    for ``purpose`` (``ema.use``), as the trainer does at the end of the run; returns whether it did.
+    ``treesdk export`` (purpose ``export``) and ``sample``/``eval`` (``eval``) call it after loading
+    the checkpoint's raw weights."""
+    if not ema.enabled or purpose not in ema.use.split("+"):
+        return False
+    tensors = checkpoint_ema(checkpoint)
+    if not tensors:
+        return False
+    params = backend.trainable_parameters()
+    keys = sorted(tensors, key=lambda k: int(k.split(".", 1)[1]))
+    if len(keys) != len(params):
+        raise ValueError(f"{checkpoint}: EMA state holds {len(keys)} tensors, the model has {len(params)} trainable parameters")
+    with torch.no_grad():
+        for key, p in zip(keys, params):
+            p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))
+    return True
 
 
 def accumulation_summary(optim: Any, batch: int, world_size: int, chunk: int) -> str:

@@ -138,7 +138,8 @@ def rebuild_backend(config: RunConfig, **option_overrides: Any) -> VelocityModel
 
 
 def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any) -> tuple[VelocityModel, RunConfig, dict[str, Any]]:
-    """The run's backend with the newest (or the given) checkpoint's weights loaded.
+    """The run's backend with the newest (or the given) checkpoint's weights loaded (its EMA weights
+    when the run used EMA for evaluation; ``state["ema"]`` says whether).
 
     Returns ``(backend, the run's RunConfig, checkpoint state.json)``.
     """
@@ -147,6 +148,10 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
     backend = rebuild_backend(config, **option_overrides)
     trainable, _, state = load_checkpoint(ckpt)
     backend.load_trainable_state_dict(trainable)
+    from treesdk.training.optimization import load_ema_weights
+
+    state.pop("extra", None)
+    state["ema"] = load_ema_weights(backend, config.ema, ckpt, "eval")  # the weights the run evaluated
     return backend, config, state
 
 

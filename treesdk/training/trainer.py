@@ -165,14 +165,14 @@ class Trainer:
         self.eval_rewards = {**self.rewards, **(eval_rewards or {})}
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.export_format = export_format
-        self.config = config or RunConfig(
-            backend={"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
-            recipe=self.recipe, rewards=self.weights, eval_rewards=sorted(eval_rewards or {}),
-            batch=batch, iters=iters, seed=seed,
-        )
         self.callbacks, self.on_step, self.eval_every = list(callbacks), on_step, int(eval_every)
         self.report_to = [n for n in parse_report_to(report_to) if tensorboard or n != "tensorboard"]
         self.ema_config = ema if isinstance(ema, EMAConfig) else EMAConfig(**dict(ema or {}))
+        self.config = config or RunConfig(
+            backend={"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
+            recipe=self.recipe, rewards=self.weights, eval_rewards=sorted(eval_rewards or {}), batch=batch,
+            iters=iters, seed=seed, ema=self.ema_config, logging={"report_to": self.report_to, "eval_every": eval_every},
+        )
         if self.ema_config.enabled and self.collective.fsdp is not None:
             raise ValueError("--ema-decay with --fsdp is not supported yet (the average would be sharded); drop one of them")
 
