@@ -148,6 +148,14 @@ class RunConfig(_Section):
     precision: str = Field("fp32", description="compute precision: fp32, or bf16/fp16 autocast (weights keep dtype)")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of the trainable weights (decay 0: off)")
 
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from treesdk.training.precision import parse_precision
+
+        parse_precision(value)  # a one-line error naming the valid values
+        return value
+
     @field_validator("rewards", "eval_rewards", mode="before")
     @classmethod
     def _short_rewards(cls, value: Any) -> Any:
