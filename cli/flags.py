@@ -49,11 +49,12 @@ def apply_first_class(options: dict[str, Any], valid: Iterable[str] | None, back
 
 def check_option_keys(flag: str, owner: str, options: Mapping[str, Any], valid: Iterable[str] | None) -> None:
     """Every key of ``options`` must be one of ``valid`` (None: not checkable, accept all):
-    ``--backend-opt lora_rnak=8: backend 'flux' has no option 'lora_rnak'; valid (closest first): lora_rank, ...``."""
+    ``--backend-opt lora_rnak=...: backend 'flux' has no option 'lora_rnak'; its options are (closest first): lora_rank, ...``."""
     if valid is None:
         return
     allowed = set(valid)
     for key in options:
         if key not in allowed:
             ordered = closest_first(key, allowed)
-            raise ValueError(f"{flag} {key}=...: {owner} has no option {key!r}; valid (closest first): {', '.join(ordered)}")
+            raise ValueError(f"{flag} {key}=...: {owner} has no option {key!r}; its options are (closest first): "
+                             f"{', '.join(ordered)}")

@@ -28,7 +28,7 @@ def test_a_flag_the_backend_lacks_is_a_one_line_error():
 
 def test_unknown_option_keys_list_valid_keys_closest_first():
     with pytest.raises(ValueError, match=r"--backend-opt lora_rnak=\.\.\.: backend 'flux' has no option 'lora_rnak'; "
-                                         r"valid \(closest first\): lora_rank, "):
+                                         r"its options are \(closest first\): lora_rank, "):
         check_option_keys("--backend-opt", "backend 'flux'", {"lora_rnak": 8}, FLUX_LIKE)
     check_option_keys("--backend-opt", "backend 'flux'", {"lora_rank": 8}, FLUX_LIKE)
     check_option_keys("--backend-opt", "backend 'x'", {"anything": 1}, None)

@@ -24,10 +24,10 @@ def _one_line_error(result) -> str:
 
 def test_unknown_backend_and_reward_option_keys_list_valid_keys_closest_first(tmp_path):
     text = _one_line_error(runner.invoke(app, ["train", "--backend-opt", "guidance_scal=2", "--out", str(tmp_path / "a")]))
-    assert "backend 'digits' has no option 'guidance_scal'; valid (closest first): guidance_scale," in text
+    assert "backend 'digits' has no option 'guidance_scal'; its options are (closest first): guidance_scale," in text
     text = _one_line_error(runner.invoke(app, ["train", "--reward-opt", "digit-classifier:devise=cpu",
                                                "--out", str(tmp_path / "b")]))
-    assert "reward 'digit-classifier' has no option 'devise'; valid (closest first): device" in text
+    assert "reward 'digit-classifier' has no option 'devise'; its options are (closest first): device" in text
 
 
 def test_flags_the_backend_lacks_and_bad_names_fail_before_training(tmp_path):

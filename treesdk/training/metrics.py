@@ -1,9 +1,32 @@
-"""The stop request around the training loop (metrics files and loggers: :mod:`treesdk.training.loggers`)."""
+"""What a run leaves behind (:class:`Run`) and the stop request around the training loop (metrics
+files and loggers: :mod:`treesdk.training.loggers`)."""
 
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class Run:
+    """What a finished (or stopped) training run leaves behind."""
+
+    out_dir: Path | None
+    iterations: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    exported: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    #: the signal that stopped the run early (SIGINT/SIGTERM; None: a callback, or another rank's signal)
+    stop_signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when finished; stopped early: ``128 + signal`` (130 SIGINT, else 143 as for SIGTERM)."""
+        return 128 + int(self.stop_signal or signal.SIGTERM) if self.interrupted else 0
 
 
 class StopRequest:
@@ -11,6 +34,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal received
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -25,6 +49,7 @@ class StopRequest:
         if self.requested:  # second signal: give up at once
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

@@ -105,6 +105,8 @@ def print_summary(run: Any, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(run))
     if getattr(run, "interrupted", False):
-        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume[/]")
+        code = getattr(run, "exit_code", None)
+        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume"
+                      + (f" (exit code {code})" if code else "") + "[/]")
     exported = getattr(run, "exported", None)
     console.print(f"run folder: {run.out_dir}" + (f"; exported: {', '.join(exported)}" if exported else ""))

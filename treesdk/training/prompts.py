@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from treesdk.safe_load import MAX_PROMPT_BYTES, load_json, read_text
 
 #: column names tried, in order, when none is given
 DEFAULT_COLUMNS = ("prompt", "caption", "text", "prompts", "captions")
@@ -62,7 +65,7 @@ def load_prompts(source: str | Path, column: str | None = None, split: str | Non
             prompts = _from_text(path)
     prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
     if not prompts:
-        raise ValueError(f"--prompts {source}: holds no prompts")
+        raise ValueError(f"prompt file {source} holds no prompts")
     return prompts
 
 
@@ -82,16 +85,20 @@ def pick_column(columns: Sequence[str], column: str | None, where: str) -> str:
                      f"(its columns are: {', '.join(columns)})")
 
 
+def _read(path: Path) -> str:
+    """The file's UTF-8 text, bounded (:data:`treesdk.safe_load.MAX_PROMPT_BYTES`), errors naming it."""
+    return read_text(path, "prompt file", MAX_PROMPT_BYTES)
+
+
 def _from_text(path: Path) -> list[str]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in _read(path).splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 
 
 def _from_csv(path: Path, column: str | None, delimiter: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        name = pick_column(list(reader.fieldnames or []), column, str(path))
-        return [row.get(name) or "" for row in reader]
+    reader = csv.DictReader(io.StringIO(_read(path), newline=""), delimiter=delimiter)
+    name = pick_column(list(reader.fieldnames or []), column, str(path))
+    return [row.get(name) or "" for row in reader]
 
 
 def _field(record: Any, column: str | None, where: str) -> Any:
@@ -106,7 +113,7 @@ def _field(record: Any, column: str | None, where: str) -> Any:
 
 def _from_jsonl(path: Path, column: str | None) -> list[str]:
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -118,10 +125,7 @@ def _from_jsonl(path: Path, column: str | None) -> list[str]:
 
 
 def _from_json(path: Path, column: str | None) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    data = load_json(_read(path), str(path))
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         if column is not None:

@@ -15,8 +15,7 @@ Run folder::
 
     config.json        the resolved RunConfig (a valid run file)
     metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
-    tb/                TensorBoard events (scalars, sample grids, reward histograms)
-    wandb/             Weights & Biases files (--report-to wandb)
+    tb/, wandb/        TensorBoard events (scalars, grids, reward histograms), wandb files (--report-to)
     samples/           start.png / iter_N.png (--eval-every) / end.png grids of the evaluation set
     checkpoints/       iter_NNNNNN/ (see treesdk.training.checkpoint)
     export/            the exported policy
@@ -24,13 +23,11 @@ Run folder::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe, parts
@@ -39,50 +36,24 @@ from treesdk.sampler import sample_forest_for_recipe
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective
 from treesdk.training.config import RunConfig
+from treesdk.training.distributed import restart_count
 from treesdk.training.evaluate import decode_chunked, evaluate
 from treesdk.training.export import default_export_name, export_run
 from treesdk.training.metadata import export_metadata
 from treesdk.training.loggers import Loggers, build_loggers, parse_report_to
-from treesdk.training.metrics import StopRequest
+from treesdk.training.batches import iteration_prompts, slot_seed
+from treesdk.training.metrics import Run, StopRequest
 from treesdk.training.model_card import write_model_card
 from treesdk.training.optimization import EMAConfig, Optimization
-from treesdk.training.runs import RunParts, build_run_parts
+from treesdk.training.run_folders import RunLock, check_out_dir
+from treesdk.training.runs import RunParts, build_run_parts, check_parts
 from treesdk.training.update import policy_update
 from treesdk.images import make_grid, save_grid
 
+_log = logging.getLogger("treesdk")
+
 #: a callback receives each iteration's metrics row; returning True requests a stop
 Callback = Callable[[dict[str, Any]], Any]
-
-
-@dataclass
-class Run:
-    """What a finished (or stopped) training run leaves behind."""
-
-    out_dir: Path | None
-    iterations: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    eval_before: dict[str, float] = field(default_factory=dict)
-    eval_after: dict[str, float] = field(default_factory=dict)
-    exported: list[str] = field(default_factory=list)
-    interrupted: bool = False
-
-
-def slot_seed(seed: int, iteration: int, slot: int) -> int:
-    """Seed of the tree in global batch slot ``slot`` at ``iteration`` (independent of ranks)."""
-    return int(np.random.SeedSequence([seed, iteration, slot, 0x7EE]).generate_state(1)[0])
-
-
-def iteration_prompts(prompts: Sequence[str], batch: int, seed: int, iteration: int) -> list[str]:
-    """The ``batch`` prompts of ``iteration``: an epoch-wise shuffle of ``prompts`` (with
-    repetition when ``batch`` exceeds the prompt count), a pure function of ``(seed, iteration)``."""
-    n = len(prompts)
-    start = iteration * batch
-    out = []
-    for position in range(start, start + batch):
-        epoch, offset = divmod(position, n)
-        order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
-        out.append(prompts[int(order[offset])])
-    return out
 
 
 class Trainer:
@@ -108,14 +79,10 @@ class Trainer:
             backend's ``fsdp_modules()`` before the optimiser is built.
         callbacks: called with each iteration's metrics row; one returning True stops the run after the
             iteration (checkpoint written), as SIGINT/SIGTERM do.
-        on_step: ``on_step(phase, done, total)`` for progress displays (phases ``sampling``,
-            ``decoding``, ``rewards``, ``optimizer``, ``evaluation``; :mod:`treesdk.training.progress`).
-        ema: EMA of the trainable weights (:class:`~treesdk.training.optimization.EMAConfig` or its
-            fields); report_to: loggers (:mod:`treesdk.training.loggers`; ``tensorboard=False``
-            drops tensorboard); eval_every: evaluate every N iterations too (0: before/after only).
-
-    Optimiser, lr schedule (each row holds its ``lr``) and gradient accumulation: the recipe's
-    ``optim`` part (:mod:`treesdk.training.optimization`).
+        on_step: ``on_step(phase, done, total)`` for progress displays (:mod:`treesdk.training.progress`).
+        ema, report_to, eval_every: EMA (:class:`~treesdk.training.optimization.EMAConfig`), loggers
+            (:mod:`treesdk.training.loggers`), evaluations every N iterations (0: before/after only).
+    Optimiser, lr schedule and accumulation: the recipe's ``optim`` (:mod:`treesdk.training.optimization`).
     """
 
     def __init__(
@@ -146,6 +113,7 @@ class Trainer:
         report_to: str | Sequence[str] | None = None,
         eval_every: int = 0,
     ) -> None:
+        check_parts(prompts, rewards, weights)
         self.recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
         self.backend, self.rewards, self.prompts = backend, dict(rewards), list(prompts)
         self.weights = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
@@ -187,6 +155,11 @@ class Trainer:
             raise ValueError(f"backend {backend.name!r} has no trainable parameters")
         self.optimization = Optimization(self.params, self.recipe.optim, iters, self.ema_config)
         self.optimizer = self.optimization.optimizer
+        # steps taken, and the count when the running update began: are the weights the last iteration's?
+        self._optimizer_steps = 0
+        self._update_began_at: int | None = None
+        self.optimizer.register_step_post_hook(self._count_step)
+        self._last_checkpoint = 0
 
         self.iteration = 0
         self.run = Run(out_dir=self.out, iterations=0)
@@ -237,6 +210,7 @@ class Trainer:
         score the evaluation set before training."""
         out, main = self.out, self.collective.is_main
         if out is not None and main:
+            check_out_dir(out, resume, restarted=restart_count() > 0)  # a folder holds one run
             for sub in ("samples", "checkpoints", "export"):
                 (out / sub).mkdir(parents=True, exist_ok=True)
         if resume:
@@ -271,15 +245,14 @@ class Trainer:
         images = decode_chunked(self.backend, forest.leaves, recipe.chunk)
         self._phase("rewards", 0, len(self.rewards))
         scores = score_images(self.rewards, images, [prompts[int(p)] for p in forest.leaf_prompt])
-        t2 = time.perf_counter()
-        self._phase("rewards", len(self.rewards), len(self.rewards))
-        opt = self.optimization
-        self._phase("optimizer", 0, opt.steps_per_iteration)
+        t2, opt = time.perf_counter(), self.optimization
+        self._phase("optimizer", 0, opt.steps_per_iteration)  # then once per optimiser step:
         hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
 
         # 3. advantages on the edges, then 4. the policy update
         targets = self.estimator(forest, scores, self.weights)
         o = recipe.optim
+        self._update_began_at = self._optimizer_steps
         stats = policy_update(
             self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
             passes=o.passes, minibatches=o.minibatches, chunk=recipe.chunk, grad_clip=o.grad_clip,
@@ -289,6 +262,7 @@ class Trainer:
         hook.remove()
         self.iteration += 1
         lr_used = opt.end_iteration()
+        self._update_began_at = None
 
         raw = targets.leaf_rewards
         row: dict[str, Any] = {
@@ -340,6 +314,7 @@ class Trainer:
             state = {"recipe": self.recipe.model_dump(mode="json"), "eval_before": self.run.eval_before, "backend": self.backend.name}
             save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints,
                             extra=self.optimization.checkpoint_tensors())
+        self._last_checkpoint = self.iteration
 
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
         """Score deterministic ODE samples of the evaluation set with every reward (with the EMA
@@ -384,7 +359,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> Run:
         """Start (or resume), step until ``iters`` or a stop request, checkpoint, finish."""
+        lock = RunLock(self.out) if self.out is not None and self.collective.is_main else None
         try:
+            if lock is not None:
+                lock.acquire()  # one live run per folder
             self.start(resume)
             with StopRequest() as signals:
                 stopping = self.collective.any_rank(signals.requested or self._stop_requested)
@@ -397,9 +375,34 @@ class Trainer:
                     if due or stopping or self.iteration == self.iters:
                         self.checkpoint()
                 self.run.interrupted = stopping and self.iteration < self.iters
+                self.run.stop_signal = signals.signum if self.run.interrupted else None
             return self.finish()
+        except Exception:
+            self._checkpoint_on_failure()
+            raise
         finally:
             self.log.close()
+            if lock is not None:
+                lock.release()
+
+    def _count_step(self, *args: Any) -> None:  # noqa: ARG002 - torch's optimizer step hook
+        self._optimizer_steps += 1
+
+    def _checkpoint_on_failure(self) -> None:
+        """After an error (NaN reward, full disk, dead rank, bug), checkpoint the last completed
+        iteration if the live weights are still its own (no optimiser step of a failed update);
+        rank 0 alone, so not under FSDP. A failure here is reported, never raised over the error."""
+        consistent = self._update_began_at is None or self._update_began_at == self._optimizer_steps
+        if self.out is None or not self.collective.is_main or self.collective.fsdp is not None or not consistent \
+                or self.iteration <= self._last_checkpoint:
+            return
+        try:
+            self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
+            _log.warning("warning: could not write a checkpoint of iteration %d after the error: %s", self.iteration, exc)
+            return
+        _log.warning("warning: checkpoint of iteration %d written before stopping on the error below; continue with "
+                     "--resume once it is fixed", self.iteration)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -419,6 +422,7 @@ class Trainer:
         restore_rng_state(state.pop("rng", {}))
         self.optimization.load_checkpoint_tensors(state.pop("extra", {}))
         self.iteration = int(state["iteration"])
+        self._last_checkpoint = self.iteration
         self.run.eval_before = state.get("eval_before", {})
 
 
