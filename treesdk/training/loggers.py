@@ -3,7 +3,8 @@
 * ``jsonl``: ``RUN/metrics.jsonl``, one JSON line per iteration and per evaluation (``"eval": true``).
   A run folder always has it (it is the run's record, read by tools and tests): a run folder gets
   it whatever ``report_to`` says.
-  On resume the lines past the checkpoint's iteration are dropped first, so the file describes
+  Lines are strict JSON (NaN/inf as ``null``). On resume the lines past the checkpoint's
+  iteration are dropped first (atomic rewrite), so the file describes
   exactly the iterations the weights went through. Images are not written there (they are
   ``RUN/samples/*.png``); histograms neither.
 * ``tensorboard``: ``RUN/tb/`` events: scalars under ``train/`` and ``eval/``, sample grids
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..io import strict_json_line, truncate_jsonl
 from ..suggest import unknown_name_message
 
 #: logger names understood by :func:`build_loggers`
@@ -66,14 +67,12 @@ class JsonlLogger(Logger):
 
     def __init__(self, out_dir: Path, resume_from: int | None = None) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
-        if resume_from is not None and self.path.is_file():  # drop lines past the checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) <= resume_from]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if resume_from is not None and self.path.is_file():  # drop lines past the checkpoint (atomic rewrite)
+            truncate_jsonl(self.path, lambda row: row.get("iteration", 0) <= resume_from)
 
     def log_metrics(self, row: Mapping[str, Any], step: int) -> None:  # noqa: ARG002 - the row holds it
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(dict(row), sort_keys=True, default=float) + "\n")
+            handle.write(strict_json_line(dict(row)) + "\n")  # NaN/inf written as null
 
 
 class TensorBoardLogger(Logger):
