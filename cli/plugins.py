@@ -90,12 +90,24 @@ def plugin_options(kind: str, name: str) -> dict[str, dict[str, object]]:
     from treesdk import registry
     from treesdk.nodes.options import options_model
 
-    model = options_model(registry.load(kind, name))
+    factory = registry.load(kind, name)
+    fields = dict(options_model(factory).model_fields)
+    adapter = getattr(factory, "adapter_class", None)  # a diffusers family backend: its family's options too
+    if adapter is not None:
+        fields.update(options_model(adapter).model_fields)
+    from treesdk.nodes.options import _param_docs
+
+    docs: dict[str, str] = {}  # descriptions a subclass leaves to its bases' "Args:" sections
+    for cls in [*getattr(factory, "__mro__", ()), *getattr(adapter, "__mro__", ())]:
+        for text in (cls.__doc__, getattr(cls.__init__, "__doc__", None)):
+            docs = {**_param_docs(text), **docs}
     out: dict[str, dict[str, object]] = {}
-    for option, field in model.model_fields.items():
+    for option, field in fields.items():
         required = field.is_required()
+        family = f"option of the {getattr(adapter, 'family', '')} family ({getattr(adapter, '__name__', '')})"
         out[option] = {"default": None if required else field.default, "required": required,
-                       "description": field.description or ""}
+                       "description": field.description or docs.get(option)
+                       or (family if adapter is not None and option in options_model(adapter).model_fields else "")}
     return out
 
 

@@ -117,6 +117,13 @@ def option_names(kind: str, name: str) -> set[str] | None:
     except Exception:  # noqa: BLE001 - unknown or broken plugin: reported where it is loaded
         return None
     accepted = accepted_options(factory)
+    adapter = getattr(factory, "adapter_class", None)  # a diffusers family backend: **family_options
+    if accepted is None and adapter is not None:
+        import inspect
+
+        named = {n for n, p in inspect.signature(factory).parameters.items() if p.kind is not p.VAR_KEYWORD}
+        family = accepted_options(adapter)
+        accepted = None if family is None else named | family
     return None if accepted is None else accepted - {"self"}
 
 

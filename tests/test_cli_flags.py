@@ -48,7 +48,7 @@ def test_plugins_verbose_documents_every_backend_and_reward_option():
     assert digits["guidance_scale"]["default"] == 1.0 and "classifier-free" in digits["guidance_scale"]["description"]
     flux = rows[("backend", "flux")]["options"]
     assert {"lora_rank", "lora_alpha", "lora_targets", "gradient_checkpointing", "guidance", "max_sequence_length"} <= set(flux)
-    assert all(info["description"] for info in flux.values())  # every backend option is documented
+    assert all(info["description"] for info in flux.values())  # every option has a description (bases', family's)
     assert "checkpoint" in rows[("reward", "hpsv2")]["options"]
     table = CliRunner().invoke(app, ["plugins", "--verbose", "--kind", "backend"])
     assert table.exit_code == 0 and "backend sd3: options" in table.output
