@@ -60,9 +60,18 @@ def train_command(
     max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint")] = 0,
     keep_checkpoints: Annotated[int, typer.Option(help="newest checkpoints kept in the run folder")] = 3,
     fsdp: Annotated[bool, typer.Option(help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (calls, leaves, memory per rank) and exit; loads no model")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON object")] = False,
+    gpu_memory: Annotated[Optional[float], typer.Option(help="with --dry-run: GiB per GPU; the plan says whether the run fits")] = None,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
     from treesdk import distributed, launch
+
+    if dry_run or json_ or gpu_memory is not None:
+        with clean_errors():
+            _dry_run(dry_run, json_, gpu_memory, backend, model, algo, config, k, d, steps, lr, set_, resolution,
+                     device, backend_opt, batch, iters, seed, nproc_per_node * nnodes)
+        return
 
     if launch.needs_launch(nproc_per_node, nnodes, max_restarts):
         with clean_errors():
@@ -168,6 +177,22 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
         )
     if ctx.is_main:
         print_summary(run)
+
+
+def _dry_run(dry_run: bool, as_json: bool, gpu_memory: float | None, backend: str, model: str | None, algo: str,
+             config: str | None, k: int | None, d: int | None, steps: int | None, lr: float | None,
+             sets: list[str] | None, resolution: int | None, device: str | None, backend_opt: list[str] | None,
+             batch: int, iters: int, seed: int, world_size: int) -> None:
+    """``--dry-run [--json] [--gpu-memory GB]`` (see :mod:`treesdk_cli.dry_run`)."""
+    from .dry_run import dry_run as print_dry_run
+
+    if not dry_run:
+        raise ValueError("--json and --gpu-memory describe the plan of --dry-run; add --dry-run")
+    if gpu_memory is not None and gpu_memory <= 0:
+        raise ValueError(f"--gpu-memory must be a positive number of GiB per GPU, got {gpu_memory}")
+    options = backend_options(model, resolution, device, backend_opt)
+    print_dry_run(backend, model, options, lambda vm: build_recipe(algo, config, k, d, steps, lr, sets, vm),
+                  batch, iters, seed, world_size, gpu_memory, as_json)
 
 
 def print_summary(run: Any) -> None:

@@ -129,7 +129,6 @@ def test_memory_estimate_moves_the_right_way():
     assert peak(prompts=4).tree_states > base.tree_states
     assert peak(gradient_checkpointing=True).activations_training < base.activations_training / 5
     assert peak(offload_text_encoders=True).peak < base.peak
-    assert peak(state_device="cpu").tree_states < base.tree_states
     assert peak(dtype="float32").weights_transformer == 2 * base.weights_transformer
     full = peak(lora_rank=0)
     assert full.optimizer_state > 100 * base.optimizer_state and full.trainable_parameters == 0

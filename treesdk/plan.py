@@ -18,8 +18,8 @@ Two parts:
 
 Tree states (what :func:`sample_forest` keeps per trained layer, float32): parents, the ``k``
 children of each, the parents' velocity and the children's log-probs, plus the leaves and the
-prompts' conditioning. They live where the sampler puts them (``state_device``: the model's device,
-or the CPU); both are planned.
+prompts' conditioning, all on the model's device (a few hundred MiB at most for FLUX at 1024 px:
+``docs/performance.md`` says why they are not offloaded).
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def _cond_bytes(facts: ModelFacts, dtype_bytes: int) -> int:
 
 def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, lora_rank: int, prompts: int,
                 gradient_checkpointing: bool = False, offload_text_encoders: bool = False,
-                state_device: str = "device", lora_targets: tuple[str, ...] | None = None,
-                decode_chunk: int | None = None) -> MemoryPlan:
+                lora_targets: tuple[str, ...] | None = None,
+                decode_chunk: int | None = None, train_chunk: int | None = None) -> MemoryPlan:
     """Memory estimate of one rank that samples and trains ``prompts`` trees per iteration."""
     b = DTYPE_BYTES[dtype]
     targets = tuple(lora_targets or LORA_TARGETS.get(facts.family, ()))
@@ -166,7 +166,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     start = max(0, recipe.steps - t.d) if t.k > 1 else 0  # most stored nodes: the latest window
     trees = _tree_bytes(recipe, facts, resolution, start) * prompts
     cond = _cond_bytes(facts, b) * prompts
-    states = trees + cond if state_device == "device" else cond
+    states = trees + cond
 
     tokens = facts.image_tokens(resolution) + facts.text_tokens
     mode = "lora" if lora_rank else "full"
@@ -180,7 +180,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
     group = max(_groups(prompts, recipe.optim.minibatches))
     trained = _trained_steps(recipe, start)
-    train_rows = min(recipe.chunk, max(frontier[i] * group for i in trained)) if trained else 0
+    train_rows = min(train_chunk or recipe.chunk, max(frontier[i] * group for i in trained)) if trained else 0
     sample_rows = min(recipe.chunk, max(frontier) * prompts)
     act_train = int(train_rows * cfg_rows * tokens * facts.hidden * per_token)
     act_sample = int(sample_rows * cfg_rows * tokens * facts.hidden * SAMPLING_WORKING_SET * b)
@@ -205,7 +205,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
 def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: int = 1, iters: int = 1, seed: int = 0,
              resolution: int | None = None, dtype: str = "bfloat16", lora_rank: int = 16,
              gradient_checkpointing: bool = False, offload_text_encoders: bool = False,
-             state_device: str = "device", gpu_memory_gib: float | None = None,
+             gpu_memory_gib: float | None = None,
              needs_reference: bool | None = None, max_listed: int = 1000) -> dict[str, Any]:
     """The whole plan as one JSON-ready dict (keys documented in ``docs/performance.md``).
 
@@ -247,14 +247,13 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
         return plan
     res = int(resolution or facts.default_resolution)
     mem = plan_memory(recipe, facts, resolution=res, dtype=dtype, lora_rank=lora_rank, prompts=per_rank[0],
-                      gradient_checkpointing=gradient_checkpointing, offload_text_encoders=offload_text_encoders,
-                      state_device=state_device)
+                      gradient_checkpointing=gradient_checkpointing, offload_text_encoders=offload_text_encoders)
     plan["model"] = {"name": facts.name, "family": facts.family, "source": facts.source,
                      "transformer_parameters": facts.transformer_parameters,
                      "text_encoder_parameters": facts.text_encoder_parameters, "vae_parameters": facts.vae_parameters,
                      "resolution": res, "image_tokens": facts.image_tokens(res), "text_tokens": facts.text_tokens,
                      "cfg": facts.cfg, "dtype": dtype, "lora_rank": lora_rank,
-                     "gradient_checkpointing": gradient_checkpointing, "state_device": state_device,
+                     "gradient_checkpointing": gradient_checkpointing,
                      "offload_text_encoders": offload_text_encoders}
     plan["transformer_rows_sampling"] = plan["nfe_sampling"] * (2 if facts.cfg else 1)
     plan["transformer_rows_training"] = plan["nfe_training"] * (2 if facts.cfg else 1)
