@@ -11,7 +11,8 @@ phase; CPU: the process's peak resident set, ``VmHWM``, reset per phase through
 inputs) and then replayed *bare*: the same rows through ``transformer(**inputs)`` without treesdk
 around it, forward only for sampling calls and forward + backward of a scalar for training calls.
 The overhead ratio of a phase is its time over the bare time of its rows; the iteration's ratio is
-(sample + advantages + training + optimiser) / (bare sampling + bare training). Encode, decode,
+(sample + advantages + training + optimiser) / (bare sampling + bare training), in wall seconds and
+in the process's CPU seconds (on a shared CPU the latter is the one to trust). Encode, decode,
 reward and checkpoint are reported beside it: they are work no transformer row does.
 
 It also prints the dry-run memory estimate (:mod:`treesdk.plan`) next to the measured peaks.
@@ -82,13 +83,14 @@ class Meter:
     def run(self, name: str, fn, *args, **kwargs):
         self._reset()
         before = self.now_gib()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
-        row = self.rows.setdefault(name, {"seconds": 0.0, "peak_gib": 0.0, "calls": 0})
+        row = self.rows.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0, "peak_gib": 0.0, "calls": 0})
         row["seconds"] += seconds
+        row["cpu_seconds"] += time.process_time() - c0
         row["peak_gib"] = max(row["peak_gib"], self.peak_gib())
         row["before_gib"] = before
         row["calls"] += 1
@@ -115,7 +117,7 @@ class CallRecorder:
 
 def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> dict[str, float]:
     """The recorded calls again, transformer only: sampling forwards, training forward + backward."""
-    seconds = {"bare_sampling": 0.0, "bare_training": 0.0}
+    seconds = {"bare_sampling": 0.0, "bare_training": 0.0, "bare_sampling_cpu": 0.0, "bare_training_cpu": 0.0}
     rows = {"bare_sampling": 0, "bare_training": 0}
     transformer.train(False)
     for grad, inputs in calls:
@@ -133,9 +135,10 @@ def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> di
                 with torch.no_grad():
                     transformer(**inputs)
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         meter.run(key, one)
         seconds[key] += time.perf_counter() - t0
+        seconds[key + "_cpu"] += time.process_time() - c0
         rows[key] += int(next(v for k, v in inputs.items() if k == "hidden_states").shape[0])
     return {**seconds, **{f"{k}_transformer_rows": v for k, v in rows.items()}}
 
@@ -257,6 +260,15 @@ def run(args: argparse.Namespace) -> dict:
             "training": phases["training"]["seconds"] / bare["bare_training"],
             "core": core / bare_total,
             "iteration": result["iteration_seconds"] / bare_total,
+        }
+        # CPU seconds of this process: robust to other processes sharing the cores (wall time is not)
+        cpu = {name: phases[name]["cpu_seconds"] for name in iteration_phases}
+        bare_cpu = bare["bare_sampling_cpu"] + bare["bare_training_cpu"]
+        result["overhead_cpu_seconds"] = {
+            "sample": cpu["sample"] / bare["bare_sampling_cpu"],
+            "training": cpu["training"] / bare["bare_training_cpu"],
+            "core": (cpu["sample"] + cpu["advantages"] + cpu["training"]) / bare_cpu,
+            "iteration": sum(cpu.values()) / bare_cpu,
         }
     facts = model_facts(args.family, model_path, text_tokens=args.text_tokens)
     mem = plan_memory(recipe, facts, resolution=backend.resolution, dtype=args.dtype, lora_rank=args.lora_rank,
