@@ -223,7 +223,11 @@ def run(args: argparse.Namespace) -> dict:
         seeds = list(range(iteration * args.batch, (iteration + 1) * args.batch))
         forest = meter.run("sample", sample_forest_for_recipe, backend, recipe, prompts, seeds, args.window_start,
                            cond=cond)
-        images = meter.run("decode", decode_chunked, backend, forest.leaves, args.decode_chunk or recipe.chunk)
+        if args.skip_decode:  # blank images of the right shape: the decode phase is not measured
+            side = backend.resolution
+            images = meter.run("decode", torch.zeros, forest.leaves.shape[0], 3, side, side)
+        else:
+            images = meter.run("decode", decode_chunked, backend, forest.leaves, args.decode_chunk or recipe.chunk)
         leaf_prompts = [prompts[int(p)] for p in forest.leaf_prompt]
         scores = meter.run("reward", score_images, rewards, images, leaf_prompts)
         targets = meter.run("advantages", estimator, forest, scores, weights)
@@ -244,7 +248,7 @@ def run(args: argparse.Namespace) -> dict:
         "latent_shape": list(backend.latent_shape), "lora_rank": args.lora_rank,
         "gradient_checkpointing": args.gradient_checkpointing, "recipe": recipe.name, "steps": recipe.steps,
         "k": recipe.tree.k, "d": recipe.tree.d, "window_start": args.window_start, "batch": args.batch,
-        "chunk": recipe.chunk, "train_chunk": args.train_chunk or recipe.chunk,
+        "decode_skipped": args.skip_decode, "chunk": recipe.chunk, "train_chunk": args.train_chunk or recipe.chunk,
         "nfe_sampling": forest.nfe, "nfe_training": stats.nfe_training, "leaves": int(forest.leaves.shape[0]),
         "transformer_calls": len(recorder.calls),
         "transformer_parameters": int(sum(p.numel() for p in backend.transformer.parameters())),
@@ -313,6 +317,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=64, help="recipe chunk (velocity rows per call)")
     p.add_argument("--train-chunk", type=int, default=None, help="rows per training call (default: --chunk)")
     p.add_argument("--decode-chunk", type=int, default=None, help="leaves per VAE decode (default: --chunk)")
+    p.add_argument("--skip-decode", action="store_true",
+                   help="score blank images instead of decoding the leaves (a CPU's VAE decode is slow; "
+                        "for training-memory runs)")
     p.add_argument("--reward", default="jpeg-compressibility")
     p.add_argument("--warmup", type=int, default=0, help="unmeasured iterations first")
     p.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare replay")
