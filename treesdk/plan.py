@@ -45,6 +45,10 @@ ACTIVATION_BYTES = {
     ("sd3", "double", "lora", 4): 56.9, ("sd3", "double", "lora", 2): 48.6,
     ("sd3", "double", "full", 4): 103.6, ("sd3", "double", "full", 2): 51.8,
 }
+#: transient bytes per token per hidden unit during one block's backward (activation gradients; on a
+#: CPU also the attention backward), float32; half in 16-bit. Calibrated as the measured training
+#: peak minus the saved activations on the real-width bed at k=2, d=3 (docs/performance.md)
+BACKWARD_WORKSPACE = {"flux": 68.0, "sd3": 35.0}
 #: no-grad forward working set, bytes per token per hidden unit per element size (one block live)
 SAMPLING_WORKING_SET = 16
 #: VAE decoder working set per output pixel (bytes / element size): ~6 live maps of 128 channels
@@ -176,6 +180,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
         per_token = (facts.double_blocks + facts.single_blocks + 1) * b + max(per_block.values())
     else:
         per_token = facts.double_blocks * per_block["double"] + facts.single_blocks * per_block["single"]
+    per_token += BACKWARD_WORKSPACE.get(facts.family, 0.0) * b / 4
     cfg_rows = 2 if facts.cfg else 1
     frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
     group = max(_groups(prompts, recipe.optim.minibatches))
