@@ -86,6 +86,11 @@ def print_plan(plan: dict[str, Any]) -> None:
     if plan["fits"] is not None:
         verdict = "[green]fits[/]" if plan["fits"] else "[red]does not fit[/]"
         console.print(f"{verdict} in --gpu-memory {plan['gpu_memory_gib']} GiB (peak {m['peak']:.1f} GiB)")
+        best = plan["largest_chunk_that_fits"]
+        if not plan["fits"] and best:
+            console.print(f"it fits with --set chunk={best} (rows per training call and leaves per decode)")
+        elif not plan["fits"] and not model["gradient_checkpointing"]:
+            console.print("no chunk fits: add --backend-opt gradient_checkpointing=true")
 
 
 def backend_plan_options(options: dict[str, Any]) -> dict[str, Any]:

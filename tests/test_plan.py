@@ -143,6 +143,12 @@ def test_plan_fits_and_json_keys():
     assert plan["trees_per_rank"] == 2 and plan["leaves_per_prompt"] == recipe.tree.leaves_per_prompt
     assert plan["fits"] is (plan["memory"]["peak"] <= 80)
     assert plan_run(recipe, model_facts("flux"), batch=16, world_size=8, gpu_memory_gib=1)["fits"] is False
+    tight = plan_run(recipe, model_facts("flux"), batch=16, world_size=8, resolution=1024, gradient_checkpointing=True,
+                     gpu_memory_gib=40)
+    best = tight["largest_chunk_that_fits"]
+    assert tight["fits"] is False and 1 <= best < recipe.chunk
+    assert plan_run(recipe.model_copy(update={"chunk": best}), model_facts("flux"), batch=16, world_size=8,
+                    resolution=1024, gradient_checkpointing=True, gpu_memory_gib=40)["fits"] is True
     with pytest.raises(ValueError, match="ranks"):
         plan_run(recipe, None, batch=2, world_size=4)
 

@@ -202,7 +202,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
         notes.append(f"no activation table for family {facts.family!r}: activations not estimated")
     if decode > act_train:
         notes.append(f"decoding {decode_rows} leaves at once is the largest transient; decode in smaller chunks "
-                     "(--set chunk=N) or enable VAE slicing")
+                     "(--set chunk=N)")
     return MemoryPlan(weights_t, weights_te, weights_vae, trainable_b, grads, optim, states, act_train, act_sample,
                       decode, peak_train, peak_sample, peak_decode, max(peak_train, peak_sample, peak_decode), notes)
 
@@ -266,4 +266,13 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
     plan["memory_unit"] = "GiB"
     plan["gpu_memory_gib"] = gpu_memory_gib
     plan["fits"] = None if gpu_memory_gib is None else bool(mem.peak / GIB <= gpu_memory_gib)
+    plan["largest_chunk_that_fits"] = None
+    if gpu_memory_gib is not None:  # the recipe's chunk sets rows per training call and leaves per decode
+        for chunk in range(recipe.chunk, 0, -1):
+            smaller = plan_memory(recipe.model_copy(update={"chunk": chunk}), facts, resolution=res, dtype=dtype,
+                                  lora_rank=lora_rank, prompts=per_rank[0], gradient_checkpointing=gradient_checkpointing,
+                                  offload_text_encoders=offload_text_encoders)
+            if smaller.peak / GIB <= gpu_memory_gib:
+                plan["largest_chunk_that_fits"] = chunk
+                break
     return plan
