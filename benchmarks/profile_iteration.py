@@ -102,17 +102,26 @@ class CallRecorder:
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.calls: list[tuple[bool, dict]] = []
-        self.phase = "sampling"
-        self.handle = transformer.register_forward_pre_hook(self._hook, with_kwargs=True)
+        #: CPU seconds of each no-grad transformer forward inside the run (sampling calls)
+        self.sampling_forward_cpu_seconds = 0.0
+        self._start = 0.0
+        self.handles = [transformer.register_forward_pre_hook(self._hook, with_kwargs=True),
+                        transformer.register_forward_hook(self._done)]
 
     def _hook(self, _module, args, kwargs):
         if args:
             raise RuntimeError("the backend calls the transformer positionally; the recorder needs keywords")
         inputs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
         self.calls.append((torch.is_grad_enabled(), inputs))
+        self._start = time.process_time()
+
+    def _done(self, _module, _args, _output):
+        if not torch.is_grad_enabled():
+            self.sampling_forward_cpu_seconds += time.process_time() - self._start
 
     def close(self) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
 
 
 def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> dict[str, float]:
@@ -239,6 +248,9 @@ def run(args: argparse.Namespace) -> dict:
     recorder.close()
     phases = {k: dict(v) for k, v in meter.rows.items()}
     phases["training"]["optimizer_seconds"] = optimizer_seconds[0]
+    # the sampler's own cost: CPU seconds of the sample phase outside the transformer's forwards
+    phases["sample"]["transformer_cpu_seconds"] = recorder.sampling_forward_cpu_seconds
+    phases["sample"]["overhead_inside_run"] = phases["sample"]["cpu_seconds"] / max(recorder.sampling_forward_cpu_seconds, 1e-9)
     bare = replay_bare(backend.transformer, recorder.calls, meter, params) if args.bare else {}
     iteration_phases = ("encode", "sample", "decode", "reward", "advantages", "training", "checkpoint")
     result = {
