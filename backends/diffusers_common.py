@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from treesdk.checkpoint import diff_state_dicts
+from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
-from . import keymaps  # noqa: F401 - registers the FLUX/SD3 export layouts with treesdk.export
+from . import keymaps
 
 __all__ = [
     "CheckpointNotFoundError",
@@ -213,6 +213,8 @@ class DiffusersBackend(VelocityModel):
     """
 
     export_formats = ("lora", "diffusers", "comfyui")
+    #: read back by ``treesdk export --check`` (treesdk.training.export.check_file)
+    export_layouts = (keymaps.DiffusersTransformerLayout(),)
 
     def default_export_format(self) -> str:
         """``lora`` for a LoRA run, the merged ``diffusers`` folder for a full fine-tune."""

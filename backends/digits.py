@@ -38,7 +38,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from treesdk.checkpoint import diff_state_dicts
+from treesdk.training.checkpoint import diff_state_dicts
+from treesdk.training.export import Inspection, compare_shapes
 from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
@@ -197,6 +198,20 @@ def _check_state_keys(expected: Mapping[str, Tensor], state: Mapping[str, Tensor
         )
 
 
+class DigitsFileLayout:
+    """Reads the digits backend's native export (``treesdk_format = digits-flow-v1`` in the
+    metadata; keys = the network's state dict) for ``treesdk export --check``, checked key by key
+    against the base digits file."""
+
+    def inspect(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str],
+                base_shapes: Mapping[str, tuple[int, ...]] | None) -> Inspection | None:
+        if metadata.get("treesdk_format") != "digits-flow-v1":
+            return None
+        modules = sorted({k.rsplit(".", 1)[0] for k in shapes})
+        problems = compare_shapes(shapes, base_shapes) if base_shapes is not None else []
+        return Inspection("digits", "digits", modules, None, problems)
+
+
 # ---------------------------------------------------------------------------------------------
 # the backend
 
@@ -219,6 +234,7 @@ class DigitsBackend(VelocityModel):
 
     name = "digits"
     export_formats = ("digits",)
+    export_layouts = (DigitsFileLayout(),)
 
     def __init__(
         self,

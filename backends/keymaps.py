@@ -361,7 +361,7 @@ def _split_lora_key(key: str) -> tuple[str, str] | None:
 
 
 class DiffusersTransformerLayout:
-    """:class:`treesdk.export.Layout` for FLUX and SD3 files: diffusers LoRA
+    """:class:`treesdk.training.export.Layout` for FLUX and SD3 files: diffusers LoRA
     (``transformer.<module>.lora_A/B.weight``), ComfyUI-style LoRA (``diffusion_model.<original
     module>`` or ``lora_unet_``/``lora_transformer_`` underscore names), the original BFL/SAI single
     file, and a plain diffusers transformer state dict.
@@ -371,7 +371,7 @@ class DiffusersTransformerLayout:
     target weight (for a diffusers module inside a fused original weight, its slice).
     """
 
-    def inspect(self, shapes, metadata, base_shapes):  # noqa: ANN001 - see treesdk.export.Layout
+    def inspect(self, shapes, metadata, base_shapes):  # noqa: ANN001 - see treesdk.training.export.Layout
         keys = list(shapes)
         lora = any(_split_lora_key(k) for k in keys)
         family = metadata.get("treesdk.family") or None
@@ -381,7 +381,7 @@ class DiffusersTransformerLayout:
             family = detect_family([self._module_of(k) for k in keys] if lora else keys)
         if family is None:
             return None
-        from treesdk.export import Inspection
+        from treesdk.training.export import Inspection
 
         base_diff = base_orig = None
         problems: list[str] = []
@@ -486,15 +486,6 @@ class DiffusersTransformerLayout:
 
 
 def _compare(shapes, expected) -> list[str]:  # noqa: ANN001
-    from treesdk.export import compare_shapes
+    from treesdk.training.export import compare_shapes
 
     return compare_shapes(shapes, expected)
-
-
-def _register() -> None:
-    from treesdk.export import register_layout
-
-    register_layout(DiffusersTransformerLayout())
-
-
-_register()

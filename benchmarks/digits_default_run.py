@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import treesdk
-from treesdk.evaluate import evaluate
+from treesdk.training.evaluate import evaluate
 
 
 def main() -> None:

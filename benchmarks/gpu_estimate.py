@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from treesdk.model_facts import model_facts
-from treesdk.plan import iteration_calls
-from treesdk.recipe import load_recipe
+from treesdk.training.model_facts import model_facts
+from treesdk.training.plan import iteration_calls
+from treesdk.recipes import load_recipe
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -54,7 +54,7 @@ def estimate(model: str, algo: str, steps: int, k: int, d: int, batch: int, rank
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="FLUX.1-dev", help="a treesdk.model_facts.KNOWN_MODELS name")
+    p.add_argument("--model", default="FLUX.1-dev", help="a treesdk.training.model_facts.KNOWN_MODELS name")
     p.add_argument("--algo", default="dynamic-treerpo")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--k", type=int, default=2)

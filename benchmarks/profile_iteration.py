@@ -15,7 +15,7 @@ The overhead ratio of a phase is its time over the bare time of its rows; the it
 in the process's CPU seconds (on a shared CPU the latter is the one to trust). Encode, decode,
 reward and checkpoint are reported beside it: they are work no transformer row does.
 
-It also prints the dry-run memory estimate (:mod:`treesdk.plan`) next to the measured peaks.
+It also prints the dry-run memory estimate (:mod:`treesdk.training.plan`) next to the measured peaks.
 
     # CPU (the figures in docs/performance.md): FLUX width, 1 + 1 blocks, 256 px, T5 512 tokens
     MALLOC_MMAP_THRESHOLD_=65536 OMP_NUM_THREADS=1 python benchmarks/profile_iteration.py --k 2 --d 3
@@ -153,7 +153,7 @@ def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> di
 
 
 def build_recipe(args: argparse.Namespace):
-    from treesdk.recipe import load_recipe
+    from treesdk.recipes import load_recipe
 
     overrides = {"steps": args.steps, "tree.k": args.k, "tree.d": args.d, "chunk": args.chunk,
                  "window": {"kind": "fixed", "start": args.window_start}}
@@ -179,15 +179,14 @@ def load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> dict:
     import treesdk
-    from treesdk.advantages import build_estimator
-    from treesdk.checkpoint import save_checkpoint
-    from treesdk.evaluate import decode_chunked
-    from treesdk.losses import build_loss_terms
-    from treesdk.model_facts import model_facts
-    from treesdk.plan import plan_memory, plan_run
+    from treesdk.training.checkpoint import save_checkpoint
+    from treesdk.training.evaluate import decode_chunked
+    from treesdk.recipes.parts import build
+    from treesdk.training.model_facts import model_facts
+    from treesdk.training.plan import plan_memory, plan_run
     from treesdk.rewards import score_images
     from treesdk.sampler import sample_forest_for_recipe
-    from treesdk.update import policy_update
+    from treesdk.training.update import policy_update
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -201,8 +200,9 @@ def run(args: argparse.Namespace) -> dict:
     recipe = build_recipe(args)
     rewards = {args.reward: treesdk.load_reward(args.reward)}
     weights = {args.reward: 1.0}
-    estimator = build_estimator(recipe.advantage)
-    terms = build_loss_terms(recipe.losses)
+    estimator = build("advantage", recipe.advantage)  # the trainer's parts, built as it builds them
+    terms = [(build("loss", spec), float(spec.weight)) for spec in recipe.losses]
+    mean_std = build("sde", recipe.sde)
     params = backend.trainable_parameters()
     o = recipe.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
         cond = meter.run("encode", backend.encode, prompts)
         seeds = list(range(iteration * args.batch, (iteration + 1) * args.batch))
         forest = meter.run("sample", sample_forest_for_recipe, backend, recipe, prompts, seeds, args.window_start,
-                           cond=cond)
+                           cond=cond, mean_std=mean_std)
         if args.skip_decode:  # blank images of the right shape: the decode phase is not measured
             side = backend.resolution
             images = meter.run("decode", torch.zeros, forest.leaves.shape[0], 3, side, side)

@@ -13,7 +13,7 @@ user's checkpoint (``treesdk.load_backend("flux", model=PATH)``). Nothing is dow
     python benchmarks/realwidth.py saved --family flux --double 1 --single 0          # activation table
 
 ``saved`` prints the bytes autograd keeps for backward per token per hidden unit (saved-tensor
-hooks, parameters excluded): the numbers :data:`treesdk.plan.ACTIVATION_BYTES` holds.
+hooks, parameters excluded): the numbers :data:`treesdk.training.plan.ACTIVATION_BYTES` holds.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def saved_activation_bytes(family: str, variant: str, double: int, single: int, 
     """Bytes autograd saves in one training forward of one row (parameters excluded)."""
     from peft import LoraConfig
 
-    from treesdk.model_facts import LORA_TARGETS
+    from treesdk.training.model_facts import LORA_TARGETS
 
     model = transformer(family, variant, double, single)
     model.requires_grad_(lora_rank == 0)

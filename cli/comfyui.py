@@ -20,7 +20,7 @@ def export(
 ) -> None:
     """Write the ComfyUI node pack (V1: NODE_CLASS_MAPPINGS, INPUT_TYPES, RETURN_TYPES, FUNCTION, CATEGORY)."""
     from treesdk import nodes
-    from treesdk.comfyui_pack import export_pack
+    from treesdk.nodes.comfyui_pack import export_pack
 
     specs = list(nodes.all_nodes(plugins=plugins).values())
     try:

@@ -16,7 +16,7 @@ err_console = Console(stderr=True)
 @contextlib.contextmanager
 def clean_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one red line and exit code 1 (no traceback)."""
-    from treesdk.recipe import RecipeError
+    from treesdk.recipes import RecipeError
     from treesdk.registry import PluginError
 
     try:

@@ -18,34 +18,32 @@ from .common import console
 #: backends cheap enough to construct for their recipe defaults (no multi-GB weights)
 LIGHT_BACKENDS = ("digits",)
 
-_BACKEND_KEYS = ("lora_rank", "dtype", "gradient_checkpointing", "offload_text_encoders", "max_sequence_length")
 
-
-class _NoDefaults:
-    """Stands in for a heavy backend: the diffusers backends add no recipe defaults."""
-
-    def recipe_defaults(self) -> dict[str, Any]:
-        return {}
-
-
-def dry_run(backend: str, model: str | None, options: dict[str, Any], recipe_builder, batch: int, iters: int,
-            seed: int, world_size: int, gpu_memory: float | None, as_json: bool) -> dict[str, Any]:
-    """Print the plan (a table, or one JSON object with ``as_json``) and return it.
-
-    ``recipe_builder(backend_or_stub)`` builds the recipe exactly as the real run would.
-    """
+def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | None) -> dict[str, Any]:
+    """Print the plan of the run ``config`` (a :class:`treesdk.RunConfig`): a table, or one JSON
+    object with ``as_json``; return it. ``--json``/``--gpu-memory`` without ``--dry-run`` is an error."""
     import treesdk
-    from treesdk.model_facts import model_facts
-    from treesdk.plan import plan_run
+    from treesdk.training.model_facts import model_facts
+    from treesdk.training.plan import plan_run
 
+    if not requested:
+        raise ValueError("--json and --gpu-memory describe the plan of --dry-run; add --dry-run")
+    if gpu_memory is not None and gpu_memory <= 0:
+        raise ValueError(f"--gpu-memory must be a positive number of GiB per GPU, got {gpu_memory}")
+    backend = config.backend.name
+    options = config.backend_options()
     light = backend in LIGHT_BACKENDS
-    vm = treesdk.load_backend(backend, **{k: v for k, v in options.items() if k in ("model", "device")}) if light else None
-    recipe = recipe_builder(vm if vm is not None else _NoDefaults())
-    facts = None if light else model_facts(backend, model, text_tokens=options.get("max_sequence_length"))
+    defaults: dict[str, Any] = {}
+    if light:  # cheap: its recipe defaults are what the run would apply
+        vm = treesdk.load_backend(backend, **{k: v for k, v in options.items() if k in ("model", "device")})
+        defaults = dict(vm.recipe_defaults())
+    recipe = config.resolve_recipe(defaults)
+    facts = None if light else model_facts(backend, options.get("model"), text_tokens=options.get("max_sequence_length"))
     plan = plan_run(
-        recipe, facts, batch=batch, world_size=world_size, iters=iters, seed=seed,
-        resolution=options.get("resolution"), dtype=str(options.get("dtype", "bfloat16")),
-        lora_rank=int(options.get("lora_rank", 16)), gradient_checkpointing=bool(options.get("gradient_checkpointing", False)),
+        recipe, facts, batch=config.batch, world_size=config.launch.nproc_per_node * config.launch.nnodes,
+        iters=max(config.iters, 1), seed=config.seed, resolution=options.get("resolution"),
+        dtype=str(options.get("dtype") or config.dtype or "bfloat16"), lora_rank=int(options.get("lora_rank", 16)),
+        gradient_checkpointing=bool(options.get("gradient_checkpointing", False)),
         offload_text_encoders=bool(options.get("offload_text_encoders", False)), gpu_memory_gib=gpu_memory,
     )
     plan["backend"] = backend
@@ -91,8 +89,3 @@ def print_plan(plan: dict[str, Any]) -> None:
             console.print(f"it fits with --set chunk={best} (rows per training call and leaves per decode)")
         elif not plan["fits"] and not model["gradient_checkpointing"]:
             console.print("no chunk fits: add --backend-opt gradient_checkpointing=true")
-
-
-def backend_plan_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The backend options the planner reads (the rest are ignored)."""
-    return {k: v for k, v in options.items() if k in (*_BACKEND_KEYS, "model", "resolution", "device")}

@@ -28,7 +28,7 @@ def eval_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON here")] = None,
 ) -> None:
     """Mean reward of deterministic samples on a fixed prompt/seed set, as a table and JSON."""
-    from treesdk.evaluate import evaluate
+    from treesdk.training.evaluate import evaluate
 
     with clean_errors():
         policy = load_policy(run, backend, model, resolution, device, backend_opt)

@@ -9,7 +9,6 @@ one line and exit with code 1; ``--check`` exits 1 when a tensor does not map on
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Optional
 
@@ -34,13 +33,12 @@ def export(
     device: str = typer.Option("cpu", "--device", help="Device to load the model on for the export."),
 ) -> None:
     """Export a trained policy (safetensors, atomic writes, treesdk metadata), or --check a file."""
-    from treesdk import export as api
+    from treesdk.training import export as api
     from treesdk.registry import PluginError
 
     if check is not None:
         if run_or_checkpoint is not None:
             raise _fail("give either RUN_OR_CHECKPOINT (to export) or --check FILE, not both", 2)
-        _import_layouts()
         try:
             report = api.check_file(check, base=base)
         except (OSError, ValueError) as exc:
@@ -60,14 +58,6 @@ def export(
         raise _fail(str(message)) from None
     for file in files:
         typer.echo(file)
-
-
-def _import_layouts() -> None:
-    """Layouts of the built-in diffusers backends (pure key maps; no diffusers import)."""
-    try:
-        importlib.import_module("treesdk_backends.keymaps")
-    except ImportError:  # pragma: no cover - backends not installed: only digits/registered layouts
-        pass
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,8 @@
 """The ``treesdk`` command: a thin Typer layer over the Python API.
 
-Each sub-command lives in its own module of this package and exposes ``register(app)``.
+Each sub-command lives in its own module of this package and exposes ``register(app)``. Commands
+import treesdk (and so torch) inside their functions: ``treesdk --help`` and shell completion then
+start without paying for those imports.
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ def nodes(
     schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of a recipe graph file and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print the node specs as JSON instead of a table."),
     check: Path | None = typer.Option(None, "--check", help="Validate a recipe file and print the resolved recipe."),  # noqa: UP007
-    plugins: bool = typer.Option(True, "--plugins/--no-plugins", help="Include rewards and backends from the registry."),
+    plugins: bool = typer.Option(True, "--plugins/--no-plugins", help="Include rewards, backends and recipe parts from the entry-point registry."),
 ) -> None:
     """List every node type (recipe parts, SDE steps, estimators, losses, rewards, backends) with its fields."""
     from treesdk import nodes as registry
-    from treesdk.graph import graph_json_schema
-    from treesdk.recipe import RecipeError, load_recipe
+    from treesdk.nodes.schema import graph_json_schema
+    from treesdk.recipes import RecipeError, load_recipe
 
     if schema:
         typer.echo(json.dumps(graph_json_schema(plugins=plugins), indent=2))

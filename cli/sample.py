@@ -14,7 +14,7 @@ def load_policy(run: str | None, backend: str, model: str | None, resolution: in
                 backend_opt: list[str] | None) -> Any:
     """A trained policy from a run/checkpoint folder, else the base model of ``backend``."""
     import treesdk
-    from treesdk.runs import load_trained_backend
+    from treesdk.training.runs import load_trained_backend
 
     if run is not None:
         overrides = backend_options(model, resolution, device, backend_opt)
@@ -37,7 +37,7 @@ def sample_command(
     out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("samples.png"),
 ) -> None:
     """Generate images (deterministic ODE sampling) from a base or trained policy into a PNG grid."""
-    from treesdk.evaluate import decode_chunked
+    from treesdk.training.evaluate import decode_chunked
     from treesdk.images import save_grid
     from treesdk.sampler import sample_ode
 

@@ -12,84 +12,120 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import backend_options, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, parse_overrides, parse_rewards, read_prompts
+from .common import backend_options, clean_errors, console, parse_overrides, parse_reward_options, parse_rewards
 
 
-def build_recipe(algo: str, config: str | None, k: int | None, d: int | None, steps: int | None,
-                 lr: float | None, sets: list[str] | None, backend: Any) -> Any:
-    """Preset or recipe file, then the backend's scale defaults (presets only: a recipe file's
-    values are the user's own), then the command-line overrides."""
-    from treesdk.recipe import load_recipe
+def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
+    """The :class:`treesdk.RunConfig` of ``treesdk train``: a run file given with ``--config`` (or a
+    plain recipe file, told apart by its keys), then every flag given on the command line on top."""
+    from treesdk.training.config import is_run_file_data, read_config_file, run_config_from_data
 
-    overrides: dict[str, Any] = {} if config else dict(backend.recipe_defaults())
-    for key, value in (("tree.k", k), ("tree.d", d), ("steps", steps), ("optim.lr", lr)):
-        if value is not None:
-            overrides[key] = value
-    overrides.update(parse_overrides(sets))
-    return load_recipe(config if config else algo, **overrides)
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        raw = read_config_file(config_file)
+        data = raw if is_run_file_data(raw) else {"recipe": config_file}
+    f = flags
+    backend = dict(data.get("backend") or {})
+    if f["backend"] is not None:
+        backend["name"] = f["backend"]
+    extra = backend_options(f["model"], f["resolution"], None, f["backend_opt"])
+    if extra:
+        backend["options"] = {**(backend.get("options") or {}), **extra}
+    if backend:
+        data["backend"] = backend
+    if f["algo"] is not None and not (config_file is not None and "recipe" in data and data["recipe"] == config_file):
+        data["recipe"] = f["algo"]
+    overrides = {key: value for key, value in (("tree.k", f["k"]), ("tree.d", f["d"]), ("steps", f["steps"]), ("optim.lr", f["lr"]))
+                 if value is not None}
+    overrides.update(parse_overrides(f["set_"]))
+    if overrides:
+        data["overrides"] = {**(data.get("overrides") or {}), **overrides}
+    if f["reward"]:
+        data["rewards"] = parse_rewards(f["reward"])
+    if f["eval_reward"] is not None:
+        data["eval_rewards"] = list(f["eval_reward"])
+    if f["reward_opt"]:
+        data["reward_options"] = {**(data.get("reward_options") or {}), **parse_reward_options(f["reward_opt"])}
+    if f["prompts"] is not None:
+        data["prompts"] = {"file": f["prompts"]}
+    for key in ("iters", "batch", "seed", "device"):
+        if f[key] is not None:
+            data[key] = f[key]
+    for section, key, flag in (("checkpoint", "every", "checkpoint_every"), ("checkpoint", "keep", "keep_checkpoints"),
+                               ("export", "format", "export_format"), ("launch", "nproc_per_node", "nproc_per_node"),
+                               ("launch", "nnodes", "nnodes"), ("launch", "node_rank", "node_rank"),
+                               ("launch", "rdzv_endpoint", "rdzv_endpoint"), ("launch", "max_restarts", "max_restarts"),
+                               ("launch", "fsdp", "fsdp")):
+        if f[flag] is not None:
+            data[section] = {**(data.get(section) or {}), key: f[flag]}
+    return run_config_from_data(data, config_file or "<command line>")
 
 
 def train_command(
-    backend: Annotated[str, typer.Option(help="velocity-model backend (entry point in treesdk.backends)")] = "digits",
+    backend: Annotated[Optional[str], typer.Option(help="velocity-model backend (entry point in treesdk.backends) [default: digits]")] = None,
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id; default: the backend's")] = None,
-    algo: Annotated[str, typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file)")] = "treegrpo",
+    algo: Annotated[Optional[str], typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file) [default: treegrpo]")] = None,
     k: Annotated[Optional[int], typer.Option(help="branching factor of the tree (overrides the recipe)")] = None,
     d: Annotated[Optional[int], typer.Option(help="tree depth = SDE window length in steps")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampling steps T")] = None,
-    iters: Annotated[int, typer.Option(help="total iterations of the run")] = 60,
-    batch: Annotated[int, typer.Option(help="prompts (trees) per iteration, over all ranks")] = 8,
+    iters: Annotated[Optional[int], typer.Option(help="total iterations of the run [default: 60]")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="prompts (trees) per iteration, over all ranks [default: 8]")] = None,
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME or NAME=WEIGHT; repeatable")] = None,
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward scored only at evaluation; repeatable")] = None,
     reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="image resolution in pixels (backend default if unset)")] = None,
-    config: Annotated[Optional[str], typer.Option(help="recipe file (YAML/JSON); replaces --algo")] = None,
+    config: Annotated[Optional[str], typer.Option(help="run file (YAML/JSON, e.g. a run's config.json; flags override it) or a recipe file (replaces --algo)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<algo>-<time>)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of prompts order, windows and tree noise")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="seed of prompts order, windows and tree noise [default: 0]")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (cpu, cuda, cuda:1); backend default if unset")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (overrides the recipe)")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="recipe override DOTTED.KEY=VALUE, e.g. noise.level=0.8")] = None,
     backend_opt: Annotated[Optional[list[str]], typer.Option(help="backend option KEY=VALUE, e.g. lora_rank=32")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="iterations between checkpoints (0 = at the end)")] = 0,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="iterations between checkpoints (0 = at the end) [default: 0]")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     export_format: Annotated[Optional[str], typer.Option(help="format exported at the end (backend default)")] = None,
-    nproc_per_node: Annotated[int, typer.Option(help="processes (GPUs) per node; >1 launches through torchrun")] = 1,
-    nnodes: Annotated[int, typer.Option(help="number of nodes (run the same command on each)")] = 1,
+    nproc_per_node: Annotated[Optional[int], typer.Option(help="processes (GPUs) per node; >1 launches through torchrun [default: 1]")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(help="number of nodes (run the same command on each) [default: 1]")] = None,
     node_rank: Annotated[Optional[int], typer.Option(help="this node's rank 0..nnodes-1 (static rendezvous; default: c10d assigns)")] = None,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the rendezvous (first node), for --nnodes > 1")] = None,
-    max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint")] = 0,
-    keep_checkpoints: Annotated[int, typer.Option(help="newest checkpoints kept in the run folder")] = 3,
-    fsdp: Annotated[bool, typer.Option(help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = False,
+    max_restarts: Annotated[Optional[int], typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint [default: 0]")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="newest checkpoints kept in the run folder [default: 3]")] = None,
+    fsdp: Annotated[Optional[bool], typer.Option("--fsdp/--no-fsdp", help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (calls, leaves, memory per rank) and exit; loads no model")] = False,
     json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON object")] = False,
     gpu_memory: Annotated[Optional[float], typer.Option(help="with --dry-run: GiB per GPU; the plan says whether the run fits")] = None,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
-    from treesdk import distributed, launch
+    from treesdk.training import distributed, launch
 
-    if dry_run or json_ or gpu_memory is not None:
-        with clean_errors():
-            _dry_run(dry_run, json_, gpu_memory, backend, model, algo, config, k, d, steps, lr, set_, resolution,
-                     device, backend_opt, batch, iters, seed, nproc_per_node * nnodes)
-        return
+    flags = {key: value for key, value in locals().items() if key not in ("dry_run", "json_", "gpu_memory")}
+    with clean_errors():
+        run_config = build_config(config, flags)
+        if dry_run or json_ or gpu_memory is not None:
+            from .dry_run import dry_run as print_plan
 
-    if launch.needs_launch(nproc_per_node, nnodes, max_restarts):
+            print_plan(run_config, dry_run, json_, gpu_memory)
+            return
+    lc = run_config.launch
+    if launch.needs_launch(lc.nproc_per_node, lc.nnodes, lc.max_restarts):
         with clean_errors():
             if resume and out is None:
                 raise ValueError("--resume needs --out RUN_DIR")
-            launch.torchrun_argv([], nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                                 rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, run_dir=out or "runs")  # checks
+            launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
+                                 rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts, run_dir=out or "runs")  # checks
             argv = sys.argv[1:]
             if "train" not in argv:
                 raise ValueError("--nproc-per-node/--nnodes/--max-restarts need the command line (sys.argv) of `treesdk train`")
             worker = launch.strip_launch_flags(argv[argv.index("train"):])
             run_dir = out
             if run_dir is None:  # one folder for every rank, node and restart
-                run_dir = Path("runs") / f"{algo if config is None else Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+                name = run_config.recipe if isinstance(run_config.recipe, str) else run_config.recipe.name
+                run_dir = Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
                 worker += ["--out", str(run_dir)]
             args = launch.torchrun_argv(
-                worker, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, run_dir=run_dir,
+                worker, nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
+                rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts, run_dir=run_dir,
             )
         code = launch.launch(args)
         if code:
@@ -101,53 +137,39 @@ def train_command(
     try:
         with clean_errors():
             ctx = distributed.init_distributed()
-            _train(ctx, backend, model, algo, k, d, steps, iters, batch, reward, eval_reward, resolution, config, out,
-                   seed, device, lr, prompts, set_, backend_opt, checkpoint_every, resume, export_format, keep_checkpoints,
-                   reward_opt=reward_opt, fsdp=fsdp)
+            _train(ctx, run_config, out, resume)
             completed = True
     finally:
         distributed.shutdown(ctx, completed=completed)
 
 
-def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, d: int | None, steps: int | None,
-           iters: int, batch: int, reward: list[str] | None, eval_reward: list[str] | None, resolution: int | None,
-           config: str | None, out: Path | None, seed: int, device: str | None, lr: float | None, prompts: str | None,
-           set_: list[str] | None, backend_opt: list[str] | None, checkpoint_every: int, resume: bool,
-           export_format: str | None, keep_checkpoints: int, reward_opt: list[str] | None = None,
-           fsdp: bool = False) -> None:
+def _train(ctx: Any, config: Any, out: Path | None, resume: bool) -> None:
     """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
-    import treesdk
-    from treesdk import distributed
+    from treesdk.training import distributed
+    from treesdk.training.runs import build_run_parts
+    from treesdk.training.trainer import Trainer
 
     if resume and out is None:
         raise ValueError("--resume needs --out RUN_DIR")
-    if ctx.world_size > 1 and ctx.device.type == "cuda" and device in (None, "cuda"):
-        device = str(ctx.device)  # one GPU per rank: cuda:LOCAL_RANK
-    options = backend_options(model, resolution, device, backend_opt)
-    vm = treesdk.load_backend(backend, **options)
-    recipe = build_recipe(algo, config, k, d, steps, lr, set_, vm)
-    weights = parse_rewards(reward) or vm.default_rewards()
-    if not weights:
-        raise ValueError(f"backend {backend!r} has no default reward: name one with --reward NAME[=WEIGHT]")
-    heldout = list(eval_reward) if eval_reward is not None else [r for r in vm.heldout_rewards() if r not in weights]
-    reward_options = parse_reward_options(reward_opt)
-    check_reward_options(reward_options, [*weights, *heldout])
-    rewards = load_rewards(list(weights), device, reward_options)
-    heldout_models = load_rewards(heldout, device, reward_options)
-    train_prompts = read_prompts(prompts) or vm.default_prompts()
-    eval_prompts, eval_seeds = vm.eval_set()
+    if ctx.world_size > 1 and ctx.device.type == "cuda" and config.device in (None, "cuda"):
+        config = config.model_copy(update={"device": str(ctx.device)})  # one GPU per rank: cuda:LOCAL_RANK
+    if ctx.world_size > 1:  # a torchrun worker: its argv lost the launcher flags; record what it runs on
+        launched = {"nproc_per_node": ctx.local_world_size, "nnodes": ctx.world_size // max(ctx.local_world_size, 1)}
+        config = config.model_copy(update={"launch": config.launch.model_copy(update=launched)})
+    parts = build_run_parts(config)
+    vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
     run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
-    fmt = export_format or vm.default_export_format()
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
-        raise ValueError(f"backend {backend!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
+        raise ValueError(f"backend {vm.name!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights
     resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
+    weights = {n: r.weight for n, r in parts.config.rewards.items()}
 
     show = console.print if ctx.is_main else (lambda *a, **kw: None)
     show(
-        f"[bold]treesdk train[/] backend={backend} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
-        f"d={recipe.tree.d} roots={recipe.tree.roots} batch={batch} iters={iters} rewards={weights} -> {run_dir}"
+        f"[bold]treesdk train[/] backend={vm.name} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
+        f"d={recipe.tree.d} roots={recipe.tree.roots} batch={config.batch} iters={config.iters} rewards={weights} -> {run_dir}"
         + (f" ranks={ctx.world_size} ({ctx.backend})" if ctx.world_size > 1 else "")
         + (" fsdp" if fsdp and ctx.world_size > 1 else "")
         + (" (resuming)" if resume else "")
@@ -157,42 +179,20 @@ def _train(ctx: Any, backend: str, model: str | None, algo: str, k: int | None, 
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
     )
     with bar if ctx.is_main else contextlib.nullcontext(bar) as progress:  # only rank 0 prints progress
-        task = progress.add_task("training", total=iters, info="")
+        task = progress.add_task("training", total=config.iters, info="")
 
-        def on_iteration(row: dict[str, Any]) -> None:
-            if not ctx.is_main:
-                return
-            progress.update(
-                task, completed=row["iteration"],
-                info=f"reward {row['reward_mean']:.3f}  nfe {row['nfe_sampling']}+{row['nfe_training']}  "
-                     f"{row['seconds']:.2f} s/iter",
-            )
+        def show_progress(row: dict[str, Any]) -> None:
+            if ctx.is_main:
+                progress.update(
+                    task, completed=row["iteration"],
+                    info=f"reward {row['reward_mean']:.3f}  nfe {row['nfe_sampling']}+{row['nfe_training']}  "
+                         f"{row['seconds']:.2f} s/iter",
+                )
 
-        run = treesdk.train(
-            recipe, vm, rewards, train_prompts, weights=weights, iters=iters, batch=batch, seed=seed,
-            out_dir=run_dir, eval_prompts=eval_prompts, eval_seeds=eval_seeds, eval_rewards=heldout_models,
-            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, export_format=fmt,
-            config={"cli": {"algo": algo, "config": config}}, backend_options=options, on_iteration=on_iteration,
-            **ctx.train_kwargs(fsdp=fsdp),
-        )
+        trainer = Trainer.from_parts(parts, run_dir, collective=ctx.with_fsdp(fsdp), callbacks=[show_progress])
+        run = trainer.fit(resume)
     if ctx.is_main:
         print_summary(run)
-
-
-def _dry_run(dry_run: bool, as_json: bool, gpu_memory: float | None, backend: str, model: str | None, algo: str,
-             config: str | None, k: int | None, d: int | None, steps: int | None, lr: float | None,
-             sets: list[str] | None, resolution: int | None, device: str | None, backend_opt: list[str] | None,
-             batch: int, iters: int, seed: int, world_size: int) -> None:
-    """``--dry-run [--json] [--gpu-memory GB]`` (see :mod:`treesdk_cli.dry_run`)."""
-    from .dry_run import dry_run as print_dry_run
-
-    if not dry_run:
-        raise ValueError("--json and --gpu-memory describe the plan of --dry-run; add --dry-run")
-    if gpu_memory is not None and gpu_memory <= 0:
-        raise ValueError(f"--gpu-memory must be a positive number of GiB per GPU, got {gpu_memory}")
-    options = backend_options(model, resolution, device, backend_opt)
-    print_dry_run(backend, model, options, lambda vm: build_recipe(algo, config, k, d, steps, lr, sets, vm),
-                  batch, iters, seed, world_size, gpu_memory, as_json)
 
 
 def print_summary(run: Any) -> None:

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from analytic import BrightnessReward, MixtureFlow
 
-from treesdk import distributed
-from treesdk.recipe import load_recipe
-from treesdk.trainer import train
+from treesdk.training import distributed
+from treesdk.recipes import load_recipe
+from treesdk.training.trainer import train
 
 RECIPE = {"steps": 6, "tree.d": 3, "optim.lr": 0.05, "optim.minibatches": 2, "optim.grad_clip": 1.0}
 PROMPTS = ["a", "b", "c", "d", "e", "f"]
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             model.velocity = recording  # type: ignore[method-assign]
 
         if args.stall_checkpoint_at is not None and ctx.is_main:
-            from treesdk import checkpoint
+            from treesdk.training import checkpoint
 
             real_save = checkpoint.atomic_save_safetensors
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         start_offset = [0]
         if resume and args.out is not None:
-            from treesdk.checkpoint import list_checkpoints
+            from treesdk.training.checkpoint import list_checkpoints
 
             found = list_checkpoints(args.out) if ctx.is_main else []
             start_offset[0] = ctx.broadcast_object(int(found[-1].name.split("_")[1]) if found else 0)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             build_recipe(), model, {"brightness": BrightnessReward()}, PROMPTS,
             iters=args.iters, batch=args.batch, seed=args.seed, out_dir=args.out,
             checkpoint_every=args.checkpoint_every, resume=resume,
-            on_iteration=rows.append, on_step=on_step, **ctx.train_kwargs(),
+            on_iteration=rows.append, on_step=on_step, collective=ctx,
         )
         if ctx.is_main and args.result is not None:
             args.result.write_text(json.dumps({
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stop_requested() -> bool:
-    """Whether the trainer's SIGTERM handler (``treesdk.trainer._StopRequest``) has fired."""
+    """Whether the trainer's SIGTERM handler (``treesdk.training.metrics.StopRequest``) has fired."""
     handler = signal.getsignal(signal.SIGTERM)
     return bool(getattr(getattr(handler, "__self__", None), "requested", False))
 

@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 import treesdk
-from treesdk import comfyui_pack, nodes
+from treesdk.nodes import comfyui_pack
+from treesdk import nodes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -23,9 +23,9 @@ from _dist_common import (
     straight_two_rank_run,
 )
 
-from treesdk.checkpoint import list_checkpoints, load_checkpoint
-from treesdk.distributed import reduce_metric_rows
-from treesdk.launch import rendezvous_id, strip_launch_flags, torchrun_argv
+from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
+from treesdk.training.distributed import reduce_metric_rows
+from treesdk.training.launch import rendezvous_id, strip_launch_flags, torchrun_argv
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,8 @@ def test_cli_launches_two_ranks_through_torchrun(straight):
     rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if not r.get("eval")] == [1, 2]
     assert [r["trees"] for r in rows if not r.get("eval")] == [4, 4]
-    assert json.loads((root / "run" / "config.json").read_text())["world_size"] == 2
+    launched = json.loads((root / "run" / "config.json").read_text())["launch"]
+    assert launched["nproc_per_node"] * launched["nnodes"] == 2
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from diffusers_fixtures import TINY_RESOLUTION, tiny_flux_path  # noqa: F401 - pytest fixture
-from treesdk.plan import plan_run
-from treesdk.recipe import load_recipe
+from treesdk.training.plan import plan_run
+from treesdk.recipes import load_recipe
 from treesdk_cli.main import app
 
 runner = CliRunner()

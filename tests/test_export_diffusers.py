@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import treesdk  # noqa: E402
-from treesdk.export import check_file, export_run  # noqa: E402
+from treesdk.training.export import check_file, export_run  # noqa: E402
 from treesdk.interfaces import RewardModel  # noqa: E402
 from treesdk_backends import keymaps  # noqa: E402
 from treesdk_backends.diffusers_export import merged_state_dict  # noqa: E402
@@ -335,7 +335,7 @@ def test_full_finetune_run_refuses_lora_and_leaves_files(trained, tmp_path):
     backend = treesdk.load_backend("flux", **options)
     with torch.no_grad():
         backend.transformer.proj_out.weight.add_(0.01)
-    from treesdk.checkpoint import save_checkpoint
+    from treesdk.training.checkpoint import save_checkpoint
 
     run = tmp_path / "full"
     run.mkdir()

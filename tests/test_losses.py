@@ -9,13 +9,13 @@ from analytic import MixtureFlow
 from treesdk.interfaces import EdgeBatch
 from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.sampler import sample_forest
-from treesdk.update import sft_targets
+from treesdk.training.update import sft_targets
 
 
 def batch(new_lp, old_lp, adv, rewards=None, **kw):
     n, k = new_lp.shape
-    return EdgeBatch(layer=None, index=torch.arange(n), old_log_probs=old_lp, new_log_probs=new_lp,
-                     new_velocity=torch.zeros(n, 1), old_velocity=torch.zeros(n, 1), advantages=adv,
+    return EdgeBatch(layer=None, old_log_probs=old_lp, new_log_probs=new_lp,
+                     new_velocity=torch.zeros(n, 1), advantages=adv,
                      clip_rewards=rewards if rewards is not None else torch.zeros_like(adv), std=torch.tensor(1.0), **kw)
 
 

@@ -11,9 +11,10 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from treesdk import nodes, registry
+from treesdk import registry
+from treesdk import nodes
 from treesdk.interfaces import RewardModel
-from treesdk.recipe import ClippedSurrogateSpec, FixedWindow, NoiseSpec, OptimSpec, TreeBackupSpec, TreeSpec
+from treesdk.recipes import ClippedSurrogateSpec, FixedWindow, NoiseSpec, OptimSpec, TreeBackupSpec, TreeSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,4 +1,4 @@
-"""``treesdk.plan``: the dry-run plan's call counts equal the calls a real run makes (digits, tiny
+"""``treesdk.training.plan``: the dry-run plan's call counts equal the calls a real run makes (digits, tiny
 FLUX), its parameter counts equal diffusers' models, its memory estimate moves the right way."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 
 import treesdk
 from diffusers_fixtures import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, single_thread, tiny_flux_path  # noqa: F401
-from treesdk.model_facts import KNOWN_MODELS, LORA_TARGETS, lora_parameters, model_facts
-from treesdk.plan import plan_memory, plan_run
-from treesdk.recipe import load_recipe
-from treesdk.trainer import train
+from treesdk.training.model_facts import KNOWN_MODELS, LORA_TARGETS, lora_parameters, model_facts
+from treesdk.training.plan import plan_memory, plan_run
+from treesdk.recipes import load_recipe
+from treesdk.training.trainer import train
 
 
 @pytest.fixture(autouse=True, scope="module")

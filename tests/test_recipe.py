@@ -3,7 +3,7 @@
 import pytest
 
 import treesdk
-from treesdk.recipe import Recipe, RecipeError, load_recipe, window_start
+from treesdk.recipes import Recipe, RecipeError, load_recipe, window_start
 
 
 @pytest.mark.parametrize("name", ["grpo", "mixgrpo", "treegrpo", "dynamic-treerpo"])

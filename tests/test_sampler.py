@@ -6,9 +6,9 @@ import torch
 from analytic import MixtureFlow
 from treesdk.advantages import GroupAdvantage
 from treesdk.losses import ClippedSurrogate
-from treesdk.recipe import nfe_per_tree
+from treesdk.recipes import nfe_per_tree
 from treesdk.sampler import sample_forest
-from treesdk.update import policy_update
+from treesdk.training.update import policy_update
 
 
 @pytest.mark.parametrize(

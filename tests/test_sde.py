@@ -10,7 +10,7 @@ from treesdk.sde import flux_mu, log_prob, ode_step, sde_step_with_logprob, sigm
 
 
 def reference_step(x, v, s, s_next, a, eps):
-    """DESIGN.md's formula in float64 numpy, written independently of treesdk.sde."""
+    """The Flow-GRPO step (mean, transition std as in treesdk.sde's docstring) in float64 numpy, written independently of treesdk.sde."""
     x, v, eps = (np.asarray(t, dtype=np.float64) for t in (x, v, eps))
     dt = s_next - s
     s_den = s_next if s == 1.0 else s

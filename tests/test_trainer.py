@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from analytic import BrightnessReward, MixtureFlow
-from treesdk.recipe import load_recipe
+from treesdk.recipes import load_recipe
 from treesdk.rewards import NonFiniteRewardError
-from treesdk.trainer import train
+from treesdk.training.trainer import train
 
 
 def recipe(name="treegrpo", **kw):

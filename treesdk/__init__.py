@@ -1,20 +1,30 @@
 """treesdk: RL post-training of flow-matching text-to-image models with tree-structured sampling.
 
 Public surface (stable): :func:`load_backend`, :func:`load_reward`, :func:`load_algorithm`,
-:func:`train`, the interfaces in :mod:`treesdk.interfaces` and :mod:`treesdk.sde`.
+:class:`RunConfig`, :func:`train`, :class:`Trainer`, the interfaces in :mod:`treesdk.interfaces`
+and the SDE math in :mod:`treesdk.sde`.
+
+Layers, each importing only the ones below it:
+
+* the kernel (this folder): ``interfaces``, ``sde``, ``sampler``, ``advantages``, ``losses``,
+  ``rewards``, ``images``, ``io``, ``registry``;
+* :mod:`treesdk.recipes`: the registry of recipe parts, the :class:`Recipe`, presets, loading;
+* :mod:`treesdk.training`: the run configuration, the trainer, update, checkpoints, distributed
+  runs, export;
+* :mod:`treesdk.nodes`: node specs, graph files, the ComfyUI pack.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import registry, sde
-from .interfaces import AdvantageEstimator, LossTerm, RewardModel, Scheduler, VelocityModel
-
-__version__ = "0.1.0"
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .recipe import Recipe
+from treesdk import registry, sde
+from treesdk._version import __version__
+from treesdk.interfaces import AdvantageEstimator, LossTerm, RewardModel, VelocityModel
+from treesdk.recipes import Recipe, load_recipe
+from treesdk.training.collective import Collective
+from treesdk.training.config import RunConfig
+from treesdk.training.trainer import Run, Trainer, train
 
 
 def load_backend(name: str, **options: Any) -> VelocityModel:
@@ -38,23 +48,18 @@ def load_algorithm(name_or_path: str, **overrides: Any) -> Recipe:
 
     Overrides use dotted paths into the recipe, e.g. ``{"tree.k": 3, "window.start": 2}``.
     """
-    from .recipe import load_recipe
-
     return load_recipe(name_or_path, **overrides)
-
-
-def train(*args: Any, **kwargs: Any):  # noqa: ANN201 - returns treesdk.trainer.Run
-    """Run training; see :func:`treesdk.trainer.train`."""
-    from .trainer import train as _train
-
-    return _train(*args, **kwargs)
 
 
 __all__ = [
     "AdvantageEstimator",
+    "Collective",
     "LossTerm",
+    "Recipe",
     "RewardModel",
-    "Scheduler",
+    "Run",
+    "RunConfig",
+    "Trainer",
     "VelocityModel",
     "load_algorithm",
     "load_backend",

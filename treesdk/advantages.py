@@ -131,13 +131,3 @@ class TreeBackupAdvantage(_LeafNormalising):
             node_adv = (weights * child_adv).sum(dim=1)
         out.reverse()
         return out
-
-
-def build_estimator(spec) -> AdvantageEstimator:  # noqa: ANN001 - a treesdk.recipe AdvantageSpec
-    """The estimator a recipe's ``advantage`` part describes."""
-    common = dict(attribution=spec.attribution, global_std=spec.global_std, clip=spec.clip, eps=spec.eps)
-    if spec.kind == "group":
-        return GroupAdvantage(**common)
-    if spec.kind == "tree-backup":
-        return TreeBackupAdvantage(temperature=spec.temperature, **common)
-    raise ValueError(f"unknown advantage estimator {spec.kind!r}")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluate import evaluate
+from .training.evaluate import evaluate
 from .interfaces import RewardModel, VelocityModel
-from .recipe import Recipe, load_recipe
-from .trainer import train
+from .recipes import Recipe, load_recipe
+from .training.trainer import train
 
 DEFAULT_ALGORITHMS = ("grpo", "mixgrpo", "treegrpo", "dynamic-treerpo")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .io import atomic_write_bytes
+
 
 def make_grid(images: Tensor, nrow: int, scale: int = 1, padding: int = 1) -> Tensor:
     """Tile ``images`` into one uint8 image ``[H', W', 3]``.
@@ -52,8 +54,6 @@ def save_grid(
     integer that makes a tile at least ``min_size`` pixels. Tiles are separated by a white border.
     """
     from PIL import Image
-
-    from .io import atomic_write_bytes
 
     if images.ndim != 4:
         raise ValueError(f"images must be [B, 1 or 3, H, W], got shape {tuple(images.shape)}")

@@ -1,6 +1,6 @@
-"""The five interfaces every part of treesdk is written against.
+"""The interfaces every part of treesdk is written against, and the data passed between them.
 
-Conventions shared by all of them (see ``DESIGN.md``):
+Conventions shared by all of them:
 
 * Rectified flow as in diffusers: ``x_sigma = (1 - sigma) * x0 + sigma * noise`` with ``sigma`` in
   ``[0, 1]``; ``sigma = 1`` is pure noise, sampling walks sigma *down* a grid ``1 = s_0 > ... > s_T = 0``.
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +27,11 @@ from torch import Tensor
 #: sampler can select rows with :func:`select_cond`. What the keys mean is the backend's business
 #: (CLIP/T5 embeddings, pooled projections, the unconditional half for CFG, ...).
 Cond = dict[str, Tensor]
+
+
+#: an SDE family's transition: ``(x, v, sigma, sigma_next, noise_level) -> (mean, std)``, mean
+#: float32 ``[B, ...]``, std the transition std (broadcastable to ``x``)
+MeanStd = Callable[[Tensor, Tensor, Any, Any, Any], tuple[Tensor, Tensor]]
 
 
 def select_cond(cond: Cond, index: Tensor) -> Cond:
@@ -168,35 +173,6 @@ class VelocityModel(ABC):
         return self.export_formats[0] if self.export_formats else None
 
 
-class Scheduler(ABC):
-    """The one place for the flow SDE/ODE math (see :mod:`treesdk.sde` for the formulas)."""
-
-    @abstractmethod
-    def sigmas(self, num_steps: int) -> Tensor:
-        """float32 grid ``[num_steps + 1]`` from 1 down to 0."""
-
-    @abstractmethod
-    def ode_step(self, x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        """Euler step ``x + (sigma_next - sigma) * v``."""
-
-    @abstractmethod
-    def sde_step(
-        self,
-        x: Tensor,
-        v: Tensor,
-        sigma: Tensor,
-        sigma_next: Tensor,
-        noise_scale: Tensor | float,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One stochastic step: returns ``(x_next, mean, std)``, std the transition's std."""
-
-    @abstractmethod
-    def log_prob(self, x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        """Gaussian log density of ``x_next``, averaged over non-batch elements: ``[B]``."""
-
-
 class RewardModel(ABC):
     """Scores images against prompts. Registered under ``treesdk.rewards``.
 
@@ -273,6 +249,8 @@ class Forest:
         leaves_per_prompt: ``L``.
         window_start: first step of the branching window.
         nfe: velocity evaluations the sampler made (one per node per step it computed).
+        mean_std: the SDE family's transition ``(x, v, sigma, sigma_next, noise_level) -> (mean,
+            std)`` the stochastic steps were sampled with; the update recomputes log-probs with it.
     """
 
     prompts: list[str]
@@ -283,7 +261,7 @@ class Forest:
     leaves_per_prompt: int
     window_start: int
     nfe: int
-    extras: dict[str, Any] = field(default_factory=dict)
+    mean_std: MeanStd
 
     @property
     def num_prompts(self) -> int:
@@ -328,12 +306,10 @@ class EdgeBatch:
     Shapes: ``N`` parents, ``k`` children, ``M`` terms per edge.
 
     Attributes:
-        layer: the layer the chunk comes from.
-        index: ``[N]`` indices of the chunk's parents within the layer.
+        layer: the layer the chunk comes from (its step, depth, sigmas, noise level).
         old_log_probs: ``[N, k]`` behaviour log-probs.
         new_log_probs: ``[N, k]`` log-probs under the current parameters (differentiable).
         new_velocity: ``[N, *latent]`` current velocity of the parents (differentiable).
-        old_velocity: ``[N, *latent]`` behaviour velocity (detached).
         advantages: ``[N, k, M]``.
         clip_rewards: ``[N, k, M]`` raw rewards for reward-adaptive clipping.
         new_mean: ``[N, *latent]`` SDE mean under current parameters (for KL), or None.
@@ -343,11 +319,9 @@ class EdgeBatch:
     """
 
     layer: TreeLayer
-    index: Tensor
     old_log_probs: Tensor
     new_log_probs: Tensor
     new_velocity: Tensor
-    old_velocity: Tensor
     advantages: Tensor
     clip_rewards: Tensor
     std: Tensor

@@ -91,19 +91,3 @@ class KLToReference(LossTerm):
             raise ValueError("KLToReference needs EdgeBatch.new_mean and EdgeBatch.ref_mean")
         kl = ((batch.new_mean.float() - batch.ref_mean.float()) ** 2).mean() / (2.0 * batch.std.float() ** 2)
         return kl, {"kl": float(kl.detach())}
-
-
-def build_loss_terms(specs) -> list[tuple[LossTerm, float]]:  # noqa: ANN001 - list of treesdk.recipe LossSpec
-    """``(term, weight)`` pairs for a recipe's ``losses``."""
-    terms: list[tuple[LossTerm, float]] = []
-    for spec in specs:
-        if spec.kind == "clipped-surrogate":
-            term: LossTerm = ClippedSurrogate(spec.clip, spec.eps, spec.eps_low, spec.eps_high, spec.eta)
-        elif spec.kind == "layertuning-sft":
-            term = LayerTuningSFT()
-        elif spec.kind == "kl":
-            term = KLToReference()
-        else:
-            raise ValueError(f"unknown loss term {spec.kind!r}")
-        terms.append((term, float(spec.weight)))
-    return terms

@@ -1,7 +1,9 @@
 """Entry-point registry: backends, rewards and algorithms, built-in or third-party alike.
 
-Groups: ``treesdk.backends``, ``treesdk.rewards``, ``treesdk.algorithms``. A third-party package
-registers a part with a few lines of its ``pyproject.toml``::
+Groups: ``treesdk.backends``, ``treesdk.rewards``, ``treesdk.algorithms``, and for recipe parts
+``treesdk.losses``, ``treesdk.estimators``, ``treesdk.sde`` (each entry a
+:class:`treesdk.recipes.parts.PartDecl`). A third-party package registers a plugin with a few lines
+of its ``pyproject.toml``::
 
     [project.entry-points."treesdk.rewards"]
     my-reward = "my_package.reward:MyReward"
@@ -21,6 +23,9 @@ GROUPS = {
     "backend": "treesdk.backends",
     "reward": "treesdk.rewards",
     "algorithm": "treesdk.algorithms",
+    "loss": "treesdk.losses",
+    "estimator": "treesdk.estimators",
+    "sde": "treesdk.sde",
 }
 
 
@@ -54,8 +59,14 @@ def _entry_points(kind: str) -> dict[str, metadata.EntryPoint]:
 
 
 def available(kind: str) -> list[str]:
-    """Registered names of ``kind`` (``backend``, ``reward`` or ``algorithm``), sorted."""
+    """Registered names of ``kind`` (a key of :data:`GROUPS`), sorted."""
     return sorted(_entry_points(kind))
+
+
+def entry_point_value(kind: str, name: str) -> str:
+    """``"module:attribute"`` of the entry point registered as ``name`` in ``kind``'s group."""
+    eps = _entry_points(kind)
+    return eps[name].value if name in eps else "?"
 
 
 def load(kind: str, name: str) -> Any:
@@ -76,7 +87,7 @@ def load(kind: str, name: str) -> Any:
         raise PluginError(f"{kind} plugin {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}") from exc
 
 
-def plugin_status(kinds: tuple[str, ...] = ("backend", "reward", "algorithm")) -> list[PluginInfo]:
+def plugin_status(kinds: tuple[str, ...] = tuple(GROUPS)) -> list[PluginInfo]:
     """Every registered entry point with its distribution, version and import status."""
     rows: list[PluginInfo] = []
     for kind in kinds:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .interfaces import Cond, Forest, TreeLayer, VelocityModel, iter_chunks, select_cond
+from .interfaces import Cond, Forest, MeanStd, TreeLayer, VelocityModel, iter_chunks, select_cond
 from .sde import log_prob, ode_step, sde_mean_std
 
 
@@ -74,6 +74,7 @@ def sample_forest(
     chunk: int = 64,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mean_std: MeanStd = sde_mean_std,
 ) -> Forest:
     """Sample the forest of all ``prompts`` and return it with every trainable edge.
 
@@ -89,6 +90,7 @@ def sample_forest(
         chunk: max nodes per velocity call.
         cond: pre-encoded conditioning for ``prompts`` (else ``model.encode(prompts)``).
         progress: called as ``progress(step, T)`` after each step.
+        mean_std: the SDE family's transition (default: the Flow-GRPO step); stored on the forest.
 
     Returns:
         :class:`Forest` with ``nfe`` = number of velocity evaluations (rows), which equals
@@ -126,7 +128,7 @@ def sample_forest(
             branch = k if in_window else 1
             level = level_at(i - window_start) if in_window else outside_level
             parents = x
-            mean, std = sde_mean_std(parents, v, sigma, sigma_next, level)
+            mean, std = mean_std(parents, v, sigma, sigma_next, level)
             noise = _draw(generators, [nodes_per_prompt * branch] * num_prompts, shape, device)
             children = mean.repeat_interleave(branch, dim=0) + std[:1] * noise
             logp = log_prob(children, mean.repeat_interleave(branch, dim=0), std[:1])
@@ -164,19 +166,22 @@ def sample_forest(
         leaves_per_prompt=nodes_per_prompt,
         window_start=window_start,
         nfe=nfe,
+        mean_std=mean_std,
     )
 
 
 def sample_forest_for_recipe(
     model: VelocityModel,
-    recipe,  # noqa: ANN001 - treesdk.recipe.Recipe (kept untyped to avoid an import cycle in docs)
+    recipe,  # noqa: ANN001 - a treesdk.recipes.Recipe (the kernel imports nothing above it)
     prompts: Sequence[str],
     seeds: Sequence[int],
     window_start: int,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mean_std: MeanStd = sde_mean_std,
 ) -> Forest:
-    """:func:`sample_forest` with the tree shape, noise schedule and chunk size of ``recipe``."""
+    """:func:`sample_forest` with the tree shape, noise schedule, SDE family (``mean_std``, built from
+    ``recipe.sde`` by the caller; default Flow-GRPO) and chunk size of ``recipe``."""
     tree = recipe.tree
     return sample_forest(
         model,
@@ -193,6 +198,7 @@ def sample_forest_for_recipe(
         chunk=recipe.chunk,
         cond=cond,
         progress=progress,
+        mean_std=mean_std,
     )
 
 

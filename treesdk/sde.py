@@ -1,7 +1,7 @@
 """Flow-matching ODE/SDE steps, transition log-probs and sigma grids.
 
 Everything here is a function of tensors (k-diffusion style). The SDE is the Flow-GRPO form
-(yifan123/flow_grpo, ``sd3_sde_with_logprob.py``), written from DESIGN.md:
+(yifan123/flow_grpo, ``sd3_sde_with_logprob.py``):
 
 * sigma in ``[0, 1]``, 1 = pure noise, steps go *down*: ``dt = sigma_next - sigma < 0``.
 * ``std_t = a * sqrt(sigma / (1 - sigma))`` with ``sigma = 1`` replaced by ``sigma_next`` in the
@@ -23,7 +23,6 @@ import math
 import torch
 from torch import Tensor
 
-from .interfaces import Scheduler
 
 __all__ = [
     "ode_step",
@@ -36,7 +35,6 @@ __all__ = [
     "shift_sigmas",
     "time_shift",
     "flux_mu",
-    "FlowMatchScheduler",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -180,18 +178,3 @@ def sigma_grid(num_steps: int, shift: float = 1.0, mu: float | None = None) -> T
     base = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
     shifted = time_shift(base, mu) if mu is not None else shift_sigmas(base, shift)
     return torch.cat([shifted, torch.zeros(1, dtype=torch.float64)]).float()
-
-
-class FlowMatchScheduler(Scheduler):
-    """:class:`treesdk.interfaces.Scheduler` over the functions of this module."""
-
-    def __init__(self, shift: float = 1.0, mu: float | None = None) -> None:
-        self.shift = shift
-        self.mu = mu
-
-    def sigmas(self, num_steps: int) -> Tensor:
-        return sigma_grid(num_steps, self.shift, self.mu)
-
-    ode_step = staticmethod(ode_step)
-    sde_step = staticmethod(sde_step)
-    log_prob = staticmethod(log_prob)

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from treesdk.training.distributed import launched_by_torchrun
+
 #: flags of ``treesdk train`` that belong to the launcher (all take a value)
 LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
 
@@ -27,8 +29,6 @@ LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint"
 def needs_launch(nproc_per_node: int, nnodes: int, max_restarts: int) -> bool:
     """Whether ``treesdk train`` must start torchrun (it is not already a torchrun worker and more
     than one process, more than one node, or restarts were asked for)."""
-    from .distributed import launched_by_torchrun
-
     return not launched_by_torchrun() and (nproc_per_node > 1 or nnodes > 1 or max_restarts > 0)
 
 
@@ -108,6 +108,7 @@ def launch(argv: Sequence[str]) -> int:
     code: 0 when every worker succeeded, 1 when one failed, ``128 + signal`` when this process was
     told to stop (torchrun then forwards the signal: the workers finish the iteration, checkpoint
     and exit)."""
+    # torchrun's agent (elastic, rendezvous) is imported only by the process that launches
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main

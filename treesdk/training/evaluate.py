@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .interfaces import RewardModel, VelocityModel, iter_chunks
-from .rewards import score_images
-from .sampler import sample_ode
+from treesdk.interfaces import RewardModel, VelocityModel, iter_chunks
+from treesdk.rewards import score_images
+from treesdk.sampler import sample_ode
 
 
 def decode_chunked(model: VelocityModel, latents: Tensor, chunk: int = 64) -> Tensor:

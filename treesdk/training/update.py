@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
-from .sde import log_prob, sde_mean_std
+from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+from treesdk.sde import log_prob
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,7 +145,7 @@ def _chunk_loss(
     cond = select_cond(forest.cond, layer.parent_prompt[idx])
     sigma = torch.full((len(idx),), layer.sigma, device=device, dtype=torch.float32)
     velocity = model.velocity(parents, sigma, cond).float()
-    mean, std = sde_mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
+    mean, std = forest.mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
     children = layer.children[idx].flatten(0, 1)
     new_logp = log_prob(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
     ref_mean = None
@@ -153,15 +153,13 @@ def _chunk_loss(
     if need_ref:
         with torch.no_grad(), model.reference():
             ref_v = model.velocity(parents, sigma, cond).float()
-        ref_mean, _ = sde_mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
+        ref_mean, _ = forest.mean_std(parents, ref_v, layer.sigma, layer.sigma_next, layer.noise_scale)
         n_ref = len(idx)
     batch = EdgeBatch(
         layer=layer,
-        index=index,
         old_log_probs=layer.log_probs[idx],
         new_log_probs=new_logp,
         new_velocity=velocity,
-        old_velocity=layer.velocity[idx],
         advantages=targets.advantages[layer_index][idx.to(targets.advantages[layer_index].device)].to(device),
         clip_rewards=targets.clip_rewards[layer_index][idx.to(targets.clip_rewards[layer_index].device)].to(device),
         std=std[:1].reshape(()),

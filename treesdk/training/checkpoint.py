@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .io import atomic_save_safetensors, atomic_write_json
+from treesdk.io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
 
@@ -127,7 +127,7 @@ def save_checkpoint(
     """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``.
 
     ``optimizer`` is the optimiser or its (full, unsharded) ``state_dict()``, e.g. one gathered
-    under FSDP by :meth:`treesdk.distributed.FullyShardedTraining.full_optimizer_state`."""
+    under FSDP by :meth:`treesdk.training.distributed.FullyShardedTraining.full_optimizer_state`."""
     final = checkpoint_dir(run_dir, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(".tmp-iter_*"):  # left by a writer killed mid-checkpoint

@@ -2,7 +2,7 @@
 
 A graph file (YAML or JSON) has two sections::
 
-    nodes:                      # named nodes: a type from treesdk.nodes and its inputs
+    nodes:                      # named nodes: a type from treesdk.nodes.catalog and its inputs
       tree:  {type: tree, inputs: {k: 2, d: 4}}
       win:   {type: random-window, inputs: {p: 0.5}}
       adv:   {type: tree-backup, inputs: {clip: 5.0}}
@@ -16,10 +16,10 @@ A graph file (YAML or JSON) has two sections::
       advantage: adv
       losses: [clip, {node: sft, weight: 0.1}]   # a loss entry may override the node's weight
 
-Slots (:data:`treesdk.nodes.RECIPE_CONNECTIONS`): ``tree`` (TREE), ``window`` (WINDOW), ``noise``
-(NOISE), ``outside`` (STEP: ``ode`` or ``flow-grpo-sde``, the step taken outside the branching
+Slots (:data:`treesdk.nodes.catalog.RECIPE_CONNECTIONS`): ``tree`` (TREE), ``window`` (WINDOW), ``noise``
+(NOISE), ``sde`` (SDE: the step family, default ``flow-sde``), ``outside`` (STEP: ``ode`` or ``flow-grpo-sde``, the step taken outside the branching
 window), ``advantage`` (ADVANTAGE), ``losses`` (a list of LOSS), ``optim`` (OPTIM); ``tree``,
-``advantage`` and ``losses`` are required, the rest default as :class:`treesdk.recipe.Recipe` does.
+``advantage`` and ``losses`` are required, the rest default as :class:`treesdk.recipes.Recipe` does.
 A slot may also hold an inline node (``window: {type: fixed-window, inputs: {start: 2}}``).
 
 Validation collects every problem before failing, and each message names the node and the field:
@@ -40,12 +40,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .nodes import RECIPE_CONNECTIONS, NodeInputError, NodeSpec, all_nodes, builtin_nodes, validation_problems
-from .recipe import Recipe, RecipeError
+from treesdk.nodes.catalog import RECIPE_CONNECTIONS, FlowGRPOSDEStep, ODEStep, all_nodes, builtin_nodes, part_nodes
+from treesdk.nodes.spec import NodeInputError, NodeSpec, validation_problems
+from treesdk.recipes.loading import RecipeError
+from treesdk.recipes.recipe import Recipe
 
 #: top-level keys a graph file may have
 TOP_LEVEL_KEYS = ("$schema", "description", "nodes", "recipe")
-_SETTINGS = ("name", "steps", "chunk")
+SETTINGS = ("name", "steps", "chunk")
 _SLOTS = {c.name: c for c in RECIPE_CONNECTIONS}
 
 
@@ -67,7 +69,7 @@ class Problem:
 class GraphError(RecipeError):
     """An invalid recipe graph; the message lists every problem, one per line.
 
-    A :class:`treesdk.recipe.RecipeError` (so callers that catch invalid recipes catch it too);
+    A :class:`treesdk.recipes.RecipeError` (so callers that catch invalid recipes catch it too);
     ``problems`` holds the :class:`Problem` items, ``errors`` them as ``{"loc", "msg"}`` dicts.
     """
 
@@ -92,11 +94,6 @@ class Graph:
         for target in self.connections.values():
             used.update(target if isinstance(target, list) else [target])
         return [name for name in self.nodes if name not in used]
-
-
-def is_graph(data: Any) -> bool:
-    """Whether recipe data is in the graph format (has ``nodes``) rather than the nested one."""
-    return isinstance(data, Mapping) and "nodes" in data
 
 
 def compile_graph(data: Mapping[str, Any], source: str = "<graph>") -> Recipe:
@@ -132,10 +129,10 @@ def parse_graph(data: Mapping[str, Any], source: str = "<graph>") -> Graph:
     recipe_data: dict[str, Any] = {}
     connections: dict[str, str | list[str]] = {}
     for key, value in section.items():
-        if key in _SETTINGS:
+        if key in SETTINGS:
             recipe_data[key] = value
         elif key not in _SLOTS:
-            allowed = ", ".join([*_SETTINGS, *_SLOTS])
+            allowed = ", ".join([*SETTINGS, *_SLOTS])
             problems.append(Problem("recipe", str(key), f"unknown recipe field; expected one of {allowed}"))
     for slot, conn in _SLOTS.items():
         value = section.get(slot)
@@ -292,7 +289,7 @@ def _recipe_problems(
     out = []
     for loc, message in validation_problems(error):
         head, _, rest = loc.partition(".")
-        if head in _SETTINGS:
+        if head in SETTINGS:
             out.append(Problem("recipe", head, message))
             continue
         if head in connections and head != "losses" and rest:
@@ -319,99 +316,12 @@ def _recipe_problems(
 
 
 # ----------------------------------------------------------------------------------------------
-# JSON Schema of a graph file
-
-
-def graph_json_schema(plugins: bool = True) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a recipe graph file, built from every node spec.
-
-    Editors use it to autocomplete and check recipe files (YAML via ``# yaml-language-server:
-    $schema=...``). ``plugins=False`` leaves out reward and backend nodes.
-    """
-    specs = [s for s in all_nodes(plugins).values() if not s.connections]
-    defs: dict[str, Any] = {}
-    entries = []
-    for spec in specs:
-        inputs = spec.json_schema()
-        if "$defs" in inputs:  # hoist the node's own definitions under a unique prefix
-            prefix = re.sub(r"[^\w]", "_", spec.type) + "__"
-            inner = inputs.pop("$defs")
-            text = json.dumps(inputs).replace('"#/$defs/', f'"#/$defs/{prefix}')
-            inputs = json.loads(text)
-            for key, value in inner.items():
-                defs[prefix + key] = json.loads(json.dumps(value).replace('"#/$defs/', f'"#/$defs/{prefix}'))
-        entry_name = "node:" + spec.type
-        defs[entry_name] = {
-            "type": "object",
-            "title": spec.title,
-            "description": f"{spec.description} Gives {spec.output}.",
-            "properties": {
-                "type": {"const": spec.type},
-                "inputs": inputs,
-                "description": {"type": "string"},
-            },
-            "required": ["type"],
-            "additionalProperties": False,
-        }
-        entries.append({"$ref": f"#/$defs/{entry_name}"})
-    defs["node"] = {"oneOf": entries}
-
-    settings = Recipe.model_json_schema()["properties"]
-    recipe_props: dict[str, Any] = {name: settings[name] for name in _SETTINGS}
-    for conn in RECIPE_CONNECTIONS:
-        fitting = [s.type for s in specs if s.output == conn.type]
-        ref = {
-            "anyOf": [
-                {"type": "string", "description": f"name of a node giving {conn.type} ({', '.join(fitting)})"},
-                {"$ref": "#/$defs/node"},
-            ]
-        }
-        if conn.many:
-            weighted = {
-                "type": "object",
-                "properties": {"node": {"type": "string"}, "weight": {"type": "number", "minimum": 0}},
-                "required": ["node"],
-                "additionalProperties": False,
-            }
-            recipe_props[conn.name] = {
-                "type": "array",
-                "minItems": 1,
-                "items": {"anyOf": [*ref["anyOf"], weighted]},
-                "description": conn.description,
-            }
-        else:
-            recipe_props[conn.name] = {**ref, "description": conn.description}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "treesdk recipe graph",
-        "description": "A treesdk recipe as a graph of named nodes (see `treesdk nodes`).",
-        "type": "object",
-        "properties": {
-            "$schema": {"type": "string"},
-            "description": {"type": "string"},
-            "nodes": {"type": "object", "additionalProperties": {"$ref": "#/$defs/node"}},
-            "recipe": {
-                "type": "object",
-                "properties": recipe_props,
-                "required": [c.name for c in RECIPE_CONNECTIONS if c.required],
-                "additionalProperties": False,
-            },
-        },
-        "required": ["nodes", "recipe"],
-        "additionalProperties": False,
-        "$defs": defs,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
 # writing graphs
 
 
 def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
     """The graph form of a recipe (one node per part, inputs that differ from the defaults only)."""
-    from .nodes import FlowGRPOSDEStep, ODEStep
-
-    by_model = {spec.inputs: spec for spec in builtin_nodes().values() if not spec.connections}
+    by_model = {spec.inputs: spec for spec in [*part_nodes(plugins=True), *builtin_nodes().values()] if not spec.connections}
     nodes: dict[str, Any] = {}
     section: dict[str, Any] = {"name": recipe.name, "steps": recipe.steps}
     if recipe.chunk != Recipe.model_fields["chunk"].default:
@@ -432,6 +342,7 @@ def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
     section["tree"] = add("tree", tree)
     section["window"] = add("window", recipe.window)
     section["noise"] = add("noise", recipe.noise)
+    section["sde"] = add("sde", recipe.sde)
     outside = FlowGRPOSDEStep(noise_level=tree.outside_noise_level) if tree.sde_outside_window else ODEStep()
     section["outside"] = add("outside", outside)
     section["advantage"] = add("advantage", recipe.advantage)
@@ -450,8 +361,6 @@ __all__ = [
     "Problem",
     "apply_outside_step",
     "compile_graph",
-    "graph_json_schema",
-    "is_graph",
     "parse_graph",
     "recipe_to_graph",
 ]

@@ -1,20 +1,21 @@
 """Export a trained run and check exported files; format-agnostic (the formats live in the backends).
 
-* :func:`export_run` loads a run's backend with its latest (or a given) checkpoint and calls
+* :func:`export_run` rebuilds a run's backend from its ``config.json`` (a
+  :class:`~treesdk.training.config.RunConfig`) with its latest (or a given) checkpoint and calls
   ``backend.export(fmt, out, metadata)``, with the ``treesdk.*`` metadata of
-  :func:`export_metadata_for_run`.
+  :func:`treesdk.training.metadata.export_metadata`.
 * :func:`check_file` reads an exported file back (headers only: key names, shapes, metadata),
   says which format it is, which modules it touches and the LoRA rank, and checks every tensor
   against the base model's shapes.
 
-The key layouts of the diffusers backends (BFL FLUX, SAI SD3, diffusers LoRA names) are not known
-here: backends register a :class:`Layout` with :func:`register_layout` when their package is
-imported, and :func:`check_file` imports the backend named in the file's metadata through the
-entry-point registry. The built-in ``digits`` format is checked here directly.
+Key layouts (BFL FLUX, SAI SD3, diffusers LoRA names, the digits file) are not known here: each
+backend class declares the :class:`Layout` objects that read its files in its ``export_layouts``
+attribute, and :func:`check_file` loads the backend named in the file's metadata through the
+entry-point registry to get them.
 
-Run folder layout read here (written by :mod:`treesdk.trainer` / :mod:`treesdk.checkpoint`)::
+Run folder layout read here (written by :mod:`treesdk.training.trainer` / :mod:`treesdk.training.checkpoint`)::
 
-    RUN/config.json                                    {"backend": {"name": ..., "options"?: {...}, <describe()>}, "recipe": {...}}
+    RUN/config.json                                    the run's RunConfig
     RUN/checkpoints/iter_NNNNNN/trainable.safetensors  backend.trainable_state_dict()
     RUN/checkpoints/iter_NNNNNN/state.json             {"iteration": N, ...}
 """
@@ -24,16 +25,20 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from . import registry
+from treesdk import registry
+from treesdk.recipes import Recipe
+from treesdk.training.config import read_run_config
+from treesdk.training.metadata import export_metadata
+from treesdk.training.runs import backend_options, find_checkpoint, rebuild_backend
 
 #: export formats the CLI offers (each backend lists what it supports in ``export_formats``)
 FORMATS = ("lora", "diffusers", "comfyui", "digits")
@@ -113,29 +118,6 @@ class Layout(Protocol):
     def inspect(self, shapes: Shapes, metadata: Mapping[str, str], base_shapes: Shapes | None) -> Inspection | None: ...
 
 
-_LAYOUTS: list[Layout] = []
-
-
-def register_layout(layout: Layout) -> None:
-    """Make ``layout`` known to :func:`check_file` (idempotent per object type)."""
-    if not any(type(existing) is type(layout) for existing in _LAYOUTS):
-        _LAYOUTS.append(layout)
-
-
-class _DigitsLayout:
-    """The digits backend's native file: ``treesdk_format = digits-flow-v1`` in the metadata,
-    keys = the network's state dict, checked key by key against the base digits file."""
-
-    def inspect(self, shapes: Shapes, metadata: Mapping[str, str], base_shapes: Shapes | None) -> Inspection | None:
-        if metadata.get("treesdk_format") != "digits-flow-v1":
-            return None
-        modules = sorted({k.rsplit(".", 1)[0] for k in shapes})
-        problems: list[str] = []
-        if base_shapes is not None:
-            problems = compare_shapes(shapes, base_shapes)
-        return Inspection("digits", "digits", modules, None, problems)
-
-
 def compare_shapes(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Problems (one line each) when ``shapes`` differs from ``expected`` in keys or shapes."""
     problems = [f"{k}: not in the base model" for k in sorted(set(shapes) - set(expected))]
@@ -206,15 +188,19 @@ def _resolve_base(base: str | os.PathLike[str] | None) -> Path | None:
     return _hub_cache_folder(str(base))
 
 
-def _ensure_layouts(backend_name: str | None) -> None:
-    """Import the backend named ``backend_name`` (or every registered backend when None) through
-    the entry-point registry, so that backend packages get the chance to register their layouts."""
+def backend_layouts(backend_name: str | None) -> list[Layout]:
+    """The layouts backends declare in their ``export_layouts`` class attribute: of the backend
+    named ``backend_name`` (imported through the entry-point registry), or of every registered
+    backend when None. A backend that fails to import is skipped (``treesdk plugins`` names it)."""
     names = [backend_name] if backend_name else registry.available("backend")
+    layouts: list[Layout] = []
     for name in names:
         try:
-            registry.load("backend", name)
+            factory = registry.load("backend", name)
         except registry.PluginError:
             continue
+        layouts += [layout for layout in getattr(factory, "export_layouts", ()) if all(type(layout) is not type(x) for x in layouts)]
+    return layouts
 
 
 def check_file(
@@ -229,8 +215,8 @@ def check_file(
             folder (``config.json`` + ``diffusion_pytorch_model*.safetensors``).
         base: the base model (folder, pipeline folder, single file or a local hub cache id); None
             takes ``treesdk.base_model`` from the file's metadata.
-        layouts: layouts to try; None = the built-in digits layout and every registered layout
-            (after importing the backend named in the metadata).
+        layouts: layouts to try; None = the ``export_layouts`` of the backend named in the
+            metadata (of every registered backend when the file names none).
 
     Returns a :class:`FileReport`; its ``format`` is one of ``lora-diffusers``, ``lora-comfyui``,
     ``bfl-flux``, ``sai-sd3``, ``diffusers-transformer``, ``digits`` (or ``unknown``).
@@ -248,8 +234,7 @@ def check_file(
     else:
         problems.append("the file names no base model (metadata treesdk.base_model); pass --base PATH")
     if layouts is None:
-        _ensure_layouts(metadata.get("treesdk.backend"))
-        candidates: list[Layout] = [_DigitsLayout(), *_LAYOUTS]
+        candidates: list[Layout] = backend_layouts(metadata.get("treesdk.backend"))
     else:
         candidates = list(layouts)
     found: Inspection | None = None
@@ -259,8 +244,8 @@ def check_file(
             break
     if found is None:
         found = Inspection("unknown", None, [], None, [
-            "no registered layout recognises these keys; the backend's key maps register on import "
-            "(e.g. import treesdk_backends.keymaps), as `treesdk export --check` does"
+            "no layout recognises these keys: the backend named in the file's metadata (treesdk.backend) "
+            "declares none that fits, or the file names no backend"
         ])
     return FileReport(
         path=str(path),
@@ -278,73 +263,6 @@ def check_file(
 
 # ---------------------------------------------------------------------------------------------
 # export of a run
-
-
-def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(run folder, checkpoint folder)`` for a run folder (its latest checkpoint) or a checkpoint
-    folder (``RUN/checkpoints/<name>/`` with ``trainable.safetensors`` and ``state.json``)."""
-    from .checkpoint import latest_checkpoint
-
-    path = Path(run_or_checkpoint).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; expected a run folder or one of its checkpoints/<name>/ folders")
-    ckpt = latest_checkpoint(path)
-    run = path if ckpt != path else ckpt.parent.parent
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run / 'config.json'} not found: {ckpt} does not sit in a run folder written by treesdk train")
-    return run, ckpt
-
-
-def backend_options(backend_config: Mapping[str, Any], factory: Callable[..., Any]) -> dict[str, Any]:
-    """Constructor options for ``factory`` from a run's ``config.json["backend"]``.
-
-    Options are rebuilt from the backend's ``describe()`` facts stored there (under ``"describe"``
-    or at the top level: ``model_path``/``model``, ``resolution``, ``dtype``, ``lora``
-    rank/alpha/targets, ``full_finetune``, ``guidance``, ``shift``, ...), keeping only names the
-    factory accepts; the explicit ``"options"`` the backend was loaded with override them.
-    """
-    facts = dict(backend_config.get("describe") or backend_config)
-    options: dict[str, Any] = {}
-    model = facts.get("model_path") or facts.get("model")
-    if model is not None:
-        options["model"] = model
-    lora = facts.get("lora")
-    if isinstance(lora, Mapping):
-        options["lora_rank"] = lora.get("rank")
-        options["lora_alpha"] = lora.get("alpha")
-        options["lora_targets"] = lora.get("target_modules")
-    elif facts.get("full_finetune"):
-        options["lora_rank"] = 0
-    for key in ("resolution", "dtype", "guidance", "guidance_scale", "shift", "max_sequence_length"):
-        if key in facts:
-            options[key] = facts[key]
-    accepted = _accepted(factory)
-    if accepted is not None:
-        options = {k: v for k, v in options.items() if k in accepted and v is not None}
-    explicit = backend_config.get("options")
-    if isinstance(explicit, Mapping):
-        options.update(explicit)
-    return options
-
-
-def export_metadata_for_run(config: Mapping[str, Any], state: Mapping[str, Any], backend: Any) -> dict[str, str]:
-    """The ``treesdk.*`` string metadata of an export: base model, backend, algorithm, recipe
-    (JSON), treesdk version, training iterations, plus the checkpoint it came from."""
-    from . import __version__
-
-    backend_cfg = config.get("backend", {}) or {}
-    facts = backend.describe() if hasattr(backend, "describe") else {}
-    stored = backend_cfg.get("describe") or backend_cfg
-    recipe = config.get("recipe", {}) or {}
-    base = facts.get("model_path") or facts.get("model") or stored.get("model_path") or stored.get("model")
-    return {
-        "treesdk.version": __version__,
-        "treesdk.backend": str(backend_cfg.get("name") or getattr(backend, "name", "unknown")),
-        "treesdk.base_model": str(base if base is not None else "unknown"),
-        "treesdk.algorithm": str(recipe.get("name") or config.get("algorithm") or "custom"),
-        "treesdk.recipe": json.dumps(recipe, sort_keys=True, default=str),
-        "treesdk.iterations": str(int(state.get("iteration", 0))),
-    }
 
 
 def _check_writable(out: Path) -> None:
@@ -379,12 +297,9 @@ def export_run(
     are untouched in every case.
     """
     run, ckpt = find_checkpoint(run_or_checkpoint)
-    config = json.loads((run / "config.json").read_text())
+    config = read_run_config(run)
     state = json.loads((ckpt / "state.json").read_text())
-    backend_cfg = config.get("backend")
-    if not isinstance(backend_cfg, Mapping) or "name" not in backend_cfg:
-        raise ValueError(f"{run / 'config.json'} has no backend name (expected {{'backend': {{'name': ...}}}})")
-    name = str(backend_cfg["name"])
+    name = config.backend.name
     factory = registry.load("backend", name)
     formats = tuple(getattr(factory, "export_formats", ()))
     if fmt not in formats:
@@ -393,27 +308,13 @@ def export_run(
     if out is None:
         target.parent.mkdir(parents=True, exist_ok=True)
     _check_writable(target)
-    options = backend_options(backend_cfg, factory)
-    accepted = _accepted(factory)
-    if device is not None and (accepted is None or "device" in accepted):
-        options["device"] = device
-    if fmt == "lora" and options.get("lora_rank") == 0:
+    if fmt == "lora" and backend_options(config, factory).get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
-    backend = factory(**options)
+    backend = rebuild_backend(config, device=device)
     backend.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
-    metadata = export_metadata_for_run(config, state, backend)
+    recipe = config.recipe if isinstance(config.recipe, Recipe) else config.resolve_recipe()
+    metadata = export_metadata(name, {**config.backend.describe, **backend.describe()}, recipe, int(state.get("iteration", 0)))
     return list(backend.export(fmt, str(target), metadata))
-
-
-def _accepted(factory: Callable[..., Any]) -> set[str] | None:
-    """Keyword names ``factory`` accepts; None when it takes ``**kwargs`` or has no signature."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params)
 
 
 def default_export_name(fmt: str) -> str:

@@ -1,28 +1,40 @@
 """Algorithms as data: a validated pydantic :class:`Recipe` composed of small part specs.
 
-A recipe names a tree shape, a window schedule, a noise schedule, an advantage estimator and a
-list of weighted loss terms (optax-style composition: a hybrid is a different list, not new code).
-Every part is a pydantic model whose fields carry defaults, bounds and descriptions, so the same
+A recipe names a tree shape, a window schedule, a noise schedule, an SDE step family, an advantage
+estimator and a list of weighted loss terms (optax-style composition: a hybrid is a different list,
+not new code). Every part is a pydantic model whose fields carry defaults, bounds and descriptions,
+declared once in the registry of parts (:mod:`treesdk.recipes.parts`) with its builder, so the same
 spec drives validation, ``--help``, config files, JSON Schema and generated ComfyUI nodes.
 
-Recipes load from YAML/JSON files or preset names (entry-point group ``treesdk.algorithms``) and
-accept dotted overrides such as ``{"tree.k": 3, "window.start": 2}``.
+Conventions: sigma runs from 1 (pure noise) to 0 (data) over the ``steps`` grid; step ``i`` goes
+``sigmas[i] -> sigmas[i + 1]``; transition log-probs are averaged over the latent's elements.
+Loading (presets, files, overrides) lives in :mod:`treesdk.recipes.loading`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import numpy as np
+import torch
+from pydantic import BeforeValidator, Field, SerializeAsAny, WithJsonSchema, model_validator
+
+from treesdk.advantages import GroupAdvantage, TreeBackupAdvantage
+from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
+from treesdk.recipes.parts import Part, PartDecl, declare, parts, validate_part
+from treesdk.sde import ode_step, sde_mean_std
 
 
-class Part(BaseModel):
-    """Base of every recipe part: unknown fields are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _slot(slot: str, default_kind: str | None = None) -> Any:
+    """Type of a recipe field whose parts come from the registry (built-in or entry point)."""
+    schema = {"type": "object", "required": [] if default_kind else ["kind"],
+              "properties": {"kind": {"type": "string", "description": f"a registered {slot} kind (`treesdk nodes`)"}},
+              "description": f"a {slot} part; its `kind` selects the spec (see `treesdk nodes`)"}
+    return Annotated[
+        SerializeAsAny[Part],
+        BeforeValidator(lambda value: validate_part(slot, value, default_kind)),
+        WithJsonSchema(schema),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,6 +80,9 @@ class FixedWindow(Part):
     kind: Literal["fixed"] = "fixed"
     start: int = Field(0, ge=0, description="first step of the window (0 = the noisiest step)")
 
+    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:  # noqa: ARG002 - same signature as the others
+        return self.start
+
 
 class SlidingWindow(Part):
     """MixGRPO / Dynamic-TreeRPO: start at ``start``, advance by ``stride`` every ``every`` iterations,
@@ -79,6 +94,11 @@ class SlidingWindow(Part):
     every: int = Field(1, ge=1, description="iterations between moves")
     max_start: int | None = Field(None, ge=0, description="last start before wrapping (default T - d)")
 
+    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:  # noqa: ARG002
+        last = self.max_start if self.max_start is not None else steps - depth
+        span = last - self.start + 1
+        return self.start + (self.stride * (iteration // self.every)) % span
+
 
 class RandomWindow(Part):
     """TreeGRPO: start drawn from a truncated geometric law ``P(s) ∝ p (1 - p)^(s - min_start)`` on
@@ -88,6 +108,16 @@ class RandomWindow(Part):
     p: float = Field(0.5, gt=0, le=1, description="geometric success probability; 1 = always min_start")
     min_start: int = Field(0, ge=0, description="smallest start")
     max_start: int | None = Field(None, ge=0, description="largest start (default T - d)")
+
+    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:
+        """Drawn from a generator seeded by ``(seed, iteration)``: every rank and every resume agrees."""
+        first = self.min_start
+        last = self.max_start if self.max_start is not None else steps - depth
+        starts = np.arange(first, last + 1)
+        probs = self.p * (1.0 - self.p) ** (starts - first) if self.p < 1 else (starts == first).astype(float)
+        probs = probs / probs.sum()
+        rng = np.random.default_rng([seed, iteration, 0x57A27])
+        return int(rng.choice(starts, p=probs))
 
 
 WindowSpec = Annotated[Union[FixedWindow, SlidingWindow, RandomWindow], Field(discriminator="kind")]
@@ -109,6 +139,30 @@ class NoiseSpec(Part):
         if self.kind == "constant" or num_layers <= 0:
             return self.level
         return self.level * (1.0 + self.beta * depth / num_layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# SDE step families (the transition of every stochastic step, in sampling and in the update)
+
+
+class FlowSDESpec(Part):
+    """Flow-GRPO SDE step: ``std_t = a sqrt(s / (1 - s))``, ``dt = s_next - s < 0``,
+    ``mean = x (1 + std_t^2 dt / (2 s)) + v (1 + std_t^2 (1 - s) / (2 s)) dt``, transition std
+    ``std_t sqrt(-dt)``; ``a`` comes from the noise schedule."""
+
+    kind: Literal["flow-sde"] = "flow-sde"
+
+
+class ODESpec(Part):
+    """Deterministic Euler step ``x + (s_next - s) v`` everywhere: no transition density, so a recipe
+    with this family has no trained edges (for sampling-only recipes)."""
+
+    kind: Literal["ode"] = "ode"
+
+
+def _ode_mean_std(x: torch.Tensor, v: torch.Tensor, sigma: Any, sigma_next: Any, noise_level: Any) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ARG001
+    mean = ode_step(x.float(), v.float(), sigma, sigma_next)
+    return mean, torch.zeros((), device=mean.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,9 +195,6 @@ class TreeBackupSpec(Part):
     global_std: bool = Field(False, description="normalise by the std over all leaves of the batch")
     clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
     eps: float = Field(1e-4, gt=0, description="added to the std")
-
-
-AdvantageSpec = Annotated[Union[GroupAdvantageSpec, TreeBackupSpec], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,9 +234,6 @@ class KLSpec(Part):
     weight: float = Field(0.004, ge=0, description="beta")
 
 
-LossSpec = Annotated[Union[ClippedSurrogateSpec, LayerTuningSpec, KLSpec], Field(discriminator="kind")]
-
-
 # ----------------------------------------------------------------------------------------------
 # optimisation
 
@@ -203,15 +251,16 @@ class OptimSpec(Part):
 
 
 class Recipe(Part):
-    """A whole algorithm. See the presets in :mod:`treesdk.presets`."""
+    """A whole algorithm. See the presets in :mod:`treesdk.recipes.presets`."""
 
     name: str = Field("custom", description="recipe name")
     steps: int = Field(10, ge=1, le=1000, description="sampling steps T")
     tree: TreeSpec = Field(default_factory=TreeSpec)
     window: WindowSpec = Field(default_factory=FixedWindow)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
-    advantage: AdvantageSpec = Field(default_factory=TreeBackupSpec)
-    losses: list[LossSpec] = Field(default_factory=lambda: [ClippedSurrogateSpec()], min_length=1)
+    sde: _slot("sde", "flow-sde") = Field(default_factory=FlowSDESpec, description="SDE step family of the stochastic steps")
+    advantage: _slot("advantage") = Field(default_factory=TreeBackupSpec, description="advantage estimator")
+    losses: list[_slot("loss")] = Field(default_factory=lambda: [ClippedSurrogateSpec()], min_length=1, description="weighted loss terms")
     optim: OptimSpec = Field(default_factory=OptimSpec)
     chunk: int = Field(64, ge=1, description="max nodes per velocity call (sampling and training)")
 
@@ -232,6 +281,13 @@ class Recipe(Part):
                 raise ValueError(f"window starts at {first} but its last start is {last}; with steps = {T}, d = {d}")
         return self
 
+    @model_validator(mode="after")
+    def _trained_edges_have_a_density(self) -> Recipe:
+        if self.sde.kind == "ode" and (self.tree.d > 0 or self.tree.sde_outside_window):
+            raise ValueError("sde kind 'ode' has no transition density, so the window's edges (tree.d > 0) and "
+                             "tree.sde_outside_window cannot be trained; use sde kind 'flow-sde'")
+        return self
+
     def window_start(self, iteration: int, seed: int) -> int:
         """Window start for ``iteration`` (deterministic in ``seed`` and ``iteration``)."""
         return window_start(self, iteration, seed)
@@ -244,104 +300,7 @@ def window_start(recipe: Recipe, iteration: int, seed: int) -> int:
     ``[start, max_start]``; random: truncated geometric, drawn from a generator seeded by
     ``(seed, iteration)`` so every rank and every resume draws the same value.
     """
-    import numpy as np
-
-    T, d, win = recipe.steps, recipe.tree.d, recipe.window
-    if isinstance(win, FixedWindow):
-        return win.start
-    last = win.max_start if win.max_start is not None else T - d
-    if isinstance(win, SlidingWindow):
-        span = last - win.start + 1
-        return win.start + (win.stride * (iteration // win.every)) % span
-    first = win.min_start
-    starts = np.arange(first, last + 1)
-    probs = win.p * (1.0 - win.p) ** (starts - first) if win.p < 1 else (starts == first).astype(float)
-    probs = probs / probs.sum()
-    rng = np.random.default_rng([seed, iteration, 0x57A27])
-    return int(rng.choice(starts, p=probs))
-
-
-# ----------------------------------------------------------------------------------------------
-# loading, overrides
-
-
-def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``"tree.k"``, ``"losses.0.eps"``) in a nested dict/list, in place."""
-    for dotted, value in overrides.items():
-        parts = dotted.split(".")
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            key: Any = int(part) if isinstance(node, list) else part
-            if isinstance(node, dict) and key not in node:
-                node[key] = {}
-            try:
-                node = node[key]
-            except (IndexError, KeyError, TypeError) as exc:
-                raise ValueError(f"override {dotted!r}: no field {'.'.join(parts[: i + 1])!r} in the recipe") from exc
-        last = parts[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return data
-
-
-def read_recipe_file(path: str | Path) -> dict[str, Any]:
-    """Recipe data from a ``.yaml``/``.yml`` or ``.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() in {".yaml", ".yml"}:
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"recipe file {path} must hold a mapping, got {type(data).__name__}")
-    return data
-
-
-def load_recipe(name_or_path: str | Recipe | Mapping[str, Any], **overrides: Any) -> Recipe:
-    """A preset name, a recipe file, a mapping or a Recipe, with dotted ``overrides`` applied.
-
-    Raises :class:`RecipeError` with pydantic's messages (naming the field) when invalid.
-    """
-    from . import registry
-
-    if isinstance(name_or_path, Recipe):
-        data = name_or_path.model_dump(mode="json")
-    elif isinstance(name_or_path, Mapping):
-        data = json.loads(json.dumps(dict(name_or_path)))
-    elif Path(str(name_or_path)).suffix.lower() in {".yaml", ".yml", ".json"}:
-        data = read_recipe_file(name_or_path)
-    else:
-        factory = registry.load("algorithm", str(name_or_path))
-        preset = factory() if callable(factory) else factory
-        data = preset.model_dump(mode="json") if isinstance(preset, Recipe) else dict(preset)
-    if "nodes" in data:  # a recipe graph (treesdk.graph): compile it to the nested form first
-        from .graph import compile_graph
-
-        source = str(name_or_path) if isinstance(name_or_path, (str, Path)) else "<mapping>"
-        data = compile_graph(data, source=source).model_dump(mode="json")
-    data = apply_overrides(data, overrides)
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(str(name_or_path) if not isinstance(name_or_path, Recipe) else name_or_path.name, exc) from exc
-
-
-class RecipeError(ValueError):
-    """An invalid recipe; the message lists every bad field with its location."""
-
-    def __init__(self, source: str, error: ValidationError) -> None:
-        lines = [f"invalid recipe {source!r}:"]
-        for item in error.errors():
-            loc = ".".join(str(p) for p in item["loc"]) or "(recipe)"
-            lines.append(f"  {loc}: {item['msg']} (got {item.get('input')!r})")
-        super().__init__("\n".join(lines))
-        self.errors = error.errors()
+    return recipe.window.start_at(iteration, seed, recipe.steps, recipe.tree.d)
 
 
 def nfe_per_tree(steps: int, start: int, depth: int, k: int) -> int:
@@ -350,9 +309,36 @@ def nfe_per_tree(steps: int, start: int, depth: int, k: int) -> int:
     return start + internal + k**depth * (steps - start - depth)
 
 
+# ----------------------------------------------------------------------------------------------
+# the built-in parts, declared once (spec + builder); see treesdk.recipes.parts
+
+
+def _leaf_options(spec: Any) -> dict[str, Any]:
+    return dict(attribution=spec.attribution, global_std=spec.global_std, clip=spec.clip, eps=spec.eps)
+
+
+for _decl in (
+    PartDecl("tree", TreeSpec, node="tree", kind="tree"),
+    PartDecl("window", FixedWindow, node="fixed-window"),
+    PartDecl("window", SlidingWindow, node="sliding-window"),
+    PartDecl("window", RandomWindow, node="random-window"),
+    PartDecl("noise", NoiseSpec, node="noise-schedule", kind="noise-schedule"),
+    PartDecl("sde", FlowSDESpec, build=lambda spec: sde_mean_std),
+    PartDecl("sde", ODESpec, build=lambda spec: _ode_mean_std, node="ode-family"),  # "ode" is the outside-window step node
+    PartDecl("advantage", GroupAdvantageSpec, build=lambda spec: GroupAdvantage(**_leaf_options(spec)), node="group-advantage"),
+    PartDecl("advantage", TreeBackupSpec, build=lambda spec: TreeBackupAdvantage(temperature=spec.temperature, **_leaf_options(spec))),
+    PartDecl("loss", ClippedSurrogateSpec, build=lambda s: ClippedSurrogate(s.clip, s.eps, s.eps_low, s.eps_high, s.eta)),
+    PartDecl("loss", LayerTuningSpec, build=lambda spec: LayerTuningSFT()),
+    PartDecl("loss", KLSpec, build=lambda spec: KLToReference()),
+    PartDecl("optim", OptimSpec, node="adamw", kind="adamw"),
+):
+    declare(_decl)
+
 __all__ = [
     "ClippedSurrogateSpec",
     "FixedWindow",
+    "FlowSDESpec",
+    "ODESpec",
     "GroupAdvantageSpec",
     "KLSpec",
     "LayerTuningSpec",
@@ -360,12 +346,9 @@ __all__ = [
     "OptimSpec",
     "RandomWindow",
     "Recipe",
-    "RecipeError",
     "SlidingWindow",
     "TreeBackupSpec",
     "TreeSpec",
-    "apply_overrides",
-    "load_recipe",
     "nfe_per_tree",
     "window_start",
 ]

@@ -8,7 +8,7 @@ so comparisons are fair. Backends may adjust scale-dependent values (learning ra
 
 from __future__ import annotations
 
-from .recipe import (
+from treesdk.recipes.recipe import (
     ClippedSurrogateSpec,
     FixedWindow,
     GroupAdvantageSpec,
@@ -56,7 +56,8 @@ def treegrpo() -> Recipe:
 
     The paper's released config uses k=2 over a 4-step window (16 leaves), T=10, noise 0.7,
     clip 1e-4, advantages clipped to 5, lr 1e-5; the window start is drawn from a truncated
-    geometric law (DESIGN.md; p=0.5 is treesdk's choice, the paper's value was not recoverable).
+    geometric law ``P(s) ∝ p (1 - p)^s`` on ``[0, T - d]`` (p=0.5 is treesdk's choice,
+    the paper's value was not recoverable).
     """
     return Recipe(
         name="treegrpo",

@@ -3,7 +3,7 @@
 Two parts:
 
 * **Call counts** (exact): velocity calls and rows per iteration in sampling and training, from the
-  recipe alone, following :func:`treesdk.sampler.sample_forest` and :func:`treesdk.update.policy_update`
+  recipe alone, following :func:`treesdk.sampler.sample_forest` and :func:`treesdk.training.update.policy_update`
   step by step (frontier sizes, chunking by ``recipe.chunk``, minibatch groups, passes), for every
   iteration's window start (``recipe.window_start(iteration, seed)``). A *row* is one latent through
   :meth:`VelocityModel.velocity` (what ``metrics.jsonl`` counts as ``nfe_sampling``/``nfe_training``);
@@ -11,7 +11,7 @@ Two parts:
   transformer rows.
 * **Memory per rank** (an estimate, in bytes): weights, trainable parameters, gradients, AdamW
   state, tree states, saved activations of the largest training call, and the VAE decode of one
-  chunk. Parameter counts are exact (:mod:`treesdk.model_facts`); activation bytes per token per
+  chunk. Parameter counts are exact (:mod:`treesdk.training.model_facts`); activation bytes per token per
   hidden unit per block were measured with autograd's saved-tensor hooks on diffusers' FLUX and SD3.5
   blocks at real width (``benchmarks/realwidth.py --saved``; see ``docs/performance.md``) and are
   checked there against measured peaks.
@@ -221,9 +221,9 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
     if world_size < 1 or batch < world_size:
         raise ValueError(f"--batch {batch} must be >= the number of ranks {world_size} (every rank needs a tree)")
     if needs_reference is None:
-        from .losses import build_loss_terms
+        from treesdk.recipes.parts import build
 
-        needs_reference = any(term.needs_reference for term, _ in build_loss_terms(recipe.losses))
+        needs_reference = any(build("loss", spec).needs_reference for spec in recipe.losses)
     per_rank = [len(range(r, batch, world_size)) for r in range(world_size)]
     rows = []
     for it in range(iters):

@@ -1,6 +1,6 @@
 """Training over several processes with ``torch.distributed``: one process (rank) per device.
 
-How the work is split (see :func:`treesdk.trainer.train`): ``--batch`` is global; rank ``r`` of
+How the work is split (see :func:`treesdk.training.trainer.train`): ``--batch`` is global; rank ``r`` of
 ``W`` owns the batch slots ``r, r + W, ...`` and samples *whole trees* there, with the noise of
 slot ``s`` seeded by ``(seed, iteration, s)``. Seeds therefore belong to prompts and trees, never to
 ranks: no two ranks sample the same noise, and the number of ranks does not change what is sampled.
@@ -31,7 +31,7 @@ default :data:`DEFAULT_TIMEOUT_S`); a rank that dies makes the others fail that 
 when the peer's connection closes, at the latest after the timeout) and exit with a
 :class:`DistributedError` that says so, instead of hanging.
 
-FSDP (``--fsdp``, :class:`FullyShardedTraining`): for full fine-tunes that do not fit one device,
+FSDP (``--fsdp``, :class:`~treesdk.training.fsdp.FullyShardedTraining`): for full fine-tunes that do not fit one device,
 the modules a backend names in :meth:`~treesdk.interfaces.VelocityModel.fsdp_modules` are wrapped
 with FSDP2 ``fully_shard`` (innermost first, the root last). Each rank then holds ``1/W`` of the
 trainable parameters, gradients and AdamW state; forwards all-gather a block's weights, backwards
@@ -55,6 +55,10 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from treesdk.training.checkpoint import list_checkpoints
+from treesdk.training.collective import Collective
+from treesdk.training.fsdp import FullyShardedTraining
 
 T = TypeVar("T")
 
@@ -101,10 +105,11 @@ def restart_count(environ: Mapping[str, str] | None = None) -> int:
 
 
 @dataclass
-class DistributedContext:
-    """This process's place in the job and the hooks :func:`treesdk.train` takes.
+class DistributedContext(Collective):
+    """This process's place in the job; the :class:`~treesdk.training.collective.Collective` the
+    trainer talks to (gradients, metrics, stop flags, broadcasts, FSDP).
 
-    ``world_size == 1`` (no process group) is a valid context whose hooks do nothing.
+    ``world_size == 1`` (no process group) is a valid context whose calls do nothing.
     """
 
     rank: int = 0
@@ -114,6 +119,7 @@ class DistributedContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None  # "nccl" | "gloo" | None (single process)
     timeout_s: float = DEFAULT_TIMEOUT_S
+    fsdp: Any = None  # a FullyShardedTraining once with_fsdp() was called on an active group
 
     @property
     def is_main(self) -> bool:
@@ -141,10 +147,11 @@ class DistributedContext:
     def _tensor(self, values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(list(values), dtype=dtype, device=self.device)
 
-    # -- hooks for treesdk.train ----------------------------------------------------------------
+    # -- the Collective calls -------------------------------------------------------------------
     def reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Average ``p.grad`` over ranks in place (DDP semantics); see :func:`average_gradients`."""
-        if self.active:
+        """Average ``p.grad`` over ranks in place (DDP semantics); see :func:`average_gradients`.
+        Under FSDP the backward pass already reduce-scattered them: nothing to do."""
+        if self.active and self.fsdp is None:
             self._run("all_reduce of gradients", lambda: average_gradients(params, self.world_size))
 
     def reduce_metrics(self, row: dict[str, float]) -> dict[str, float]:
@@ -190,133 +197,13 @@ class DistributedContext:
         if self.active:
             self._run("barrier", lambda: dist.barrier())
 
-    def train_kwargs(self, fsdp: bool = False) -> dict[str, Any]:
-        """Keyword arguments for :func:`treesdk.train` (rank, world size and the hooks).
-
-        ``fsdp=True`` adds ``fsdp=FullyShardedTraining(self)`` and drops the gradient all-reduce
-        (FSDP reduces gradients itself). With one process FSDP changes nothing and is left out.
-        """
-        if not self.active:
-            return {"rank": self.rank, "world_size": self.world_size}
-        out: dict[str, Any] = {
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "reduce_gradients": self.reduce_gradients,
-            "reduce_metrics": self.reduce_metrics,
-            "any_rank": self.any_rank,
-            "broadcast_object": self.broadcast_object,
-        }
-        if fsdp:
-            out["reduce_gradients"] = None
-            out["fsdp"] = FullyShardedTraining(self)
-        return out
-
-
-class FullyShardedTraining:
-    """FSDP2 (``torch.distributed.fsdp.fully_shard``) for a full fine-tune; the ``fsdp`` argument
-    of :func:`treesdk.train`.
-
-    * :meth:`shard` wraps ``backend.fsdp_modules()`` (innermost first, the root last) on a 1-D
-      device mesh over all ranks. It must run before the optimiser is built (the trainer does
-      this): afterwards ``backend.trainable_parameters()`` are ``DTensor`` shards.
-    * :meth:`full_tensors` / :meth:`full_optimizer_state` gather a state dict to full CPU tensors
-      (collective: every rank calls them, in the same order; rank 0 writes the result).
-    * :meth:`shard_like` / :meth:`shard_optimizer_state` cut a full state dict (as loaded from a
-      checkpoint, the same on every rank) into this rank's shards, without communication.
-
-    Every FSDP forward and backward is a collective, so every rank must run the same number of
-    velocity calls per iteration: the trainer requires ``batch % world_size == 0`` (equal trees
-    per rank) under FSDP.
-    """
-
-    def __init__(self, ctx: DistributedContext) -> None:
-        self.ctx = ctx
-        self.mesh: Any = None
-        self._sharded: set[int] = set()
-
-    def shard(self, backend: Any) -> None:
-        """Apply ``fully_shard`` to ``backend.fsdp_modules()`` (once per backend)."""
-        if id(backend) in self._sharded:
-            return
-        modules = backend.fsdp_modules()
-        name = getattr(backend, "name", type(backend).__name__)
-        if modules is None:
-            raise ValueError(
-                f"backend {name!r} does not support FSDP (its fsdp_modules() returns None); "
-                "train it without --fsdp (gradients are then averaged with all_reduce, DDP style)"
-            )
-        modules = list(modules)
-        if not modules or not all(isinstance(m, torch.nn.Module) for m in modules):
-            raise ValueError(f"backend {name!r}: fsdp_modules() must return a non-empty list of nn.Modules, "
-                             f"innermost first and the root last; got {modules!r}")
-        try:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-        except ImportError as exc:  # pragma: no cover - torch < 2.6
-            raise RuntimeError(f"--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard); this is torch "
-                               f"{torch.__version__}") from exc
-        if self.mesh is None:
-            self.mesh = init_device_mesh(self.ctx.device.type, (self.ctx.world_size,))
-        self.ctx._run("fully_shard of the trainable modules",
-                      lambda: [fully_shard(m, mesh=self.mesh) for m in modules])
-        self._sharded.add(id(backend))
-
-    def full_tensors(self, state: Mapping[str, Any]) -> dict[str, Any]:
-        """``state`` with every ``DTensor`` gathered into a full CPU tensor (one collective per
-        tensor, so the peak is one full tensor, not the whole model); other values are moved to
-        the CPU as they are."""
-        from torch.distributed.tensor import DTensor
-
-        def full(value: Any) -> Any:
-            if isinstance(value, DTensor):
-                return value.full_tensor().cpu()
-            return value.detach().cpu() if isinstance(value, torch.Tensor) else value
-
-        return self.ctx._run("gathering the full state dict",
-                             lambda: {k: full(v) for k, v in state.items()})
-
-    def full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """``optimizer.state_dict()`` with every sharded state tensor gathered (see :meth:`full_tensors`);
-        the format of a single-process optimiser, so the checkpoint loads without FSDP too."""
-        state = optimizer.state_dict()
-        return {
-            "state": {pid: self.full_tensors(entries) for pid, entries in sorted(state["state"].items())},
-            "param_groups": state["param_groups"],
-        }
-
-    @staticmethod
-    def _shard(full: torch.Tensor, like: Any) -> Any:
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        if not isinstance(like, DTensor):
-            return full
-        if tuple(full.shape) != tuple(like.shape):
-            raise ValueError(f"full tensor of shape {tuple(full.shape)} does not fit the sharded parameter of "
-                             f"global shape {tuple(like.shape)}")
-        local = full.to(device=like.to_local().device, dtype=like.dtype)
-        # src_data_rank=None: every rank holds the full tensor already, so each cuts its own shard
-        return distribute_tensor(local, like.device_mesh, like.placements, src_data_rank=None)
-
-    def shard_like(self, full: Mapping[str, torch.Tensor], like: Mapping[str, Any]) -> dict[str, Any]:
-        """Cut each full tensor of ``full`` like the same key of ``like`` (a sharded
-        ``backend.trainable_state_dict()``); keys ``like`` lacks are passed on for the backend's
-        own strict key check."""
-        return {k: self._shard(v, like[k]) if k in like else v for k, v in full.items()}
-
-    def shard_optimizer_state(self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """A full optimiser state dict (int parameter ids in ``param_groups`` order) cut like the
-        optimiser's sharded parameters; per-step scalars (``step``) stay as they are."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        out: dict[Any, Any] = {}
-        for pid, entries in state["state"].items():
-            param = params[int(pid)] if int(pid) < len(params) else None
-            out[pid] = {
-                name: self._shard(value, param)
-                if param is not None and isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(param.shape)
-                else value
-                for name, value in entries.items()
-            }
-        return {"state": out, "param_groups": state["param_groups"]}
+    def with_fsdp(self, fsdp: bool = True) -> DistributedContext:
+        """This context with FSDP (``--fsdp``) switched on: the trainer shards the backend's
+        ``fsdp_modules()`` and gradients are reduced by FSDP itself. With one process FSDP changes
+        nothing and is left off."""
+        if fsdp and self.active and self.fsdp is None:
+            self.fsdp = FullyShardedTraining(self)
+        return self
 
 
 def init_distributed(
@@ -478,8 +365,6 @@ def resume_decision(ctx: DistributedContext, run_dir: str | Path | None, resume:
     Rank 0 looks at its disk and broadcasts the answer. A restart that finds no checkpoint starts
     over, and rank 0 empties the stale ``metrics.jsonl`` of the failed attempt first.
     """
-    from .checkpoint import list_checkpoints
-
     decision = resume
     if ctx.is_main and not resume and run_dir is not None and restart_count() > 0:
         if list_checkpoints(run_dir):

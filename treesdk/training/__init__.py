@@ -1,0 +1,1 @@
+"""Training: the run configuration, the trainer, the policy update, checkpoints, distributed runs, export."""

@@ -1,0 +1,50 @@
+"""The trainer's one door to other processes: a :class:`Collective`.
+
+A single process uses the default :class:`Collective`, whose calls are identities. Several processes
+(``torchrun``) use :class:`treesdk.training.distributed.DistributedContext`, the same interface over
+``torch.distributed``. A user who runs treesdk under another launcher implements these five calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class Collective:
+    """Communication between the ranks of one training job (single process: nothing to do).
+
+    Attributes:
+        rank, world_size: this process's rank and the number of ranks; rank ``r`` owns the batch
+            slots ``r, r + world_size, ...``.
+        fsdp: a :class:`treesdk.training.fsdp.FullyShardedTraining` when the trainable modules are
+            sharded (full fine-tunes that do not fit one device), else None.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    fsdp: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the run folder (metrics, checkpoints, export)."""
+        return self.rank == 0
+
+    def reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Average ``p.grad`` of ``params`` over ranks, in place (after backward, before clipping)."""
+
+    def reduce_metrics(self, row: dict[str, float]) -> dict[str, float]:
+        """One iteration's numeric metrics combined over ranks (counts summed, means averaged)."""
+        return dict(row)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on one (every rank stops after the same iteration)."""
+        return bool(flag)
+
+    def broadcast_object(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (rank 0 alone reads a checkpoint on resume)."""
+        return obj

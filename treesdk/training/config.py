@@ -1,0 +1,262 @@
+"""The run configuration: everything one training run needs, as one validated pydantic model.
+
+:class:`RunConfig` is what ``treesdk train`` builds from its flags (or reads from ``--config``), what
+:func:`treesdk.train` takes, what a run folder's ``config.json`` stores (itself a valid run file:
+``treesdk train --config runs/X/config.json --out runs/Y`` repeats run X), and what resume, export,
+sample and eval read back (:func:`read_run_config`).
+
+A run file (YAML or JSON) holds the same keys::
+
+    backend: {name: digits, options: {model: null, resolution: null}}
+    recipe: treegrpo                 # a preset name, a recipe file, or the recipe itself (a mapping)
+    overrides: {tree.k: 3}           # dotted recipe overrides, applied after the backend's defaults
+    rewards: {digit-classifier: 1.0} # name -> weight, or name -> {weight: 1.0, options: {...}}
+    eval_rewards: [digit-evaluator]  # held-out rewards (None: the backend's)
+    prompts: {file: prompts.txt}     # or {items: [...]}; none: the backend's default prompts
+    batch: 8
+    iters: 60
+    seed: 0
+    device: cpu
+    checkpoint: {every: 0, keep: 3}
+    export: {format: null}           # null: the backend's default format; "none": no export
+    launch: {nproc_per_node: 1, nnodes: 1}
+
+A recipe given by name or file is *resolved* when the run starts (preset, then the backend's
+scale defaults for presets, then ``overrides``); ``config.json`` holds the resolved recipe inline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from treesdk.recipes import Recipe, RecipeError, load_recipe
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendConfig(_Section):
+    """The velocity model: a registered backend name and its constructor options."""
+
+    name: str = Field("digits", description="backend (entry point in treesdk.backends)")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options, e.g. model, resolution, lora_rank")
+    describe: dict[str, Any] = Field(default_factory=dict, description="facts the loaded backend reported (written by the "
+                                     "trainer; fill options the run was not given explicitly when it is rebuilt)")
+
+
+class RewardConfig(_Section):
+    """One reward: its weight in the training objective and its constructor options."""
+
+    weight: float = Field(1.0, description="weight of its normalised advantage")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the reward")
+
+
+class PromptsConfig(_Section):
+    """Where the training prompts come from: an inline list or a text file (one prompt per line,
+    ``#`` comments); neither: the backend's default prompts."""
+
+    items: list[str] | None = Field(None, description="the prompts")
+    file: str | None = Field(None, description="text file with one prompt per line")
+
+    def load(self, default: list[str]) -> list[str]:
+        """The prompts (``default`` when none are configured)."""
+        if self.items is not None and self.file is not None:
+            raise ValueError("prompts: give either `items` or `file`, not both")
+        if self.items is not None:
+            prompts = [p.strip() for p in self.items if p.strip()]
+            if not prompts:
+                raise ValueError("prompts.items holds no prompt")
+            return prompts
+        if self.file is not None:
+            path = Path(self.file)
+            if not path.is_file():
+                raise FileNotFoundError(f"prompts.file {path} does not exist")
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            prompts = [line for line in lines if line and not line.startswith("#")]
+            if not prompts:
+                raise ValueError(f"prompt file {path} holds no prompts")
+            return prompts
+        return list(default)
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(0, ge=0, description="iterations between checkpoints (0: only at the end)")
+    keep: int = Field(3, ge=1, description="newest checkpoints kept")
+
+
+class ExportConfig(_Section):
+    format: str | None = Field(None, description="format exported at the end; None: the backend's default; 'none': no export")
+
+
+class LaunchConfig(_Section):
+    """Processes of the run (``treesdk train`` starts torchrun when more than one is asked for).
+    The values are checked together, with the flag names, by :func:`treesdk.training.launch.torchrun_argv`;
+    a worker records the processes it ran with (``nproc_per_node`` x ``nnodes``)."""
+
+    nproc_per_node: int = Field(1, description="processes (GPUs) per node")
+    nnodes: int = Field(1, description="number of nodes")
+    node_rank: int | None = Field(None, description="this node's rank (static rendezvous)")
+    rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous")
+    max_restarts: int = Field(0, description="torchrun restarts after a worker failure")
+    fsdp: bool = Field(False, description="shard a full fine-tune over the ranks with FSDP2")
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = Field(True, description="write TensorBoard events under RUN/tb")
+
+
+class RunConfig(_Section):
+    """One training run. See the module docstring for the file form."""
+
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    recipe: Recipe | str = Field("treegrpo", description="a preset name, a recipe file, or the recipe")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted recipe overrides")
+    rewards: dict[str, RewardConfig] = Field(default_factory=dict, description="training rewards (empty: the backend's)")
+    eval_rewards: dict[str, RewardConfig] | None = Field(None, description="held-out rewards (None: the backend's)")
+    reward_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options by reward name, for rewards the backend picks by default")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    batch: int = Field(8, ge=1, description="prompts (trees) per iteration, over all ranks")
+    iters: int = Field(60, ge=0, description="total iterations of the run")
+    seed: int = Field(0, description="seed of prompt order, windows and tree noise")
+    device: str | None = Field(None, description="torch device of backend and rewards (None: the backend's)")
+    dtype: str | None = Field(None, description="backend precision, e.g. bfloat16 (None: the backend's)")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("rewards", "eval_rewards", mode="before")
+    @classmethod
+    def _short_rewards(cls, value: Any) -> Any:
+        """``{name: weight}`` and ``[name, ...]`` are short for ``{name: {weight: w}}``."""
+        if isinstance(value, (list, tuple)):
+            return {str(name): {} for name in value}
+        if isinstance(value, Mapping):
+            return {name: ({"weight": v} if isinstance(v, (int, float)) else v) for name, v in value.items()}
+        return value
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _recipe_mapping(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            try:
+                return load_recipe(value)  # nested or graph form, errors naming the field
+            except RecipeError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    # -- resolution ------------------------------------------------------------------------------
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword options for ``treesdk.load_backend(self.backend.name, ...)``."""
+        options = dict(self.backend.options)
+        if self.device is not None:
+            options["device"] = self.device
+        if self.dtype is not None:
+            options["dtype"] = self.dtype
+        return options
+
+    def resolve_recipe(self, recipe_defaults: Mapping[str, Any] | None = None) -> Recipe:
+        """The recipe of this run: preset or file (plus ``recipe_defaults``, the backend's scale
+        defaults, for presets only: a recipe file's values are the user's own), then ``overrides``."""
+        if isinstance(self.recipe, Recipe):
+            return load_recipe(self.recipe, **self.overrides) if self.overrides else self.recipe
+        is_file = Path(self.recipe).suffix.lower() in {".yaml", ".yml", ".json"}
+        overrides = {**({} if is_file else dict(recipe_defaults or {})), **self.overrides}
+        return load_recipe(self.recipe, **overrides)
+
+    def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str]) -> RunConfig:
+        """This config with the recipe inline (no overrides left) and the rewards named explicitly:
+        what ``config.json`` stores."""
+        unknown = sorted(set(self.reward_options) - {*rewards, *eval_rewards})
+        if unknown:
+            raise ValueError(f"reward options name {unknown}, which are not among the rewards used: {[*rewards, *eval_rewards]}")
+
+        def keep(name: str, source: dict[str, RewardConfig] | None, weight: float = 1.0) -> RewardConfig:
+            given = (source or {}).get(name)
+            options = {**self.reward_options.get(name, {}), **(given.options if given else {})}
+            return RewardConfig(weight=weight, options=options)
+
+        return self.model_copy(update={
+            "recipe": recipe,
+            "overrides": {},
+            "reward_options": {},
+            "rewards": {n: keep(n, self.rewards, float(w)) for n, w in rewards.items()},
+            "eval_rewards": {n: keep(n, self.eval_rewards) for n in eval_rewards},
+        })
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+class RunConfigError(ValueError):
+    """An invalid run file; the message names the file and every bad field."""
+
+
+#: top-level keys that mark a run file (a recipe file has none of them)
+RUN_KEYS = frozenset({"backend", "rewards", "eval_rewards", "reward_options", "prompts", "batch", "iters", "seed", "checkpoint", "export",
+                      "launch", "logging", "overrides", "device", "dtype"})
+
+
+def is_run_file_data(data: Mapping[str, Any]) -> bool:
+    """Whether parsed file data is a run file (``RunConfig``) rather than a recipe file (nested
+    form: recipe fields at the top; graph form: ``nodes`` and a ``recipe`` section)."""
+    return "nodes" not in data and bool(set(data) & (RUN_KEYS | {"recipe"}))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parsed YAML/JSON mapping of ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    data = yaml.safe_load(text) if path.suffix.lower() in {".yaml", ".yml"} else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def run_config_from_data(data: Mapping[str, Any], source: str = "<config>") -> RunConfig:
+    """A :class:`RunConfig` from parsed data; :class:`RunConfigError` naming each bad field."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        lines = [f"invalid run file {source!r}:"]
+        for item in exc.errors():
+            loc = ".".join(str(p) for p in item["loc"]) or "(run)"
+            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {item.get('input')!r})"
+            lines.append(f"  {loc}: {item['msg'].removeprefix('Value error, ')}{got}")
+        raise RunConfigError("\n".join(lines)) from None
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The :class:`RunConfig` stored in ``RUN/config.json``."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by treesdk train")
+    return run_config_from_data(json.loads(path.read_text()), str(path))
+
+
+__all__ = [
+    "BackendConfig",
+    "CheckpointConfig",
+    "ExportConfig",
+    "LaunchConfig",
+    "LoggingConfig",
+    "PromptsConfig",
+    "RewardConfig",
+    "RunConfig",
+    "RunConfigError",
+    "is_run_file_data",
+    "read_config_file",
+    "read_run_config",
+    "run_config_from_data",
+]

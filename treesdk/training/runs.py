@@ -1,0 +1,150 @@
+"""Building a run's parts from its :class:`~treesdk.training.config.RunConfig`, and rebuilding a
+trained policy from a run folder: the one path the trainer, ``export``, ``sample`` and ``eval`` share."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from treesdk import registry
+from treesdk.interfaces import RewardModel, VelocityModel
+from treesdk.training.checkpoint import latest_checkpoint, load_checkpoint
+from treesdk.training.config import RewardConfig, RunConfig, read_run_config
+
+
+@dataclass
+class RunParts:
+    """Everything a :class:`RunConfig` names, built; ``config`` is the resolved config (recipe
+    inline, rewards explicit, backend facts recorded): what ``config.json`` stores."""
+
+    config: RunConfig
+    backend: VelocityModel
+    rewards: dict[str, RewardModel]
+    eval_reward_models: dict[str, RewardModel]
+    prompts: list[str]
+    eval_prompts: list[str]
+    eval_seeds: list[int]
+    export_format: str | None
+
+
+def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dict[str, RewardModel]:
+    """Reward models by registry name with their options, on ``device``."""
+    models = {}
+    for name, cfg in configs.items():
+        model = registry.load("reward", name)(**cfg.options)
+        models[name] = model.to(device) if device else model
+    return models
+
+
+def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> RunParts:
+    """Load the backend (unless given), resolve the recipe with the backend's scale defaults, and
+    load the rewards (the backend's defaults when the config names none), prompts and eval set."""
+    vm = backend if backend is not None else registry.load("backend", config.backend.name)(**config.backend_options())
+    recipe = config.resolve_recipe(vm.recipe_defaults())
+    weights = {n: r.weight for n, r in config.rewards.items()} or vm.default_rewards()
+    if not weights:
+        raise ValueError(f"backend {config.backend.name!r} has no default reward: name one with --reward NAME[=WEIGHT]")
+    heldout = list(config.eval_rewards) if config.eval_rewards is not None else [r for r in vm.heldout_rewards() if r not in weights]
+    resolved = config.resolved(recipe, weights, heldout)
+    resolved = resolved.model_copy(update={"backend": resolved.backend.model_copy(update={"describe": vm.describe()})})
+    eval_prompts, eval_seeds = vm.eval_set()
+    fmt = config.export.format or vm.default_export_format()
+    return RunParts(
+        config=resolved,
+        backend=vm,
+        rewards=load_rewards(resolved.rewards, config.device),
+        eval_reward_models=load_rewards(resolved.eval_rewards or {}, config.device),
+        prompts=config.prompts.load(vm.default_prompts()),
+        eval_prompts=list(eval_prompts),
+        eval_seeds=list(eval_seeds),
+        export_format=None if fmt == "none" else fmt,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# rebuilding a trained policy
+
+
+def find_checkpoint(run_or_checkpoint: str | Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint folder)`` for a run folder (its latest checkpoint) or a checkpoint
+    folder (``RUN/checkpoints/<name>/`` with ``trainable.safetensors`` and ``state.json``)."""
+    path = Path(run_or_checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; expected a run folder or one of its checkpoints/<name>/ folders")
+    ckpt = latest_checkpoint(path)
+    run = path if ckpt != path else ckpt.parent.parent
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run / 'config.json'} not found: {ckpt} does not sit in a run folder written by treesdk train")
+    return run, ckpt
+
+
+def accepted_options(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names ``factory`` accepts; None when it takes ``**kwargs`` or has no signature."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def backend_options(config: RunConfig, factory: Callable[..., Any]) -> dict[str, Any]:
+    """Constructor options that rebuild a run's backend with ``factory``.
+
+    The facts the backend reported when it trained (``config.backend.describe``: ``model_path`` or
+    ``model``, ``resolution``, ``dtype``, ``lora`` rank/alpha/targets, ``full_finetune``,
+    ``guidance``, ``shift``, ...) fill what the run was not given explicitly, keeping only names the
+    factory accepts; the options the run was loaded with (``config.backend_options()``) win.
+    """
+    facts = dict(config.backend.describe)
+    options: dict[str, Any] = {}
+    model = facts.get("model_path") or facts.get("model")
+    if model is not None:
+        options["model"] = model
+    lora = facts.get("lora")
+    if isinstance(lora, Mapping):
+        options["lora_rank"] = lora.get("rank")
+        options["lora_alpha"] = lora.get("alpha")
+        options["lora_targets"] = lora.get("target_modules")
+    elif facts.get("full_finetune"):
+        options["lora_rank"] = 0
+    for key in ("resolution", "dtype", "guidance", "guidance_scale", "shift", "max_sequence_length"):
+        if key in facts:
+            options[key] = facts[key]
+    accepted = accepted_options(factory)
+    if accepted is not None:
+        options = {k: v for k, v in options.items() if k in accepted and v is not None}
+    options.update(config.backend_options())
+    return options
+
+
+def rebuild_backend(config: RunConfig, **option_overrides: Any) -> VelocityModel:
+    """The run's backend, untrained, built as it was for training; non-None ``option_overrides`` win
+    (a ``device`` the factory does not take is dropped)."""
+    factory = registry.load("backend", config.backend.name)
+    overrides = {k: v for k, v in option_overrides.items() if v is not None}
+    accepted = accepted_options(factory)
+    if "device" in overrides and accepted is not None and "device" not in accepted:
+        overrides.pop("device")
+    return factory(**{**backend_options(config, factory), **overrides})
+
+
+def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any) -> tuple[VelocityModel, RunConfig, dict[str, Any]]:
+    """The run's backend with the newest (or the given) checkpoint's weights loaded.
+
+    Returns ``(backend, the run's RunConfig, checkpoint state.json)``.
+    """
+    run, ckpt = find_checkpoint(run_or_checkpoint)
+    config = read_run_config(run)
+    backend = rebuild_backend(config, **option_overrides)
+    trainable, _, state = load_checkpoint(ckpt)
+    backend.load_trainable_state_dict(trainable)
+    return backend, config, state
+
+
+__all__ = ["RunParts", "accepted_options", "backend_options", "build_run_parts", "find_checkpoint", "load_rewards",
+           "load_trained_backend", "rebuild_backend"]

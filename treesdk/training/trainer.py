@@ -1,0 +1,397 @@
+"""The training loop as steps: sample -> decode -> reward -> advantages -> update.
+
+:class:`Trainer` holds a run's parts (backend, recipe, rewards, prompts, optimiser) and exposes the
+loop in pieces a user can drive from Python: :meth:`Trainer.step` (one iteration, the loop a
+newcomer reads in five minutes), :meth:`Trainer.checkpoint`, :meth:`Trainer.evaluate` and
+:meth:`Trainer.finish` (evaluate, export). :meth:`Trainer.fit` runs them all with stop handling;
+:func:`train` is the one-call form (``treesdk.train(RunConfig(...))``).
+
+Every part comes from the recipe through the registry of parts (estimator, loss terms, SDE family);
+there is no ``if algo == ...`` here. Randomness is a pure function of ``(seed, iteration, slot)``:
+the prompts of an iteration, the window start and each tree's noise, so a resumed run, or one
+split over ranks, samples exactly what an uninterrupted single-process run samples.
+
+Run folder::
+
+    config.json        the resolved RunConfig (a valid run file)
+    metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
+    tb/                TensorBoard events
+    samples/           start.png / end.png grids of the evaluation set
+    checkpoints/       iter_NNNNNN/ (see treesdk.training.checkpoint)
+    export/            the exported policy
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from treesdk.interfaces import RewardModel, VelocityModel
+from treesdk.recipes import Recipe, load_recipe, parts
+from treesdk.rewards import score_images
+from treesdk.sampler import sample_forest_for_recipe
+from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from treesdk.training.collective import Collective
+from treesdk.training.config import RunConfig
+from treesdk.training.evaluate import decode_chunked, evaluate
+from treesdk.training.export import default_export_name, export_run
+from treesdk.training.metadata import export_metadata
+from treesdk.training.metrics import MetricsLog, StopRequest
+from treesdk.training.runs import RunParts, build_run_parts
+from treesdk.training.update import policy_update
+from treesdk.images import save_grid
+
+#: a callback receives each iteration's metrics row; returning True requests a stop
+Callback = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class Run:
+    """What a finished (or stopped) training run leaves behind."""
+
+    out_dir: Path | None
+    iterations: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    exported: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def slot_seed(seed: int, iteration: int, slot: int) -> int:
+    """Seed of the tree in global batch slot ``slot`` at ``iteration`` (independent of ranks)."""
+    return int(np.random.SeedSequence([seed, iteration, slot, 0x7EE]).generate_state(1)[0])
+
+
+def iteration_prompts(prompts: Sequence[str], batch: int, seed: int, iteration: int) -> list[str]:
+    """The ``batch`` prompts of ``iteration``: an epoch-wise shuffle of ``prompts`` (with
+    repetition when ``batch`` exceeds the prompt count), a pure function of ``(seed, iteration)``."""
+    n = len(prompts)
+    start = iteration * batch
+    out = []
+    for position in range(start, start + batch):
+        epoch, offset = divmod(position, n)
+        order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
+        out.append(prompts[int(order[offset])])
+    return out
+
+
+class Trainer:
+    """One training run, in steps. Build it from a :class:`RunConfig` (:meth:`from_config`) or from
+    parts already built (the constructor), then :meth:`fit`, or drive :meth:`start`, :meth:`step`,
+    :meth:`checkpoint` and :meth:`finish` yourself.
+
+    Args:
+        backend: the policy; recipe: a Recipe, a preset name or a recipe file.
+        rewards: training rewards by name; ``weights`` their weights (default 1 each).
+        prompts: training prompts; ``batch`` of them (trees) per iteration over all ranks, rank
+            ``r`` owning slots ``r, r + world_size, ...``.
+        iters: total iterations of the run (a resumed run continues up to this number).
+        out_dir: run folder (None: nothing is written).
+        eval_prompts, eval_seeds: fixed evaluation set, scored before and after training by
+            ``rewards`` and ``eval_rewards`` (held-out).
+        checkpoint_every: iterations between checkpoints (0: only at the end); ``keep_checkpoints`` kept.
+        export_format: export the policy into ``out_dir/export`` at the end (e.g. ``"lora"``).
+        config: the run's configuration, stored as ``config.json`` (default: one describing these
+            parts, with ``backend_options``, the options the backend was loaded with, so that
+            export/sample/eval can rebuild it).
+        collective: the distributed calls (default: a single process); its ``fsdp`` shards the
+            backend's ``fsdp_modules()`` before the optimiser is built.
+        callbacks: called with each iteration's metrics row; one returning True stops the run after the
+            iteration (checkpoint written), as SIGINT/SIGTERM do.
+        on_step: ``on_step(phase, done, total)`` for progress bars.
+    """
+
+    def __init__(
+        self,
+        backend: VelocityModel,
+        recipe: Recipe | str,
+        rewards: Mapping[str, RewardModel],
+        prompts: Sequence[str],
+        *,
+        weights: Mapping[str, float] | None = None,
+        iters: int = 10,
+        batch: int = 4,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        eval_prompts: Sequence[str] | None = None,
+        eval_seeds: Sequence[int] | None = None,
+        eval_rewards: Mapping[str, RewardModel] | None = None,
+        checkpoint_every: int = 0,
+        keep_checkpoints: int = 3,
+        export_format: str | None = None,
+        config: RunConfig | None = None,
+        backend_options: Mapping[str, Any] | None = None,
+        collective: Collective | None = None,
+        callbacks: Sequence[Callback] = (),
+        on_step: Callable[[str, int, int], None] | None = None,
+        tensorboard: bool = True,
+    ) -> None:
+        self.recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
+        self.backend, self.rewards, self.prompts = backend, dict(rewards), list(prompts)
+        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
+        self.iters, self.batch, self.seed = iters, batch, seed
+        self.collective = collective or Collective()
+        world = self.collective.world_size
+        if not self.prompts:
+            raise ValueError("no training prompts")
+        if batch < world:
+            raise ValueError(f"--batch {batch} is smaller than the number of ranks {world}: every rank needs a tree")
+        if self.collective.fsdp is not None and batch % world:
+            raise ValueError(f"--fsdp needs --batch divisible by the number of ranks ({batch} % {world} != 0): "
+                             "every FSDP forward is a collective, so every rank must sample the same number of trees")
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.eval_prompts = list(eval_prompts or [])
+        self.eval_seeds = list(eval_seeds) if eval_seeds is not None else list(range(len(self.eval_prompts)))
+        self.eval_rewards = {**self.rewards, **(eval_rewards or {})}
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
+        self.export_format = export_format
+        self.config = config or RunConfig(
+            backend={"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
+            recipe=self.recipe, rewards=self.weights, eval_rewards=sorted(eval_rewards or {}),
+            batch=batch, iters=iters, seed=seed,
+        )
+        self.callbacks, self.on_step, self.tensorboard = list(callbacks), on_step, tensorboard
+
+        # the parts, built from the recipe through the registry
+        if self.collective.fsdp is not None:
+            self.collective.fsdp.shard(backend)
+        self.estimator = parts.build("advantage", self.recipe.advantage)
+        self.loss_terms = [(parts.build("loss", spec), float(spec.weight)) for spec in self.recipe.losses]
+        self.mean_std = parts.build("sde", self.recipe.sde)
+        self.params = backend.trainable_parameters()
+        if not self.params:
+            raise ValueError(f"backend {backend.name!r} has no trainable parameters")
+        o = self.recipe.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+
+        self.iteration = 0
+        self.run = Run(out_dir=self.out, iterations=0)
+        self.log = MetricsLog(None, None)
+        self._stop_requested = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RunConfig,
+        out_dir: str | Path | None = None,
+        *,
+        collective: Collective | None = None,
+        callbacks: Sequence[Callback] = (),
+        on_step: Callable[[str, int, int], None] | None = None,
+    ) -> Trainer:
+        """Build every part a :class:`RunConfig` names: the backend, the recipe (resolved with the
+        backend's scale defaults), rewards, prompts and the evaluation set."""
+        return cls.from_parts(build_run_parts(config), out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
+
+    @classmethod
+    def from_parts(
+        cls,
+        built: RunParts,
+        out_dir: str | Path | None = None,
+        *,
+        collective: Collective | None = None,
+        callbacks: Sequence[Callback] = (),
+        on_step: Callable[[str, int, int], None] | None = None,
+    ) -> Trainer:
+        """A trainer over parts built by :func:`treesdk.training.runs.build_run_parts`."""
+        config = built.config
+        return cls(
+            built.backend, built.config.recipe, built.rewards, built.prompts,
+            weights={n: r.weight for n, r in built.config.rewards.items()},
+            iters=config.iters, batch=config.batch, seed=config.seed, out_dir=out_dir,
+            eval_prompts=built.eval_prompts, eval_seeds=built.eval_seeds, eval_rewards=built.eval_reward_models,
+            checkpoint_every=config.checkpoint.every, keep_checkpoints=config.checkpoint.keep,
+            export_format=built.export_format, config=built.config, collective=collective,
+            callbacks=callbacks, on_step=on_step, tensorboard=config.logging.tensorboard,
+        )
+
+    # -- the run, step by step -------------------------------------------------------------------
+
+    def start(self, resume: bool = False) -> None:
+        """Prepare the run folder: resume from its newest checkpoint, or write ``config.json`` and
+        score the evaluation set before training."""
+        out, main = self.out, self.collective.is_main
+        if out is not None and main:
+            for sub in ("samples", "checkpoints", "export"):
+                (out / sub).mkdir(parents=True, exist_ok=True)
+        if resume:
+            if out is None:
+                raise ValueError("resume needs the run folder (out_dir)")
+            self._resume(out)
+        elif out is not None and main:
+            (out / "config.json").write_text(self.config.to_json())
+        self.log = MetricsLog(out if main else None, self.iteration if resume else None, self.tensorboard)
+        if self.eval_prompts and not resume:
+            self.run.eval_before = self.evaluate("start")
+
+    def step(self) -> dict[str, Any]:
+        """One iteration on this rank's slots of the batch; returns its metrics row."""
+        c, recipe = self.collective, self.recipe
+        t0 = time.perf_counter()
+        slots = list(range(c.rank, self.batch, c.world_size))
+        batch_prompts = iteration_prompts(self.prompts, self.batch, self.seed, self.iteration)
+        prompts = [batch_prompts[s] for s in slots]
+        seeds = [slot_seed(self.seed, self.iteration, s) for s in slots]
+        start = recipe.window_start(self.iteration, self.seed)
+
+        # 1. sample the forest with the frozen behaviour policy
+        progress = (lambda i, n: self.on_step("sampling", i, n)) if self.on_step else None
+        forest = sample_forest_for_recipe(self.backend, recipe, prompts, seeds, start, progress=progress, mean_std=self.mean_std)
+        t1 = time.perf_counter()
+
+        # 2. decode the leaves and score them (NaN/inf stops here, before any update)
+        images = decode_chunked(self.backend, forest.leaves, recipe.chunk)
+        scores = score_images(self.rewards, images, [prompts[int(p)] for p in forest.leaf_prompt])
+        t2 = time.perf_counter()
+
+        # 3. advantages on the edges, then 4. the policy update
+        targets = self.estimator(forest, scores, self.weights)
+        o = recipe.optim
+        stats = policy_update(
+            self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
+            passes=o.passes, minibatches=o.minibatches, chunk=recipe.chunk, grad_clip=o.grad_clip,
+            reduce_gradients=c.reduce_gradients if c.world_size > 1 else None,
+        )
+        t3 = time.perf_counter()
+        self.iteration += 1
+
+        raw = targets.leaf_rewards
+        row: dict[str, Any] = {
+            "iteration": self.iteration,
+            "window_start": start,
+            "trees": len(prompts),
+            "leaves": int(forest.leaves.shape[0]),
+            "nfe_sampling": forest.nfe,
+            "nfe_training": stats.nfe_training,
+            "nfe_reference": stats.nfe_reference,
+            "reward_mean": float(raw.mean()),
+            "reward_std": float(raw.std(unbiased=False)),
+            "reward_max": float(raw.max()),
+            "loss": sum(v for k, v in stats.metrics.items() if k.startswith("loss_")),
+            "clip_fraction": stats.metrics.get("clip_fraction", 0.0),
+            "grad_norm": stats.grad_norm,
+            "seconds_sampling": t1 - t0,
+            "seconds_reward": t2 - t1,
+            "seconds_training": t3 - t2,
+            "seconds": t3 - t0,
+            **{f"{name}_mean": float(v.mean()) for name, v in scores.items()},
+            **stats.metrics,
+        }
+        if c.world_size > 1:
+            row = {**row, **c.reduce_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))})}
+        self.run.history.append(row)
+        if c.is_main:
+            self.log.log(row)
+        for callback in self.callbacks:
+            if callback(row) is True:
+                self._stop_requested = True
+        return row
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint of the current iteration (rank 0 writes; under FSDP every rank gathers)."""
+        if self.out is None:
+            return
+        fsdp, main = self.collective.fsdp, self.collective.is_main
+        if not main and fsdp is None:
+            return
+        trainable: Any = self.backend.trainable_state_dict()
+        optim: Any = self.optimizer
+        if fsdp is not None:
+            trainable = fsdp.full_tensors(trainable)
+            optim = fsdp.full_optimizer_state(self.optimizer)
+        if main:
+            state = {"recipe": self.recipe.model_dump(mode="json"), "eval_before": self.run.eval_before, "backend": self.backend.name}
+            save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints)
+
+    def evaluate(self, tag: str = "eval") -> dict[str, float]:
+        """Score deterministic ODE samples of the evaluation set with every reward; the grid goes to
+        ``samples/<tag>.png`` and the means to ``metrics.jsonl`` (``"eval": true``)."""
+        if not self.eval_prompts:
+            return {}
+        recipe = self.recipe
+        means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk)
+        if self.out is not None and self.collective.is_main:
+            save_grid(images, self.out / "samples" / f"{tag}.png", nrow=min(10, len(self.eval_prompts)))
+            self.log.log({"eval": True, "iteration": self.iteration, "tag": tag, **means})
+        return means
+
+    def finish(self) -> Run:
+        """Evaluate after training and export the policy; returns the :class:`Run`."""
+        self.run.iterations = self.iteration
+        if self.run.interrupted:
+            return self.run
+        if self.eval_prompts:
+            self.run.eval_after = self.evaluate("end")
+        out, fmt = self.out, self.export_format
+        if out is not None and self.collective.is_main and fmt:
+            target = out / "export" / default_export_name(fmt)
+            if self.collective.fsdp is not None:  # the live weights are shards: export the final (full) checkpoint
+                self.run.exported = export_run(out, fmt, target, device="cpu")
+            else:
+                meta = export_metadata(self.backend.name, self.backend.describe(), self.recipe, self.iteration)
+                self.run.exported = self.backend.export(fmt, str(target), meta)
+        return self.run
+
+    def request_stop(self) -> None:
+        """Stop after the current iteration (with a checkpoint), as SIGINT/SIGTERM do."""
+        self._stop_requested = True
+
+    def fit(self, resume: bool = False) -> Run:
+        """Start (or resume), step until ``iters`` or a stop request, checkpoint, finish."""
+        try:
+            self.start(resume)
+            with StopRequest() as signals:
+                stopping = self.collective.any_rank(signals.requested or self._stop_requested)
+                while self.iteration < self.iters and not stopping:
+                    self.step()
+                    stopping = self.collective.any_rank(signals.requested or self._stop_requested)
+                    due = self.checkpoint_every and self.iteration % self.checkpoint_every == 0
+                    if due or stopping or self.iteration == self.iters:
+                        self.checkpoint()
+                self.run.interrupted = stopping and self.iteration < self.iters
+            return self.finish()
+        finally:
+            self.log.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _resume(self, out: Path) -> None:
+        c = self.collective
+        loaded = load_checkpoint(out) if c.is_main or c.world_size == 1 else None
+        trainable, optim_state, state = c.broadcast_object(loaded)
+        if c.fsdp is not None:  # full tensors from the checkpoint -> this rank's shards
+            trainable = c.fsdp.shard_like(trainable, self.backend.trainable_state_dict())
+            optim_state = c.fsdp.shard_optimizer_state(optim_state, self.optimizer)
+        self.backend.load_trainable_state_dict(trainable)
+        self.optimizer.load_state_dict(optim_state)
+        restore_rng_state(state.pop("rng", {}))
+        self.iteration = int(state["iteration"])
+        self.run.eval_before = state.get("eval_before", {})
+
+
+def train(config: RunConfig | Recipe | str, *args: Any, out_dir: str | Path | None = None, resume: bool = False,
+          collective: Collective | None = None, callbacks: Sequence[Callback] = (), **kwargs: Any) -> Run:
+    """Train a run: ``train(RunConfig(...), out_dir=..., resume=..., callbacks=[...])``.
+
+    The parts form ``train(recipe, backend, rewards, prompts, **options)`` takes parts already built
+    (the :class:`Trainer` constructor's arguments) and is kept for scripts and tests.
+    """
+    if isinstance(config, RunConfig):
+        if args or kwargs:
+            raise TypeError(f"train(RunConfig) takes out_dir, resume, collective and callbacks only; got {sorted(kwargs) or args}")
+        trainer = Trainer.from_config(config, out_dir, collective=collective, callbacks=callbacks)
+    else:
+        on_iteration = kwargs.pop("on_iteration", None)
+        callbacks = [*callbacks, *([on_iteration] if on_iteration else [])]
+        trainer = Trainer(args[0], config, *args[1:], out_dir=out_dir, collective=collective, callbacks=callbacks, **kwargs)
+    return trainer.fit(resume)
+
+
+__all__ = ["Callback", "Run", "Trainer", "iteration_prompts", "slot_seed", "train"]
