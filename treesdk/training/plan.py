@@ -132,17 +132,23 @@ class MemoryPlan:
 
 
 def _tree_bytes(recipe: Any, facts: ModelFacts, resolution: int, start: int) -> int:
-    """Float32 tree states of one prompt (layers, leaves) plus its conditioning in the model dtype."""
+    """Float32 tree states of one prompt: per trained step its children, the parents' velocity and
+    the log-probs; parents only where they are not the previous step's children (the sampler
+    keeps one tensor for both); the leaves when an ODE tail made them new tensors."""
     t = recipe.tree
     elems = facts.latent_elements(resolution)
     frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
-    layers = 0
-    for i in _trained_steps(recipe, start):
+    trained = set(_trained_steps(recipe, start))
+    total = 0
+    for i in sorted(trained):
         k = t.k if start <= i < start + t.d else 1
         parents = frontier[i]
-        layers += 4 * (parents * elems * (2 + k) + parents * k)  # parents, velocity, children; log-probs
-    leaves = 4 * t.roots * t.k**t.d * elems
-    return layers + leaves
+        total += 4 * (parents * elems * (1 + k) + parents * k)  # velocity, children, log-probs
+        if i - 1 not in trained:
+            total += 4 * parents * elems
+    if recipe.steps - 1 not in trained:
+        total += 4 * t.roots * t.k**t.d * elems
+    return total
 
 
 def _cond_bytes(facts: ModelFacts, dtype_bytes: int) -> int:
@@ -167,7 +173,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     optim = 2 * trainable * train_bytes  # AdamW exp_avg, exp_avg_sq in the parameter's dtype
 
     t = recipe.tree
-    start = max(0, recipe.steps - t.d) if t.k > 1 else 0  # most stored nodes: the latest window
+    start = max(0, recipe.steps - t.d)  # what is stored does not depend on the start: ODE outside the window
     trees = _tree_bytes(recipe, facts, resolution, start) * prompts
     cond = _cond_bytes(facts, b) * prompts
     states = trees + cond
