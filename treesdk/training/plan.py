@@ -46,9 +46,11 @@ ACTIVATION_BYTES = {
     ("sd3", "double", "full", 4): 103.6, ("sd3", "double", "full", 2): 51.8,
 }
 #: transient bytes per token per hidden unit during one block's backward (activation gradients; on a
-#: CPU also the attention backward), float32; half in 16-bit. Calibrated as the measured training
-#: peak minus the saved activations on the real-width bed at k=2, d=3 (docs/performance.md)
-BACKWARD_WORKSPACE = {"flux": 68.0, "sd3": 35.0}
+#: CPU also the attention backward), float32; half in 16-bit. From the real-width bed's measured
+#: training peaks minus the saved activations (docs/performance.md): FLUX single block and SD3
+#: joint block from the k=2, d=3 runs; the FLUX double block's is the upper bound the
+#: checkpointing run allows (its peak is the single block's)
+BACKWARD_WORKSPACE = {("flux", "double"): 20.0, ("flux", "single"): 68.0, ("sd3", "double"): 35.0}
 #: no-grad forward working set, bytes per token per hidden unit per element size (one block live)
 SAMPLING_WORKING_SET = 16
 #: VAE decoder working set per output pixel (bytes / element size): ~6 live maps of 128 channels
@@ -182,11 +184,15 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     mode = "lora" if lora_rank else "full"
     key_b = 4 if b == 4 else 2
     per_block = {kind: ACTIVATION_BYTES.get((facts.family, kind, mode, key_b), 0.0) for kind in ("double", "single")}
-    if gradient_checkpointing:  # block inputs kept, one block recomputed at a time
-        per_token = (facts.double_blocks + facts.single_blocks + 1) * b + max(per_block.values())
-    else:
+    scale = b / 4
+    work = {kind: BACKWARD_WORKSPACE.get((facts.family, kind), 0.0) * scale for kind in per_block}
+    kinds = [kind for kind, count in (("double", facts.double_blocks), ("single", facts.single_blocks)) if count]
+    if gradient_checkpointing:  # block inputs kept; one block recomputed and back-propagated at a time
+        per_token = (facts.double_blocks + facts.single_blocks + 1) * b + max(
+            (per_block[kind] + work[kind] for kind in kinds), default=0.0)
+    else:  # everything saved; the backward starts in the last block (FLUX: a single block)
         per_token = facts.double_blocks * per_block["double"] + facts.single_blocks * per_block["single"]
-    per_token += BACKWARD_WORKSPACE.get(facts.family, 0.0) * b / 4
+        per_token += work[kinds[-1]] if kinds else 0.0
     cfg_rows = 2 if facts.cfg else 1
     frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
     group = max(_groups(prompts, recipe.optim.minibatches))
