@@ -36,7 +36,8 @@ DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float32": 4, 
 GIB = 2**30
 
 #: saved activation bytes per token per hidden unit, per block, in a training forward
-#: (measured: autograd saved-tensor hooks on diffusers 0.42 blocks, default LoRA targets, CPU)
+#: (measured: autograd saved-tensor hooks on diffusers 0.42 blocks, default LoRA targets, CPU; the
+#: full fine-tune 16-bit values are the float32 ones halved, not measured)
 ACTIVATION_BYTES = {
     ("flux", "double", "lora", 4): 71.0, ("flux", "double", "lora", 2): 63.8,
     ("flux", "single", "lora", 4): 32.5, ("flux", "single", "lora", 2): 30.6,
