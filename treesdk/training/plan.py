@@ -13,7 +13,7 @@ Two parts:
   state, tree states, saved activations of the largest training call, and the VAE decode of one
   chunk. Parameter counts are exact (:mod:`treesdk.training.model_facts`); activation bytes per token per
   hidden unit per block were measured with autograd's saved-tensor hooks on diffusers' FLUX and SD3.5
-  blocks at real width (``benchmarks/realwidth.py --saved``; see ``docs/performance.md``) and are
+  blocks at real width (``python benchmarks/realwidth.py saved``; see ``docs/performance.md``) and are
   checked there against measured peaks.
 
 Tree states (what :func:`sample_forest` keeps per trained layer, float32): parents, the ``k``
@@ -30,7 +30,7 @@ from typing import Any
 
 from .model_facts import LORA_TARGETS, ModelFacts, lora_parameters
 
-__all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_run", "DTYPE_BYTES"]
+__all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_memory", "plan_run", "DTYPE_BYTES"]
 
 DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float32": 4, "fp32": 4}
 GIB = 2**30
