@@ -1,4 +1,4 @@
-"""What the diffusers backends (:mod:`treesdk_backends.flux`, :mod:`treesdk_backends.sd3`) share.
+"""The training plumbing of the generic diffusers backend (:mod:`treesdk_backends.diffusers`).
 
 * Finding a checkpoint: a local folder in the Hugging Face hub layout, or a repo id resolved in the
   local HF cache with ``local_files_only=True``. Weights are never downloaded; a missing or partial
@@ -9,8 +9,9 @@
   by disabling the adapter; trainable state dicts under peft's names
   (``get_peft_model_state_dict``: ``transformer_blocks.0.attn.to_q.lora_A.weight``, ...).
 
-Each backend file stays self-contained for its model's maths (packing, CFG, shifts); only the parts
-that are the same for both live here.
+A model family's maths (packing, CFG, shifts) lives in its adapter
+(:mod:`treesdk_backends.diffusers.families`); what is the same for every family lives here and in
+:class:`treesdk_backends.diffusers.DiffusersFlowBackend`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.errors import StateDictMismatchError
 from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
@@ -204,10 +206,10 @@ def resolve_checkpoint(model: str | os.PathLike | None, default_repo: str, compo
 
 
 class DiffusersBackend(VelocityModel):
-    """Training-side plumbing shared by the FLUX and SD3 backends.
+    """Training-side plumbing of :class:`~treesdk_backends.diffusers.DiffusersFlowBackend`.
 
     Subclasses set, in their constructor, ``self.pipe`` (the diffusers pipeline), ``self.transformer``
-    (``self.pipe.transformer``), ``self.family`` (``"flux"`` or ``"sd3"``), ``self._device``,
+    (``self.pipe.transformer``), ``self.family`` (e.g. ``"flux"``), ``self._device``,
     ``self.dtype``, then call :meth:`_setup_training`, which sets ``self.lora_config`` (a peft
     ``LoraConfig``, or None for a full fine-tune).
     """
@@ -285,8 +287,8 @@ class DiffusersBackend(VelocityModel):
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
         """Text encoders and VAE: never trained."""
-        names = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
-        return [m for m in (getattr(self.pipe, n, None) for n in names) if isinstance(m, torch.nn.Module)]
+        vae = getattr(self.pipe, "vae", None)
+        return self._text_encoders() + ([vae] if isinstance(vae, torch.nn.Module) else [])
 
     # -- VelocityModel: trainable part ---------------------------------------------------------
 
@@ -354,7 +356,7 @@ class DiffusersBackend(VelocityModel):
         diff = diff_state_dicts(targets, state)
         missing, unexpected = diff.missing, diff.unexpected
         if missing or unexpected:
-            raise KeyError(
+            raise StateDictMismatchError(
                 f"{self.family} trainable state does not match: missing {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
@@ -454,15 +456,18 @@ class DiffusersBackend(VelocityModel):
             raise ValueError(f"prompt_cache_size must be >= 0, got {size}")
         self.prompt_cache_size = int(size)
         self._cache: OrderedDict[str, tuple[Tensor, ...]] = OrderedDict()
+        self._prompt_names: tuple[str, ...] = ()
 
-    def _prompt_rows(self, prompts: Sequence[str], encode_batch: Callable[[list[str]], Sequence[Tensor]]
-                     ) -> dict[str, tuple[Tensor, ...]]:
-        """Embeddings of each distinct prompt in ``prompts``: from the cache, or from one call
-        ``encode_batch(new_prompts)`` returning tensors with leading dimension ``len(new_prompts)``.
+    def _prompt_rows(self, prompts: Sequence[str], encode_batch: Callable[[list[str]], Mapping[str, Tensor]]
+                     ) -> dict[str, dict[str, Tensor]]:
+        """Tensors of each distinct prompt in ``prompts`` (``{prompt: {name: row}}``): from the cache,
+        or from one call ``encode_batch(new_prompts)`` returning ``{name: tensor}`` with leading
+        dimension ``len(new_prompts)`` (always the same names).
 
-        The cache is an LRU of at most ``prompt_cache_size`` prompts held on the **CPU** in the
-        model dtype (a FLUX T5 embedding is 512 x 4096 bf16 = 4 MiB; thousands of training prompts
-        must not pile up in GPU memory).
+        The cache is an LRU of at most ``prompt_cache_size`` prompts held on the **CPU** (a tuple of
+        rows per prompt, in the order of ``self._prompt_names``), floating tensors in the model dtype
+        (a FLUX T5 embedding is 512 x 4096 bf16 = 4 MiB; thousands of training prompts must not pile
+        up in GPU memory); masks and ids keep their dtype.
         """
         rows: dict[str, tuple[Tensor, ...]] = {}
         todo: list[str] = []
@@ -474,25 +479,29 @@ class DiffusersBackend(VelocityModel):
                 todo.append(prompt)
         if todo:
             with torch.no_grad(), self._text_encoders_on_device(self.offload_text_encoders):
-                tensors = encode_batch(todo)
+                tensors = dict(encode_batch(todo))
+            self._prompt_names = tuple(tensors)
             for i, prompt in enumerate(todo):
-                rows[prompt] = tuple(t[i].detach().to("cpu", self.dtype, copy=True) for t in tensors)
+                rows[prompt] = tuple(
+                    t[i].detach().to("cpu", self.dtype if t.is_floating_point() else t.dtype, copy=True)
+                    for t in tensors.values()
+                )
                 if self.prompt_cache_size:
                     self._cache[prompt] = rows[prompt]
             while len(self._cache) > self.prompt_cache_size:
                 self._cache.popitem(last=False)
-        return rows
+        return {prompt: dict(zip(self._prompt_names, row)) for prompt, row in rows.items()}
 
-    def _stack_rows(self, rows: Mapping[str, tuple[Tensor, ...]], prompts: Sequence[str], index: int) -> Tensor:
-        """``[B, ...]`` tensor of item ``index`` of each prompt's rows, on the device."""
-        return torch.stack([rows[p][index] for p in prompts]).to(self._device)
+    def _text_encoders(self) -> list[torch.nn.Module]:
+        """The pipeline's text encoders (frozen; moved by ``offload_text_encoders``)."""
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        return [m for m in (getattr(self.pipe, n, None) for n in names) if isinstance(m, torch.nn.Module)]
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self, offload: bool) -> Iterator[None]:
         """Text encoders on the compute device for the duration; back to the CPU after when
         ``offload`` (they are used once per new prompt, the cache does the rest)."""
-        encoders = [m for m in (getattr(self.pipe, n, None) for n in ("text_encoder", "text_encoder_2",
-                                                                       "text_encoder_3")) if m is not None]
+        encoders = self._text_encoders()
         if offload:
             for module in encoders:
                 module.to(self._device)

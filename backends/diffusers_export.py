@@ -1,4 +1,4 @@
-"""Export of a trained diffusers transformer (FLUX / SD3): LoRA, merged diffusers folder, original single file.
+"""Export of a trained diffusers transformer (any family): LoRA, merged diffusers folder, original single file.
 
 Formats (``fmt``):
 
@@ -12,7 +12,9 @@ Formats (``fmt``):
   here; the training model is never modified) as a ``save_pretrained``-style folder
   (``config.json`` + ``diffusion_pytorch_model.safetensors``) that ``from_pretrained`` loads.
 * ``comfyui``: the merged transformer as one safetensors file in the original BFL (FLUX) / SAI (SD3)
-  key layout, no prefix (:mod:`treesdk_backends.keymaps`).
+  key layout, no prefix (:mod:`treesdk_backends.keymaps`), the original Wan layout, or diffusers'
+  own names where ComfyUI's model uses them (Qwen-Image); only for families with such a layout
+  (the adapter's ``single_file_layout``, :mod:`treesdk_backends.single_file`).
 
 All writes are atomic (:mod:`treesdk.io`); a folder is written beside its target and renamed.
 """
@@ -30,9 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from treesdk.io import atomic_save_safetensors
+from treesdk.io import atomic_save_safetensors, folder_mode, remove_stale_temps, temp_prefix
 
-from . import keymaps
+from . import keymaps, single_file
+from .single_file import SAME_NAMES
 
 #: formats :func:`export_transformer` writes
 FORMATS = ("lora", "diffusers", "comfyui")
@@ -166,12 +169,14 @@ def _write_folder_atomically(target: Path, fill) -> None:
         raise OSError(f"cannot write {target}: folder {parent} does not exist")
     if target.exists() and not target.is_dir():
         raise OSError(f"cannot write folder {target}: a file of that name exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=parent))
+    os.chmod(tmp, folder_mode())  # mkdtemp's 0700 would hide the export from other users
     old = None
     try:
         fill(tmp)
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".old", dir=parent))
             old.rmdir()
             os.replace(target, old)
         os.replace(tmp, target)
@@ -188,9 +193,9 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
     """Write ``backend.transformer`` in format ``fmt`` under ``path``; returns the files written.
 
     Args:
-        backend: an object with ``transformer`` (diffusers ``FluxTransformer2DModel`` /
-            ``SD3Transformer2DModel``, optionally with a peft LoRA adapter) and ``family``
-            (``"flux"`` or ``"sd3"``).
+        backend: an object with ``transformer`` (a diffusers transformer, optionally with a peft
+            LoRA adapter), ``family`` and optionally ``adapter`` (whose ``single_file_layout``
+            names the key layout of ``comfyui``; without an adapter the family names it).
         fmt: ``"lora"``, ``"diffusers"`` or ``"comfyui"`` (module docstring).
         path: ``lora``/``comfyui``: a ``.safetensors`` file name or a folder (created) that receives
             :data:`LORA_FILE` / :data:`COMFYUI_FILE`; ``diffusers``: the folder to write.
@@ -201,8 +206,14 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
     """
     transformer = backend.transformer
     family = str(backend.family)
-    if family not in keymaps.ORIGINAL_LAYOUT:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(keymaps.ORIGINAL_LAYOUT)}")
+    adapter = getattr(backend, "adapter", None)
+    layout = getattr(adapter, "single_file_layout", family) if adapter is not None else family
+    if fmt == "comfyui" and layout not in single_file.LAYOUT_NAMES and layout != SAME_NAMES:
+        raise ValueError(
+            f"the {family} backend has no merged single-file layout (ComfyUI has no native loader for it); "
+            f"export 'lora' or the merged 'diffusers' folder instead (single-file layouts: "
+            f"{', '.join(sorted(keymaps.ORIGINAL_LAYOUT))})"
+        )
     if fmt == "lora":
         state = lora_state_dict(transformer)
         rank = max(int(v.shape[0]) for k, v in state.items() if k.endswith(".lora_A.weight"))
@@ -211,9 +222,9 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
         return [str(atomic_save_safetensors(state, target, meta))]
     if fmt == "comfyui":
         merged = merged_state_dict(transformer)
-        original = keymaps.diffusers_to_original(merged, family)
-        meta = _meta(metadata, keymaps.ORIGINAL_LAYOUT[family], family)
-        target = _file_target(path, COMFYUI_FILE[family])
+        original = single_file.to_single_file(merged, layout)
+        meta = _meta(metadata, single_file.LAYOUT_NAMES.get(layout, f"comfyui-{family}"), family)
+        target = _file_target(path, COMFYUI_FILE.get(family, f"{family}_treesdk.safetensors"))
         return [str(atomic_save_safetensors(original, target, meta))]
     if fmt == "diffusers":
         merged = merged_state_dict(transformer)

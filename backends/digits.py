@@ -38,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from treesdk.errors import StateDictMismatchError
 from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.training.export import Inspection, compare_shapes
 from treesdk.interfaces import Cond, VelocityModel
@@ -186,7 +187,7 @@ def _check_state_keys(expected: Mapping[str, Tensor], state: Mapping[str, Tensor
     diff = diff_state_dicts(expected, state)
     missing, unexpected = diff.missing, diff.unexpected
     if missing or unexpected:
-        raise KeyError(
+        raise StateDictMismatchError(
             f"{where}: state dict does not match the digits network: missing keys {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all), unexpected keys "
             f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)"

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 #: the original layout name of each family, as ``check_file`` reports it
-ORIGINAL_LAYOUT = {"flux": "bfl-flux", "sd3": "sai-sd3"}
+ORIGINAL_LAYOUT = {"flux": "bfl-flux", "sd3": "sai-sd3", "chroma": "bfl-chroma", "flux2": "bfl-flux2"}
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,15 @@ def _sd3_entries(blocks: list[int]) -> list[_Entry]:
 
 
 def detect_family(keys) -> str | None:
-    """``"flux"`` or ``"sd3"`` from a set of keys in either layout (diffusers or original), else None.
+    """``"flux"``, ``"flux2"``, ``"chroma"`` or ``"sd3"`` from a set of keys in either layout (diffusers or original), else None.
 
     Prefixes ``transformer.`` / ``diffusion_model.`` / ``model.diffusion_model.`` are ignored.
     """
     names = [_strip_prefix(k) for k in keys]
+    if any(n.startswith("distilled_guidance_layer.") for n in names):
+        return "chroma"
+    if any(n.startswith(("double_stream_modulation_img.", "single_stream_modulation.")) for n in names):
+        return "flux2"
     if any(n.startswith(("double_blocks.", "single_blocks.", "img_in.")) for n in names):
         return "flux"
     if any(n.startswith(("joint_blocks.", "x_embedder.proj.")) or n == "pos_embed" for n in names):
@@ -195,22 +199,83 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
+def _chroma_entries(double: list[int], single: list[int], guidance: list[int]) -> list[_Entry]:
+    """Chroma: FLUX's blocks (no modulation linears: absent entries are skipped) and its
+    approximator ``distilled_guidance_layer`` (``layers.i.{in,out}_layer``, ``norms.i.scale``)."""
+    e = _flux_entries(double, single)
+    g = "distilled_guidance_layer"
+    _linear(e, f"{g}.in_proj", f"{g}.in_proj")
+    _linear(e, f"{g}.out_proj", f"{g}.out_proj")
+    for i in guidance:
+        _linear(e, f"{g}.layers.{i}.in_layer", f"{g}.layers.{i}.linear_1")
+        _linear(e, f"{g}.layers.{i}.out_layer", f"{g}.layers.{i}.linear_2")
+        e.append(_Entry(f"{g}.norms.{i}.scale", (f"{g}.norms.{i}.weight",)))
+    return e
+
+
+def _flux2_entries(double: list[int], single: list[int]) -> list[_Entry]:
+    """FLUX.2 (dev and klein): BFL names, fused q, k, v in the double blocks, shared modulations,
+    ``final_layer.adaLN_modulation.1`` with its halves swapped (diffusers' converter in reverse)."""
+    e: list[_Entry] = []
+    _linear(e, "img_in", "x_embedder")
+    _linear(e, "txt_in", "context_embedder")
+    for orig, diff in (("time_in", "timestep_embedder"), ("guidance_in", "guidance_embedder")):
+        _linear(e, f"{orig}.in_layer", f"time_guidance_embed.{diff}.linear_1")
+        _linear(e, f"{orig}.out_layer", f"time_guidance_embed.{diff}.linear_2")
+    for name in ("double_stream_modulation_img", "double_stream_modulation_txt", "single_stream_modulation"):
+        _linear(e, f"{name}.lin", f"{name}.linear")
+    for i in double:
+        o, d = f"double_blocks.{i}", f"transformer_blocks.{i}"
+        _linear(e, f"{o}.img_attn.qkv", (f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"), "cat", "thirds")
+        _linear(e, f"{o}.txt_attn.qkv", (f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"),
+                "cat", "thirds")
+        for orig, diff in (("img_attn.norm.query_norm", "attn.norm_q"), ("img_attn.norm.key_norm", "attn.norm_k"),
+                           ("txt_attn.norm.query_norm", "attn.norm_added_q"),
+                           ("txt_attn.norm.key_norm", "attn.norm_added_k")):
+            e.append(_Entry(f"{o}.{orig}.scale", (f"{d}.{diff}.weight",)))
+        for orig, diff in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
+                           ("img_mlp.0", "ff.linear_in"), ("img_mlp.2", "ff.linear_out"),
+                           ("txt_mlp.0", "ff_context.linear_in"), ("txt_mlp.2", "ff_context.linear_out")):
+            _linear(e, f"{o}.{orig}", f"{d}.{diff}")
+    for i in single:
+        o, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+        _linear(e, f"{o}.linear1", f"{d}.attn.to_qkv_mlp_proj")
+        _linear(e, f"{o}.linear2", f"{d}.attn.to_out")
+        e.append(_Entry(f"{o}.norm.query_norm.scale", (f"{d}.attn.norm_q.weight",)))
+        e.append(_Entry(f"{o}.norm.key_norm.scale", (f"{d}.attn.norm_k.weight",)))
+    _linear(e, "final_layer.linear", "proj_out")
+    _linear(e, "final_layer.adaLN_modulation.1", "norm_out.linear", "swap")
+    return e
+
+
 def _entries_from_diffusers(family: str, keys: list[str]) -> list[_Entry]:
+    if family == "flux2":
+        return _flux2_entries(_indices(keys, r"transformer_blocks\.(\d+)\."),
+                              _indices(keys, r"single_transformer_blocks\.(\d+)\."))
     if family == "flux":
         return _flux_entries(
             _indices(keys, r"transformer_blocks\.(\d+)\."), _indices(keys, r"single_transformer_blocks\.(\d+)\.")
         )
+    if family == "chroma":
+        return _chroma_entries(_indices(keys, r"transformer_blocks\.(\d+)\."),
+                               _indices(keys, r"single_transformer_blocks\.(\d+)\."),
+                               _indices(keys, r"distilled_guidance_layer\.norms\.(\d+)\."))
     if family == "sd3":
         return _sd3_entries(_indices(keys, r"transformer_blocks\.(\d+)\."))
-    raise ValueError(f"unknown model family {family!r}; expected 'flux' or 'sd3'")
+    raise ValueError(f"unknown model family {family!r}; expected one of {sorted(ORIGINAL_LAYOUT)}")
 
 
 def _entries_from_original(family: str, keys: list[str]) -> list[_Entry]:
+    if family == "flux2":
+        return _flux2_entries(_indices(keys, r"double_blocks\.(\d+)\."), _indices(keys, r"single_blocks\.(\d+)\."))
     if family == "flux":
         return _flux_entries(_indices(keys, r"double_blocks\.(\d+)\."), _indices(keys, r"single_blocks\.(\d+)\."))
+    if family == "chroma":
+        return _chroma_entries(_indices(keys, r"double_blocks\.(\d+)\."), _indices(keys, r"single_blocks\.(\d+)\."),
+                               _indices(keys, r"distilled_guidance_layer\.norms\.(\d+)\."))
     if family == "sd3":
         return _sd3_entries(_indices(keys, r"joint_blocks\.(\d+)\."))
-    raise ValueError(f"unknown model family {family!r}; expected 'flux' or 'sd3'")
+    raise ValueError(f"unknown model family {family!r}; expected one of {sorted(ORIGINAL_LAYOUT)}")
 
 
 def _swap_halves(t: Tensor) -> Tensor:
@@ -361,7 +426,8 @@ def _split_lora_key(key: str) -> tuple[str, str] | None:
 
 
 class DiffusersTransformerLayout:
-    """:class:`treesdk.training.export.Layout` for FLUX and SD3 files: diffusers LoRA
+    """:class:`treesdk.training.export.Layout` for files of the diffusers families (FLUX and SD3 in
+    both layouts; the other families, named by the file's ``treesdk.family`` metadata): diffusers LoRA
     (``transformer.<module>.lora_A/B.weight``), ComfyUI-style LoRA (``diffusion_model.<original
     module>`` or ``lora_unet_``/``lora_transformer_`` underscore names), the original BFL/SAI single
     file, and a plain diffusers transformer state dict.
@@ -375,6 +441,8 @@ class DiffusersTransformerLayout:
         keys = list(shapes)
         lora = any(_split_lora_key(k) for k in keys)
         family = metadata.get("treesdk.family") or None
+        if family is not None and family not in ORIGINAL_LAYOUT:
+            return self._inspect_diffusers_only(shapes, family, base_shapes, lora, metadata.get("treesdk.format"))
         if family not in ORIGINAL_LAYOUT and base_shapes is not None:
             family = detect_family(list(base_shapes))
         if family not in ORIGINAL_LAYOUT:
@@ -414,6 +482,34 @@ class DiffusersTransformerLayout:
             problems += _compare(names, base_diff)
         modules = sorted({k.rsplit(".", 1)[0] for k in names})
         return Inspection("diffusers-transformer", family, modules, None, problems)
+
+    def _inspect_diffusers_only(self, shapes, family, base_shapes, lora, fmt=None):  # noqa: ANN001
+        """A file written by treesdk for a family other than FLUX/SD3 (its ``treesdk.family``
+        metadata says which): diffusers names, or a rename-only single-file layout
+        (:mod:`treesdk_backends.single_file`, named by ``treesdk.format``), checked against a base
+        in diffusers names."""
+        from treesdk.training.export import Inspection
+
+        problems: list[str] = []
+        base_diff = None
+        if base_shapes is not None:
+            if is_original_layout(base_shapes):
+                problems.append(f"the {family} family has no original layout here: give the base in diffusers names")
+            else:
+                base_diff = {_strip_prefix(k): tuple(v) for k, v in base_shapes.items()}
+        if lora:
+            return self._inspect_lora(shapes, family, base_diff, None, problems, Inspection)
+        from .single_file import RENAME_LAYOUTS, from_single_file
+
+        names = {_strip_prefix(k): v for k, v in shapes.items()}
+        layout = RENAME_LAYOUTS.get(fmt or "") or {v: k for k, v in ORIGINAL_LAYOUT.items()}.get(fmt or "")
+        if layout is not None:  # shapes through meta tensors: fused tensors split like real ones
+            meta = {k: torch.empty(tuple(v), device="meta") for k, v in names.items()}
+            names = {k: tuple(t.shape) for k, t in from_single_file(meta, layout).items()}
+        if base_diff is not None:
+            problems += _compare(names, base_diff)
+        modules = sorted({k.rsplit(".", 1)[0] for k in names})
+        return Inspection(fmt if layout else "diffusers-transformer", family, modules, None, problems)
 
     @staticmethod
     def _module_of(key: str) -> str:

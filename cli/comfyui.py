@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from .common import clean_errors
+
 comfyui_app = typer.Typer(help="ComfyUI integration: a custom-node pack generated from treesdk's node specs.", no_args_is_help=True)
 
 
@@ -23,11 +25,8 @@ def export(
     from treesdk.nodes.comfyui_pack import export_pack
 
     specs = list(nodes.all_nodes(plugins=plugins).values())
-    try:
+    with clean_errors():
         files = export_pack(directory, specs, force=force)
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     for file in files:
         typer.echo(str(file))
     typer.echo(f"{len(specs)} nodes; copy the folder into ComfyUI/custom_nodes/ with treesdk installed in ComfyUI's Python")

@@ -3,27 +3,83 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from treesdk.errors import UserError
+
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
-@contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one red line and exit code 1 (no traceback)."""
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types :func:`clean_errors` prints as one line (imported lazily: start-up speed)."""
+    from treesdk.training.distributed import DistributedError
+    from treesdk.errors import UserError
     from treesdk.recipes import RecipeError
     from treesdk.registry import PluginError
+    from treesdk.rewards import NonFiniteRewardError
+    from treesdk.training.update import NonFiniteLossError
+
+    types: list[type[BaseException]] = [UserError, RecipeError, PluginError, ValueError, OSError,
+                                        DistributedError, NonFiniteRewardError, NonFiniteLossError]
+    try:
+        from treesdk_plugins.common import MissingExtraError
+
+        types.append(MissingExtraError)
+    except ImportError:  # pragma: no cover - plugins package not installed
+        pass
+    return tuple(types)
+
+
+class _EchoHandler(logging.Handler):
+    """Library warnings (logger ``treesdk``) as plain lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def show_library_warnings() -> None:
+    """Print the ``treesdk`` logger's warnings (a damaged checkpoint skipped, ...) on stderr, once."""
+    logger = logging.getLogger("treesdk")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler(logging.WARNING))
+        logger.propagate = False
+
+
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` in red on stderr (rich markup in the message is not interpreted)."""
+    err_console.print("[bold red]error:[/] ", end="", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one red line and exit code 1 (no traceback).
+
+    User errors are :class:`treesdk.errors.UserError` and the other types of
+    :func:`user_error_types` (``ValueError`` and ``OSError`` included: they are what input checks
+    raise). Any other exception is a programming error and propagates with its traceback. Ctrl-C
+    prints ``interrupted`` and exits 130. With ``--debug`` / ``TREESDK_DEBUG=1`` nothing is
+    converted: every exception shows its traceback.
+    """
+    from treesdk.errors import debug_enabled
 
     try:
         yield
-    except (RecipeError, PluginError, FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        message = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
-        err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        err_console.print("[yellow]interrupted[/]", markup=True, highlight=False)
+        raise typer.Exit(code=130) from None
+    except Exception as exc:
+        if debug_enabled() or not isinstance(exc, user_error_types()):
+            raise
+        print_error(str(exc))
         raise typer.Exit(code=1) from None
 
 
@@ -37,15 +93,15 @@ def parse_rewards(options: Sequence[str] | None) -> dict[str, float]:
 def parse_reward_options(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     """``["hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt"]`` -> ``{"hpsv2.1": {"checkpoint": "/p/..."}}``
     (values parsed as YAML)."""
-    import yaml
+    from treesdk.safe_load import parse_value
 
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
         name, colon, rest = item.partition(":")
         key, eq, value = rest.partition("=")
         if not colon or not eq or not name.strip() or not key.strip():
-            raise ValueError(f"--reward-opt {item!r}: expected NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/path/file.pt")
-        out.setdefault(name.strip(), {})[key.strip()] = yaml.safe_load(value)
+            raise UserError(f"--reward-opt {item!r}: expected NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/path/file.pt")
+        out.setdefault(name.strip(), {})[key.strip()] = parse_value(value, f"--reward-opt {name.strip()}:{key.strip()}")
     return out
 
 
@@ -53,7 +109,7 @@ def check_reward_options(options: dict[str, dict[str, Any]], names: Sequence[str
     """Every ``--reward-opt`` must name a reward that is used."""
     unknown = sorted(set(options) - set(names))
     if unknown:
-        raise ValueError(f"--reward-opt names {unknown}, which are not among the rewards used: {list(names)}")
+        raise UserError(f"--reward-opt names {unknown}, which are not among the rewards used: {list(names)}")
 
 
 def load_rewards(names: Sequence[str], device: str | None, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -70,7 +126,7 @@ def load_rewards(names: Sequence[str], device: str | None, options: dict[str, di
 
 def backend_options(model: str | None, resolution: int | None, device: str | None, extra: Sequence[str] | None) -> dict[str, Any]:
     """Backend keyword options from the shared flags and ``--backend-opt KEY=VALUE`` (YAML values)."""
-    import yaml
+    from treesdk.safe_load import parse_value
 
     options: dict[str, Any] = {}
     if model is not None:
@@ -82,21 +138,21 @@ def backend_options(model: str | None, resolution: int | None, device: str | Non
     for item in extra or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--backend-opt {item!r}: expected KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(value)
+            raise UserError(f"--backend-opt {item!r}: expected KEY=VALUE")
+        options[key.strip()] = parse_value(value, f"--backend-opt {key.strip()}")
     return options
 
 
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     """``--set tree.k=3`` style recipe overrides (values parsed as YAML)."""
-    import yaml
+    from treesdk.safe_load import parse_value
 
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected DOTTED.KEY=VALUE, e.g. --set noise.level=0.8")
-        out[key.strip()] = yaml.safe_load(value)
+            raise UserError(f"--set {item!r}: expected DOTTED.KEY=VALUE, e.g. --set noise.level=0.8")
+        out[key.strip()] = parse_value(value, f"--set {key.strip()}")
     return out
 
 
@@ -104,12 +160,12 @@ def read_prompts(path: str | None) -> list[str] | None:
     """One prompt per non-empty line of ``path`` (None: no file)."""
     if path is None:
         return None
-    from pathlib import Path
+    from treesdk.safe_load import MAX_PROMPT_BYTES, read_text
 
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    lines = [line.strip() for line in read_text(path, "prompt file", MAX_PROMPT_BYTES).splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
-        raise ValueError(f"prompt file {path} holds no prompts")
+        raise UserError(f"prompt file {path} holds no prompts")
     return prompts
 
 

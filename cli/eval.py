@@ -20,8 +20,8 @@ def eval_command(
     reward: Annotated[Optional[list[str]], typer.Option(help="reward to score with; repeatable (default: backend's)")] = None,
     reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="file with one prompt per line (default: backend's eval set)")] = None,
-    seeds: Annotated[int, typer.Option(help="images per prompt (seeds 0..N-1)")] = 1,
-    steps: Annotated[int, typer.Option(help="ODE sampling steps")] = 10,
+    seeds: Annotated[int, typer.Option(min=1, help="images per prompt (seeds 0..N-1)")] = 1,
+    steps: Annotated[int, typer.Option(min=1, help="ODE sampling steps")] = 10,
     resolution: Annotated[Optional[int], typer.Option(help="image resolution in pixels")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device")] = None,
     backend_opt: Annotated[Optional[list[str]], typer.Option(help="backend option KEY=VALUE")] = None,
@@ -31,6 +31,11 @@ def eval_command(
     from treesdk.training.evaluate import evaluate
 
     with clean_errors():
+        if json_out is not None:
+            from treesdk.io import check_writable
+
+            check_writable(json_out, "--json")  # before loading a model
+        plist_early = read_prompts(prompts)  # a bad prompt file fails before loading a model
         policy = load_policy(run, backend, model, resolution, device, backend_opt)
         names = list(reward) if reward else [*policy.default_rewards(), *policy.heldout_rewards()]
         if not names:
@@ -40,7 +45,7 @@ def eval_command(
         rewards = load_rewards(names, device, reward_options)
         base_prompts, base_seeds = policy.eval_set()
         if prompts is not None or seeds != 1:
-            plist = read_prompts(prompts) or list(dict.fromkeys(base_prompts))
+            plist = plist_early or list(dict.fromkeys(base_prompts))
             all_prompts, all_seeds = prompt_seed_pairs(plist, seeds)
         else:
             all_prompts, all_seeds = base_prompts, base_seeds
@@ -54,7 +59,9 @@ def eval_command(
         console.print(table)
         result = {"run": run, "images": len(all_prompts), "steps": steps, **means}
         if json_out is not None:
-            json_out.write_text(json.dumps(result, indent=2) + "\n")
+            from treesdk.io import atomic_write_bytes
+
+            atomic_write_bytes(json_out, (json.dumps(result, indent=2, allow_nan=False) + "\n").encode())
         console.print_json(json.dumps(result))
 
 

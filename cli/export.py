@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from .common import clean_errors
+
 _FORMATS = ("lora", "diffusers", "comfyui", "digits")
 
 
@@ -34,15 +36,12 @@ def export(
 ) -> None:
     """Export a trained policy (safetensors, atomic writes, treesdk metadata), or --check a file."""
     from treesdk.training import export as api
-    from treesdk.registry import PluginError
 
     if check is not None:
         if run_or_checkpoint is not None:
             raise _fail("give either RUN_OR_CHECKPOINT (to export) or --check FILE, not both", 2)
-        try:
+        with clean_errors():
             report = api.check_file(check, base=base)
-        except (OSError, ValueError) as exc:
-            raise _fail(str(exc)) from None
         typer.echo(report.summary())
         if not report.ok:
             raise typer.Exit(1)
@@ -51,11 +50,8 @@ def export(
         raise _fail("missing RUN_OR_CHECKPOINT (a run folder or checkpoint folder), or use --check FILE", 2)
     if fmt not in _FORMATS:
         raise _fail(f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", 2)
-    try:
+    with clean_errors():
         files = api.export_run(run_or_checkpoint, fmt, out, device=device)
-    except (OSError, ValueError, KeyError, PluginError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise _fail(str(message)) from None
     for file in files:
         typer.echo(file)
 

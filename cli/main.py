@@ -8,6 +8,7 @@ start without paying for those imports.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -19,7 +20,21 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui")
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of every error (same as TREESDK_DEBUG=1)"),
+) -> None:
+    """RL post-training of flow-matching text-to-image models with tree-structured sampling."""
+    from .common import show_library_warnings
+
+    if debug:
+        os.environ["TREESDK_DEBUG"] = "1"  # read by treesdk.errors.debug_enabled, in worker processes too
+    show_library_warnings()
+
+
+_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui", "tiny")
 
 for _module_name in _COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module_name}").register(app)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from .common import clean_errors
+
 
 def _fmt(value: object) -> str:
     if value is None:
@@ -44,17 +46,14 @@ def nodes(
     """List every node type (recipe parts, SDE steps, estimators, losses, rewards, backends) with its fields."""
     from treesdk import nodes as registry
     from treesdk.nodes.schema import graph_json_schema
-    from treesdk.recipes import RecipeError, load_recipe
+    from treesdk.recipes import load_recipe
 
     if schema:
         typer.echo(json.dumps(graph_json_schema(plugins=plugins), indent=2))
         return
     if check is not None:
-        try:
+        with clean_errors():
             recipe = load_recipe(str(check))
-        except (RecipeError, ValueError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
         typer.echo(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return
     specs = registry.all_nodes(plugins=plugins)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from treesdk.errors import UserError
 
 from .common import backend_options, clean_errors, console, parse_overrides, parse_reward_options, parse_rewards
 
@@ -58,7 +59,17 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
                                ("launch", "fsdp", "fsdp")):
         if f[flag] is not None:
             data[section] = {**(data.get(section) or {}), key: f[flag]}
-    return run_config_from_data(data, config_file or "<command line>")
+    given = {field: flag for field, (flag, var) in FLAG_OF_FIELD.items() if f.get(var) is not None}
+    given.update({f"rewards.{name}.weight": f"--reward {name}" for name in data.get("rewards", {}) if f["reward"]})
+    return run_config_from_data(data, config_file or "<command line>", given)
+
+
+#: RunConfig field -> (flag, train_command parameter), to name the flag in validation errors
+FLAG_OF_FIELD = {
+    "iters": ("--iters", "iters"), "batch": ("--batch", "batch"), "seed": ("--seed", "seed"),
+    "checkpoint.every": ("--checkpoint-every", "checkpoint_every"), "checkpoint.keep": ("--keep-checkpoints", "keep_checkpoints"),
+    "export.format": ("--export-format", "export_format"), "device": ("--device", "device"),
+}
 
 
 def train_command(
@@ -83,7 +94,10 @@ def train_command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="recipe override DOTTED.KEY=VALUE, e.g. noise.level=0.8")] = None,
     backend_opt: Annotated[Optional[list[str]], typer.Option(help="backend option KEY=VALUE, e.g. lora_rank=32")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="iterations between checkpoints (0 = at the end) [default: 0]")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint, with its config.json "
+                                               "(flags given here override it; only harmless ones may change)")] = False,
+    allow_config_change: Annotated[bool, typer.Option(help="with --resume: accept flags that change how the run trains "
+                                                            "(config.json is rewritten, the old one kept beside it)")] = False,
     export_format: Annotated[Optional[str], typer.Option(help="format exported at the end (backend default)")] = None,
     nproc_per_node: Annotated[Optional[int], typer.Option(help="processes (GPUs) per node; >1 launches through torchrun [default: 1]")] = None,
     nnodes: Annotated[Optional[int], typer.Option(help="number of nodes (run the same command on each) [default: 1]")] = None,
@@ -101,13 +115,20 @@ def train_command(
 
     flags = {key: value for key, value in locals().items() if key not in ("dry_run", "json_", "gpu_memory")}
     with clean_errors():
-        run_config = build_config(config, flags)
+        if resume and out is None:
+            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        stored = None
+        if resume and config is None and (out / "config.json").is_file():
+            stored = str(out / "config.json")  # the run's own configuration, flags on top
+        run_config = build_config(config or stored, flags)
         if dry_run or json_ or gpu_memory is not None:
             from .dry_run import dry_run as print_plan
 
             print_plan(run_config, dry_run, json_, gpu_memory)
             return
-    lc = run_config.launch
+        lc = run_config.launch
+        launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
+                             rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts)  # checks, one process too
     if launch.needs_launch(lc.nproc_per_node, lc.nnodes, lc.max_restarts):
         with clean_errors():
             if resume and out is None:
@@ -120,9 +141,15 @@ def train_command(
             worker = launch.strip_launch_flags(argv[argv.index("train"):])
             run_dir = out
             if run_dir is None:  # one folder for every rank, node and restart
+                from treesdk.training.run_folders import default_run_dir
+
                 name = run_config.recipe if isinstance(run_config.recipe, str) else run_config.recipe.name
-                run_dir = Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+                run_dir = default_run_dir(Path(name).stem)
                 worker += ["--out", str(run_dir)]
+            else:
+                from treesdk.training.run_folders import check_out_dir
+
+                check_out_dir(run_dir, resume)
             args = launch.torchrun_argv(
                 worker, nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
                 rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts, run_dir=run_dir,
@@ -134,23 +161,33 @@ def train_command(
 
     ctx = None
     completed = False
+    exit_code = 0
     try:
         with clean_errors():
             ctx = distributed.init_distributed()
-            _train(ctx, run_config, out, resume)
+            exit_code = _train(ctx, run_config, out, resume, allow_config_change)
             completed = True
     finally:
         distributed.shutdown(ctx, completed=completed)
+    if exit_code:  # stopped by SIGINT/SIGTERM after its checkpoint (130/143): not a finished run
+        raise typer.Exit(code=exit_code)
 
 
-def _train(ctx: Any, config: Any, out: Path | None, resume: bool) -> None:
-    """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
+def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_change: bool = False) -> int:
+    """The body of ``treesdk train`` in one process (rank ``ctx.rank`` of ``ctx.world_size``);
+    returns the exit code (0, or 130/143 for a run stopped by SIGINT/SIGTERM).
+
+    Everything that can be checked without the model is checked first (the run folder, prompts,
+    reward options, the recipe's overrides), so a bad input fails at once and writes nothing."""
     from treesdk.training import distributed
-    from treesdk.training.runs import build_run_parts
+    from treesdk.training.config import read_run_config
+    from treesdk.training.run_folders import check_out_dir, claim_run_dir, refuse_changed_config
+    from treesdk.training.runs import build_run_parts, precheck_run_config
     from treesdk.training.trainer import Trainer
 
-    if resume and out is None:
-        raise ValueError("--resume needs --out RUN_DIR")
+    if out is not None and ctx.is_main:
+        check_out_dir(out, resume, restarted=distributed.restart_count() > 0)
+    precheck_run_config(config)
     if ctx.world_size > 1 and ctx.device.type == "cuda" and config.device in (None, "cuda"):
         config = config.model_copy(update={"device": str(ctx.device)})  # one GPU per rank: cuda:LOCAL_RANK
     if ctx.world_size > 1:  # a torchrun worker: its argv lost the launcher flags; record what it runs on
@@ -158,10 +195,17 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool) -> None:
         config = config.model_copy(update={"launch": config.launch.model_copy(update=launched)})
     parts = build_run_parts(config)
     vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
-    run_dir = out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = ctx.broadcast_object(run_dir)  # rank 0's clock names the folder
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
         raise ValueError(f"backend {vm.name!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
+    if resume and ctx.is_main:
+        stored = read_run_config(out)
+        if allow_config_change:
+            keep_previous_config(out, stored, parts.config)
+        else:
+            refuse_changed_config(out, stored.model_dump(mode="json"), parts.config.model_dump(mode="json"))
+    if out is None and ctx.is_main:
+        out = claim_run_dir(recipe.name)  # runs/<safe name>-<time>[-N], never shared with another run
+    run_dir = ctx.broadcast_object(out)  # rank 0 names (and creates) the folder
     ctx.broadcast_parameters(vm.trainable_parameters())  # every rank starts from rank 0's weights
     resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
     weights = {n: r.weight for n, r in parts.config.rewards.items()}
@@ -193,6 +237,23 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool) -> None:
         run = trainer.fit(resume)
     if ctx.is_main:
         print_summary(run)
+    return run.exit_code
+
+
+def keep_previous_config(run_dir: Path, stored: Any, new: Any) -> None:
+    """``--allow-config-change``: the run's config.json becomes ``new``; the one it replaces is kept
+    as ``config.before-<time>.json`` (what trained the iterations so far)."""
+    import time
+
+    from treesdk.io import atomic_write_bytes
+    from treesdk.training.run_folders import config_changes
+
+    if not config_changes(stored.model_dump(mode="json"), new.model_dump(mode="json")):
+        return
+    kept = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    atomic_write_bytes(kept, stored.to_json().encode())
+    atomic_write_bytes(run_dir / "config.json", new.to_json().encode())
+    console.print(f"[yellow]configuration changed on --resume (--allow-config-change); the previous one is {kept}[/]")
 
 
 def print_summary(run: Any) -> None:
@@ -208,7 +269,8 @@ def print_summary(run: Any) -> None:
         table.add_row(key.removesuffix("_mean"), f"{b:.4f}" if b is not None else "-", f"{a:.4f}" if a is not None else "-", change)
     console.print(table)
     if run.interrupted:
-        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume[/]")
+        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume "
+                      f"(exit code {run.exit_code})[/]")
     console.print(f"run folder: {run.out_dir}" + (f"; exported: {', '.join(run.exported)}" if run.exported else ""))
 
 

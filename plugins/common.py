@@ -146,7 +146,7 @@ def resolve_file(
         looked.append(str(candidate))
     hint = f"; {_hf_offline_hint(repo_id)}" if repo_id else ""
     raise FileNotFoundError(
-        f"no {what} found: looked for {', '.join(looked) or filename!r}; pass {option}=<path to {filename}> "
+        f"could not find {what}: looked for {', '.join(looked) or filename!r}; pass {option}=<path to {filename}> "
         f"or put it in $TREESDK_WEIGHTS{hint}"
     )
 

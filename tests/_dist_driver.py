@@ -10,6 +10,9 @@ and adds fault injection for the tests:
 * ``--crash-at N --crash-marker FILE``: rank 1 (or 0 when alone) dies with exit code 3 when
   iteration N starts, once (the marker file remembers that it did).
 * ``--die-at N``: rank 1 exits at once (``os._exit``) when iteration N starts, every time.
+* ``--fault-marker FILE [--fault-timeout S]``: with ``--die-at``/``--hang-at``, rank 1 writes FILE
+  when it dies/hangs; rank 0 waits for FILE at the start of that iteration, then sets the
+  collective timeout to S seconds (so setup runs under the generous TREESDK_DIST_TIMEOUT).
 * ``--hang-at N``: rank 1 stops responding (sleeps 10 minutes) when iteration N starts, as a frozen
   node would: its connections stay open, so only the timeout can save the others.
 * ``--ready-at N --ready-marker FILE --ready-sleep S``: when iteration N starts sampling, touch FILE
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-marker", type=Path, default=None)
     parser.add_argument("--die-at", type=int, default=None)
     parser.add_argument("--hang-at", type=int, default=None)
+    parser.add_argument("--fault-marker", type=Path, default=None)
+    parser.add_argument("--fault-timeout", type=float, default=None)
     parser.add_argument("--ready-at", type=int, default=None)
     parser.add_argument("--ready-marker", type=Path, default=None)
     parser.add_argument("--ready-sleep", type=float, default=1.0)
@@ -120,12 +125,26 @@ def main(argv: list[str] | None = None) -> int:
                 args.crash_marker.write_text("crashed")
                 print(f"rank {ctx.rank}: injected crash at iteration {it}", file=sys.stderr, flush=True)
                 os._exit(3)
-            if args.die_at == it and ctx.rank == victim:
-                print(f"rank {ctx.rank}: dying at iteration {it}", file=sys.stderr, flush=True)
-                os._exit(3)
-            if args.hang_at == it and ctx.rank == victim:
-                print(f"rank {ctx.rank}: hanging at iteration {it}", file=sys.stderr, flush=True)
+            fault = "dying" if args.die_at == it else "hanging" if args.hang_at == it else None
+            if fault and ctx.rank == victim:
+                print(f"rank {ctx.rank}: {fault} at iteration {it}", file=sys.stderr, flush=True)
+                if args.fault_marker is not None:
+                    args.fault_marker.write_text(fault)
+                if fault == "dying":
+                    os._exit(3)
                 time.sleep(600)
+            if fault and ctx.rank != victim and args.fault_marker is not None:
+                # an event, not a race: the survivor meets the fault only once it has happened, and
+                # the short collective timeout (--fault-timeout) applies from then on only
+                deadline = time.monotonic() + 300
+                while not args.fault_marker.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if args.fault_timeout is not None:
+                    import datetime
+
+                    import torch.distributed as dist
+
+                    dist.set_timeout(datetime.timedelta(seconds=args.fault_timeout))
             if args.ready_at == it and ctx.is_main and args.ready_marker is not None:
                 args.ready_marker.write_text("ready")
                 deadline = time.monotonic() + args.ready_sleep

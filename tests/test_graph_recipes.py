@@ -228,12 +228,9 @@ def test_cli_nodes_check(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_digits(tmp_path_factory):
-    try:
-        from treesdk_backends.digits import DigitsFlowNet, save_digits_checkpoint
+    from treesdk_backends.digits import DigitsFlowNet, save_digits_checkpoint
 
-        reward = treesdk.load_reward("digit-classifier")
-    except Exception as exc:  # noqa: BLE001 - being written by another engineer
-        pytest.skip(f"digits backend / digit-classifier reward not available yet: {type(exc).__name__}: {exc}")
+    reward = treesdk.load_reward("digit-classifier")
     import torch
 
     torch.manual_seed(0)

@@ -132,22 +132,28 @@ def test_sigkill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path
 
 
 @pytest.mark.parametrize("fault", ["die", "hang"])
-def test_dead_rank_makes_the_other_exit_with_a_clear_message(fault):
+def test_dead_rank_makes_the_other_exit_with_a_clear_message(fault, tmp_path):
     """Two ranks started by hand (no torchrun to kill the survivor). At iteration 2 rank 1 either
     exits (``die``: its sockets close) or freezes (``hang``: a dead node, sockets stay open, only the
     timeout helps). Rank 0 must fail its next collective and exit 1 with a message naming the
-    cause, within the short timeout (5 s here), instead of hanging."""
+    cause, within the short timeout, instead of hanging.
+
+    Events, not timing: start-up and iteration 1 run under a generous timeout (a loaded machine
+    may stall a rank for seconds there); rank 0 enters iteration 2 only once rank 1 has written
+    the fault marker, and only then drops the collective timeout to 5 s."""
     port = str(free_port())
     procs = []
+    marker = tmp_path / "fault"
     for rank in (0, 1):
         rank_env = env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, TREESDK_DIST_TIMEOUT="5")
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, TREESDK_DIST_TIMEOUT="300")
         procs.append(subprocess.Popen(
-            [sys.executable, str(DRIVER), "--iters", "4", f"--{fault}-at", "2"],
+            [sys.executable, str(DRIVER), "--iters", "4", f"--{fault}-at", "2",
+             "--fault-marker", str(marker), "--fault-timeout", "5"],
             env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     try:
-        _, err0 = procs[0].communicate(timeout=120)  # a hang here is the failure this test catches
+        _, err0 = procs[0].communicate(timeout=240)  # a hang here is the failure this test catches
     finally:
         procs[1].kill()
         _, err1 = procs[1].communicate(timeout=30)

@@ -34,12 +34,14 @@ def load_backend(name: str, **options: Any) -> VelocityModel:
     default), ``resolution`` (pixels), ``device``, ``dtype``.
     """
     factory = registry.load("backend", name)
+    registry.check_options("backend", name, factory, options, "--backend-opt")
     return factory(**options)
 
 
 def load_reward(name: str, **options: Any) -> RewardModel:
     """Construct the reward registered as ``name`` (entry-point group ``treesdk.rewards``)."""
     factory = registry.load("reward", name)
+    registry.check_options("reward", name, factory, options, f"--reward-opt {name}:KEY")
     return factory(**options)
 
 

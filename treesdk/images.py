@@ -1,4 +1,4 @@
-"""Image grids for people to look at: PNG, nearest-neighbour upscaling so 8x8 digits stay visible."""
+"""Image grids for people to look at: PNG (or JPEG/WebP by suffix), nearest-neighbour upscaling so 8x8 digits stay visible."""
 
 from __future__ import annotations
 
@@ -41,6 +41,22 @@ def make_grid(images: Tensor, nrow: int, scale: int = 1, padding: int = 1) -> Te
     return (grid * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
+#: image formats a grid is written in, by file suffix
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_format(path: str | os.PathLike[str]) -> str:
+    """The PIL format named by ``path``'s suffix; ``UserError`` for another suffix (checked before
+    any work, so ``--out grid.gif`` fails at once instead of after sampling)."""
+    from .errors import UserError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise UserError(f"cannot write an image grid to {path}: unknown suffix {suffix or '(none)'!r}; "
+                        f"use one of {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_grid(
     images: Tensor,
     path: str | os.PathLike[str],
@@ -48,20 +64,22 @@ def save_grid(
     scale: int | None = None,
     min_size: int = 64,
 ) -> Path:
-    """Write ``images`` (float ``[B, C, H, W]`` in ``[0, 1]``) as one PNG grid at ``path``, atomically.
+    """Write ``images`` (float ``[B, C, H, W]`` in ``[0, 1]``) as one image grid at ``path``, atomically,
+    in the format its suffix names (:data:`IMAGE_FORMATS`: PNG, JPEG at quality 95, WebP).
 
     ``nrow`` defaults to a square-ish grid; ``scale`` (nearest upscaling) defaults to the smallest
     integer that makes a tile at least ``min_size`` pixels. Tiles are separated by a white border.
     """
     from PIL import Image
 
+    fmt = image_format(path)
     if images.ndim != 4:
         raise ValueError(f"images must be [B, 1 or 3, H, W], got shape {tuple(images.shape)}")
     nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
     scale = scale or max(1, math.ceil(min_size / max(images.shape[2], images.shape[3])))
     grid = make_grid(images, nrow=nrow, scale=scale)
     buffer = io.BytesIO()
-    Image.fromarray(grid.numpy(), mode="RGB").save(buffer, format="PNG")
+    Image.fromarray(grid.numpy(), mode="RGB").save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_bytes(path, buffer.getvalue())

@@ -39,12 +39,16 @@ def select_cond(cond: Cond, index: Tensor) -> Cond:
     return {key: value.index_select(0, index.to(value.device)) for key, value in cond.items()}
 
 
-class VelocityModel(ABC):
-    """A flow-matching model: prompts -> conditioning, ``(x, sigma, cond) -> v``, latents -> images.
+class FlowModel(ABC):
+    """What a model must provide (the narrow backend contract): prompts -> conditioning,
+    ``(x, sigma, cond) -> v``, latents -> images, the sigma grid, and its trainable part.
 
-    Classifier-free guidance and guidance embeddings live *inside* :meth:`velocity`; callers see one
-    velocity per latent. Implementations are registered under the ``treesdk.backends`` entry-point
-    group and constructed by :func:`treesdk.load_backend`.
+    Abstract: :attr:`latent_shape`, :attr:`device`, :meth:`encode`, :meth:`velocity`,
+    :meth:`decode`, :meth:`sigmas`, :meth:`trainable_parameters`, :meth:`trainable_state_dict`,
+    :meth:`load_trainable_state_dict`. Optional: :meth:`reference` (adapter off, for KL),
+    :meth:`train_mode`, :meth:`fsdp_modules`. Classifier-free guidance and guidance embeddings live
+    *inside* :meth:`velocity`; callers see one velocity per latent. ``treesdk.testing`` checks every
+    method (``check_backend``).
     """
 
     #: registry name, e.g. ``"flux"``
@@ -123,6 +127,17 @@ class VelocityModel(ABC):
         saying why in the others."""
         return None
 
+class ProductDefaults:
+    """What the product adds on top of a model, each with a working default: training prompts and
+    rewards, the evaluation set, scale-dependent recipe overrides, run-config facts, export formats.
+
+    A backend overrides only what it knows better (the digits backend names its prompts and reward;
+    the diffusers backends their export formats).
+    """
+
+    #: registry name, e.g. ``"flux"``
+    name: str = "velocity-model"
+
     def default_prompts(self) -> list[str]:
         """Training prompts used when the user gives none."""
         return [
@@ -171,6 +186,13 @@ class VelocityModel(ABC):
     def default_export_format(self) -> str | None:
         """The format written into ``RUN/export/`` at the end of training (None: no export)."""
         return self.export_formats[0] if self.export_formats else None
+
+
+class VelocityModel(FlowModel, ProductDefaults):
+    """A backend: the model contract (:class:`FlowModel`) plus the product defaults
+    (:class:`ProductDefaults`). Implementations subclass it, are registered under the
+    ``treesdk.backends`` entry-point group and constructed by :func:`treesdk.load_backend`.
+    """
 
 
 class RewardModel(ABC):

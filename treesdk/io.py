@@ -1,13 +1,17 @@
 """Atomic file writes: temporary file in the same folder, fsync, rename.
 
 An interrupted write never leaves a truncated file under the final name; the previous file (if
-any) stays readable until the rename.
+any) stays readable until the rename. Temporary names carry the writer's process id
+(``.NAME.PID.XXXX.tmp``); a writer killed with SIGKILL leaves one behind, and the next write of
+the same name removes it (:func:`remove_stale_temps`) once that process is gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +27,88 @@ def _current_umask() -> int:
     return mask
 
 
+def temp_prefix(target: Path) -> str:
+    """Prefix of the temporary names used while writing ``target``: ``.NAME.PID.``"""
+    return f".{target.name}.{os.getpid()}."
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove the temporary files/folders beside ``target`` (``.NAME.PID.*.tmp`` / ``.old``) whose
+    writer process no longer exists; returns what was removed. A stale ``.old`` (the previous
+    version, moved aside by a writer killed before its rename) is put back when ``target`` is missing."""
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\..*\.(tmp|old)$")
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or process_alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not target.exists():
+            os.replace(entry, target)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def check_writable(path: str | os.PathLike[str], what: str) -> Path:
+    """Raise ``UserError`` naming ``what`` (a flag, e.g. ``"--out"``) and ``path`` when nothing could
+    be written there: an existing folder where a file goes, the nearest existing parent a file or
+    not writable. Checked before any work, so a bad path fails at once and nothing is written."""
+    from .errors import UserError
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError(f"{what} {target}: is a folder; name a file")
+    probe = target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {target}: folder {probe} is not writable")
+    return target
+
+
+def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Like :func:`check_writable` for a folder that will receive files (it may exist already)."""
+    from .errors import UserError
+
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{what} {target}: is a file, not a folder")
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {target}: folder {probe} is not writable")
+    return target
+
+
+def folder_mode() -> int:
+    """Permission bits of a new folder under the current umask (``mkdtemp`` would give 0700)."""
+    return 0o777 & ~_current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Path], None]) -> Path:
     """Write ``data`` (bytes, or a callable that writes the given temp path) atomically to ``path``.
 
@@ -33,7 +119,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OSError(f"cannot write {target}: folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
     tmp = Path(tmp_name)
     try:
         if callable(data):
@@ -69,5 +156,53 @@ def atomic_save_safetensors(
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """JSON-dump ``obj`` (indented, sorted keys) to ``path`` atomically."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """JSON-dump ``obj`` (indented, sorted keys) to ``path`` atomically, as strict JSON (NaN/inf
+    floats become ``null``; Python's ``NaN``/``Infinity`` tokens are not JSON)."""
+    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (in dicts and lists too) replaced by None: strict JSON."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json_line(row: Mapping[str, Any]) -> str:
+    """One JSON line (sorted keys) that any JSON parser reads: NaN/inf become ``null``."""
+    return json.dumps(finite_or_none(row), sort_keys=True, allow_nan=False, default=str)
+
+
+def truncate_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]], bool], what: str = "metrics file") -> int:
+    """Keep the lines of the JSON-lines file ``path`` for which ``keep(row)`` is true, rewriting it
+    atomically (a failure leaves the old file whole). A torn last line (a run killed mid-append) is
+    dropped; any other unreadable line is a ``UserError`` naming the file and line. Returns the
+    number of lines kept."""
+    from .errors import UserError
+    from .safe_load import load_json
+
+    target = Path(path)
+    lines = target.read_text(encoding="utf-8", errors="strict").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = load_json(line, f"{what} {target} line {number}")
+        except UserError:
+            if number == len(lines):  # torn by a kill during the last append: not data
+                continue
+            raise
+        if not isinstance(row, dict):
+            raise UserError(f"{what} {target} line {number}: expected a JSON object, got {type(row).__name__}")
+        if keep(row):
+            kept.append(strict_json_line(row))
+    atomic_write_bytes(target, "".join(line + "\n" for line in kept).encode())
+    return len(kept)

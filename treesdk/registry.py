@@ -83,8 +83,43 @@ def load(kind: str, name: str) -> Any:
     ep = eps[name]
     try:
         return ep.load()
-    except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised raw
-        raise PluginError(f"{kind} plugin {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}") from exc
+    except IMPORT_FAILURES as exc:  # any import failure is reported, not raised raw
+        raise PluginError(f"{kind} plugin {name!r} ({ep.value}) failed to import: {describe_failure(exc)}") from exc
+
+
+#: what a plugin's import may raise without taking treesdk down: any error, and ``SystemExit``
+#: (a plugin calling ``sys.exit()`` at import). ``KeyboardInterrupt`` still stops the program.
+IMPORT_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``TypeName: message`` of an import failure (``SystemExit`` says it called ``sys.exit``)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the module called sys.exit({exc.code!r}) while being imported"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check_options(kind: str, name: str, factory: Any, options: dict[str, Any], flag: str) -> None:
+    """Raise ``UserError`` when ``options`` holds keywords ``factory`` does not accept, naming them,
+    the flag they came from (``--backend-opt``) and the accepted ones. Factories taking
+    ``**kwargs`` accept everything."""
+    import inspect
+
+    from .errors import UserError
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY) and p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(
+            f"{flag}: {kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(accepted) or 'none'}"
+        )
 
 
 def plugin_status(kinds: tuple[str, ...] = tuple(GROUPS)) -> list[PluginInfo]:
@@ -96,8 +131,8 @@ def plugin_status(kinds: tuple[str, ...] = tuple(GROUPS)) -> list[PluginInfo]:
             error = None
             try:
                 ep.load()
-            except Exception as exc:  # noqa: BLE001
-                error = f"{type(exc).__name__}: {exc}"
+            except IMPORT_FAILURES as exc:
+                error = describe_failure(exc)
                 last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
                 if last:
                     error += f" ({last[0].filename}:{last[0].lineno})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,13 +20,16 @@ def parse_reward_option(option: str) -> tuple[str, float]:
     name, sep, weight = option.partition("=")
     name = name.strip()
     if not name:
-        raise ValueError(f"reward option {option!r}: expected NAME or NAME=WEIGHT")
+        raise ValueError(f"--reward {option!r}: expected NAME or NAME=WEIGHT")
     if not sep:
         return name, 1.0
     try:
-        return name, float(weight)
+        value = float(weight)
     except ValueError as exc:
-        raise ValueError(f"reward option {option!r}: weight {weight!r} is not a number") from exc
+        raise ValueError(f"--reward {option!r}: weight {weight!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise ValueError(f"--reward {option!r}: weight {weight!r} is not finite; give a number such as 0.5")
+    return name, value
 
 
 def score_images(

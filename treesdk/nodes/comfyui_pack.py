@@ -347,11 +347,35 @@ def load_lora(path: str, strength: float, model: Any = None, backend: Any = None
             import comfy.utils
         except ImportError as exc:
             raise RuntimeError("patching a ComfyUI MODEL needs ComfyUI (the `comfy` package) in this Python") from exc
+        _require_lora_file(file)
         lora = comfy.utils.load_torch_file(str(file), safe_load=True)
         patched, _ = comfy.sd.load_lora_for_models(model, None, lora, float(strength), 0.0)
     if backend is not None:
         load_export_into_backend(backend, file, strength)
     return patched, backend
+
+
+_LORA_KEY = re.compile(r"(lora_(A|B|up|down|unet_|te)|\.alpha$|\.lokr_|\.hada_)")
+
+
+def _require_lora_file(file: Path) -> None:
+    """Refuse a file with no LoRA tensor (a merged ``comfyui`` export holds full weights): ComfyUI
+    would log "lora key not loaded" for each key, patch nothing, and the workflow would succeed."""
+    if file.suffix != ".safetensors":
+        return  # other containers are read by ComfyUI itself
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # noqa: BLE001 - a damaged file becomes one clear message
+        raise ValueError(f"treesdk node 'load-lora', field 'path': {file} is not a readable safetensors file ({exc})") from None
+    if keys and not any(_LORA_KEY.search(k) for k in keys):
+        raise ValueError(
+            f"treesdk node 'load-lora', field 'path': {file} holds full model weights ({len(keys)} tensors, no LoRA "
+            "keys), e.g. a merged `treesdk export --format comfyui` file; load it with ComfyUI's \"Load Diffusion "
+            "Model\" node instead, or export with --format lora for this node"
+        )
 
 
 def load_export_into_backend(backend: Any, path: str | Path, strength: float = 1.0) -> None:

@@ -44,6 +44,7 @@ from treesdk.nodes.catalog import RECIPE_CONNECTIONS, FlowGRPOSDEStep, ODEStep, 
 from treesdk.nodes.spec import NodeInputError, NodeSpec, validation_problems
 from treesdk.recipes.loading import RecipeError
 from treesdk.recipes.recipe import Recipe
+from treesdk.safe_load import excerpt
 
 #: top-level keys a graph file may have
 TOP_LEVEL_KEYS = ("$schema", "description", "nodes", "recipe")
@@ -142,7 +143,7 @@ def parse_graph(data: Mapping[str, Any], source: str = "<graph>") -> Graph:
             continue
         if conn.many:
             if not isinstance(value, list) or not value:
-                problems.append(Problem("recipe", slot, f"must be a non-empty list of {conn.type} nodes, got {value!r}"))
+                problems.append(Problem("recipe", slot, f"must be a non-empty list of {conn.type} nodes, got {excerpt(value)}"))
                 continue
             items, names = [], []
             for i, entry in enumerate(value):
@@ -205,7 +206,7 @@ def _parse_node(
     name: str, raw: Any, known: dict[str, NodeSpec], problems: list[Problem]
 ) -> tuple[NodeSpec, BaseModel] | None:
     if not isinstance(raw, Mapping):
-        problems.append(Problem(name, "-", f"a node must be a mapping with `type` and `inputs`, got {raw!r}"))
+        problems.append(Problem(name, "-", f"a node must be a mapping with `type` and `inputs`, got {excerpt(raw)}"))
         return None
     extra = sorted(set(raw) - {"type", "inputs", "description"})
     if extra:
@@ -217,7 +218,7 @@ def _parse_node(
     spec = known[type_name]
     inputs = raw.get("inputs") or {}
     if not isinstance(inputs, Mapping):
-        problems.append(Problem(name, "inputs", f"must be a mapping of field -> value, got {inputs!r}", type_name))
+        problems.append(Problem(name, "inputs", f"must be a mapping of field -> value, got {excerpt(inputs)}", type_name))
         return None
     if spec.connections:
         problems.append(Problem(name, "type", f"{type_name!r} is a runtime (ComfyUI) node, not a part of a recipe graph", type_name))
@@ -251,7 +252,7 @@ def _resolve(
             return None if _declared_but_invalid(name, problems) else _dangling(slot, name, nodes, problems)
         parsed = nodes[name]
     else:
-        problems.append(Problem("recipe", slot, f"must name a node (a string) or be an inline node, got {value!r}"))
+        problems.append(Problem("recipe", slot, f"must name a node (a string) or be an inline node, got {excerpt(value)}"))
         return None
     spec, instance = parsed
     if spec.output != want:

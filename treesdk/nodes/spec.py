@@ -20,6 +20,8 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
+from treesdk.safe_load import excerpt
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -279,6 +281,8 @@ def describe_field(name: str, info: Any) -> InputField:
         default = info.default_factory()
     else:
         default = None
+    if annotation is Any and default is None and not info.is_required():
+        nullable = True  # e.g. ``pipeline: Any = None``: an empty widget means "not given"
     bounds: dict[str, float] = {}
     for meta in info.metadata:
         for key in ("ge", "gt", "le", "lt"):
@@ -334,7 +338,7 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
         loc = ".".join(str(p) for p in item["loc"]) or "-"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] not in {"missing"} and "input" in item and not isinstance(item["input"], Mapping):
-            message += f" (got {item['input']!r})"
+            message += f" (got {excerpt(item['input'])})"
         out.append((loc, message))
     return out
 

@@ -8,49 +8,49 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from treesdk import registry
+from treesdk.errors import UserError
 from treesdk.recipes.recipe import Recipe
-
-
+from treesdk.safe_load import excerpt, read_mapping_file
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``"tree.k"``, ``"losses.0.eps"``) in a nested dict/list, in place."""
+    """Set dotted keys (``"tree.k"``, ``"losses.0.eps"``) in a nested dict/list, in place.
+
+    Raises ``UserError`` naming the override when a step of the path is not a field of the
+    recipe (a number inside ``tree.k``, a list index past the end, a word where a list index goes).
+    """
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            key: Any = int(part) if isinstance(node, list) else part
-            if isinstance(node, dict) and key not in node:
-                node[key] = {}
-            try:
+        for i, part in enumerate(parts):
+            here = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    raise UserError(f"--set {dotted}: {here!r} is not an index of that list "
+                                    f"(it has {len(node)} items: 0..{len(node) - 1})")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+                if not last and key not in node:
+                    node[key] = {}
+            else:
+                parent = ".".join(parts[:i])
+                raise UserError(f"--set {dotted}: {parent!r} is a value ({type(node).__name__} {excerpt(node)}), "
+                                f"it has no field {part!r}")
+            if last:
+                node[key] = value
+            else:
                 node = node[key]
-            except (IndexError, KeyError, TypeError) as exc:
-                raise ValueError(f"override {dotted!r}: no field {'.'.join(parts[: i + 1])!r} in the recipe") from exc
-        last = parts[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
     return data
 
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
-    """Recipe data from a ``.yaml``/``.yml`` or ``.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() in {".yaml", ".yml"}:
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"recipe file {path} must hold a mapping, got {type(data).__name__}")
-    return data
+    """Recipe data from a ``.yaml``/``.yml`` or ``.json`` file (bounded: see :mod:`treesdk.safe_load`)."""
+    return read_mapping_file(path, "recipe file")
 
 
 def load_recipe(name_or_path: str | Recipe | Mapping[str, Any], **overrides: Any) -> Recipe:
@@ -89,7 +89,7 @@ class RecipeError(ValueError):
         lines = [f"invalid recipe {source!r}:"]
         for item in error.errors():
             loc = ".".join(str(p) for p in item["loc"]) or "(recipe)"
-            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {item.get('input')!r})"
+            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {excerpt(item.get('input'))})"
             lines.append(f"  {loc}: {item['msg'].removeprefix('Value error, ')}{got}")
         super().__init__("\n".join(lines))
         self.errors = error.errors()

@@ -8,14 +8,23 @@ Layout of ``RUN/checkpoints/iter_000012/``::
 
 A checkpoint folder is written under a temporary name, fsynced, then renamed: a run killed while
 writing leaves the previous checkpoint intact and no half-written folder under a final name.
+
+``state.json`` also records the size and SHA-256 of each safetensors file (``"files"``). Every
+reader verifies them (:func:`verify_checkpoint`): a checkpoint truncated or altered afterwards (a
+full disk, a bad copy) is named with the file at fault, and a run folder falls back to its newest
+intact checkpoint with a warning. Checkpoints written before the checksums existed are checked
+for structure (the safetensors header must account for every byte of the file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +33,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from treesdk.errors import CheckpointError, NonFiniteWeightsError
 from treesdk.io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
+_log = logging.getLogger("treesdk")
+_VERIFIED: set[tuple[tuple[str, int, int], ...]] = set()  # (path, size, mtime_ns) of each file of verified checkpoints
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,135 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_or_checkpoint: str | Path) -> Path:
-    """The checkpoint folder itself, or the newest complete checkpoint of a run folder."""
+    """The checkpoint folder itself (verified), or the newest intact checkpoint of a run folder.
+
+    A damaged newest checkpoint of a run folder is skipped with a warning naming the file at
+    fault; :class:`~treesdk.errors.CheckpointError` when no checkpoint is intact, or when the
+    checkpoint folder named directly is damaged.
+    """
     path = Path(run_or_checkpoint)
     if (path / "state.json").is_file() and (path / "trainable.safetensors").is_file():
+        verify_checkpoint(path)
         return path
     found = list_checkpoints(path)
     if not found:
         raise FileNotFoundError(
             f"no checkpoint in {path}: expected {path}/checkpoints/iter_NNNNNN/ with trainable.safetensors and state.json"
         )
-    return found[-1]
+    problems = []
+    for folder in reversed(found):
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        for problem in problems:
+            _log.warning("warning: %s; using the newest intact checkpoint %s instead", problem, folder)
+        return folder
+    raise CheckpointError(f"no intact checkpoint in {path}: " + "; ".join(problems))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of ``path`` (stored in ``state.json["files"]``)."""
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _check_safetensors_structure(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None when its header accounts for every byte)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{path} is truncated ({size} bytes, not even a safetensors header)"
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8:
+            return f"{path} is truncated ({size} bytes; its header alone needs {header_len + 8})"
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return f"{path} is not a safetensors file (its header is not JSON)"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        return f"{path} is {size} bytes, its header describes {expected} (truncated or altered)"
+    return None
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the file when checkpoint ``folder`` is damaged:
+    ``state.json`` unreadable, a file missing, a size or SHA-256 that differs from the record in
+    ``state.json`` (or, for checkpoints without the record, a safetensors file whose header does
+    not account for its bytes). Results are cached while the files are unchanged."""
+    from treesdk.safe_load import read_json_file
+
+    folder = Path(folder)
+    state_file = folder / "state.json"
+    try:
+        key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file())
+        if key in _VERIFIED:
+            return
+        state = read_json_file(state_file, "checkpoint state")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {folder} is damaged: {exc}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+        raise CheckpointError(f"checkpoint {folder} is damaged: {state_file} has no integer 'iteration'")
+    records = state.get("files")
+    names = sorted(records) if isinstance(records, dict) else ["trainable.safetensors"] + (
+        ["optimizer.safetensors"] if (folder / "optimizer.safetensors").exists() else [])
+    for name in names:
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {folder} is damaged: {file} is missing")
+        if isinstance(records, dict):
+            record = records[name] if isinstance(records[name], dict) else {}
+            size = file.stat().st_size
+            if size != record.get("bytes"):
+                raise CheckpointError(f"checkpoint {folder} is damaged: {file} is {size} bytes, state.json records "
+                                      f"{record.get('bytes')} (truncated or altered)")
+            if _sha256(file) != record.get("sha256"):
+                raise CheckpointError(f"checkpoint {folder} is damaged: the SHA-256 of {file} differs from the one "
+                                      "in state.json (altered after it was written)")
+        else:
+            problem = _check_safetensors_structure(file)
+            if problem:
+                raise CheckpointError(f"checkpoint {folder} is damaged: {problem}")
+    _VERIFIED.add(key)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path) -> None:
+    """Raise :class:`NonFiniteWeightsError` when a floating tensor holds NaN or infinity, naming
+    ``where`` (a file), the first bad tensor and how many bad tensors there are."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{where} holds non-finite weights (NaN or inf) in {len(bad)} of {len(tensors)} tensors, first {bad[0]!r}: "
+            "the run diverged or the file was damaged; use an earlier checkpoint (RUN/checkpoints/iter_NNNNNN)"
+        )
+
+
+def load_trainable(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable weights of checkpoint ``folder`` (a run folder: its newest intact checkpoint),
+    verified (:func:`verify_checkpoint`) and finite (:func:`check_finite`)."""
+    folder = latest_checkpoint(folder)
+    file = folder / "trainable.safetensors"
+    trainable = load_file(str(file))
+    check_finite(trainable, file)
+    return trainable
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """``state.json`` of checkpoint ``folder`` (verified as :func:`latest_checkpoint` does)."""
+    from treesdk.safe_load import read_json_file
+
+    return read_json_file(latest_checkpoint(folder) / "state.json", "checkpoint state")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -139,7 +270,8 @@ def save_checkpoint(
         tensors, groups = _optimizer_tensors(optimizer)
         tensors.update(rng_state_tensors())
         atomic_save_safetensors(tensors, tmp / "optimizer.safetensors", {"iteration": str(iteration)})
-        atomic_write_json({**state, "iteration": iteration, "param_groups": groups}, tmp / "state.json")
+        files = {name: file_record(tmp / name) for name in ("trainable.safetensors", "optimizer.safetensors")}
+        atomic_write_json({**state, "iteration": iteration, "param_groups": groups, "files": files}, tmp / "state.json")
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -155,8 +287,9 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """``(trainable weights, optimizer state_dict, state.json)`` of a checkpoint or run folder."""
     folder = latest_checkpoint(path)
-    trainable = load_file(str(folder / "trainable.safetensors"))
-    state = json.loads((folder / "state.json").read_text())
+    trainable = load_trainable(folder)
+    state = read_state(folder)
+    state.pop("files", None)
     optim_state: dict[str, Any] = {"state": {}, "param_groups": state.get("param_groups", [])}
     optim_file = folder / "optimizer.safetensors"
     if optim_file.is_file():

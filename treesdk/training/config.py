@@ -32,14 +32,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from treesdk.recipes import Recipe, RecipeError, load_recipe
+from treesdk.safe_load import MAX_PROMPT_BYTES, excerpt, read_json_file, read_mapping_file, read_text
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a valid number of a run (a weight, a rate): refused by name
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackendConfig(_Section):
@@ -76,9 +77,7 @@ class PromptsConfig(_Section):
             return prompts
         if self.file is not None:
             path = Path(self.file)
-            if not path.is_file():
-                raise FileNotFoundError(f"prompts.file {path} does not exist")
-            lines = [line.strip() for line in path.read_text().splitlines()]
+            lines = [line.strip() for line in read_text(path, "prompt file", MAX_PROMPT_BYTES).splitlines()]
             prompts = [line for line in lines if line and not line.startswith("#")]
             if not prompts:
                 raise ValueError(f"prompt file {path} holds no prompts")
@@ -124,8 +123,8 @@ class RunConfig(_Section):
         default_factory=dict, description="options by reward name, for rewards the backend picks by default")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     batch: int = Field(8, ge=1, description="prompts (trees) per iteration, over all ranks")
-    iters: int = Field(60, ge=0, description="total iterations of the run")
-    seed: int = Field(0, description="seed of prompt order, windows and tree noise")
+    iters: int = Field(60, ge=1, description="total iterations of the run")
+    seed: int = Field(0, ge=0, description="seed of prompt order, windows and tree noise")
     device: str | None = Field(None, description="torch device of backend and rewards (None: the backend's)")
     dtype: str | None = Field(None, description="backend precision, e.g. bfloat16 (None: the backend's)")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -214,25 +213,22 @@ def is_run_file_data(data: Mapping[str, Any]) -> bool:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parsed YAML/JSON mapping of ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    data = yaml.safe_load(text) if path.suffix.lower() in {".yaml", ".yml"} else json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return data
+    return read_mapping_file(path, "config file")
 
 
-def run_config_from_data(data: Mapping[str, Any], source: str = "<config>") -> RunConfig:
-    """A :class:`RunConfig` from parsed data; :class:`RunConfigError` naming each bad field."""
+def run_config_from_data(data: Mapping[str, Any], source: str = "<config>",
+                         flags: Mapping[str, str] | None = None) -> RunConfig:
+    """A :class:`RunConfig` from parsed data; :class:`RunConfigError` naming each bad field (by
+    the command-line flag that set it when ``flags`` maps its dotted name to one, e.g.
+    ``{"iters": "--iters"}``)."""
     try:
         return RunConfig.model_validate(dict(data))
     except ValidationError as exc:
-        lines = [f"invalid run file {source!r}:"]
+        lines = [f"invalid run file {source!r}:" if source != "<command line>" else "invalid command line:"]
         for item in exc.errors():
             loc = ".".join(str(p) for p in item["loc"]) or "(run)"
-            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {item.get('input')!r})"
+            loc = (flags or {}).get(loc, loc)
+            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {excerpt(item.get('input'))})"
             lines.append(f"  {loc}: {item['msg'].removeprefix('Value error, ')}{got}")
         raise RunConfigError("\n".join(lines)) from None
 
@@ -242,7 +238,10 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by treesdk train")
-    return run_config_from_data(json.loads(path.read_text()), str(path))
+    data = read_json_file(path, "run configuration")
+    if not isinstance(data, dict):
+        raise RunConfigError(f"run configuration {path} must hold a mapping, got {type(data).__name__}")
+    return run_config_from_data(data, str(path))
 
 
 __all__ = [

@@ -167,6 +167,22 @@ def read_header(path: str | os.PathLike[str]) -> tuple[Shapes, dict[str, str]]:
     return shapes, metadata
 
 
+def nonfinite_tensors(path: str | os.PathLike[str], limit: int = 5) -> list[str]:
+    """Problems (one line each, at most ``limit`` named) for floating tensors of ``path`` (a file or
+    folder, as :func:`read_header`) that hold NaN or infinity; reads one tensor at a time."""
+    bad: list[str] = []
+    for file in _safetensors_files(Path(path)):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(key)
+    lines = [f"{k}: holds NaN or inf values (a diverged run or a damaged file)" for k in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"... and {len(bad) - limit} more tensors with NaN or inf values")
+    return lines
+
+
 def _hub_cache_folder(repo_id: str) -> Path | None:
     """The newest local snapshot of ``repo_id`` in the Hugging Face cache, if any (no download)."""
     if "/" not in repo_id:
@@ -247,6 +263,7 @@ def check_file(
             "no layout recognises these keys: the backend named in the file's metadata (treesdk.backend) "
             "declares none that fits, or the file names no backend"
         ])
+    problems += nonfinite_tensors(path)
     return FileReport(
         path=str(path),
         format=found.format,
@@ -296,9 +313,11 @@ def export_run(
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
     are untouched in every case.
     """
+    from treesdk.training.checkpoint import load_trainable, read_state
+
     run, ckpt = find_checkpoint(run_or_checkpoint)
     config = read_run_config(run)
-    state = json.loads((ckpt / "state.json").read_text())
+    state = read_state(ckpt)
     name = config.backend.name
     factory = registry.load("backend", name)
     formats = tuple(getattr(factory, "export_formats", ()))
@@ -310,8 +329,9 @@ def export_run(
     _check_writable(target)
     if fmt == "lora" and backend_options(config, factory).get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
+    trainable = load_trainable(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, device=device)
-    backend.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+    backend.load_trainable_state_dict(trainable)
     recipe = config.recipe if isinstance(config.recipe, Recipe) else config.resolve_recipe()
     metadata = export_metadata(name, {**config.backend.describe, **backend.describe()}, recipe, int(state.get("iteration", 0)))
     return list(backend.export(fmt, str(target), metadata))

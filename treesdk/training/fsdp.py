@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from treesdk.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover - the context owns this object, not the other way round
     from treesdk.training.distributed import DistributedContext
 
@@ -52,7 +54,7 @@ class FullyShardedTraining:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
         except ImportError as exc:  # pragma: no cover - torch < 2.6
-            raise RuntimeError(f"--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard); this is torch "
+            raise UserError(f"--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard); this is torch "
                                f"{torch.__version__}") from exc
         if self.mesh is None:
             self.mesh = init_device_mesh(self.ctx.device.type, (self.ctx.world_size,))

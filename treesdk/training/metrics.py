@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
+
+from treesdk.io import strict_json_line, truncate_jsonl
 
 
 class MetricsLog:
     """``metrics.jsonl`` + TensorBoard events of a run folder, written by rank 0 only.
 
     On resume, lines past the checkpoint's iteration are dropped first (they belong to iterations
-    that will be run again).
+    that will be run again): the file is rewritten atomically, so a failure there leaves it whole.
+    Lines are strict JSON (NaN/inf values are written as ``null``).
     """
 
     def __init__(self, out_dir: Path | None, resume_from: int | None, tensorboard: bool = True) -> None:
@@ -21,12 +23,7 @@ class MetricsLog:
         if out_dir is None:
             return
         if resume_from is not None and self.path.is_file():  # drop lines past the checkpoint
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= resume_from
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            truncate_jsonl(self.path, lambda row: row.get("iteration", 0) <= resume_from)
         if tensorboard:
             # imported here: tensorboard takes seconds to import and only a run with a folder needs it
             from torch.utils.tensorboard import SummaryWriter
@@ -37,7 +34,7 @@ class MetricsLog:
         if self.path is None:
             return
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
+            handle.write(strict_json_line(row) + "\n")
         if self.writer is not None:
             prefix = "eval/" if row.get("eval") else "train/"
             for key, value in row.items():
@@ -55,6 +52,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal received
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -69,6 +67,7 @@ class StopRequest:
         if self.requested:  # second signal: give up at once
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

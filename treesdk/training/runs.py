@@ -34,7 +34,9 @@ def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dic
     """Reward models by registry name with their options, on ``device``."""
     models = {}
     for name, cfg in configs.items():
-        model = registry.load("reward", name)(**cfg.options)
+        factory = registry.load("reward", name)
+        registry.check_options("reward", name, factory, cfg.options, f"--reward-opt {name}:KEY")
+        model = factory(**cfg.options)
         models[name] = model.to(device) if device else model
     return models
 
@@ -42,7 +44,11 @@ def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dic
 def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> RunParts:
     """Load the backend (unless given), resolve the recipe with the backend's scale defaults, and
     load the rewards (the backend's defaults when the config names none), prompts and eval set."""
-    vm = backend if backend is not None else registry.load("backend", config.backend.name)(**config.backend_options())
+    if backend is None:
+        factory = registry.load("backend", config.backend.name)
+        registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
+        backend = factory(**config.backend_options())
+    vm = backend
     recipe = config.resolve_recipe(vm.recipe_defaults())
     weights = {n: r.weight for n, r in config.rewards.items()} or vm.default_rewards()
     if not weights:
@@ -62,6 +68,47 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
         eval_seeds=list(eval_seeds),
         export_format=None if fmt == "none" else fmt,
     )
+
+
+def check_parts(prompts: Any, rewards: Mapping[str, Any], weights: Mapping[str, float] | None) -> None:
+    """Python API arguments of a run: ``prompts`` a list (one string would be read character by
+    character) and ``weights`` only for rewards that are passed."""
+    from treesdk.errors import UserError
+    from treesdk.safe_load import excerpt
+
+    if isinstance(prompts, (str, bytes)):
+        raise UserError(f"prompts: got one string ({excerpt(prompts, 60)}), which would be read character by "
+                        "character; pass a list of prompts, e.g. [\"a cat\"]")
+    unknown = sorted(set(weights or {}) - set(rewards))
+    if unknown:
+        raise UserError(f"weights name {unknown}, which are not among the rewards {sorted(rewards)}; "
+                        "give a weight for a reward that is passed in `rewards`")
+
+
+def precheck_run_config(config: RunConfig) -> None:
+    """Check what can be checked before any model loads (each error names the flag or file): the
+    prompts, the option keys of the rewards named, the backend's option keys, and the recipe (fully
+    for a recipe file, the paths of the overrides for a preset, whose values the backend's scale
+    defaults may still change)."""
+    from treesdk.errors import UserError
+
+    if config.prompts.items is not None or config.prompts.file is not None:
+        config.prompts.load([])
+    factory = registry.load("backend", config.backend.name)
+    registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
+    named = {**config.rewards, **(config.eval_rewards or {})}
+    for name, reward in named.items():
+        options = {**config.reward_options.get(name, {}), **reward.options}
+        registry.check_options("reward", name, registry.load("reward", name), options, f"--reward-opt {name}:KEY")
+    if isinstance(config.recipe, str) and Path(config.recipe).suffix.lower() in {".yaml", ".yml", ".json"}:
+        config.resolve_recipe()
+    elif isinstance(config.recipe, str):
+        try:
+            config.resolve_recipe({})  # an unknown preset or a bad override path fails here
+        except UserError:
+            raise
+        except ValueError:  # a value the backend's defaults may still change: judged after it loads
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +187,8 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
     """
     run, ckpt = find_checkpoint(run_or_checkpoint)
     config = read_run_config(run)
+    trainable, _, state = load_checkpoint(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, **option_overrides)
-    trainable, _, state = load_checkpoint(ckpt)
     backend.load_trainable_state_dict(trainable)
     return backend, config, state
 

@@ -23,6 +23,8 @@ Run folder::
 
 from __future__ import annotations
 
+import logging
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,13 +41,17 @@ from treesdk.sampler import sample_forest_for_recipe
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective
 from treesdk.training.config import RunConfig
+from treesdk.training.distributed import restart_count
 from treesdk.training.evaluate import decode_chunked, evaluate
 from treesdk.training.export import default_export_name, export_run
 from treesdk.training.metadata import export_metadata
 from treesdk.training.metrics import MetricsLog, StopRequest
-from treesdk.training.runs import RunParts, build_run_parts
+from treesdk.training.run_folders import RunLock, check_out_dir
+from treesdk.training.runs import RunParts, build_run_parts, check_parts
 from treesdk.training.update import policy_update
 from treesdk.images import save_grid
+
+_log = logging.getLogger("treesdk")
 
 #: a callback receives each iteration's metrics row; returning True requests a stop
 Callback = Callable[[dict[str, Any]], Any]
@@ -62,6 +68,13 @@ class Run:
     eval_after: dict[str, float] = field(default_factory=dict)
     exported: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: the signal that stopped the run early (SIGINT/SIGTERM; None: a callback, or another rank's signal)
+    stop_signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when finished; stopped early: ``128 + signal`` (130 SIGINT, else 143 as for SIGTERM)."""
+        return 128 + int(self.stop_signal or signal.SIGTERM) if self.interrupted else 0
 
 
 def slot_seed(seed: int, iteration: int, slot: int) -> int:
@@ -133,6 +146,7 @@ class Trainer:
         on_step: Callable[[str, int, int], None] | None = None,
         tensorboard: bool = True,
     ) -> None:
+        check_parts(prompts, rewards, weights)
         self.recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
         self.backend, self.rewards, self.prompts = backend, dict(rewards), list(prompts)
         self.weights = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
@@ -170,6 +184,11 @@ class Trainer:
             raise ValueError(f"backend {backend.name!r} has no trainable parameters")
         o = self.recipe.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+        # steps taken, and the count when the running update began: are the weights the last iteration's?
+        self._optimizer_steps = 0
+        self._update_began_at: int | None = None
+        self.optimizer.register_step_post_hook(self._count_step)
+        self._last_checkpoint = 0
 
         self.iteration = 0
         self.run = Run(out_dir=self.out, iterations=0)
@@ -219,6 +238,7 @@ class Trainer:
         score the evaluation set before training."""
         out, main = self.out, self.collective.is_main
         if out is not None and main:
+            check_out_dir(out, resume, restarted=restart_count() > 0)  # a folder holds one run
             for sub in ("samples", "checkpoints", "export"):
                 (out / sub).mkdir(parents=True, exist_ok=True)
         if resume:
@@ -254,6 +274,7 @@ class Trainer:
         # 3. advantages on the edges, then 4. the policy update
         targets = self.estimator(forest, scores, self.weights)
         o = recipe.optim
+        self._update_began_at = self._optimizer_steps
         stats = policy_update(
             self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
             passes=o.passes, minibatches=o.minibatches, chunk=recipe.chunk, grad_clip=o.grad_clip,
@@ -261,6 +282,7 @@ class Trainer:
         )
         t3 = time.perf_counter()
         self.iteration += 1
+        self._update_began_at = None
 
         raw = targets.leaf_rewards
         row: dict[str, Any] = {
@@ -309,6 +331,7 @@ class Trainer:
         if main:
             state = {"recipe": self.recipe.model_dump(mode="json"), "eval_before": self.run.eval_before, "backend": self.backend.name}
             save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints)
+        self._last_checkpoint = self.iteration
 
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
         """Score deterministic ODE samples of the evaluation set with every reward; the grid goes to
@@ -345,7 +368,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> Run:
         """Start (or resume), step until ``iters`` or a stop request, checkpoint, finish."""
+        lock = RunLock(self.out) if self.out is not None and self.collective.is_main else None
         try:
+            if lock is not None:
+                lock.acquire()  # one live run per folder
             self.start(resume)
             with StopRequest() as signals:
                 stopping = self.collective.any_rank(signals.requested or self._stop_requested)
@@ -356,9 +382,34 @@ class Trainer:
                     if due or stopping or self.iteration == self.iters:
                         self.checkpoint()
                 self.run.interrupted = stopping and self.iteration < self.iters
+                self.run.stop_signal = signals.signum if self.run.interrupted else None
             return self.finish()
+        except Exception:
+            self._checkpoint_on_failure()
+            raise
         finally:
             self.log.close()
+            if lock is not None:
+                lock.release()
+
+    def _count_step(self, *args: Any) -> None:  # noqa: ARG002 - torch's optimizer step hook
+        self._optimizer_steps += 1
+
+    def _checkpoint_on_failure(self) -> None:
+        """After an error (NaN reward, full disk, dead rank, bug), checkpoint the last completed
+        iteration if the live weights are still its own (no optimiser step of a failed update);
+        rank 0 alone, so not under FSDP. A failure here is reported, never raised over the error."""
+        consistent = self._update_began_at is None or self._update_began_at == self._optimizer_steps
+        if self.out is None or not self.collective.is_main or self.collective.fsdp is not None or not consistent \
+                or self.iteration <= self._last_checkpoint:
+            return
+        try:
+            self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
+            _log.warning("warning: could not write a checkpoint of iteration %d after the error: %s", self.iteration, exc)
+            return
+        _log.warning("warning: checkpoint of iteration %d written before stopping on the error below; continue with "
+                     "--resume once it is fixed", self.iteration)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -373,6 +424,7 @@ class Trainer:
         self.optimizer.load_state_dict(optim_state)
         restore_rng_state(state.pop("rng", {}))
         self.iteration = int(state["iteration"])
+        self._last_checkpoint = self.iteration
         self.run.eval_before = state.get("eval_before", {})
 
 

@@ -1,0 +1,72 @@
+"""Plugins for the hardening tests, registered through a dist-info folder (:func:`fake_distribution`).
+
+* ``gated-brightness`` (reward): :class:`analytic.BrightnessReward` that, on its first call, writes
+  the file ``$TREESDK_TEST_READY`` and then waits for ``$TREESDK_TEST_GO`` to exist: the test sends
+  its signal between the two, so the signal lands inside an iteration by construction (an event),
+  not after a guessed delay.
+* ``exits-at-import`` (reward): a module that calls ``sys.exit(3)`` when imported.
+* ``nan-later`` (reward): brightness, then NaN from its N-th call (:class:`NaNLater`).
+* ``mixture`` (backend) and ``brightness`` (reward): the analytic pair of :mod:`analytic`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from analytic import BrightnessReward
+
+ENTRY_POINTS = """\
+[treesdk.backends]
+mixture = analytic:MixtureFlow
+
+[treesdk.rewards]
+brightness = analytic:BrightnessReward
+gated-brightness = _hardening_plugins:GatedBrightness
+exits-at-import = _exit_at_import:Reward
+nan-later = _hardening_plugins:NaNLater
+"""
+
+
+def fake_distribution(site: Path) -> Path:
+    """Write ``site/treesdk_hardening_test-0.0.dist-info`` (put ``site`` on sys.path / PYTHONPATH)."""
+    info = site / "treesdk_hardening_test-0.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: treesdk-hardening-test\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    return site
+
+
+class GatedBrightness(BrightnessReward):
+    name = "gated-brightness"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def score(self, images, prompts):  # noqa: ANN001, ANN201
+        self.calls += 1
+        ready, go = os.environ.get("TREESDK_TEST_READY"), os.environ.get("TREESDK_TEST_GO")
+        if self.calls == 2 and ready and go:  # call 1 is the evaluation before training
+            Path(ready).write_text("scoring")
+            deadline = time.monotonic() + 120
+            while not Path(go).exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return super().score(images, prompts)
+
+
+class NaNLater(BrightnessReward):
+    """Brightness until call ``from_call`` (1-based; call 1 is the evaluation before training),
+    then NaN: a reward that breaks in the middle of a run."""
+
+    name = "nan-later"
+
+    def __init__(self, from_call: int = 3) -> None:
+        super().__init__()
+        self.from_call, self.calls = from_call, 0
+
+    def score(self, images, prompts):  # noqa: ANN001, ANN201
+        self.calls += 1
+        values = super().score(images, prompts)
+        return values * float("nan") if self.calls >= self.from_call else values
