@@ -38,7 +38,12 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
         vm = treesdk.load_backend(backend, **{k: v for k, v in options.items() if k in ("model", "device")})
         defaults = dict(vm.recipe_defaults())
     recipe = config.resolve_recipe(defaults)
-    facts = None if light else model_facts(backend, options.get("model"), text_tokens=options.get("max_sequence_length"))
+    facts, no_sizes = None, "a light backend: calls only"
+    if not light:
+        try:
+            facts = model_facts(backend, options.get("model"), text_tokens=options.get("max_sequence_length"))
+        except ValueError as exc:  # a family with no size table: the call counts still hold
+            no_sizes = str(exc)
     plan = plan_run(
         recipe, facts, batch=config.batch, world_size=config.launch.nproc_per_node * config.launch.nnodes,
         iters=max(config.iters, 1), seed=config.seed, resolution=options.get("resolution"),
@@ -47,6 +52,8 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
         offload_text_encoders=bool(options.get("offload_text_encoders", False)), gpu_memory_gib=gpu_memory,
     )
     plan["backend"] = backend
+    if facts is None:
+        plan["memory_note"] = no_sizes
     if as_json:
         print(json.dumps(plan, sort_keys=True))
     else:
@@ -67,7 +74,7 @@ def print_plan(plan: dict[str, Any]) -> None:
     calls.add_row("leaves", f"{plan['leaves']} ({plan['leaves_per_prompt']} per prompt)", "")
     console.print(calls)
     if plan.get("memory") is None:
-        console.print("memory: no size table for this backend (calls only)")
+        console.print(f"memory: not estimated ({plan.get('memory_note', 'no size table for this backend')})")
         return
     m, model = plan["memory"], plan["model"]
     mem = Table(title=f"memory per rank (GiB, estimate): {model['name']} {model['resolution']} px {model['dtype']} "

@@ -52,6 +52,15 @@ def test_dry_run_table_for_digits_and_flux_dev(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_of_a_family_without_size_table_plans_calls_only(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text('{"_class_name": "QwenImageTransformer2DModel"}')
+    result = runner.invoke(app, ["train", "--backend", "flux", "--model", str(tmp_path), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["memory"] is None and "QwenImageTransformer2DModel" in plan["memory_note"] and plan["nfe_sampling"] > 0
+
+
 def test_dry_run_json_needs_dry_run():
     result = runner.invoke(app, ["train", "--backend", "digits", "--json"])
     assert result.exit_code != 0
