@@ -106,11 +106,14 @@ def train_command(
     max_restarts: Annotated[Optional[int], typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint [default: 0]")] = None,
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="newest checkpoints kept in the run folder [default: 3]")] = None,
     fsdp: Annotated[Optional[bool], typer.Option("--fsdp/--no-fsdp", help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (calls, leaves, memory per rank) and exit; loads no model")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON object")] = False,
+    gpu_memory: Annotated[Optional[float], typer.Option(help="with --dry-run: GiB per GPU; the plan says whether the run fits")] = None,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
     from treesdk.training import distributed, launch
 
-    flags = dict(locals())
+    flags = {key: value for key, value in locals().items() if key not in ("dry_run", "json_", "gpu_memory")}
     with clean_errors():
         if resume and out is None:
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -118,6 +121,11 @@ def train_command(
         if resume and config is None and (out / "config.json").is_file():
             stored = str(out / "config.json")  # the run's own configuration, flags on top
         run_config = build_config(config or stored, flags)
+        if dry_run or json_ or gpu_memory is not None:
+            from .dry_run import dry_run as print_plan
+
+            print_plan(run_config, dry_run, json_, gpu_memory)
+            return
         lc = run_config.launch
         launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
                              rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts)  # checks, one process too
