@@ -179,11 +179,14 @@ def train_command(
     ema_use: Annotated[Optional[str], typer.Option(help="where EMA weights are used: eval+export, eval, export, none [default: eval+export]", rich_help_panel="Optimisation")] = None,
     report_to: Annotated[Optional[str], typer.Option(help="loggers: jsonl,tensorboard,wandb or none [default: jsonl,tensorboard]", rich_help_panel="Logging")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="evaluate every N iterations: samples/iter_N.png and logger images [default: 0 = start and end]", rich_help_panel="Logging")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (calls, leaves, memory per rank) and exit; loads no model")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON object")] = False,
+    gpu_memory: Annotated[Optional[float], typer.Option(help="with --dry-run: GiB per GPU; the plan says whether the run fits")] = None,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
     from treesdk.training import distributed, launch
 
-    flags = dict(locals())
+    flags = {key: value for key, value in locals().items() if key not in ("dry_run", "json_", "gpu_memory")}
     with clean_errors():
         if resume and out is None:
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -191,6 +194,11 @@ def train_command(
         if resume and config is None and (out / "config.json").is_file():
             stored = str(out / "config.json")  # the run's own configuration, flags on top
         run_config = build_config(config or stored, flags)
+        if dry_run or json_ or gpu_memory is not None:
+            from .dry_run import dry_run as print_plan
+
+            print_plan(run_config, dry_run, json_, gpu_memory)
+            return
         lc = run_config.launch
         launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
                              rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts)  # checks, one process too
