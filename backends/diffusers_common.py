@@ -95,10 +95,10 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 def _how_to_provide(repo_id: str) -> str:
     return (
         "treesdk never downloads weights. On a machine with network access run\n"
-        f"    huggingface-cli download {repo_id} --local-dir PATH\n"
-        "(gated models need the licence accepted on huggingface.co and `huggingface-cli login` first), "
+        f"    hf download {repo_id} --local-dir PATH\n"
+        "(gated models need the licence accepted on huggingface.co and `hf auth login` first), "
         "copy PATH here and pass --model PATH (Python: model=PATH); or fill the local Hugging Face cache "
-        f"with `huggingface-cli download {repo_id}` and pass model={repo_id!r}."
+        f"with `hf download {repo_id}` and pass model={repo_id!r}."
     )
 
 

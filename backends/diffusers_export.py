@@ -8,9 +8,13 @@ Formats (``fmt``):
   ``alpha / sqrt(r)`` for rsLoRA) folded into ``lora_B`` and no ``.alpha`` keys. A loader that
   assumes ``alpha = r`` (diffusers ``load_lora_weights`` on a file without adapter metadata,
   ComfyUI's LoraLoader without ``.alpha``) then applies ``W + B' A`` = the trained weight.
-* ``diffusers``: the merged transformer (``W + scaling * B A`` for every LoRA layer, computed
-  here; the training model is never modified) as a ``save_pretrained``-style folder
-  (``config.json`` + ``diffusion_pytorch_model.safetensors``) that ``from_pretrained`` loads.
+* ``diffusers``: a full pipeline folder that ``FluxPipeline`` / ``StableDiffusion3Pipeline``
+  ``.from_pretrained`` loads: ``transformer/`` holds the merged transformer (``W + scaling * B A``
+  for every LoRA layer, computed here; the training model is never modified) as
+  ``config.json`` + ``diffusion_pytorch_model.safetensors``, and the base model's other components
+  and ``model_index.json`` are hard-linked (copied across file systems) from the base folder
+  (:mod:`treesdk.training.pipeline_folder`). Without a base pipeline folder listing a ``transformer``
+  (a backend built around an in-memory pipeline) the transformer folder alone is written.
 * ``comfyui``: the merged transformer as one safetensors file in the original BFL (FLUX) / SAI (SD3)
   key layout, no prefix (:mod:`treesdk_backends.keymaps`), the original Wan layout, or diffusers'
   own names where ComfyUI's model uses them (Qwen-Image); only for families with such a layout
@@ -232,13 +236,21 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
         target = Path(path)
         config = dict(transformer.config)
 
-        def fill(folder: Path) -> None:
+        def write_transformer(folder: Path) -> list[str]:
             if hasattr(transformer, "save_config"):
                 transformer.save_config(folder)
             else:  # pragma: no cover - every diffusers model has save_config
                 (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
             atomic_save_safetensors(merged, folder / DIFFUSERS_WEIGHTS, meta)
+            return [str(folder / "config.json"), str(folder / DIFFUSERS_WEIGHTS)]
 
-        _write_folder_atomically(target, fill)
+        base = Path(str(getattr(backend, "model_path", "")))
+        from treesdk.training.pipeline_folder import assemble_pipeline, has_component
+
+        if has_component(base, "transformer"):  # the full pipeline: from_pretrained(target) loads it
+
+            _write_folder_atomically(target, lambda folder: assemble_pipeline(folder, base, write_transformer))
+            return [str(target / "model_index.json"), *(str(target / "transformer" / n) for n in ("config.json", DIFFUSERS_WEIGHTS))]
+        _write_folder_atomically(target, write_transformer)  # no base pipeline folder to take the rest from
         return [str(target / "config.json"), str(target / DIFFUSERS_WEIGHTS)]
     raise ValueError(f"the {family} backend cannot export format {fmt!r}; it supports: {', '.join(FORMATS)}")

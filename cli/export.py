@@ -1,6 +1,6 @@
 """``treesdk export``: write a trained policy as LoRA / merged weights, or check an exported file.
 
-    treesdk export RUN_OR_CHECKPOINT [--format lora|diffusers|comfyui|digits] [--out PATH]
+    treesdk export RUN_OR_CHECKPOINT [--format lora|diffusers|comfyui|digits] [--out PATH] [--dtype bf16]
     treesdk export --check FILE [--base PATH]
 
 Errors (bad run folder, format the backend cannot write, no LoRA adapter, unwritable path) print
@@ -33,6 +33,7 @@ def export(
     check: Optional[Path] = typer.Option(None, "--check", help="Read FILE back and check it against its base model."),  # noqa: UP007
     base: Optional[str] = typer.Option(None, "--base", help="Base model for --check (default: from the file's metadata)."),  # noqa: UP007
     device: str = typer.Option("cpu", "--device", help="Device to load the model on for the export."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16: dtype of the exported weights (default: as trained)."),  # noqa: UP007
 ) -> None:
     """Export a trained policy (safetensors, atomic writes, treesdk metadata), or --check a file."""
     from treesdk.training import export as api
@@ -51,7 +52,7 @@ def export(
     if fmt not in _FORMATS:
         raise _fail(f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", 2)
     with clean_errors():
-        files = api.export_run(run_or_checkpoint, fmt, out, device=device)
+        files = api.export_run(run_or_checkpoint, fmt, out, device=device, dtype=dtype)
     for file in files:
         typer.echo(file)
 

@@ -4,6 +4,10 @@ whether it imports.
 Reads the entry-point groups through :func:`treesdk.registry.plugin_status`; a plugin that fails to
 import is listed with its error and never hides the others. ``--json`` prints a list of objects
 ``{kind, name, value, distribution, version, ok, error}`` for scripts.
+
+``--verbose`` also shows each entry point and, for every backend and reward that imports, its
+constructor options (name, default, description): what ``--backend-opt KEY=VALUE`` /
+``--reward-opt NAME:KEY=VALUE`` and a run file's ``options`` accept (JSON: an ``options`` object).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ def plugins(
         typer.Option("--kind", "-k", help=f"only these kinds ({', '.join(GROUPS)}); repeatable"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show each entry point (module:object)")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show each entry point and every backend's and reward's options")] = False,
 ) -> None:
     """List backends, rewards and algorithms with their distribution, version and load status."""
     kinds = tuple(kind) if kind else tuple(GROUPS)
@@ -40,6 +44,7 @@ def plugins(
                 "version": r.version,
                 "ok": r.ok,
                 "error": r.error,
+                **({"options": plugin_options(r.kind, r.name)} if verbose and r.ok and r.kind in OPTION_KINDS else {}),
             }
             for r in rows
         ]
@@ -65,9 +70,60 @@ def plugins(
     if verbose and console.width < 160:  # entry points are long; folding them makes them unreadable
         console = Console(width=160)
     console.print(table)
+    if verbose:
+        for r in rows:
+            if r.ok and r.kind in OPTION_KINDS:
+                console.print(options_table(r.kind, r.name))
     failed = sum(not r.ok for r in rows)
     if failed:
         console.print(f"[yellow]{failed} plugin(s) failed to import; the others are usable.[/yellow]")
+
+
+#: plugin kinds whose constructor options are listed by ``--verbose``
+OPTION_KINDS = ("backend", "reward")
+
+
+def plugin_options(kind: str, name: str) -> dict[str, dict[str, object]]:
+    """``{option: {"default": ..., "required": bool, "description": ...}}`` of a plugin's constructor
+    (:func:`treesdk.nodes.options.options_model`: its ``Options`` model or its ``__init__`` signature
+    and docstring)."""
+    from treesdk import registry
+    from treesdk.nodes.options import options_model
+
+    factory = registry.load(kind, name)
+    fields = dict(options_model(factory).model_fields)
+    adapter = getattr(factory, "adapter_class", None)  # a diffusers family backend: its family's options too
+    if adapter is not None:
+        fields.update(options_model(adapter).model_fields)
+    from treesdk.nodes.options import _param_docs
+
+    docs: dict[str, str] = {}  # descriptions a subclass leaves to its bases' "Args:" sections
+    for cls in [*getattr(factory, "__mro__", ()), *getattr(adapter, "__mro__", ())]:
+        for text in (cls.__doc__, getattr(cls.__init__, "__doc__", None)):
+            docs = {**_param_docs(text), **docs}
+    out: dict[str, dict[str, object]] = {}
+    for option, field in fields.items():
+        required = field.is_required()
+        family = f"option of the {getattr(adapter, 'family', '')} family ({getattr(adapter, '__name__', '')})"
+        out[option] = {"default": None if required else field.default, "required": required,
+                       "description": field.description or docs.get(option)
+                       or (family if adapter is not None and option in options_model(adapter).model_fields else "")}
+    return out
+
+
+def options_table(kind: str, name: str) -> object:
+    """A rich table of :func:`plugin_options`."""
+    from rich.table import Table
+
+    flag = "--backend-opt KEY=VALUE" if kind == "backend" else f"--reward-opt {name}:KEY=VALUE"
+    table = Table(title=f"{kind} {name}: options ({flag})", title_justify="left")
+    table.add_column("option", no_wrap=True)
+    table.add_column("default", overflow="fold")
+    table.add_column("description", overflow="fold")
+    for option, info in plugin_options(kind, name).items():
+        default = "(required)" if info["required"] else repr(info["default"])
+        table.add_row(option, default, " ".join(str(info["description"]).split()))
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -19,7 +19,8 @@ def load_policy(run: str | None, backend: str, model: str | None, resolution: in
     if run is not None:
         overrides = backend_options(model, resolution, device, backend_opt)
         policy, _, state = load_trained_backend(run, **overrides)
-        console.print(f"loaded {policy.name} from {run} (iteration {state.get('iteration')})")
+        console.print(f"loaded {policy.name} from {run} (iteration {state.get('iteration')}"
+                      + (", EMA weights)" if state.get("ema") else ")"))
         return policy
     return treesdk.load_backend(backend, **backend_options(model, resolution, device, backend_opt))
 

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from treesdk.errors import UserError
+
 from .common import clean_errors, console
 
 
@@ -21,7 +23,7 @@ def _families() -> dict:
     try:
         from treesdk_backends.tiny import FAMILIES
     except ImportError as exc:  # diffusers / transformers missing
-        raise RuntimeError(f"treesdk tiny needs the diffusers extra ({exc}); install it with: pip install 'treesdk[diffusers]'") from None
+        raise UserError(f"treesdk tiny needs the diffusers extra ({exc}); install it with: pip install 'treesdk[diffusers]'") from None
     return FAMILIES
 
 

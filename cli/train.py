@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
 from treesdk.errors import UserError
 
 from .common import backend_options, clean_errors, console, parse_overrides, parse_reward_options, parse_rewards
+from .flags import apply_first_class, check_option_keys
 
 
 def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
@@ -30,8 +27,13 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
     if f["backend"] is not None:
         backend["name"] = f["backend"]
     extra = backend_options(f["model"], f["resolution"], None, f["backend_opt"])
+    name = backend.get("name") or "digits"
+    valid = option_names("backend", name)
+    check_option_keys("--backend-opt", f"backend {name!r}", extra, valid)
+    extra = apply_first_class(extra, valid, name, **{key: f[key] for key in FIRST_CLASS_FLAGS})
     if extra:
         backend["options"] = {**(backend.get("options") or {}), **extra}
+    check_option_keys("backend.options:", f"backend {name!r}", backend.get("options") or {}, valid)
     if backend:
         data["backend"] = backend
     if f["algo"] is not None and not (config_file is not None and "recipe" in data and data["recipe"] == config_file):
@@ -49,16 +51,31 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
         data["reward_options"] = {**(data.get("reward_options") or {}), **parse_reward_options(f["reward_opt"])}
     if f["prompts"] is not None:
         data["prompts"] = {"file": f["prompts"]}
-    for key in ("iters", "batch", "seed", "device"):
+    for key in ("column", "split"):
+        if f[f"prompt_{key}"] is not None:
+            data["prompts"] = {**(data.get("prompts") or {}), key: f[f"prompt_{key}"]}
+    overrides = {f"optim.{key}": f[key] for key in ("optimizer", "lr_schedule", "lr_warmup") if f[key] is not None}
+    if overrides:
+        data["overrides"] = {**(data.get("overrides") or {}), **overrides}
+    for key in ("iters", "batch", "seed", "device", "dtype", "precision"):
         if f[key] is not None:
             data[key] = f[key]
     for section, key, flag in (("checkpoint", "every", "checkpoint_every"), ("checkpoint", "keep", "keep_checkpoints"),
                                ("export", "format", "export_format"), ("launch", "nproc_per_node", "nproc_per_node"),
                                ("launch", "nnodes", "nnodes"), ("launch", "node_rank", "node_rank"),
                                ("launch", "rdzv_endpoint", "rdzv_endpoint"), ("launch", "max_restarts", "max_restarts"),
-                               ("launch", "fsdp", "fsdp")):
+                               ("launch", "fsdp", "fsdp"), ("ema", "decay", "ema_decay"), ("ema", "every", "ema_every"),
+                               ("ema", "use", "ema_use"), ("logging", "report_to", "report_to"),
+                               ("logging", "eval_every", "eval_every")):
         if f[flag] is not None:
             data[section] = {**(data.get(section) or {}), key: f[flag]}
+    if "precision" not in data:
+        from treesdk.training.precision import default_precision
+
+        data["precision"] = default_precision()  # accelerate launch --mixed_precision bf16
+    for reward, given_options in {**(data.get("reward_options") or {}),
+                                  **{n: r.get("options") or {} for n, r in _reward_sections(data).items()}}.items():
+        check_option_keys("--reward-opt", f"reward {reward!r}", given_options, option_names("reward", reward))
     given = {field: flag for field, (flag, var) in FLAG_OF_FIELD.items() if f.get(var) is not None}
     given.update({f"rewards.{name}.weight": f"--reward {name}" for name in data.get("rewards", {}) if f["reward"]})
     return run_config_from_data(data, config_file or "<command line>", given)
@@ -69,7 +86,45 @@ FLAG_OF_FIELD = {
     "iters": ("--iters", "iters"), "batch": ("--batch", "batch"), "seed": ("--seed", "seed"),
     "checkpoint.every": ("--checkpoint-every", "checkpoint_every"), "checkpoint.keep": ("--keep-checkpoints", "keep_checkpoints"),
     "export.format": ("--export-format", "export_format"), "device": ("--device", "device"),
+    "precision": ("--precision", "precision"), "ema.decay": ("--ema-decay", "ema_decay"),
+    "ema.every": ("--ema-every", "ema_every"), "ema.use": ("--ema-use", "ema_use"),
+    "logging.report_to": ("--report-to", "report_to"), "logging.eval_every": ("--eval-every", "eval_every"),
 }
+
+
+#: flags that become backend options (``treesdk_cli.flags.FIRST_CLASS``; --dtype is RunConfig.dtype)
+FIRST_CLASS_FLAGS = ("lora_rank", "lora_alpha", "lora_targets", "gradient_checkpointing", "guidance", "max_sequence_length")
+
+
+def _reward_sections(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``rewards``/``eval_rewards`` of run-file data that carry options (``{name: {options: ...}}``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in ("rewards", "eval_rewards"):
+        section = data.get(key)
+        if isinstance(section, dict):
+            out.update({n: v for n, v in section.items() if isinstance(v, dict)})
+    return out
+
+
+def option_names(kind: str, name: str) -> set[str] | None:
+    """Keyword options the registered ``kind`` plugin ``name`` takes (None: any, or an unknown name,
+    which fails later with the registry's own message)."""
+    from treesdk import registry
+    from treesdk.training.runs import accepted_options
+
+    try:
+        factory = registry.load(kind, name)
+    except Exception:  # noqa: BLE001 - unknown or broken plugin: reported where it is loaded
+        return None
+    accepted = accepted_options(factory)
+    adapter = getattr(factory, "adapter_class", None)  # a diffusers family backend: **family_options
+    if accepted is None and adapter is not None:
+        import inspect
+
+        named = {n for n, p in inspect.signature(factory).parameters.items() if p.kind is not p.VAR_KEYWORD}
+        family = accepted_options(adapter)
+        accepted = None if family is None else named | family
+    return None if accepted is None else accepted - {"self"}
 
 
 def train_command(
@@ -90,7 +145,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="seed of prompts order, windows and tree noise [default: 0]")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (cpu, cuda, cuda:1); backend default if unset")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (overrides the recipe)")] = None,
-    prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="prompts: text file (one per line), CSV/TSV, JSONL, JSON, parquet or a datasets folder", rich_help_panel="Data")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="recipe override DOTTED.KEY=VALUE, e.g. noise.level=0.8")] = None,
     backend_opt: Annotated[Optional[list[str]], typer.Option(help="backend option KEY=VALUE, e.g. lora_rank=32")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="iterations between checkpoints (0 = at the end) [default: 0]")] = None,
@@ -106,11 +161,32 @@ def train_command(
     max_restarts: Annotated[Optional[int], typer.Option(help="torchrun restarts after a worker failure; each resumes from the last checkpoint [default: 0]")] = None,
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="newest checkpoints kept in the run folder [default: 3]")] = None,
     fsdp: Annotated[Optional[bool], typer.Option("--fsdp/--no-fsdp", help="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank (0: train the whole transformer)", rich_help_panel="Model")] = None,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank, scale 1)", rich_help_panel="Model")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="comma-separated peft target modules, e.g. attn.to_q,attn.to_v", rich_help_panel="Model")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="weights dtype: float32, bfloat16, float16 (CPU default float32)", rich_help_panel="Model")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="compute precision: fp32, or bf16/fp16 autocast around the model (weights keep --dtype)", rich_help_panel="Model")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="recompute activations in the backward pass (less memory)", rich_help_panel="Model")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", "--cfg", help="guidance scale (FLUX distilled guidance, SD3/digits CFG)", rich_help_panel="Model")] = None,
+    max_sequence_length: Annotated[Optional[int], typer.Option(help="text-encoder tokens (T5) per prompt", rich_help_panel="Model")] = None,
+    prompt_column: Annotated[Optional[str], typer.Option(help="column/field of --prompts (CSV, JSONL, JSON, parquet, datasets)", rich_help_panel="Data")] = None,
+    prompt_split: Annotated[Optional[str], typer.Option(help="split of a datasets folder given to --prompts (default train)", rich_help_panel="Data")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw, adamw-8bit, adafactor, sgd (recipe optim.optimizer)", rich_help_panel="Optimisation")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="constant, linear or cosine, per iteration (recipe optim.lr_schedule)", rich_help_panel="Optimisation")] = None,
+    lr_warmup: Annotated[Optional[int], typer.Option(help="iterations of linear lr warm-up (recipe optim.lr_warmup)", rich_help_panel="Optimisation")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the trainable weights with this decay, e.g. 0.999 [default: 0 = off]", rich_help_panel="Optimisation")] = None,
+    ema_every: Annotated[Optional[int], typer.Option(help="optimiser steps between EMA updates [default: 1]", rich_help_panel="Optimisation")] = None,
+    ema_use: Annotated[Optional[str], typer.Option(help="where EMA weights are used: eval+export, eval, export, none [default: eval+export]", rich_help_panel="Optimisation")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="loggers: jsonl,tensorboard,wandb or none [default: jsonl,tensorboard]", rich_help_panel="Logging")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="evaluate every N iterations: samples/iter_N.png and logger images [default: 0 = start and end]", rich_help_panel="Logging")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (calls, leaves, memory per rank) and exit; loads no model")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON object")] = False,
+    gpu_memory: Annotated[Optional[float], typer.Option(help="with --dry-run: GiB per GPU; the plan says whether the run fits")] = None,
 ) -> None:
     """Post-train a model with a tree (or baseline) RL algorithm; writes a run folder."""
     from treesdk.training import distributed, launch
 
-    flags = dict(locals())
+    flags = {key: value for key, value in locals().items() if key not in ("dry_run", "json_", "gpu_memory")}
     with clean_errors():
         if resume and out is None:
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -118,6 +194,11 @@ def train_command(
         if resume and config is None and (out / "config.json").is_file():
             stored = str(out / "config.json")  # the run's own configuration, flags on top
         run_config = build_config(config or stored, flags)
+        if dry_run or json_ or gpu_memory is not None:
+            from .dry_run import dry_run as print_plan
+
+            print_plan(run_config, dry_run, json_, gpu_memory)
+            return
         lc = run_config.launch
         launch.torchrun_argv([], nproc_per_node=lc.nproc_per_node, nnodes=lc.nnodes, node_rank=lc.node_rank,
                              rdzv_endpoint=lc.rdzv_endpoint, max_restarts=lc.max_restarts)  # checks, one process too
@@ -173,6 +254,9 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
     reward options, the recipe's overrides), so a bad input fails at once and writes nothing."""
     from treesdk.training import distributed
     from treesdk.training.config import read_run_config
+    from treesdk.training.optimization import accumulation_summary
+    from treesdk.training.precision import cpu_defaults
+    from treesdk.training.progress import TrainProgress
     from treesdk.training.run_folders import check_out_dir, claim_run_dir, refuse_changed_config
     from treesdk.training.runs import build_run_parts, precheck_run_config
     from treesdk.training.trainer import Trainer
@@ -180,6 +264,15 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
     if out is not None and ctx.is_main:
         check_out_dir(out, resume, restarted=distributed.restart_count() > 0)
     precheck_run_config(config)
+    show = console.print if ctx.is_main else (lambda *a, **kw: None)
+    given = {"dtype": config.dtype} if config.dtype is not None else dict(
+        {"dtype": config.backend.options["dtype"]} if "dtype" in config.backend.options else {})
+    note = cpu_defaults(config.device or config.backend.options.get("device"), given,
+                        option_names("backend", config.backend.name), ctx.local_world_size)
+    if note:
+        show(f"[dim]{note}[/]")
+        if config.dtype is None and "dtype" not in config.backend.options and "dtype" in given:
+            config = config.model_copy(update={"dtype": given["dtype"]})
     if ctx.world_size > 1 and ctx.device.type == "cuda" and config.device in (None, "cuda"):
         config = config.model_copy(update={"device": str(ctx.device)})  # one GPU per rank: cuda:LOCAL_RANK
     if ctx.world_size > 1:  # a torchrun worker: its argv lost the launcher flags; record what it runs on
@@ -202,30 +295,21 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
     resume = distributed.resume_decision(ctx, run_dir, resume)  # torchrun restarts resume by themselves
     weights = {n: r.weight for n, r in parts.config.rewards.items()}
 
-    show = console.print if ctx.is_main else (lambda *a, **kw: None)
     show(
         f"[bold]treesdk train[/] backend={vm.name} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
         f"d={recipe.tree.d} roots={recipe.tree.roots} batch={config.batch} iters={config.iters} rewards={weights} -> {run_dir}"
         + (f" ranks={ctx.world_size} ({ctx.backend})" if ctx.world_size > 1 else "")
         + (" fsdp" if fsdp and ctx.world_size > 1 else "")
         + (" (resuming)" if resume else "")
+        + (f" precision={config.precision}" if config.precision != "fp32" else "")
     )
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
-    )
-    with bar if ctx.is_main else contextlib.nullcontext(bar) as progress:  # only rank 0 prints progress
-        task = progress.add_task("training", total=config.iters, info="")
-
-        def show_progress(row: dict[str, Any]) -> None:
-            if ctx.is_main:
-                progress.update(
-                    task, completed=row["iteration"],
-                    info=f"reward {row['reward_mean']:.3f}  nfe {row['nfe_sampling']}+{row['nfe_training']}  "
-                         f"{row['seconds']:.2f} s/iter",
-                )
-
-        trainer = Trainer.from_parts(parts, run_dir, collective=ctx.with_fsdp(fsdp), callbacks=[show_progress])
+    o, ema = recipe.optim, config.ema
+    show(f"[dim]optimiser {o.optimizer} lr {o.lr:g} ({o.lr_schedule}, warm-up {o.lr_warmup})"
+         + (f", EMA decay {ema.decay:g} every {ema.every} step(s) for {ema.use}" if ema.enabled else "")
+         + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.chunk)}[/]")
+    with TrainProgress(config.iters, console=console, enabled=ctx.is_main) as progress:  # only rank 0 shows it
+        trainer = Trainer.from_parts(parts, run_dir, collective=ctx.with_fsdp(fsdp), callbacks=[progress.on_iteration],
+                                     on_step=progress.on_step)
         run = trainer.fit(resume)
     if ctx.is_main:
         print_summary(run)
@@ -249,21 +333,10 @@ def keep_previous_config(run_dir: Path, stored: Any, new: Any) -> None:
 
 
 def print_summary(run: Any) -> None:
-    """Reward before/after on the evaluation set, per reward."""
-    table = Table(title=f"evaluation set: before vs after ({run.iterations} iterations)")
-    table.add_column("reward")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    table.add_column("change", justify="right")
-    for key in sorted(set(run.eval_before) | set(run.eval_after)):
-        b, a = run.eval_before.get(key), run.eval_after.get(key)
-        change = f"{a - b:+.4f}" if a is not None and b is not None else "-"
-        table.add_row(key.removesuffix("_mean"), f"{b:.4f}" if b is not None else "-", f"{a:.4f}" if a is not None else "-", change)
-    console.print(table)
-    if run.interrupted:
-        console.print(f"[yellow]interrupted: checkpoint written at iteration {run.iterations}; resume with --resume "
-                      f"(exit code {run.exit_code})[/]")
-    console.print(f"run folder: {run.out_dir}" + (f"; exported: {', '.join(run.exported)}" if run.exported else ""))
+    """Reward before/after on the evaluation set, per reward (:func:`treesdk.training.progress.print_summary`)."""
+    from treesdk.training.progress import print_summary as show_summary
+
+    show_summary(run, console)
 
 
 def register(app: typer.Typer) -> None:

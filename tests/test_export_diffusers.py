@@ -129,7 +129,7 @@ def _transformer_class(family):
 
 def test_lora_export_loads_with_load_lora_weights_at_trained_strength(trained, tmp_path):
     files = export_run(trained.run, "lora", tmp_path / "lora.safetensors")
-    assert files == [str(tmp_path / "lora.safetensors")]
+    assert files == [str(tmp_path / "lora.safetensors"), str(tmp_path / "README.md")]  # the model card last
     state = load_file(files[0])
     assert all(k.startswith("transformer.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in state)
     assert not any(".alpha" in k or "base_model" in k or ".default" in k for k in state)
@@ -162,13 +162,14 @@ def test_lora_keys_are_what_save_lora_weights_writes(trained, tmp_path):
 
 def test_merged_diffusers_folder_gives_the_trained_velocity(trained, tmp_path):
     before = {k: v.clone() for k, v in trained.backend.transformer.state_dict().items()}
-    files = export_run(trained.run, "diffusers", tmp_path / "transformer")
-    assert sorted(Path(f).name for f in files) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    model = _transformer_class(trained.family).from_pretrained(tmp_path / "transformer")
-    torch.testing.assert_close(_velocity(trained.backend, model), trained.v_trained, rtol=1e-4, atol=1e-5)
+    files = export_run(trained.run, "diffusers", tmp_path / "pipeline")
+    assert sorted(Path(f).name for f in files) == ["README.md", "config.json", "diffusion_pytorch_model.safetensors",
+                                                   "model_index.json"]
+    pipe = _pipeline_class(trained.family).from_pretrained(tmp_path / "pipeline")  # the full pipeline loads
+    torch.testing.assert_close(_velocity(trained.backend, pipe.transformer), trained.v_trained, rtol=1e-4, atol=1e-5)
     after = trained.backend.transformer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the training model is untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["transformer"]  # no temp folders left
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # no temp folders left
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +329,8 @@ def test_check_fails_on_a_wrong_shape(trained, tmp_path):
 def test_cli_export_writes_into_the_run_folder(trained):
     result = CliRunner().invoke(app, ["export", str(trained.run)])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().endswith(str(trained.run / "export" / "lora.safetensors"))  # after progress bars
+    # after progress bars: the files, the model card last
+    assert result.output.strip().endswith(f'{trained.run / "export" / "lora.safetensors"}\n{trained.run / "export" / "README.md"}')
     assert check_file(trained.run / "export" / "lora.safetensors").ok
 
 
@@ -354,5 +356,5 @@ def test_full_finetune_run_refuses_lora_and_leaves_files(trained, tmp_path):
     assert len(errors) == 1 and "no LoRA adapter" in errors[0]
     assert existing.read_bytes() == b"old"
     export_run(run, "diffusers", tmp_path / "merged")
-    model = _transformer_class("flux").from_pretrained(tmp_path / "merged")
+    model = _transformer_class("flux").from_pretrained(tmp_path / "merged" / "transformer")
     torch.testing.assert_close(model.proj_out.weight, backend.transformer.proj_out.weight)

@@ -115,3 +115,15 @@ def test_cli_usage_errors(tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "does not exist" in result.output
     assert runner.invoke(app, ["export", str(tmp_path), "--format", "onnx"]).exit_code == 2
+
+
+def test_export_dtype_and_missing_output_folders_are_created(digits_run, tmp_path):
+    root, _, _ = digits_run
+    target = tmp_path / "new" / "deeper" / "policy.safetensors"  # folders created before the model loads
+    files = export_run(root / "run", "digits", target, dtype="bf16")
+    assert files == [str(target)]
+    with safe_open(str(target), framework="pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}
+        assert handle.metadata()["treesdk.dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="--dtype 'fp8'"):
+        export_run(root / "run", "digits", tmp_path / "x.safetensors", dtype="fp8")

@@ -379,7 +379,7 @@ def test_missing_or_partial_checkpoint_names_the_missing_part(tiny_flux_path, tm
     with pytest.raises(CheckpointNotFoundError) as err:
         make(tmp_path / "nowhere")
     text = str(err.value)
-    assert "does not exist" in text and "huggingface-cli download black-forest-labs/FLUX.1-dev" in text
+    assert "does not exist" in text and "hf download black-forest-labs/FLUX.1-dev" in text
     for part in ("model_index.json", "scheduler/", "text_encoder/", "text_encoder_2/", "tokenizer/",
                  "tokenizer_2/", "transformer/", "vae/"):
         assert part in text

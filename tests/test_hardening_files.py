@@ -39,11 +39,17 @@ def snapshot(folder) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A digits run with checkpoints after iterations 1 and 2 (tiny tree, 4 steps)."""
+    """A digits run folder with checkpoints after iterations 1 and 2 and a ``digits`` export (tiny
+    tree, 4 steps, no evaluation set: the files are what these tests are about)."""
+    import treesdk
+
     run = tmp_path_factory.mktemp("hardening") / "run"
-    ok(runner.invoke(app, ["train", "--iters", "2", "--batch", "1", "--steps", "4", "--d", "2", "--checkpoint-every", "1",
-                           "--out", str(run), "--seed", "3"]))
+    backend = treesdk.load_backend("digits")
+    recipe = treesdk.load_algorithm("treegrpo", **{**backend.recipe_defaults(), "steps": 4, "tree.d": 2})
+    treesdk.train(recipe, backend, {"digit-classifier": treesdk.load_reward("digit-classifier")}, ["the digit seven"],
+                  iters=2, batch=1, seed=3, checkpoint_every=1, export_format="digits", out_dir=run)
     assert [p.name for p in list_checkpoints(run)] == ["iter_000001", "iter_000002"]
+    assert (run / "export" / "digits.safetensors").is_file()
     return run
 
 

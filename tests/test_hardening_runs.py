@@ -178,7 +178,7 @@ def test_metrics_are_strict_json_and_rewritten_atomically(plugins, finished, mon
     """Class 2/3: a resume that fails while dropping the lines past its checkpoint leaves
     metrics.jsonl whole; a torn last line (a kill mid-append) is dropped; NaN/inf are written as null."""
     import treesdk.io
-    from treesdk.training.metrics import MetricsLog
+    from treesdk.training.loggers import JsonlLogger  # metrics.jsonl (treesdk.training.loggers)
 
     metrics = finished / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"iteration": 3, "loss": 1.0}\n{"iteration": 4, "lo')
@@ -189,11 +189,11 @@ def test_metrics_are_strict_json_and_rewritten_atomically(plugins, finished, mon
 
     monkeypatch.setattr(treesdk.io.os, "replace", disk_full)
     with pytest.raises(OSError, match="No space"):
-        MetricsLog(finished, resume_from=2, tensorboard=False)
+        JsonlLogger(finished, resume_from=2)
     assert metrics.read_bytes() == before
     monkeypatch.undo()
-    log = MetricsLog(finished, resume_from=2, tensorboard=False)
-    log.log({"iteration": 3, "reward_mean": float("inf"), "loss": float("nan")})
+    log = JsonlLogger(finished, resume_from=2)
+    log.log_metrics({"iteration": 3, "reward_mean": float("inf"), "loss": float("nan")}, 3)
     lines = metrics.read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines if '"eval"' not in line] == [1, 2, 3]
     strict = json.loads(lines[-1], parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))

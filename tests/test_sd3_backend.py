@@ -270,7 +270,7 @@ def test_missing_or_partial_checkpoint_names_the_missing_part(tiny_sd3_path, tmp
         make(partial)
     text = str(err.value)
     assert "missing model_index.json, text_encoder_3/" in text
-    assert "huggingface-cli download stabilityai/stable-diffusion-3.5-medium" in text
+    assert "hf download stabilityai/stable-diffusion-3.5-medium" in text
     for part in ("text_encoder_3/", "tokenizer_3/", "transformer/", "vae/", "scheduler/"):
         assert part in text
 

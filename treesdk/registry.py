@@ -116,9 +116,11 @@ def check_options(kind: str, name: str, factory: Any, options: dict[str, Any], f
     accepted = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY) and p != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
+        from .suggest import closest_first
+
         raise UserError(
             f"{flag}: {kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(accepted) or 'none'}"
+            f"its options are (closest first): {', '.join(closest_first(unknown[0], accepted)) or 'none'}"
         )
 
 

@@ -45,9 +45,16 @@ def prompt_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def _draw(generators: list[torch.Generator], counts: Sequence[int], shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """Standard normal noise, ``counts[p]`` rows from prompt ``p``'s generator, prompt-major."""
+    """Standard normal noise, ``counts[p]`` rows from prompt ``p``'s generator, prompt-major.
+
+    Drawn on the CPU; copied to a CUDA device from pinned memory without blocking, so the host
+    does not wait for the previous velocity call to finish (a pageable copy would synchronise).
+    """
     parts = [torch.randn((n, *shape), generator=g, dtype=torch.float32) for g, n in zip(generators, counts)]
-    return torch.cat(parts, dim=0).to(device)
+    noise = torch.cat(parts, dim=0)
+    if device.type == "cuda":
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
 
 
 @torch.no_grad()

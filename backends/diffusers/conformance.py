@@ -117,6 +117,8 @@ def check_merged_export(backend: DiffusersFlowBackend, atol: float = 1e-5) -> di
         folder = Path(tmp) / "merged"
         backend.export("diffusers", str(folder), {})
         cls = type(backend.transformer)
+        if (folder / "transformer" / "config.json").is_file():  # a full pipeline folder around it
+            folder = folder / "transformer"
         merged = cls.from_pretrained(folder, torch_dtype=backend.dtype).to(backend.device)
         with _using(backend, merged):
             result["diffusers_max_abs_diff"] = float((_probe(backend) - trained).abs().max())

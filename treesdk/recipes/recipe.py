@@ -307,7 +307,15 @@ class KLSpec(Part):
 
 
 class OptimSpec(Part):
-    """AdamW and the update schedule of one iteration."""
+    """The optimiser, its lr schedule over the run, and the update schedule of one iteration
+    (``passes x minibatches`` optimiser steps; see :mod:`treesdk.training.optimization`)."""
+
+    optimizer: Literal["adamw", "adamw-8bit", "adafactor", "sgd"] = Field(
+        "adamw", description="optimiser: adamw, adamw-8bit (bitsandbytes), adafactor, sgd (momentum betas[0])")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="lr over the run's iterations after the warm-up: constant, linear or cosine decay")
+    lr_warmup: int = Field(0, ge=0, description="iterations of linear lr warm-up")
+    lr_min_factor: float = Field(0.0, ge=0, le=1, description="final lr of linear/cosine decay, as a fraction of lr")
 
     lr: float = Field(1e-4, gt=0, le=1, description="learning rate")
     betas: tuple[float, float] = (0.9, 0.999)

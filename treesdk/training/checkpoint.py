@@ -3,7 +3,8 @@
 Layout of ``RUN/checkpoints/iter_000012/``::
 
     trainable.safetensors   backend.trainable_state_dict()
-    optimizer.safetensors   every tensor of optimizer.state_dict()["state"] as "state.<param>.<name>"
+    optimizer.safetensors   every tensor of optimizer.state_dict()["state"] as "state.<param>.<name>",
+                            the RNG states ("rng.*") and extra tensors such as the EMA ("ema.*")
     state.json              {"iteration": 12, "param_groups": [...], "recipe": {...}, ...}
 
 A checkpoint folder is written under a temporary name, fsynced, then renamed: a run killed while
@@ -254,11 +255,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | Mapping[str, Any],
     state: dict[str, Any],
     keep: int = 3,
+    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``.
 
     ``optimizer`` is the optimiser or its (full, unsharded) ``state_dict()``, e.g. one gathered
-    under FSDP by :meth:`treesdk.training.distributed.FullyShardedTraining.full_optimizer_state`."""
+    under FSDP by :meth:`treesdk.training.distributed.FullyShardedTraining.full_optimizer_state`. ``extra``
+    tensors (e.g. the EMA's ``ema.*``) are stored beside the optimiser state and come back in
+    ``state["extra"]`` from :func:`load_checkpoint`."""
     final = checkpoint_dir(run_dir, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(".tmp-iter_*"):  # left by a writer killed mid-checkpoint
@@ -269,6 +273,7 @@ def save_checkpoint(
         atomic_save_safetensors(trainable, tmp / "trainable.safetensors", {"iteration": str(iteration)})
         tensors, groups = _optimizer_tensors(optimizer)
         tensors.update(rng_state_tensors())
+        tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
         atomic_save_safetensors(tensors, tmp / "optimizer.safetensors", {"iteration": str(iteration)})
         files = {name: file_record(tmp / name) for name in ("trainable.safetensors", "optimizer.safetensors")}
         atomic_write_json({**state, "iteration": iteration, "param_groups": groups, "files": files}, tmp / "state.json")
@@ -296,6 +301,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         for key, value in load_file(str(optim_file)).items():
             if key.startswith("rng."):
                 state.setdefault("rng", {})[key] = value
+                continue
+            if not key.startswith("state."):
+                state.setdefault("extra", {})[key] = value
                 continue
             _, param_id, name = key.split(".", 2)
             optim_state["state"].setdefault(int(param_id), {})[name] = value

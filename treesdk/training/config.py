@@ -12,7 +12,8 @@ A run file (YAML or JSON) holds the same keys::
     overrides: {tree.k: 3}           # dotted recipe overrides, applied after the backend's defaults
     rewards: {digit-classifier: 1.0} # name -> weight, or name -> {weight: 1.0, options: {...}}
     eval_rewards: [digit-evaluator]  # held-out rewards (None: the backend's)
-    prompts: {file: prompts.txt}     # or {items: [...]}; none: the backend's default prompts
+    prompts: {file: prompts.txt}     # or {items: [...]}; file: text/CSV/JSONL/JSON/parquet/datasets folder,
+                                     # with column and split; none: the backend's default prompts
     batch: 8
     iters: 60
     seed: 0
@@ -20,6 +21,9 @@ A run file (YAML or JSON) holds the same keys::
     checkpoint: {every: 0, keep: 3}
     export: {format: null}           # null: the backend's default format; "none": no export
     launch: {nproc_per_node: 1, nnodes: 1}
+    precision: fp32                  # or bf16/fp16: autocast around the model (weights keep dtype)
+    ema: {decay: 0.0, every: 1, use: eval+export}
+    logging: {report_to: [jsonl, tensorboard], eval_every: 0}
 
 A recipe given by name or file is *resolved* when the run starts (preset, then the backend's
 scale defaults for presets, then ``overrides``); ``config.json`` holds the resolved recipe inline.
@@ -35,6 +39,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from treesdk.recipes import Recipe, RecipeError, load_recipe
+from treesdk.training.loggers import parse_report_to
+from treesdk.training.optimization import EMAConfig
 from treesdk.safe_load import MAX_PROMPT_BYTES, excerpt, read_json_file, read_mapping_file, read_text
 
 
@@ -60,11 +66,13 @@ class RewardConfig(_Section):
 
 
 class PromptsConfig(_Section):
-    """Where the training prompts come from: an inline list or a text file (one prompt per line,
-    ``#`` comments); neither: the backend's default prompts."""
+    """Where the training prompts come from: an inline list or a file / datasets folder
+    (:func:`treesdk.training.prompts.load_prompts`); neither: the backend's default prompts."""
 
     items: list[str] | None = Field(None, description="the prompts")
-    file: str | None = Field(None, description="text file with one prompt per line")
+    file: str | None = Field(None, description="text (one per line), CSV/TSV, JSONL, JSON, parquet file or datasets folder")
+    column: str | None = Field(None, description="column/field of the file (default: prompt, caption or text)")
+    split: str | None = Field(None, description="split of a datasets folder (default: train)")
 
     def load(self, default: list[str]) -> list[str]:
         """The prompts (``default`` when none are configured)."""
@@ -76,6 +84,9 @@ class PromptsConfig(_Section):
                 raise ValueError("prompts.items holds no prompt")
             return prompts
         if self.file is not None:
+            from treesdk.training.prompts import load_prompts
+
+            return load_prompts(self.file, self.column, self.split)
             path = Path(self.file)
             lines = [line.strip() for line in read_text(path, "prompt file", MAX_PROMPT_BYTES).splitlines()]
             prompts = [line for line in lines if line and not line.startswith("#")]
@@ -108,7 +119,17 @@ class LaunchConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    tensorboard: bool = Field(True, description="write TensorBoard events under RUN/tb")
+    """Loggers (:mod:`treesdk.training.loggers`) and evaluations during training."""
+
+    report_to: list[str] = Field(default_factory=lambda: ["jsonl", "tensorboard"],
+                                 description="loggers: jsonl, tensorboard, wandb (a list or 'a,b'; 'none': none)")
+    tensorboard: bool = Field(True, description="False drops tensorboard from report_to")
+    eval_every: int = Field(0, ge=0, description="evaluate every N iterations too (0: before and after only)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _loggers(cls, value: Any) -> list[str]:
+        return parse_report_to(value)
 
 
 class RunConfig(_Section):
@@ -131,6 +152,16 @@ class RunConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    precision: str = Field("fp32", description="compute precision: fp32, or bf16/fp16 autocast (weights keep dtype)")
+    ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of the trainable weights (decay 0: off)")
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from treesdk.training.precision import parse_precision
+
+        parse_precision(value)  # a one-line error naming the valid values
+        return value
 
     @field_validator("rewards", "eval_rewards", mode="before")
     @classmethod
@@ -202,7 +233,7 @@ class RunConfigError(ValueError):
 
 #: top-level keys that mark a run file (a recipe file has none of them)
 RUN_KEYS = frozenset({"backend", "rewards", "eval_rewards", "reward_options", "prompts", "batch", "iters", "seed", "checkpoint", "export",
-                      "launch", "logging", "overrides", "device", "dtype"})
+                      "launch", "logging", "overrides", "device", "dtype", "precision", "ema"})
 
 
 def is_run_file_data(data: Mapping[str, Any]) -> bool:

@@ -299,8 +299,9 @@ def export_run(
     fmt: str = "lora",
     out: str | os.PathLike[str] | None = None,
     device: str | None = "cpu",
+    dtype: str | None = None,
 ) -> list[str]:
-    """Export a run's policy; returns the files written.
+    """Export a run's policy; returns the files written (the model card ``README.md`` last).
 
     Args:
         run_or_checkpoint: a run folder (its latest checkpoint) or one checkpoint folder.
@@ -308,6 +309,12 @@ def export_run(
             in ``export_formats``.
         out: target file or folder; None = ``RUN/export/<fmt default name>``.
         device: device to load the backend on for the export (None = as trained).
+        dtype: ``fp32``/``bf16``/``fp16``: floating-point tensors of the written weights in that
+            dtype (None = as trained); see :func:`treesdk.training.pipeline_folder.cast_safetensors`.
+
+    A run trained with EMA for export (``ema.use``) exports the checkpoint's EMA weights, as its
+    own end-of-run export did. A model card (:mod:`treesdk.training.model_card`) is written beside ``lora`` and ``diffusers``
+    exports: in the folder of the LoRA file, at the top of the pipeline folder.
 
     Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
@@ -323,23 +330,34 @@ def export_run(
     formats = tuple(getattr(factory, "export_formats", ()))
     if fmt not in formats:
         raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
+    from .model_card import write_model_card
+    from .optimization import load_ema_weights
+    from .pipeline_folder import cast_safetensors, parse_export_dtype
+
+    export_dtype = parse_export_dtype(dtype)
     target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)
-    if out is None:
-        target.parent.mkdir(parents=True, exist_ok=True)
     _check_writable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)  # created before the (slow) model load
+    if not target.suffix and not target.exists():
+        target.mkdir()  # a folder target: the backend writes into it (or replaces it atomically)
     if fmt == "lora" and backend_options(config, factory).get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
     trainable = load_trainable(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, device=device)
     backend.load_trainable_state_dict(trainable)
+    averaged = load_ema_weights(backend, config.ema, ckpt, "export")  # as the run's own end-of-run export
     recipe = config.recipe if isinstance(config.recipe, Recipe) else config.resolve_recipe()
     metadata = export_metadata(name, {**config.backend.describe, **backend.describe()}, recipe, int(state.get("iteration", 0)))
-    return list(backend.export(fmt, str(target), metadata))
+    metadata["treesdk.ema"] = str(averaged)
+    files = cast_safetensors(list(backend.export(fmt, str(target), metadata)), export_dtype)
+    rewards = {n: r.weight for n, r in config.rewards.items()} or None
+    card = write_model_card(files, fmt, metadata, rewards=rewards)
+    return files + ([str(card)] if card is not None else [])
 
 
 def default_export_name(fmt: str) -> str:
     """File (or folder, for ``diffusers``) name of format ``fmt`` inside ``RUN/export/``."""
-    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "transformer"}.get(
+    return {"lora": "lora.safetensors", "comfyui": "comfyui.safetensors", "diffusers": "pipeline"}.get(
         fmt, f"{fmt}.safetensors"
     )
 

@@ -1,50 +1,32 @@
-"""A run's metrics file and the stop request: the bookkeeping around the training loop."""
+"""What a run leaves behind (:class:`Run`) and the stop request around the training loop (metrics
+files and loggers: :mod:`treesdk.training.loggers`)."""
 
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treesdk.io import strict_json_line, truncate_jsonl
 
+@dataclass
+class Run:
+    """What a finished (or stopped) training run leaves behind."""
 
-class MetricsLog:
-    """``metrics.jsonl`` + TensorBoard events of a run folder, written by rank 0 only.
+    out_dir: Path | None
+    iterations: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    exported: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    #: the signal that stopped the run early (SIGINT/SIGTERM; None: a callback, or another rank's signal)
+    stop_signal: int | None = None
 
-    On resume, lines past the checkpoint's iteration are dropped first (they belong to iterations
-    that will be run again): the file is rewritten atomically, so a failure there leaves it whole.
-    Lines are strict JSON (NaN/inf values are written as ``null``).
-    """
-
-    def __init__(self, out_dir: Path | None, resume_from: int | None, tensorboard: bool = True) -> None:
-        self.path = out_dir / "metrics.jsonl" if out_dir else None
-        self.writer = None
-        if out_dir is None:
-            return
-        if resume_from is not None and self.path.is_file():  # drop lines past the checkpoint
-            truncate_jsonl(self.path, lambda row: row.get("iteration", 0) <= resume_from)
-        if tensorboard:
-            # imported here: tensorboard takes seconds to import and only a run with a folder needs it
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tb"))
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a") as handle:
-            handle.write(strict_json_line(row) + "\n")
-        if self.writer is not None:
-            prefix = "eval/" if row.get("eval") else "train/"
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration":
-                    self.writer.add_scalar(prefix + key, value, row.get("iteration", 0))
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    @property
+    def exit_code(self) -> int:
+        """0 when finished; stopped early: ``128 + signal`` (130 SIGINT, else 143 as for SIGTERM)."""
+        return 128 + int(self.stop_signal or signal.SIGTERM) if self.interrupted else 0
 
 
 class StopRequest:

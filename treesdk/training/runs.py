@@ -42,13 +42,16 @@ def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dic
 
 
 def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> RunParts:
-    """Load the backend (unless given), resolve the recipe with the backend's scale defaults, and
-    load the rewards (the backend's defaults when the config names none), prompts and eval set."""
+    """Load the backend (unless given; wrapped for ``config.precision``), resolve the recipe with the
+    backend's scale defaults, and load the rewards (the backend's defaults when the config names
+    none), prompts and eval set."""
+    from treesdk.training.precision import with_precision
+
     if backend is None:
         factory = registry.load("backend", config.backend.name)
         registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
         backend = factory(**config.backend_options())
-    vm = backend
+    vm = with_precision(backend, config.precision)  # bf16/fp16: autocast around velocity and decode
     recipe = config.resolve_recipe(vm.recipe_defaults())
     weights = {n: r.weight for n, r in config.rewards.items()} or vm.default_rewards()
     if not weights:
@@ -181,7 +184,8 @@ def rebuild_backend(config: RunConfig, **option_overrides: Any) -> VelocityModel
 
 
 def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any) -> tuple[VelocityModel, RunConfig, dict[str, Any]]:
-    """The run's backend with the newest (or the given) checkpoint's weights loaded.
+    """The run's backend with the newest (or the given) checkpoint's weights loaded (its EMA weights
+    when the run used EMA for evaluation; ``state["ema"]`` says whether).
 
     Returns ``(backend, the run's RunConfig, checkpoint state.json)``.
     """
@@ -190,6 +194,10 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
     trainable, _, state = load_checkpoint(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, **option_overrides)
     backend.load_trainable_state_dict(trainable)
+    from treesdk.training.optimization import load_ema_weights
+
+    state.pop("extra", None)
+    state["ema"] = load_ema_weights(backend, config.ema, ckpt, "eval")  # the weights the run evaluated
     return backend, config, state
 
 

@@ -15,8 +15,8 @@ Run folder::
 
     config.json        the resolved RunConfig (a valid run file)
     metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
-    tb/                TensorBoard events
-    samples/           start.png / end.png grids of the evaluation set
+    tb/, wandb/        TensorBoard events (scalars, grids, reward histograms), wandb files (--report-to)
+    samples/           start.png / iter_N.png (--eval-every) / end.png grids of the evaluation set
     checkpoints/       iter_NNNNNN/ (see treesdk.training.checkpoint)
     export/            the exported policy
 """
@@ -24,15 +24,10 @@ Run folder::
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe, parts
@@ -45,54 +40,20 @@ from treesdk.training.distributed import restart_count
 from treesdk.training.evaluate import decode_chunked, evaluate
 from treesdk.training.export import default_export_name, export_run
 from treesdk.training.metadata import export_metadata
-from treesdk.training.metrics import MetricsLog, StopRequest
+from treesdk.training.loggers import Loggers, build_loggers, parse_report_to
+from treesdk.training.batches import iteration_prompts, slot_seed
+from treesdk.training.metrics import Run, StopRequest
+from treesdk.training.model_card import write_model_card
+from treesdk.training.optimization import EMAConfig, Optimization
 from treesdk.training.run_folders import RunLock, check_out_dir
 from treesdk.training.runs import RunParts, build_run_parts, check_parts
 from treesdk.training.update import policy_update
-from treesdk.images import save_grid
+from treesdk.images import make_grid, save_grid
 
 _log = logging.getLogger("treesdk")
 
 #: a callback receives each iteration's metrics row; returning True requests a stop
 Callback = Callable[[dict[str, Any]], Any]
-
-
-@dataclass
-class Run:
-    """What a finished (or stopped) training run leaves behind."""
-
-    out_dir: Path | None
-    iterations: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    eval_before: dict[str, float] = field(default_factory=dict)
-    eval_after: dict[str, float] = field(default_factory=dict)
-    exported: list[str] = field(default_factory=list)
-    interrupted: bool = False
-    #: the signal that stopped the run early (SIGINT/SIGTERM; None: a callback, or another rank's signal)
-    stop_signal: int | None = None
-
-    @property
-    def exit_code(self) -> int:
-        """0 when finished; stopped early: ``128 + signal`` (130 SIGINT, else 143 as for SIGTERM)."""
-        return 128 + int(self.stop_signal or signal.SIGTERM) if self.interrupted else 0
-
-
-def slot_seed(seed: int, iteration: int, slot: int) -> int:
-    """Seed of the tree in global batch slot ``slot`` at ``iteration`` (independent of ranks)."""
-    return int(np.random.SeedSequence([seed, iteration, slot, 0x7EE]).generate_state(1)[0])
-
-
-def iteration_prompts(prompts: Sequence[str], batch: int, seed: int, iteration: int) -> list[str]:
-    """The ``batch`` prompts of ``iteration``: an epoch-wise shuffle of ``prompts`` (with
-    repetition when ``batch`` exceeds the prompt count), a pure function of ``(seed, iteration)``."""
-    n = len(prompts)
-    start = iteration * batch
-    out = []
-    for position in range(start, start + batch):
-        epoch, offset = divmod(position, n)
-        order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
-        out.append(prompts[int(order[offset])])
-    return out
 
 
 class Trainer:
@@ -118,7 +79,10 @@ class Trainer:
             backend's ``fsdp_modules()`` before the optimiser is built.
         callbacks: called with each iteration's metrics row; one returning True stops the run after the
             iteration (checkpoint written), as SIGINT/SIGTERM do.
-        on_step: ``on_step(phase, done, total)`` for progress bars.
+        on_step: ``on_step(phase, done, total)`` for progress displays (:mod:`treesdk.training.progress`).
+        ema, report_to, eval_every: EMA (:class:`~treesdk.training.optimization.EMAConfig`), loggers
+            (:mod:`treesdk.training.loggers`), evaluations every N iterations (0: before/after only).
+    Optimiser, lr schedule and accumulation: the recipe's ``optim`` (:mod:`treesdk.training.optimization`).
     """
 
     def __init__(
@@ -145,6 +109,9 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         on_step: Callable[[str, int, int], None] | None = None,
         tensorboard: bool = True,
+        ema: EMAConfig | Mapping[str, Any] | None = None,
+        report_to: str | Sequence[str] | None = None,
+        eval_every: int = 0,
     ) -> None:
         check_parts(prompts, rewards, weights)
         self.recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
@@ -166,12 +133,16 @@ class Trainer:
         self.eval_rewards = {**self.rewards, **(eval_rewards or {})}
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.export_format = export_format
+        self.callbacks, self.on_step, self.eval_every = list(callbacks), on_step, int(eval_every)
+        self.report_to = [n for n in parse_report_to(report_to) if tensorboard or n != "tensorboard"]
+        self.ema_config = ema if isinstance(ema, EMAConfig) else EMAConfig(**dict(ema or {}))
         self.config = config or RunConfig(
             backend={"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
-            recipe=self.recipe, rewards=self.weights, eval_rewards=sorted(eval_rewards or {}),
-            batch=batch, iters=iters, seed=seed,
+            recipe=self.recipe, rewards=self.weights, eval_rewards=sorted(eval_rewards or {}), batch=batch,
+            iters=iters, seed=seed, ema=self.ema_config, logging={"report_to": self.report_to, "eval_every": eval_every},
         )
-        self.callbacks, self.on_step, self.tensorboard = list(callbacks), on_step, tensorboard
+        if self.ema_config.enabled and self.collective.fsdp is not None:
+            raise ValueError("--ema-decay with --fsdp is not supported yet (the average would be sharded); drop one of them")
 
         # the parts, built from the recipe through the registry
         if self.collective.fsdp is not None:
@@ -182,8 +153,8 @@ class Trainer:
         self.params = backend.trainable_parameters()
         if not self.params:
             raise ValueError(f"backend {backend.name!r} has no trainable parameters")
-        o = self.recipe.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+        self.optimization = Optimization(self.params, self.recipe.optim, iters, self.ema_config)
+        self.optimizer = self.optimization.optimizer
         # steps taken, and the count when the running update began: are the weights the last iteration's?
         self._optimizer_steps = 0
         self._update_began_at: int | None = None
@@ -192,7 +163,7 @@ class Trainer:
 
         self.iteration = 0
         self.run = Run(out_dir=self.out, iterations=0)
-        self.log = MetricsLog(None, None)
+        self.log: Loggers = Loggers()
         self._stop_requested = False
 
     @classmethod
@@ -228,7 +199,8 @@ class Trainer:
             eval_prompts=built.eval_prompts, eval_seeds=built.eval_seeds, eval_rewards=built.eval_reward_models,
             checkpoint_every=config.checkpoint.every, keep_checkpoints=config.checkpoint.keep,
             export_format=built.export_format, config=built.config, collective=collective,
-            callbacks=callbacks, on_step=on_step, tensorboard=config.logging.tensorboard,
+            callbacks=callbacks, on_step=on_step, tensorboard=config.logging.tensorboard, ema=config.ema,
+            report_to=config.logging.report_to, eval_every=config.logging.eval_every,
         )
 
     # -- the run, step by step -------------------------------------------------------------------
@@ -247,7 +219,9 @@ class Trainer:
             self._resume(out)
         elif out is not None and main:
             (out / "config.json").write_text(self.config.to_json())
-        self.log = MetricsLog(out if main else None, self.iteration if resume else None, self.tensorboard)
+        self.optimization.start(self.iteration)
+        self.log = build_loggers(self.report_to, out if main else None, config=self.config.model_dump(mode="json"),
+                                 resume_from=self.iteration if resume else None)
         if self.eval_prompts and not resume:
             self.run.eval_before = self.evaluate("start")
 
@@ -267,9 +241,13 @@ class Trainer:
         t1 = time.perf_counter()
 
         # 2. decode the leaves and score them (NaN/inf stops here, before any update)
+        self._phase("decoding", 0, 1)
         images = decode_chunked(self.backend, forest.leaves, recipe.chunk)
+        self._phase("rewards", 0, len(self.rewards))
         scores = score_images(self.rewards, images, [prompts[int(p)] for p in forest.leaf_prompt])
-        t2 = time.perf_counter()
+        t2, opt = time.perf_counter(), self.optimization
+        self._phase("optimizer", 0, opt.steps_per_iteration)  # then once per optimiser step:
+        hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
 
         # 3. advantages on the edges, then 4. the policy update
         targets = self.estimator(forest, scores, self.weights)
@@ -281,7 +259,9 @@ class Trainer:
             reduce_gradients=c.reduce_gradients if c.world_size > 1 else None,
         )
         t3 = time.perf_counter()
+        hook.remove()
         self.iteration += 1
+        lr_used = opt.end_iteration()
         self._update_began_at = None
 
         raw = targets.leaf_rewards
@@ -305,12 +285,14 @@ class Trainer:
             "seconds": t3 - t0,
             **{f"{name}_mean": float(v.mean()) for name, v in scores.items()},
             **stats.metrics,
+            **lr_used,
         }
         if c.world_size > 1:
             row = {**row, **c.reduce_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))})}
         self.run.history.append(row)
         if c.is_main:
-            self.log.log(row)
+            self.log.log_metrics(row, self.iteration)
+            self.log.log_reward_histograms(raw, scores, self.iteration)
         for callback in self.callbacks:
             if callback(row) is True:
                 self._stop_requested = True
@@ -330,19 +312,26 @@ class Trainer:
             optim = fsdp.full_optimizer_state(self.optimizer)
         if main:
             state = {"recipe": self.recipe.model_dump(mode="json"), "eval_before": self.run.eval_before, "backend": self.backend.name}
-            save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints)
+            save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints,
+                            extra=self.optimization.checkpoint_tensors())
         self._last_checkpoint = self.iteration
 
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
-        """Score deterministic ODE samples of the evaluation set with every reward; the grid goes to
-        ``samples/<tag>.png`` and the means to ``metrics.jsonl`` (``"eval": true``)."""
+        """Score deterministic ODE samples of the evaluation set with every reward (with the EMA
+        weights when asked); the grid goes to ``samples/<tag>.png`` and to the loggers, the means
+        to the loggers (``"eval": true``)."""
         if not self.eval_prompts:
             return {}
         recipe = self.recipe
-        means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk)
+        self._phase("evaluation", 0, 1)
+        with self.optimization.weights_for("eval") as averaged:
+            means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk)
         if self.out is not None and self.collective.is_main:
-            save_grid(images, self.out / "samples" / f"{tag}.png", nrow=min(10, len(self.eval_prompts)))
-            self.log.log({"eval": True, "iteration": self.iteration, "tag": tag, **means})
+            nrow = min(10, len(self.eval_prompts))
+            save_grid(images, self.out / "samples" / f"{tag}.png", nrow=nrow)
+            self.log.log_metrics({"eval": True, "iteration": self.iteration, "tag": tag, "ema": averaged, **means}, self.iteration)
+            self.log.log_images("samples", make_grid(images, nrow=nrow).permute(2, 0, 1).float() / 255.0, self.iteration)
+        self._phase("evaluation", 1, 1)
         return means
 
     def finish(self) -> Run:
@@ -359,7 +348,9 @@ class Trainer:
                 self.run.exported = export_run(out, fmt, target, device="cpu")
             else:
                 meta = export_metadata(self.backend.name, self.backend.describe(), self.recipe, self.iteration)
-                self.run.exported = self.backend.export(fmt, str(target), meta)
+                with self.optimization.weights_for("export") as averaged:
+                    self.run.exported = self.backend.export(fmt, str(target), {**meta, "treesdk.ema": str(averaged)})
+                write_model_card(self.run.exported, fmt, meta, rewards=self.weights)
         return self.run
 
     def request_stop(self) -> None:
@@ -377,6 +368,8 @@ class Trainer:
                 stopping = self.collective.any_rank(signals.requested or self._stop_requested)
                 while self.iteration < self.iters and not stopping:
                     self.step()
+                    if self.eval_every and self.iteration % self.eval_every == 0 and self.iteration < self.iters:
+                        self.evaluate(f"iter_{self.iteration}")
                     stopping = self.collective.any_rank(signals.requested or self._stop_requested)
                     due = self.checkpoint_every and self.iteration % self.checkpoint_every == 0
                     if due or stopping or self.iteration == self.iters:
@@ -413,6 +406,10 @@ class Trainer:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _phase(self, phase: str, done: int, total: int) -> None:
+        if self.on_step is not None:
+            self.on_step(phase, done, total)
+
     def _resume(self, out: Path) -> None:
         c = self.collective
         loaded = load_checkpoint(out) if c.is_main or c.world_size == 1 else None
@@ -423,26 +420,30 @@ class Trainer:
         self.backend.load_trainable_state_dict(trainable)
         self.optimizer.load_state_dict(optim_state)
         restore_rng_state(state.pop("rng", {}))
+        self.optimization.load_checkpoint_tensors(state.pop("extra", {}))
         self.iteration = int(state["iteration"])
         self._last_checkpoint = self.iteration
         self.run.eval_before = state.get("eval_before", {})
 
 
 def train(config: RunConfig | Recipe | str, *args: Any, out_dir: str | Path | None = None, resume: bool = False,
-          collective: Collective | None = None, callbacks: Sequence[Callback] = (), **kwargs: Any) -> Run:
+          collective: Collective | None = None, callbacks: Sequence[Callback] = (),
+          on_step: Callable[[str, int, int], None] | None = None, **kwargs: Any) -> Run:
     """Train a run: ``train(RunConfig(...), out_dir=..., resume=..., callbacks=[...])``.
 
     The parts form ``train(recipe, backend, rewards, prompts, **options)`` takes parts already built
-    (the :class:`Trainer` constructor's arguments) and is kept for scripts and tests.
+    (the :class:`Trainer` constructor's arguments) and is kept for scripts and tests. ``on_step``
+    (both forms) receives the phases inside each iteration, e.g. :class:`treesdk.training.progress.TrainProgress`.
     """
     if isinstance(config, RunConfig):
         if args or kwargs:
             raise TypeError(f"train(RunConfig) takes out_dir, resume, collective and callbacks only; got {sorted(kwargs) or args}")
-        trainer = Trainer.from_config(config, out_dir, collective=collective, callbacks=callbacks)
+        trainer = Trainer.from_config(config, out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
     else:
         on_iteration = kwargs.pop("on_iteration", None)
         callbacks = [*callbacks, *([on_iteration] if on_iteration else [])]
-        trainer = Trainer(args[0], config, *args[1:], out_dir=out_dir, collective=collective, callbacks=callbacks, **kwargs)
+        trainer = Trainer(args[0], config, *args[1:], out_dir=out_dir, collective=collective, callbacks=callbacks,
+                          on_step=on_step, **kwargs)
     return trainer.fit(resume)
 
 

@@ -1,0 +1,185 @@
+"""A real-width bed: FLUX and SD3.5 pipelines at their true hidden size with 1-2 blocks, on disk.
+
+The transformer has the real width (FLUX: 24 heads x 128 = 3072, joint dim 4096, pooled 768;
+SD3.5-medium: 24 x 64 = 1536; SD3.5-large: 38 x 64 = 2432) and ``--double``/``--single`` blocks with
+random weights; the VAE has the real 16-channel configuration (84 M parameters); the text encoders
+are one-layer random CLIP/T5 models whose *outputs* have the real shapes (T5: 4096 wide, 512 tokens
+for FLUX / 256 for SD3; CLIP pooled 768, or 768 + 1280 = 2048 for SD3's two CLIPs). Everything is
+written with ``save_pretrained`` in the hub layout and loaded back by the backends exactly as a
+user's checkpoint (``treesdk.load_backend("flux", model=PATH)``). Nothing is downloaded.
+
+    python benchmarks/realwidth.py build --family flux --out /tmp/rw-flux            # ~550 M params
+    python benchmarks/realwidth.py build --family sd3 --variant medium --double 2 --out /tmp/rw-sd3m
+    python benchmarks/realwidth.py saved --family flux --double 1 --single 0          # activation table
+
+``saved`` prints the bytes autograd keeps for backward per token per hidden unit (saved-tensor
+hooks, parameters excluded): the numbers :data:`treesdk.training.plan.ACTIVATION_BYTES` holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+#: the width of each family/variant (transformer/config.json values of the released checkpoints)
+WIDTHS = {
+    ("flux", "dev"): dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24,
+                          joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                          axes_dims_rope=(16, 56, 56)),
+    ("sd3", "medium"): dict(attention_head_dim=64, num_attention_heads=24, caption_projection_dim=1536,
+                            in_channels=16, out_channels=16, joint_attention_dim=4096, patch_size=2,
+                            pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm", sample_size=128),
+    ("sd3", "large"): dict(attention_head_dim=64, num_attention_heads=38, caption_projection_dim=2432,
+                           in_channels=16, out_channels=16, joint_attention_dim=4096, patch_size=2,
+                           pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm", sample_size=128),
+}
+#: FLUX.1-dev / SD3.5 VAE (AutoencoderKL, 16 latent channels, factor 8)
+VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  layers_per_block=2, norm_num_groups=32, sample_size=1024, use_quant_conv=False,
+                  use_post_quant_conv=False)
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def transformer(family: str, variant: str, double: int, single: int):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    width = dict(WIDTHS[(family, variant)])
+    if family == "flux":
+        return FluxTransformer2DModel(num_layers=double, num_single_layers=single, **width)
+    dual = tuple(range(min(double, 13))) if variant == "medium" else ()  # SD3.5-medium: blocks 0-12 dual
+    return SD3Transformer2DModel(num_layers=double, dual_attention_layers=dual, **width)
+
+
+def _clip(tokenizer, hidden: int, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden,
+                            bos_token_id=0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _t5(tokenizer, d_model: int = 4096):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=32, d_kv=8, num_layers=1,
+                                   num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
+                                   feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=0,
+                                   eos_token_id=1))
+
+
+def build(family: str, variant: str, double: int, single: int, out: Path, seed: int = 0) -> Path:
+    """Write the pipeline folder ``out`` (skipped when ``out/model_index.json`` exists); returns it."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
+    from diffusers_fixtures import _seeded, _tokenizers
+
+    if (out / "model_index.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with _seeded(seed):
+        if family == "flux":
+            clip_tok, t5_tok = _tokenizers(out, ["tokenizer"], "tokenizer_2")
+            pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=AutoencoderKL(
+                shift_factor=0.1159, scaling_factor=0.3611, **VAE_CONFIG), text_encoder=_clip(clip_tok, 768, False),
+                tokenizer=clip_tok, text_encoder_2=_t5(t5_tok), tokenizer_2=t5_tok,
+                transformer=transformer(family, variant, double, single))
+        else:
+            from transformers import CLIPTokenizer
+
+            clip_tok, t5_tok = _tokenizers(out, ["tokenizer", "tokenizer_2"], "tokenizer_3")
+            pipe = StableDiffusion3Pipeline(
+                scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+                vae=AutoencoderKL(shift_factor=0.0609, scaling_factor=1.5305, **VAE_CONFIG),
+                text_encoder=_clip(clip_tok, 768, True), tokenizer=clip_tok,
+                text_encoder_2=_clip(clip_tok, 1280, True), tokenizer_2=CLIPTokenizer.from_pretrained(out / "tokenizer_2"),
+                text_encoder_3=_t5(t5_tok), tokenizer_3=t5_tok, transformer=transformer(family, variant, double, single))
+        pipe.save_pretrained(out)
+    return out
+
+
+def saved_activation_bytes(family: str, variant: str, double: int, single: int, resolution: int, text_tokens: int,
+                           dtype: torch.dtype, lora_rank: int, checkpointing: bool) -> dict:
+    """Bytes autograd saves in one training forward of one row (parameters excluded)."""
+    from peft import LoraConfig
+
+    from treesdk.training.model_facts import LORA_TARGETS
+
+    model = transformer(family, variant, double, single)
+    model.requires_grad_(lora_rank == 0)
+    if lora_rank:
+        model.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                                     target_modules=list(LORA_TARGETS[family])))
+    model.to(dtype)
+    for param in model.parameters():
+        if param.requires_grad and lora_rank:
+            param.data = param.data.float()  # LoRA in float32, as the backends keep it
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in weights:
+            saved[ptr] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    image_tokens = (resolution // 16) ** 2
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if family == "flux":
+            model(hidden_states=torch.randn(1, image_tokens, 64, dtype=dtype), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), pooled_projections=torch.randn(1, 768, dtype=dtype),
+                  encoder_hidden_states=torch.randn(1, text_tokens, 4096, dtype=dtype),
+                  txt_ids=torch.zeros(text_tokens, 3), img_ids=torch.zeros(image_tokens, 3), return_dict=False)
+        else:
+            model(hidden_states=torch.randn(1, 16, resolution // 8, resolution // 8, dtype=dtype),
+                  timestep=torch.tensor([500.0]), pooled_projections=torch.randn(1, 2048, dtype=dtype),
+                  encoder_hidden_states=torch.randn(1, text_tokens, 4096, dtype=dtype), return_dict=False)
+    total = sum(saved.values())
+    hidden = model.config.num_attention_heads * model.config.attention_head_dim
+    tokens = image_tokens + text_tokens
+    return {"family": family, "variant": variant, "double": double, "single": single, "tokens": tokens,
+            "dtype": str(dtype).replace("torch.", ""), "lora_rank": lora_rank, "checkpointing": checkpointing,
+            "saved_mib": total / 2**20, "bytes_per_token_per_hidden": total / tokens / hidden}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["build", "saved"])
+    parser.add_argument("--family", choices=["flux", "sd3"], default="flux")
+    parser.add_argument("--variant", default=None, help="flux: dev; sd3: medium (default) or large")
+    parser.add_argument("--double", type=int, default=1, help="FLUX double / SD3 joint blocks")
+    parser.add_argument("--single", type=int, default=1, help="FLUX single blocks (SD3: ignored)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--text-tokens", type=int, default=None, help="default 512 (FLUX) / 333 (SD3: 77 + 256)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    args = parser.parse_args(argv)
+    variant = args.variant or ("dev" if args.family == "flux" else "medium")
+    if (args.family, variant) not in WIDTHS:
+        parser.error(f"--variant {variant!r} is not known for {args.family}: {[v for f, v in WIDTHS if f == args.family]}")
+    torch.manual_seed(0)
+    if args.what == "build":
+        out = args.out or Path(f"/tmp/treesdk-realwidth/{args.family}-{variant}-{args.double}-{args.single}")
+        print(build(args.family, variant, args.double, args.single if args.family == "flux" else 0, out))
+        return
+    from treesdk_backends.diffusers_common import parse_dtype
+
+    tokens = args.text_tokens or (512 if args.family == "flux" else 333)
+    print(json.dumps(saved_activation_bytes(args.family, variant, args.double, args.single, args.resolution, tokens,
+                                            parse_dtype(args.dtype), args.lora_rank, args.gradient_checkpointing)))
+
+
+if __name__ == "__main__":
+    main()

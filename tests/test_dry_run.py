@@ -1,0 +1,73 @@
+"""``treesdk train --dry-run [--json] [--gpu-memory GB]``: the plan without loading the model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+from typer.testing import CliRunner
+
+from diffusers_fixtures import TINY_RESOLUTION, tiny_flux_path  # noqa: F401 - pytest fixture
+from treesdk.training.plan import plan_run
+from treesdk.recipes import load_recipe
+from treesdk_cli.main import app
+
+runner = CliRunner()
+
+
+def test_dry_run_json_on_flux_loads_no_weights(tiny_flux_path, monkeypatch):
+    from diffusers import FluxPipeline
+
+    def refuse(*_a, **_kw):
+        raise AssertionError("--dry-run loaded the pipeline")
+
+    monkeypatch.setattr(FluxPipeline, "from_pretrained", refuse)
+    result = runner.invoke(app, [
+        "train", "--backend", "flux", "--model", str(tiny_flux_path), "--resolution", str(TINY_RESOLUTION),
+        "--steps", "4", "--k", "2", "--d", "2", "--batch", "3", "--iters", "2", "--dry-run", "--json",
+        "--gpu-memory", "1", "--backend-opt", "max_sequence_length=16", "--backend-opt", "lora_rank=4",
+    ])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    expected = plan_run(load_recipe("treegrpo", steps=4, **{"tree.k": 2, "tree.d": 2}), None, batch=3, iters=2)
+    assert [r["nfe_sampling"] for r in plan["iterations"]] == [r["nfe_sampling"] for r in expected["iterations"]]
+    assert plan["nfe_training"] == expected["nfe_training"] and plan["leaves_per_prompt"] == 4
+    assert plan["model"]["text_tokens"] == 16 and plan["model"]["lora_rank"] == 4
+    assert plan["memory"]["peak"] > 0 and plan["fits"] is True  # a tiny model fits in 1 GiB
+    assert not list(tiny_flux_path.parent.glob("runs"))
+
+
+def test_dry_run_table_for_digits_and_flux_dev(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--backend", "digits", "--dry-run", "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert "sampling" in result.output and "training" in result.output
+    result = runner.invoke(app, ["train", "--backend", "flux", "--algo", "dynamic-treerpo", "--dry-run", "--resolution",
+                                 "1024", "--batch", "16", "--nproc-per-node", "8", "--gpu-memory", "80"])
+    assert result.exit_code == 0, result.output
+    assert "FLUX.1-dev" in result.output and "does not fit" in result.output  # no checkpointing at 1024 px
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_of_a_family_without_size_table_plans_calls_only(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text('{"_class_name": "QwenImageTransformer2DModel"}')
+    result = runner.invoke(app, ["train", "--backend", "flux", "--model", str(tmp_path), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["memory"] is None and "QwenImageTransformer2DModel" in plan["memory_note"] and plan["nfe_sampling"] > 0
+
+
+def test_dry_run_json_needs_dry_run():
+    result = runner.invoke(app, ["train", "--backend", "digits", "--json"])
+    assert result.exit_code != 0
+    assert "--json" in result.output and "--dry-run" in result.output
+
+
+@pytest.mark.parametrize("flag", [["--gpu-memory", "0"], ["--gpu-memory", "-3"]])
+def test_dry_run_rejects_bad_gpu_memory(flag):
+    result = runner.invoke(app, ["train", "--backend", "digits", "--dry-run", *flag])
+    assert result.exit_code != 0 and "--gpu-memory" in result.output
