@@ -1,13 +1,23 @@
-"""``treesdk plugins``: every registered backend, reward and algorithm, where it comes from, and
-whether it imports.
+"""``treesdk plugins``: every registered backend, reward and algorithm, where it comes from, whether
+it imports and, for rewards, whether their weights are on disk.
 
 Reads the entry-point groups through :func:`treesdk.registry.plugin_status`; a plugin that fails to
 import is listed with its error and never hides the others. ``--json`` prints a list of objects
-``{kind, name, value, distribution, version, ok, error}`` for scripts.
+``{kind, name, value, distribution, version, ok, error}`` for scripts; reward objects also carry
+``weights: {status, found, looked, detail}``.
 
-``--verbose`` also shows each entry point and, for every backend and reward that imports, its
-constructor options (name, default, description): what ``--backend-opt KEY=VALUE`` /
-``--reward-opt NAME:KEY=VALUE`` and a run file's ``options`` accept (JSON: an ``options`` object).
+"ok" only means the module imports. The ``weights`` column says whether a reward's default weights
+are found (``found`` / ``missing``), not needed (``n/a``, e.g. the JPEG rewards), or not reported
+(``unknown``: the reward class has no ``weights_status()``). It comes from the reward class's optional
+``weights_status()`` (classmethod or staticmethod returning an object with ``found: bool | None``,
+``looked: list[str]``, ``detail: str``, e.g. ``treesdk_plugins.common.WeightsStatus``), which runs the
+reward's own default lookup (local path, local Hugging Face cache, ``$TREESDK_WEIGHTS``) as presence
+checks only: no model is loaded, nothing is downloaded. ``--reward-opt`` values are not applied.
+
+``--verbose`` also shows each entry point, the places each reward's weights were looked for and, for
+every backend and reward that imports, its constructor options (name, default, description): what
+``--backend-opt KEY=VALUE`` / ``--reward-opt NAME:KEY=VALUE`` and a run file's ``options`` accept
+(JSON: an ``options`` object).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ def plugins(
                 "version": r.version,
                 "ok": r.ok,
                 "error": r.error,
+                **({"weights": weights_info(r.name, r.ok)} if r.kind == "reward" else {}),
                 **({"options": plugin_options(r.kind, r.name)} if verbose and r.ok and r.kind in OPTION_KINDS else {}),
             }
             for r in rows
@@ -59,17 +70,25 @@ def plugins(
     table.add_column("name", no_wrap=True)
     if verbose:
         table.add_column("entry point", overflow="fold")
-    table.add_column("distribution", no_wrap=True)
+    table.add_column("distribution", overflow="fold")
     table.add_column("version", no_wrap=True)
-    table.add_column("status", overflow="fold")
+    table.add_column("status", overflow="fold", min_width=6)
+    show_weights = any(r.kind == "reward" for r in rows)
+    if show_weights:
+        table.add_column("weights", no_wrap=True, min_width=7)
+    weights = {r.name: weights_info(r.name, r.ok) for r in rows if r.kind == "reward"}
     for r in rows:
         status = "[green]ok[/green]" if r.ok else f"[red]error[/red]: {r.error}"
         cells = [r.kind, r.name] + ([r.value] if verbose else []) + [r.distribution or "?", r.version or "?", status]
+        if show_weights:
+            cells.append(WEIGHT_STYLES[weights[r.name]["status"]] if r.kind == "reward" else "")
         table.add_row(*cells)
     console = Console()
     if verbose and console.width < 160:  # entry points are long; folding them makes them unreadable
         console = Console(width=160)
     console.print(table)
+    if verbose and weights:
+        console.print(weights_table(weights))
     if verbose:
         for r in rows:
             if r.ok and r.kind in OPTION_KINDS:
@@ -77,6 +96,45 @@ def plugins(
     failed = sum(not r.ok for r in rows)
     if failed:
         console.print(f"[yellow]{failed} plugin(s) failed to import; the others are usable.[/yellow]")
+
+
+#: the ``weights`` column's cell for each status
+WEIGHT_STYLES = {"found": "[green]found[/green]", "missing": "[red]missing[/red]", "n/a": "n/a", "unknown": "[yellow]unknown[/yellow]"}
+
+
+def weights_info(name: str, imported: bool = True) -> dict[str, object]:
+    """``{"status", "found", "looked", "detail"}`` of reward ``name``'s weights from its class's optional
+    ``weights_status()``; ``status`` is ``found`` / ``missing`` / ``n/a`` (``found`` None: needs no
+    weights) / ``unknown`` (no such method, the plugin does not import, or the check itself failed)."""
+    if not imported:
+        return {"status": "unknown", "found": None, "looked": [], "detail": "the plugin does not import"}
+    from treesdk import registry
+
+    check = getattr(registry.load("reward", name), "weights_status", None)
+    if check is None:
+        return {"status": "unknown", "found": None, "looked": [], "detail": "the reward does not report its weights (no weights_status())"}
+    try:
+        result = check()
+        found, looked, detail = result.found, [str(p) for p in result.looked], str(getattr(result, "detail", ""))
+    except Exception as exc:  # noqa: BLE001 - a third-party check must not break the listing
+        return {"status": "unknown", "found": None, "looked": [], "detail": f"weights_status() failed: {type(exc).__name__}: {exc}"}
+    status = "n/a" if found is None else ("found" if found else "missing")
+    return {"status": status, "found": None if found is None else bool(found), "looked": looked, "detail": detail}
+
+
+def weights_table(weights: dict[str, dict[str, object]]) -> object:
+    """A rich table of every reward's weights status and the places looked at (``--verbose``)."""
+    from rich.table import Table
+
+    table = Table(title="reward weights (default lookup; nothing loaded)", title_justify="left")
+    table.add_column("reward", no_wrap=True)
+    table.add_column("weights", no_wrap=True)
+    table.add_column("looked at", overflow="fold")
+    table.add_column("detail", overflow="fold")
+    for name, info in weights.items():
+        looked = "\n".join(info["looked"]) or "-"  # type: ignore[arg-type]
+        table.add_row(name, WEIGHT_STYLES[str(info["status"])], looked, str(info["detail"]))
+    return table
 
 
 #: plugin kinds whose constructor options are listed by ``--verbose``

@@ -31,6 +31,10 @@ from .common import (
     load_torch_checkpoint,
     resolve_device,
     resolve_dtype,
+    WeightsStatus,
+    combine_status,
+    file_status,
+    pretrained_dir_status,
     resolve_file,
 )
 
@@ -43,6 +47,11 @@ class AestheticReward(RewardModel):
     """LAION aesthetic score of each image (prompt ignored); float32 ``[B]``, higher is better."""
 
     name = "aesthetic"
+
+    @staticmethod
+    def weights_status() -> WeightsStatus:
+        """Whether the MLP checkpoint (``$TREESDK_WEIGHTS``) and the CLIP ViT-L/14 folder are on disk; loads nothing."""
+        return combine_status(file_status(FILENAME, None), pretrained_dir_status(DEFAULT_CLIP, "a CLIP ViT-L/14 CLIPModel folder"))
 
     def __init__(
         self,

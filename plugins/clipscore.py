@@ -21,7 +21,7 @@ from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
-from .common import HFClip, batched_score, check_inputs, resolve_device, resolve_dtype
+from .common import HFClip, WeightsStatus, batched_score, pretrained_dir_status, check_inputs, resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -30,6 +30,11 @@ class CLIPScoreReward(RewardModel):
     """``w * max(cos, 0)`` between CLIP image and (prefixed) text embeddings; float32 ``[B]``."""
 
     name = "clipscore"
+
+    @staticmethod
+    def weights_status() -> WeightsStatus:
+        """Whether the default CLIP model folder is on disk (local HF cache); loads nothing."""
+        return pretrained_dir_status(DEFAULT_MODEL, "a CLIPModel folder")
 
     def __init__(
         self,

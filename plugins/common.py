@@ -3,7 +3,8 @@ tensor preprocessing that reproduces the official (PIL-based) processors on floa
 
 Nothing here downloads: a checkpoint is a local path or an entry already in the local Hugging Face
 cache (looked up with ``local_files_only=True``). A missing one raises :class:`FileNotFoundError`
-naming what was looked for and how to provide it.
+naming what was looked for and how to provide it. :class:`WeightsStatus` (``file_status``,
+``pretrained_dir_status``) runs the same lookups as presence checks, for ``treesdk plugins``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -82,6 +84,13 @@ def _hf_offline_hint(repo_id: str) -> str:
     )
 
 
+def hf_cache_folder(repo_id: str) -> str:
+    """The local Hugging Face cache folder of model ``repo_id`` (where offline lookups read; may not exist)."""
+    from huggingface_hub import constants
+
+    return str(Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}")
+
+
 def resolve_pretrained_dir(name_or_path: str | os.PathLike[str], what: str, option: str) -> Path:
     """A ``save_pretrained`` folder: a local directory, or a repo id found in the local HF cache.
 
@@ -112,6 +121,39 @@ def resolve_pretrained_dir(name_or_path: str | os.PathLike[str], what: str, opti
         ) from exc
 
 
+def locate_file(
+    path_or_name: str | os.PathLike[str] | None, *, filename: str, repo_id: str | None
+) -> tuple[Path | None, list[str]]:
+    """The lookup of :func:`resolve_file` without raising: ``(path or None, places looked at)``.
+
+    Order: ``path_or_name`` if given (a file, or a folder holding ``filename``); else ``filename``
+    of ``repo_id`` in the local HF cache (``local_files_only=True``); else ``$TREESDK_WEIGHTS/filename``.
+    Only checks presence: nothing is read or loaded.
+    """
+    if path_or_name is not None:
+        path = Path(os.path.expanduser(str(path_or_name)))
+        if path.is_dir():
+            path = path / filename
+        return (path if path.is_file() else None), [str(path)]
+    looked: list[str] = []
+    if repo_id is not None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(repo_id, filename, local_files_only=True)), looked
+        except Exception as exc:  # noqa: BLE001 - every failure here means "not available offline"
+            looked.append(f"{filename} of {repo_id} in the local Hugging Face cache {hf_cache_folder(repo_id)} ({type(exc).__name__})")
+    weights_dir = os.environ.get("TREESDK_WEIGHTS")
+    if weights_dir:
+        candidate = Path(weights_dir) / filename
+        if candidate.is_file():
+            return candidate, looked
+        looked.append(str(candidate))
+    else:
+        looked.append(f"$TREESDK_WEIGHTS/{filename} ($TREESDK_WEIGHTS is not set)")
+    return None, looked
+
+
 def resolve_file(
     path_or_name: str | os.PathLike[str] | None,
     *,
@@ -121,33 +163,69 @@ def resolve_file(
     option: str,
 ) -> Path:
     """A single checkpoint file: ``path_or_name`` if given (a file, or a folder holding ``filename``),
-    else ``filename`` from ``repo_id`` in the local HF cache, else the folder ``$TREESDK_WEIGHTS``.
+    else ``filename`` from ``repo_id`` in the local HF cache, else the folder ``$TREESDK_WEIGHTS``
+    (:func:`locate_file`); a missing file is a :class:`FileNotFoundError` naming where it looked.
     """
-    looked: list[str] = []
+    path, looked = locate_file(path_or_name, filename=filename, repo_id=repo_id)
+    if path is not None:
+        return path
     if path_or_name is not None:
-        path = Path(os.path.expanduser(str(path_or_name)))
-        if path.is_dir():
-            path = path / filename
-        if path.is_file():
-            return path
-        raise FileNotFoundError(f"{option}={str(path_or_name)!r}: file {str(path)!r} not found; expected {what}")
-    if repo_id is not None:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return Path(hf_hub_download(repo_id, filename, local_files_only=True))
-        except Exception as exc:  # noqa: BLE001
-            looked.append(f"{filename!r} of {repo_id!r} in the local Hugging Face cache ({type(exc).__name__})")
-    weights_dir = os.environ.get("TREESDK_WEIGHTS")
-    if weights_dir:
-        candidate = Path(weights_dir) / filename
-        if candidate.is_file():
-            return candidate
-        looked.append(str(candidate))
+        raise FileNotFoundError(f"{option}={str(path_or_name)!r}: file {looked[0]!r} not found; expected {what}")
     hint = f"; {_hf_offline_hint(repo_id)}" if repo_id else ""
     raise FileNotFoundError(
         f"could not find {what}: looked for {', '.join(looked) or filename!r}; pass {option}=<path to {filename}> "
         f"or put it in $TREESDK_WEIGHTS{hint}"
+    )
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Whether a reward's default weights are on disk, as ``treesdk plugins`` shows it.
+
+    ``found``: True / False, or None for a reward that needs no weights. ``looked``: the places
+    checked (paths, cache folders). ``detail``: one line for humans. Computed by presence checks
+    only: no model is loaded, nothing is downloaded.
+    """
+
+    found: bool | None
+    looked: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        """``found`` / ``missing`` / ``n/a``."""
+        return "n/a" if self.found is None else ("found" if self.found else "missing")
+
+
+def file_status(filename: str, repo_id: str | None) -> WeightsStatus:
+    """:class:`WeightsStatus` of the default lookup of :func:`resolve_file` (no explicit path)."""
+    path, looked = locate_file(None, filename=filename, repo_id=repo_id)
+    if path is not None:
+        return WeightsStatus(True, [*looked, str(path)], f"{filename}: {path}")
+    return WeightsStatus(False, looked, f"{filename} not found")
+
+
+def pretrained_dir_status(
+    name_or_path: str | os.PathLike[str], what: str, resolve: Callable[..., Path] | None = None
+) -> WeightsStatus:
+    """:class:`WeightsStatus` of ``resolve(name_or_path)`` (default :func:`resolve_pretrained_dir`: a
+    folder, or a repo id in the local HF cache) on a reward's default; reads no weights."""
+    path = Path(os.path.expanduser(str(name_or_path)))
+    is_repo_id = not path.exists() and str(name_or_path).count("/") == 1
+    where = hf_cache_folder(str(name_or_path)) if is_repo_id else f"{path.absolute()} (a local folder)"
+    try:
+        found = resolve(name_or_path) if resolve is not None else resolve_pretrained_dir(name_or_path, what, "model")
+    except FileNotFoundError:
+        return WeightsStatus(False, [where], f"{name_or_path} not found")
+    return WeightsStatus(True, [where], f"{name_or_path}: {found}")
+
+
+def combine_status(*parts: WeightsStatus) -> WeightsStatus:
+    """All of several weight files: found only when every part is found; every place looked at."""
+    return WeightsStatus(
+        all(p.found for p in parts),
+        [place for p in parts for place in p.looked],
+        "; ".join(p.detail for p in parts if p.detail),
     )
 
 

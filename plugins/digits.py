@@ -35,6 +35,8 @@ from treesdk.training.checkpoint import diff_state_dicts
 from treesdk.interfaces import RewardModel
 from treesdk.io import atomic_save_safetensors
 
+from .common import WeightsStatus
+
 __all__ = [
     "WEIGHTS_DIR",
     "DigitClassifierNet",
@@ -117,6 +119,12 @@ class _DigitReward(RewardModel):
 
     _net_class: type[nn.Module]
     _default_file: str
+
+    @classmethod
+    def weights_status(cls) -> WeightsStatus:
+        """Whether the shipped checkpoint is on disk (presence only; the file is not read)."""
+        path = WEIGHTS_DIR / cls._default_file
+        return WeightsStatus(path.is_file(), [str(path)], "shipped with treesdk" if path.is_file() else "the shipped file is missing (reinstall treesdk)")
 
     def __init__(self, checkpoint: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu", batch_size: int = 256,
                  temperature: float = 1.0) -> None:

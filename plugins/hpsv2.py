@@ -46,6 +46,8 @@ from .common import (
     CLIP_STD,
     batched_score,
     check_inputs,
+    WeightsStatus,
+    file_status,
     load_state_dict_strict,
     load_torch_checkpoint,
     require,
@@ -107,6 +109,11 @@ class HPSv2Reward(RewardModel):
 
     name = "hpsv2"
     filename = "HPS_v2_compressed.pt"
+
+    @classmethod
+    def weights_status(cls) -> WeightsStatus:
+        """Whether the default checkpoint is on disk (HF cache of xswu/HPSv2, then ``$TREESDK_WEIGHTS``); loads nothing."""
+        return file_status(cls.filename, REPO_ID)
 
     def __init__(
         self,

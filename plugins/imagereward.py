@@ -69,6 +69,10 @@ from .common import (
     require,
     resolve_device,
     resolve_dtype,
+    WeightsStatus,
+    combine_status,
+    file_status,
+    pretrained_dir_status,
     resolve_file,
     resolve_pretrained_dir,
 )
@@ -76,6 +80,7 @@ from .common import (
 REPO_ID = "THUDM/ImageReward"
 CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
+DEFAULT_TOKENIZER = "bert-base-uncased"
 #: normalisation of the official scorer (ImageReward.ImageReward.__init__)
 MEAN = 0.16717362830052426
 STD = 1.0333394966054072
@@ -219,11 +224,19 @@ class ImageRewardReward(RewardModel):
 
     name = "imagereward"
 
+    @classmethod
+    def weights_status(cls) -> WeightsStatus:
+        """Whether the default checkpoint, ``med_config.json`` and tokenizer are on disk; loads nothing."""
+        return combine_status(
+            file_status(CHECKPOINT, REPO_ID), file_status(MED_CONFIG, REPO_ID),
+            pretrained_dir_status(DEFAULT_TOKENIZER, "a BERT tokenizer folder", resolve_pretrained_dir_or_vocab),
+        )
+
     def __init__(
         self,
         checkpoint: str | os.PathLike[str] | None = None,
         med_config: str | os.PathLike[str] | None = None,
-        tokenizer: str | os.PathLike[str] = "bert-base-uncased",
+        tokenizer: str | os.PathLike[str] = DEFAULT_TOKENIZER,
         vision_heads: int | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,

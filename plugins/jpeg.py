@@ -17,7 +17,7 @@ from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
-from .common import check_inputs
+from .common import WeightsStatus, check_inputs
 
 #: JPEG quality DDPO uses
 QUALITY = 95
@@ -38,6 +38,11 @@ class JpegIncompressibilityReward(RewardModel):
     """Reward = JPEG size in kB at quality 95 (DDPO's "incompressibility"): favours detail."""
 
     name = "jpeg-incompressibility"
+
+    @staticmethod
+    def weights_status() -> WeightsStatus:
+        """No weights: the score is a JPEG file size."""
+        return WeightsStatus(None, [], "needs no weights")
     sign = 1.0
 
     def __init__(self, quality: int = QUALITY, batch_size: int = 64, device: str | None = None, dtype: str | None = None):

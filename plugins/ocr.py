@@ -31,7 +31,7 @@ from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
-from .common import check_inputs, require
+from .common import WeightsStatus, check_inputs, require
 
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
 
@@ -80,6 +80,19 @@ class OCRReward(RewardModel):
     """Similarity between the prompt's quoted text and the text RapidOCR reads; float32 ``[B]`` in [0, 1]."""
 
     name = "ocr"
+
+    @staticmethod
+    def weights_status() -> WeightsStatus:
+        """RapidOCR's ONNX models ship inside ``rapidocr-onnxruntime``: found when the package is
+        installed (located with ``importlib.util.find_spec``, not imported)."""
+        import importlib.util
+
+        spec = importlib.util.find_spec("rapidocr_onnxruntime")
+        where = [str(loc) for loc in (spec.submodule_search_locations or [])] if spec is not None else []
+        if spec is None:
+            return WeightsStatus(False, ["the Python package rapidocr_onnxruntime"],
+                                 "rapidocr-onnxruntime is not installed: pip install 'treesdk[ocr]'")
+        return WeightsStatus(True, where, "models ship in the rapidocr-onnxruntime package")
 
     def __init__(self, batch_size: int = 16, device: str | None = None, dtype: str | None = None, **engine_options) -> None:
         rapidocr = require("rapidocr_onnxruntime", "ocr", self.name)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
-from .common import HFClip, batched_score, check_inputs, resolve_device, resolve_dtype
+from .common import HFClip, WeightsStatus, batched_score, combine_status, pretrained_dir_status, check_inputs, resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -37,6 +37,14 @@ class PickScoreReward(RewardModel):
     """``logit_scale.exp() * cos(img, txt)`` of the PickScore CLIP; float32 ``[B]``, higher is better."""
 
     name = "pickscore"
+
+    @staticmethod
+    def weights_status() -> WeightsStatus:
+        """Whether the default model and processor folders are on disk (local HF cache); loads nothing."""
+        return combine_status(
+            pretrained_dir_status(DEFAULT_MODEL, "a PickScore CLIPModel folder"),
+            pretrained_dir_status(DEFAULT_PROCESSOR, "a CLIP processor/tokenizer folder"),
+        )
 
     def __init__(
         self,
