@@ -3,6 +3,7 @@ FLUX), its parameter counts equal diffusers' models, its memory estimate moves t
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,13 +31,29 @@ class CallCounter:
     def __init__(self, backend) -> None:
         self.inner = backend.velocity
         backend.velocity = self
+        self.inner_reference = backend.reference
+        backend.reference = self.reference
+        self.in_reference = False
         self.rows: list[dict[str, int]] = [self._empty()]
 
     @staticmethod
     def _empty() -> dict[str, int]:
-        return {"calls_sampling": 0, "nfe_sampling": 0, "calls_training": 0, "nfe_training": 0}
+        return {"calls_sampling": 0, "nfe_sampling": 0, "calls_training": 0, "nfe_training": 0, "nfe_reference": 0}
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Calls under the base policy (the KL term's no-grad forward) are counted apart."""
+        with self.inner_reference():
+            self.in_reference = True
+            try:
+                yield
+            finally:
+                self.in_reference = False
 
     def __call__(self, x, sigma, cond):
+        if self.in_reference:
+            self.rows[-1]["nfe_reference"] += int(x.shape[0])
+            return self.inner(x, sigma, cond)
         phase = "training" if torch.is_grad_enabled() else "sampling"
         self.rows[-1][f"calls_{phase}"] += 1
         self.rows[-1][f"nfe_{phase}"] += int(x.shape[0])
@@ -56,7 +73,7 @@ def check_plan_against_run(backend, recipe, rewards, prompts, batch, iters, seed
     plan = plan_run(recipe, None, batch=batch, iters=iters, seed=seed)
     assert len(plan["iterations"]) == iters
     for planned, counted, row in zip(plan["iterations"], counter.rows, run.history):
-        assert {k: planned[k] for k in KEYS[1:]} == counted
+        assert {k: planned[k] for k in (*KEYS[1:], "nfe_reference")} == counted
         assert planned["window_start"] == row["window_start"]
         assert planned["nfe_sampling"] == row["nfe_sampling"] and planned["nfe_training"] == row["nfe_training"]
         assert planned["leaves"] == row["leaves"]
