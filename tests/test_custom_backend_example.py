@@ -9,48 +9,27 @@ treesdk.testing``) and trains with ``treesdk train --backend rectflow-example``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import treesdk
 import treesdk.registry as registry
 from treesdk.testing import check_backend
+from _example_install import installed_example
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_backend"
 DISTRIBUTION = "treesdk-rectflow"
 BACKEND_NAME = "rectflow-example"
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
 def rectflow_backend(tmp_path_factory):
     """Install ``examples/custom_backend`` for the session; yields the backend's registry name."""
-    if importlib.util.find_spec("treesdk_rectflow") is not None:  # left over by an interrupted session
-        _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
-        importlib.invalidate_caches()
-    source = tmp_path_factory.mktemp("custom_backend") / "custom_backend"
-    shutil.copytree(EXAMPLE, source)
-    done = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", str(source))
-    assert done.returncode == 0, done.stdout + done.stderr
-    importlib.invalidate_caches()
-    try:
+    with installed_example("custom_backend", DISTRIBUTION, "treesdk_rectflow", tmp_path_factory.mktemp("custom_backend")):
         yield BACKEND_NAME
-    finally:
-        undone = _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
-        importlib.invalidate_caches()
-        sys.modules.pop("treesdk_rectflow", None)
-        assert undone.returncode == 0, undone.stdout + undone.stderr
 
 
 def test_installed_backend_is_registered(rectflow_backend):

@@ -9,13 +9,7 @@ into the running environment and uninstalls it at the end of the module.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,34 +18,19 @@ from typer.testing import CliRunner
 from treesdk import nodes
 from treesdk.recipes import RecipeError, load_recipe, parts
 from treesdk_cli.main import app
+from _example_install import installed_example
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_parts"
 DISTRIBUTION = "treesdk-custom-parts"
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def custom_parts(tmp_path_factory):
-    if importlib.util.find_spec("treesdk_custom_parts") is not None:  # left over by an interrupted session
-        _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
-        importlib.invalidate_caches()
-    source = tmp_path_factory.mktemp("custom_parts") / "custom_parts"
-    shutil.copytree(EXAMPLE, source)
-    done = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", str(source))
-    assert done.returncode == 0, done.stdout + done.stderr
-    importlib.invalidate_caches()
-    nodes.refresh()  # the node catalogue caches the plugins it found
     try:
-        yield EXAMPLE / "rank_tree.yaml"
+        with installed_example("custom_parts", DISTRIBUTION, "treesdk_custom_parts", tmp_path_factory.mktemp("custom_parts")) as example:
+            nodes.refresh()  # the node catalogue caches the plugins it found
+            yield example / "rank_tree.yaml"
     finally:
-        undone = _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
-        importlib.invalidate_caches()
-        sys.modules.pop("treesdk_custom_parts", None)
         nodes.refresh()
-        assert undone.returncode == 0, undone.stdout + undone.stderr
 
 
 def test_parts_are_listed_by_plugins_and_nodes(custom_parts):

@@ -8,48 +8,24 @@ other tests (e.g. a short training run) can request it and use ``treesdk.load_re
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import treesdk
 import treesdk.registry as registry
+from _example_install import installed_example
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_reward"
 DISTRIBUTION = "treesdk-colorfulness"
 REWARD_NAME = "colorfulness"
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
 def custom_reward_plugin(tmp_path_factory):
     """Install ``examples/custom_reward`` for the session; yields the reward's registry name."""
-    if importlib.util.find_spec("treesdk_colorfulness") is not None:  # left over by an interrupted session
-        _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
-        importlib.invalidate_caches()
-    # build from a copy so setuptools' build/ and egg-info never land in the source tree
-    source = tmp_path_factory.mktemp("custom_reward") / "custom_reward"
-    shutil.copytree(EXAMPLE, source)
-    done = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", str(source))
-    assert done.returncode == 0, done.stdout + done.stderr
-    importlib.invalidate_caches()
-    try:
+    with installed_example("custom_reward", DISTRIBUTION, "treesdk_colorfulness", tmp_path_factory.mktemp("custom_reward")):
         yield REWARD_NAME
-    finally:
-        undone = _pip("uninstall", "--yes", "--quiet", DISTRIBUTION)
-        importlib.invalidate_caches()
-        sys.modules.pop("treesdk_colorfulness", None)
-        assert undone.returncode == 0, undone.stdout + undone.stderr
 
 
 def reference_colorfulness(images: torch.Tensor) -> torch.Tensor:
