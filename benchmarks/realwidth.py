@@ -44,8 +44,6 @@ VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_c
                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                   layers_per_block=2, norm_num_groups=32, sample_size=1024, use_quant_conv=False,
                   use_post_quant_conv=False)
-FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                      base_image_seq_len=256, max_image_seq_len=4096)
 
 
 def transformer(family: str, variant: str, double: int, single: int):
@@ -80,6 +78,7 @@ def build(family: str, variant: str, double: int, single: int, out: Path, seed: 
     """Write the pipeline folder ``out`` (skipped when ``out/model_index.json`` exists); returns it."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
     from diffusers_fixtures import _seeded, _tokenizers
+    from treesdk_backends.tiny import FLUX1_SCHEDULER_CONFIG
 
     if (out / "model_index.json").is_file():
         return out
@@ -87,7 +86,7 @@ def build(family: str, variant: str, double: int, single: int, out: Path, seed: 
     with _seeded(seed):
         if family == "flux":
             clip_tok, t5_tok = _tokenizers(out, ["tokenizer"], "tokenizer_2")
-            pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=AutoencoderKL(
+            pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER_CONFIG), vae=AutoencoderKL(
                 shift_factor=0.1159, scaling_factor=0.3611, **VAE_CONFIG), text_encoder=_clip(clip_tok, 768, False),
                 tokenizer=clip_tok, text_encoder_2=_t5(t5_tok), tokenizer_2=t5_tok,
                 transformer=transformer(family, variant, double, single))

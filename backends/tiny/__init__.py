@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION
+from ._common import FLUX1_SCHEDULER_CONFIG, TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION
 from .chroma import build_tiny_chroma
 from .flux import build_tiny_flux, build_tiny_flux_schnell
 from .flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
@@ -37,6 +37,7 @@ from .z_image import build_tiny_z_image
 
 __all__ = [
     "FAMILIES",
+    "FLUX1_SCHEDULER_CONFIG",
     "TINY_MAX_SEQUENCE_LENGTH",
     "TINY_NUM_FRAMES",
     "TINY_RESOLUTION",

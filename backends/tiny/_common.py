@@ -16,6 +16,17 @@ TINY_RESOLUTION = 32
 #: text-encoder token length tests pass as ``max_sequence_length`` (keeps the text side small)
 TINY_MAX_SEQUENCE_LENGTH = 16
 CLIP_MAX_LENGTH = 77
+#: FLUX.1-dev's ``scheduler/scheduler_config.json``: resolution-dependent ("dynamic") shift. Chroma
+#: ships the same; FLUX.2 adds ``time_shift_type="exponential"``.
+FLUX1_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
 
 
 @contextlib.contextmanager

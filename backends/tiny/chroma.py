@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._common import seeded, t5_encoder, tiny_vae
+from ._common import FLUX1_SCHEDULER_CONFIG, seeded, t5_encoder, tiny_vae
 from ._tokenizers import train_t5_tokenizer
 
 
@@ -40,15 +40,7 @@ def build_tiny_chroma(path: str | os.PathLike, seed: int = 0) -> Path:
             approximator_num_channels=16,
         )
         vae = tiny_vae(latent_channels=4, shift_factor=0.0609)
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=1000,
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        )
+        scheduler = FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER_CONFIG)
         ChromaPipeline(
             scheduler=scheduler,
             vae=vae,

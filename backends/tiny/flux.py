@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._common import clip_config, seeded, t5_encoder, tiny_vae
+from ._common import FLUX1_SCHEDULER_CONFIG, clip_config, seeded, t5_encoder, tiny_vae
 from ._tokenizers import train_clip_tokenizer, train_t5_tokenizer
 
 
@@ -36,15 +36,7 @@ def _build_flux(path: str | os.PathLike, seed: int, guidance: bool) -> Path:
         )
         vae = tiny_vae(latent_channels=4, shift_factor=0.0609)
         if guidance:  # FLUX.1-dev: resolution-dependent shift
-            scheduler = FlowMatchEulerDiscreteScheduler(
-                num_train_timesteps=1000,
-                shift=3.0,
-                use_dynamic_shifting=True,
-                base_shift=0.5,
-                max_shift=1.15,
-                base_image_seq_len=256,
-                max_image_seq_len=4096,
-            )
+            scheduler = FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER_CONFIG)
         else:  # FLUX.1-schnell: timestep-distilled, no shift
             scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
         FluxPipeline(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import seeded
+from ._common import FLUX1_SCHEDULER_CONFIG, seeded
 from ._tokenizers import train_pixtral_processor, train_qwen_tokenizer
 
 #: the pipeline stacks the hidden states of these Qwen3 layers (its default ``text_encoder_out_layers``)
@@ -96,16 +96,7 @@ def _vae():
 def _scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
+    return FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER_CONFIG, time_shift_type="exponential")
 
 
 #: FLUX.2-dev's pipeline stacks these Mistral3 layers (its default ``text_encoder_out_layers``)
