@@ -23,6 +23,14 @@ from .interfaces import Cond, Forest, MeanStd, TreeLayer, VelocityModel, iter_ch
 from .sde import ode_step, sde_mean_std, transition_log_prob
 
 
+def nfe_per_tree(steps: int, start: int, depth: int, k: int) -> int:
+    """Velocity evaluations the sampler makes for one tree of ``steps`` steps whose branching window
+    starts at ``start`` and is ``depth`` steps deep with ``k`` children per node:
+    ``s + (1 + k + ... + k^(d-1)) + k^d (T - s - d)``."""
+    internal = depth if k == 1 else (k**depth - 1) // (k - 1)
+    return start + internal + k**depth * (steps - start - depth)
+
+
 def batched_velocity(
     model: VelocityModel, x: Tensor, sigma: float, cond: Cond, node_prompt: Tensor, chunk: int
 ) -> Tensor:

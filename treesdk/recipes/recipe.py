@@ -22,6 +22,7 @@ from pydantic import BeforeValidator, Field, SerializeAsAny, WithJsonSchema, mod
 from treesdk.advantages import DepthwiseAdvantage, GroupAdvantage, TreeBackupAdvantage
 from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.recipes.parts import Part, PartDecl, declare, parts, validate_part
+from treesdk.sampler import nfe_per_tree  # noqa: F401 - re-exported (treesdk.recipes.nfe_per_tree)
 from treesdk.sde import SDE_FAMILIES, ode_step
 
 
@@ -379,12 +380,6 @@ def window_start(recipe: Recipe, iteration: int, seed: int) -> int:
     ``(seed, iteration)`` so every rank and every resume draws the same value.
     """
     return recipe.window.start_at(iteration, seed, recipe.steps, recipe.tree.d)
-
-
-def nfe_per_tree(steps: int, start: int, depth: int, k: int) -> int:
-    """Velocity evaluations of one tree: ``s + (1 + k + ... + k^(d-1)) + k^d (T - s - d)``."""
-    internal = depth if k == 1 else (k**depth - 1) // (k - 1)
-    return start + internal + k**depth * (steps - start - depth)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from .checks import (
     check_shapes,
     check_state_roundtrip,
     perturbed,
-    tree_nfe,
 )
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "check_shapes",
     "check_state_roundtrip",
     "perturbed",
-    "tree_nfe",
 ]
 
 

@@ -17,11 +17,10 @@ import torch
 from torch import Tensor
 
 from ..interfaces import VelocityModel, select_cond
-from ..sampler import sample_forest, sample_ode
+from ..sampler import nfe_per_tree, sample_forest, sample_ode
 
 __all__ = [
     "ConformanceError",
-    "tree_nfe",
     "check_shapes",
     "check_gradients",
     "check_state_roundtrip",
@@ -53,11 +52,6 @@ def _velocity(backend: VelocityModel, x: Tensor, sigma: float | Sequence[float],
         sig = sig.expand(x.shape[0])
     with torch.no_grad():
         return backend.velocity(x, sig, cond)
-
-
-def tree_nfe(steps: int, window_start: int, depth: int, k: int) -> int:
-    """Velocity evaluations of one tree: ``s + (1 + k + ... + k^(d-1)) + k^d (T - s - d)``."""
-    return window_start + sum(k**i for i in range(depth)) + k**depth * (steps - window_start - depth)
 
 
 @contextlib.contextmanager
@@ -233,7 +227,7 @@ def check_nfe(backend: VelocityModel, prompts: Sequence[str], steps: int = 4, k:
                                window_start=window_start)
     finally:
         del backend.velocity
-    expected = len(prompts) * tree_nfe(steps, window_start, depth, k)
+    expected = len(prompts) * nfe_per_tree(steps, window_start, depth, k)
     _require(forest.nfe == rows == expected,
              f"NFE mismatch: sampler reports {forest.nfe}, velocity() saw {rows} rows, tree formula gives {expected}")
     leaves = forest.leaves
