@@ -77,13 +77,9 @@ def check_writable(path: str | os.PathLike[str], what: str) -> Path:
     target = Path(path).expanduser()
     if target.is_dir():
         raise UserError(f"{what} {target}: is a folder; name a file")
-    probe = target.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {target}: folder {probe} is not writable")
+    problem = unwritable_reason(target.parent)
+    if problem:
+        raise UserError(f"{what} {target}: {problem}")
     return target
 
 
@@ -94,14 +90,23 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
         raise UserError(f"{what} {target}: is a file, not a folder")
-    probe = target
+    problem = unwritable_reason(target)
+    if problem:
+        raise UserError(f"{what} {target}: {problem}")
+    return target
+
+
+def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
+    """Why nothing could be created in ``folder`` (which may not exist yet), or None when it can:
+    its nearest existing ancestor is a file, or is a folder this process cannot write."""
+    probe = Path(folder)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
+        return f"{probe} is a file, not a folder"
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {target}: folder {probe} is not writable")
-    return target
+        return f"folder {probe} is not writable"
+    return None
 
 
 def folder_mode() -> int:

@@ -22,8 +22,6 @@ Run folder layout read here (written by :mod:`treesdk.training.trainer` / :mod:`
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from treesdk import registry
+from treesdk.io import unwritable_reason
 from treesdk.recipes import Recipe
 from treesdk.training.config import read_run_config
 from treesdk.training.metadata import export_metadata
@@ -285,13 +284,9 @@ def check_file(
 def _check_writable(out: Path) -> None:
     """Raise ``OSError`` naming ``out`` when nothing could be written there (checked before any
     work, so a bad path fails fast and nothing is touched)."""
-    probe = out if out.is_dir() else out.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OSError(f"cannot write {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write {out}: folder {probe} is not writable")
+    problem = unwritable_reason(out if out.is_dir() else out.parent)
+    if problem:
+        raise OSError(f"cannot write {out}: {problem}")
 
 
 def export_run(
