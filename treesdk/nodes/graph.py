@@ -32,7 +32,6 @@ for reference) are validated too.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field

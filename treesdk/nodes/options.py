@@ -135,11 +135,6 @@ def _param_docs(doc: str | None) -> dict[str, str]:
     return {name: plain_text(text) for name, text in out.items()}
 
 
-def plain_text(text: str) -> str:
-    """Docstring markup to plain text (tooltips): ``x`` -> x, :class:`X` -> X."""
-    text = re.sub(r":[\w.]+:`~?([^`]*)`", r"\1", text)
-    return text.replace("``", "")
-
 
 def plugin_node(kind: str, name: str, cls: Any, value: str) -> NodeSpec:
     """The node of a registered reward or backend class."""
