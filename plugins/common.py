@@ -108,17 +108,34 @@ def resolve_pretrained_dir(name_or_path: str | os.PathLike[str], what: str, opti
     if path.exists():
         raise FileNotFoundError(f"{option}={str(name_or_path)!r} is a file; expected {what} (a save_pretrained folder)")
     repo_id = str(name_or_path)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+    if not is_repo_id(repo_id):
         raise FileNotFoundError(f"{option}={repo_id!r}: no such directory; expected {what} (a save_pretrained folder or a Hugging Face repo id in the local cache)")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - every failure here means "not available offline"
-        raise FileNotFoundError(
-            f"{option}={repo_id!r}: not a local directory and not in the local Hugging Face cache "
-            f"({type(exc).__name__}); expected {what}; {_hf_offline_hint(repo_id)}"
-        ) from exc
+    failure: Exception | None = None
+    for candidate in (repo_id, *REPO_ALIASES.get(repo_id, ())):  # the hub's old and new names cache apart
+        try:
+            return Path(snapshot_download(candidate, local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - every failure here means "not available offline"
+            failure = failure or exc
+    names = " or ".join(repr(c) for c in (repo_id, *REPO_ALIASES.get(repo_id, ())))
+    raise FileNotFoundError(
+        f"{option}={repo_id!r}: not a local directory and not in the local Hugging Face cache as {names} "
+        f"({type(failure).__name__}); expected {what}; {_hf_offline_hint(repo_id)}"
+    ) from failure
+
+
+#: repo ids the hub renamed: a cache filled under either name is found (``bert-base-uncased`` is
+#: ImageReward's tokenizer; downloads today land under ``google-bert/bert-base-uncased``)
+REPO_ALIASES: dict[str, tuple[str, ...]] = {
+    "bert-base-uncased": ("google-bert/bert-base-uncased",),
+    "google-bert/bert-base-uncased": ("bert-base-uncased",),
+}
+
+
+def is_repo_id(name: str) -> bool:
+    """``owner/name`` or a legacy single-segment id (``bert-base-uncased``), not a path."""
+    return name.count("/") <= 1 and bool(name) and not name.startswith((".", "/", "~")) and not name.endswith("/")
 
 
 def locate_file(
@@ -211,8 +228,8 @@ def pretrained_dir_status(
     """:class:`WeightsStatus` of ``resolve(name_or_path)`` (default :func:`resolve_pretrained_dir`: a
     folder, or a repo id in the local HF cache) on a reward's default; reads no weights."""
     path = Path(os.path.expanduser(str(name_or_path)))
-    is_repo_id = not path.exists() and str(name_or_path).count("/") == 1
-    where = hf_cache_folder(str(name_or_path)) if is_repo_id else f"{path.absolute()} (a local folder)"
+    as_repo = not path.exists() and is_repo_id(str(name_or_path))
+    where = hf_cache_folder(str(name_or_path)) if as_repo else f"{path.absolute()} (a local folder)"
     try:
         found = resolve(name_or_path) if resolve is not None else resolve_pretrained_dir(name_or_path, what, "model")
     except FileNotFoundError:

@@ -64,7 +64,7 @@ def test_every_builtin_reward_reports_and_json_has_the_fields(empty_weights):
         "digit-classifier": "found", "digit-evaluator": "found",
         "jpeg-compressibility": "n/a", "jpeg-incompressibility": "n/a",
         "hpsv2": "missing", "hpsv2.1": "missing", "imagereward": "missing",
-        "pickscore": "missing", "clipscore": "missing", "aesthetic": "missing",
+        "pickscore": "missing", "clipscore": "missing", "aesthetic": "missing", "group-diversity": "n/a",
     }
     for name, status in expected.items():
         weights = rows[name]["weights"]
@@ -86,6 +86,24 @@ def test_imagereward_found_needs_all_three_parts(empty_weights, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bert-base-uncased").mkdir()  # the default tokenizer as a local folder, as loading resolves it
     assert rewards_json()["imagereward"]["weights"]["status"] == "found"
+
+
+@pytest.mark.parametrize("cached_as", ["bert-base-uncased", "google-bert/bert-base-uncased"])
+def test_imagereward_tokenizer_is_found_in_the_hf_cache_under_either_hub_name(empty_weights, cached_as):
+    """The hub renamed bert-base-uncased to google-bert/bert-base-uncased; a cache filled under either
+    name serves the default ``tokenizer="bert-base-uncased"`` (the legacy one-segment id is a repo id too)."""
+    weights, hub = empty_weights
+    (weights / "ImageReward.pt").write_bytes(b"")
+    (weights / "med_config.json").write_text("{}")
+    repo = hub / f"models--{cached_as.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "vocab.txt").write_text("[PAD]\n")
+    assert rewards_json()["imagereward"]["weights"]["status"] == "found"
+    from treesdk_plugins.imagereward import resolve_pretrained_dir_or_vocab
+
+    assert resolve_pretrained_dir_or_vocab("bert-base-uncased") == repo / "snapshots" / ("0" * 40)
 
 
 def test_table_and_verbose_show_weights(empty_weights):
