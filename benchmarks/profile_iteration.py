@@ -152,10 +152,27 @@ def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> di
     return {**seconds, **{f"{k}_transformer_rows": v for k, v in rows.items()}}
 
 
+def materialise(pipe) -> int:
+    """Copy every parameter and buffer of the pipeline's modules into memory of its own; returns the bytes.
+
+    Weights loaded from safetensors on a CPU can stay views of the memory-mapped file, resident only
+    where a computation touched them (SD3's positional table: 226 M values of which a 256 px image
+    reads a 16 x 16 crop), while a GPU holds every one of them in full. After this copy the CPU's
+    resident set holds what a GPU would, so the measured peak compares with the dry-run estimate."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                tensor.data = tensor.data.clone()
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def build_recipe(args: argparse.Namespace):
     from treesdk.recipes import load_recipe
 
     overrides = {"steps": args.steps, "tree.k": args.k, "tree.d": args.d, "chunk": args.chunk,
+                 "train_chunk": args.train_chunk, "decode_chunk": args.decode_chunk,
                  "window": {"kind": "fixed", "start": args.window_start}}
     return load_recipe(args.algo, **overrides)
 
@@ -174,7 +191,10 @@ def load(args: argparse.Namespace):
                    lora_rank=args.lora_rank, gradient_checkpointing=args.gradient_checkpointing)
     if args.text_tokens:
         options["max_sequence_length"] = args.text_tokens
-    return treesdk.load_backend(args.family, **options), model
+    backend = treesdk.load_backend(args.family, **options)
+    if backend.device.type == "cpu":  # a GPU holds every weight; make the CPU hold them too
+        materialise(backend.pipe)
+    return backend, model
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -236,12 +256,12 @@ def run(args: argparse.Namespace) -> dict:
             side = backend.resolution
             images = meter.run("decode", torch.zeros, forest.leaves.shape[0], 3, side, side)
         else:
-            images = meter.run("decode", decode_chunked, backend, forest.leaves, args.decode_chunk or recipe.chunk)
+            images = meter.run("decode", decode_chunked, backend, forest.leaves, recipe.decoding_chunk)
         leaf_prompts = [prompts[int(p)] for p in forest.leaf_prompt]
         scores = meter.run("reward", score_images, rewards, images, leaf_prompts)
         targets = meter.run("advantages", estimator, forest, scores, weights)
         stats = meter.run("training", policy_update, backend, forest, targets, terms, optimizer, params,
-                          passes=o.passes, minibatches=o.minibatches, chunk=args.train_chunk or recipe.chunk,
+                          passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk,
                           grad_clip=o.grad_clip)
         meter.run("checkpoint", save_checkpoint, checkpoint_dir, iteration + 1, backend.trainable_state_dict(),
                   optimizer, {"profile": True}, keep=1)
@@ -260,7 +280,8 @@ def run(args: argparse.Namespace) -> dict:
         "latent_shape": list(backend.latent_shape), "lora_rank": args.lora_rank,
         "gradient_checkpointing": args.gradient_checkpointing, "recipe": recipe.name, "steps": recipe.steps,
         "k": recipe.tree.k, "d": recipe.tree.d, "window_start": args.window_start, "batch": args.batch,
-        "decode_skipped": args.skip_decode, "chunk": recipe.chunk, "train_chunk": args.train_chunk or recipe.chunk,
+        "decode_skipped": args.skip_decode, "chunk": recipe.chunk, "train_chunk": recipe.training_chunk,
+        "decode_chunk": recipe.decoding_chunk,
         "nfe_sampling": forest.nfe, "nfe_training": stats.nfe_training, "leaves": int(forest.leaves.shape[0]),
         "transformer_calls": len(recorder.calls),
         "transformer_parameters": int(sum(p.numel() for p in backend.transformer.parameters())),
@@ -288,8 +309,7 @@ def run(args: argparse.Namespace) -> dict:
         }
     facts = model_facts(args.family, model_path, text_tokens=args.text_tokens)
     mem = plan_memory(recipe, facts, resolution=backend.resolution, dtype=args.dtype, lora_rank=args.lora_rank,
-                      prompts=args.batch, gradient_checkpointing=args.gradient_checkpointing,
-                      decode_chunk=args.decode_chunk, train_chunk=args.train_chunk)
+                      prompts=args.batch, gradient_checkpointing=args.gradient_checkpointing)
     gib = 2**30
     est = {"peak_training": mem.peak_training / gib, "peak_sampling": mem.peak_sampling / gib,
            "peak_decode": mem.peak_decode / gib, "activations_training": mem.activations_training / gib,

@@ -92,7 +92,10 @@ def print_plan(plan: dict[str, Any]) -> None:
         verdict = "[green]fits[/]" if plan["fits"] else "[red]does not fit[/]"
         console.print(f"{verdict} in --gpu-memory {plan['gpu_memory_gib']} GiB (peak {m['peak']:.1f} GiB)")
         best = plan["largest_chunk_that_fits"]
-        if not plan["fits"] and best:
-            console.print(f"it fits with --set chunk={best} (rows per training call and leaves per decode)")
-        elif not plan["fits"] and not model["gradient_checkpointing"]:
-            console.print("no chunk fits: add --backend-opt gradient_checkpointing=true")
+        if not plan["fits"]:
+            ways = [f"--set {name}={value}" for name, value in best.items() if value]
+            if ways:
+                console.print(f"it fits with {' or '.join(ways)} (chunk: rows per sampling and training call and "
+                              "leaves per decode; train_chunk: rows per training call; decode_chunk: leaves per decode)")
+            elif not model["gradient_checkpointing"]:
+                console.print("no chunk fits: add --backend-opt gradient_checkpointing=true")

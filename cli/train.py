@@ -306,7 +306,7 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
     o, ema = recipe.optim, config.ema
     show(f"[dim]optimiser {o.optimizer} lr {o.lr:g} ({o.lr_schedule}, warm-up {o.lr_warmup})"
          + (f", EMA decay {ema.decay:g} every {ema.every} step(s) for {ema.use}" if ema.enabled else "")
-         + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.chunk)}[/]")
+         + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.training_chunk)}[/]")
     with TrainProgress(config.iters, console=console, enabled=ctx.is_main) as progress:  # only rank 0 shows it
         trainer = Trainer.from_parts(parts, run_dir, collective=ctx.with_fsdp(fsdp), callbacks=[progress.on_iteration],
                                      on_step=progress.on_step)

@@ -242,7 +242,7 @@ class Trainer:
 
         # 2. decode the leaves and score them (NaN/inf stops here, before any update)
         self._phase("decoding", 0, 1)
-        images = decode_chunked(self.backend, forest.leaves, recipe.chunk)
+        images = decode_chunked(self.backend, forest.leaves, recipe.decoding_chunk)
         self._phase("rewards", 0, len(self.rewards))
         scores = score_images(self.rewards, images, [prompts[int(p)] for p in forest.leaf_prompt])
         t2, opt = time.perf_counter(), self.optimization
@@ -255,7 +255,7 @@ class Trainer:
         self._update_began_at = self._optimizer_steps
         stats = policy_update(
             self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
-            passes=o.passes, minibatches=o.minibatches, chunk=recipe.chunk, grad_clip=o.grad_clip,
+            passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk, grad_clip=o.grad_clip,
             reduce_gradients=c.reduce_gradients if c.world_size > 1 else None,
         )
         t3 = time.perf_counter()
