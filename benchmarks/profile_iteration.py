@@ -29,6 +29,7 @@ resident set measures live tensors, not the allocator's cache.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -152,20 +153,27 @@ def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> di
     return {**seconds, **{f"{k}_transformer_rows": v for k, v in rows.items()}}
 
 
-def materialise(pipe) -> int:
-    """Copy every parameter and buffer of the pipeline's modules into memory of its own; returns the bytes.
+@contextlib.contextmanager
+def loading_without_mmap():
+    """Pipelines loaded inside read their safetensors into memory (diffusers' ``disable_mmap=True``).
 
-    Weights loaded from safetensors on a CPU can stay views of the memory-mapped file, resident only
-    where a computation touched them (SD3's positional table: 226 M values of which a 256 px image
-    reads a 16 x 16 crop), while a GPU holds every one of them in full. After this copy the CPU's
+    Loaded on a CPU with the default memory map, a weight stays a view of the file, resident only
+    where a computation touched it (SD3's positional table: 226 M values of which a 256 px image
+    reads a 16 x 16 crop), while a GPU holds every weight in full. Read into memory, the CPU's
     resident set holds what a GPU would, so the measured peak compares with the dry-run estimate."""
-    total = 0
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            for tensor in [*component.parameters(), *component.buffers()]:
-                tensor.data = tensor.data.clone()
-                total += tensor.numel() * tensor.element_size()
-    return total
+    from diffusers import DiffusionPipeline
+
+    original = DiffusionPipeline.__dict__["from_pretrained"]
+
+    def from_pretrained(cls, *args, **kwargs):
+        kwargs.setdefault("disable_mmap", True)
+        return original.__func__(cls, *args, **kwargs)
+
+    DiffusionPipeline.from_pretrained = classmethod(from_pretrained)
+    try:
+        yield
+    finally:
+        DiffusionPipeline.from_pretrained = original
 
 
 def build_recipe(args: argparse.Namespace):
@@ -191,10 +199,10 @@ def load(args: argparse.Namespace):
                    lora_rank=args.lora_rank, gradient_checkpointing=args.gradient_checkpointing)
     if args.text_tokens:
         options["max_sequence_length"] = args.text_tokens
-    backend = treesdk.load_backend(args.family, **options)
-    if backend.device.type == "cpu":  # a GPU holds every weight; make the CPU hold them too
-        materialise(backend.pipe)
-    return backend, model
+    if not str(args.device).startswith("cuda"):  # a GPU holds every weight: make the CPU hold them too
+        with loading_without_mmap():
+            return treesdk.load_backend(args.family, **options), model
+    return treesdk.load_backend(args.family, **options), model
 
 
 def run(args: argparse.Namespace) -> dict:
