@@ -24,6 +24,9 @@ It also prints the dry-run memory estimate (:mod:`treesdk.training.plan`) next t
 
 ``MALLOC_MMAP_THRESHOLD_`` makes glibc return freed tensors to the system at once, so the CPU peak
 resident set measures live tensors, not the allocator's cache.
+On a CPU the pipeline is loaded with ``disable_mmap=True`` (:func:`loading_without_mmap`): every
+weight resident, as on a GPU. ``--train-chunk`` / ``--decode-chunk`` set the recipe's
+``train_chunk`` / ``decode_chunk``; ``--no-bare`` skips the replay (and the recording of inputs).
 """
 
 from __future__ import annotations

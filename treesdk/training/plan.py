@@ -57,7 +57,8 @@ ACTIVATION_BYTES = {
 #: so what it computes from them alone is not kept (SD3.5's second attention has no LoRA target and
 #: saves nothing in block 0). (family, kind, element bytes) -> bytes per token per hidden unit, measured
 FIRST_BLOCK_BYTES = {
-    ("flux", "double", 4): 68.63, ("flux", "double", 2): 62.59, ("flux", "single", 4): 28.51, ("flux", "single", 2): 28.50,
+    ("flux", "double", 4): 68.63, ("flux", "double", 2): 62.59,
+    ("flux", "single", 4): 28.51, ("flux", "single", 2): 28.50,
     ("sd3", "joint", 4): 52.39, ("sd3", "joint", 2): 46.34, ("sd3", "joint_dual", 4): 52.47,
     ("sd3", "joint_dual", 2): 46.41, ("sd3", "joint_last", 4): 41.02, ("sd3", "joint_last", 2): 38.39,
 }
