@@ -23,6 +23,7 @@ from torch import Tensor
 from treesdk.interfaces import RewardModel
 
 from .common import (
+    batched_features,
     HFClip,
     RewardMLP,
     batched_score,
@@ -80,6 +81,10 @@ class AestheticReward(RewardModel):
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         return self.mlp(self.clip.image_embeds(images)).squeeze(-1)
+
+    def features(self, images: Tensor) -> Tensor:
+        """L2-normalised CLIP image embeddings float32 ``[B, D]`` on the CPU (for :mod:`treesdk.diversity`)."""
+        return batched_features(images, self.batch_size, self.clip.image_embeds)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_inputs(images, prompts, self.name)

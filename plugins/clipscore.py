@@ -21,7 +21,7 @@ from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
-from .common import HFClip, WeightsStatus, batched_score, pretrained_dir_status, check_inputs, resolve_device, resolve_dtype
+from .common import batched_features, HFClip, WeightsStatus, batched_score, pretrained_dir_status, check_inputs, resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -61,6 +61,10 @@ class CLIPScoreReward(RewardModel):
         img = self.clip.image_embeds(images)
         txt = self.clip.text_embeds([self.prefix + p for p in prompts])
         return self.w * (img * txt).sum(-1).clamp(min=0)
+
+    def features(self, images: Tensor) -> Tensor:
+        """L2-normalised CLIP image embeddings float32 ``[B, D]`` on the CPU (for :mod:`treesdk.diversity`)."""
+        return batched_features(images, self.batch_size, self.clip.image_embeds)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_inputs(images, prompts, self.name)

@@ -269,6 +269,13 @@ def check_inputs(images: Tensor, prompts: Sequence[str], name: str) -> None:
         raise ValueError(f"reward {name!r}: expected {images.shape[0]} prompts (one per image), got {got}")
 
 
+def batched_features(images: Tensor, batch_size: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``fn`` (images -> ``[b, D]``) to chunks of at most ``batch_size`` images; float32 ``[B, D]`` on the CPU."""
+    with torch.no_grad():
+        out = [fn(images[i : i + max(1, int(batch_size))]).detach().float().cpu() for i in range(0, images.shape[0], max(1, int(batch_size)))]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
 def batched_score(
     images: Tensor,
     prompts: Sequence[str],

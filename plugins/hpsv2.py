@@ -42,6 +42,7 @@ from torch import Tensor
 from treesdk.interfaces import RewardModel
 
 from .common import (
+    batched_features,
     CLIP_MEAN,
     CLIP_STD,
     batched_score,
@@ -153,9 +154,16 @@ class HPSv2Reward(RewardModel):
         self.model.to(self.device)
         return self
 
-    def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
+    def _image_embeds(self, images: Tensor) -> Tensor:
         pixels = hps_preprocess(images.to(self.device, torch.float32), self.image_size, self.mean, self.std)
-        img = self.model.encode_image(pixels.to(self.dtype), normalize=True).float()
+        return self.model.encode_image(pixels.to(self.dtype), normalize=True).float()
+
+    def features(self, images: Tensor) -> Tensor:
+        """L2-normalised image embeddings float32 ``[B, D]`` on the CPU (for :mod:`treesdk.diversity`)."""
+        return batched_features(images, self.batch_size, self._image_embeds)
+
+    def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        img = self._image_embeds(images)
         txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
         return (img * txt).sum(-1)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from treesdk.interfaces import RewardModel
 
-from .common import HFClip, WeightsStatus, batched_score, combine_status, pretrained_dir_status, check_inputs, resolve_device, resolve_dtype
+from .common import batched_features, HFClip, WeightsStatus, batched_score, combine_status, pretrained_dir_status, check_inputs, resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -67,6 +67,10 @@ class PickScoreReward(RewardModel):
         img = self.clip.image_embeds(images)
         txt = self.clip.text_embeds(prompts)
         return self.clip.model.logit_scale.exp().float() * (img * txt).sum(-1)
+
+    def features(self, images: Tensor) -> Tensor:
+        """L2-normalised CLIP image embeddings float32 ``[B, D]`` on the CPU (for :mod:`treesdk.diversity`)."""
+        return batched_features(images, self.batch_size, self.clip.image_embeds)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_inputs(images, prompts, self.name)

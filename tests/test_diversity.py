@@ -54,8 +54,10 @@ def test_evaluate_reports_diversity_with_the_heldout_evaluator_features():
     assert feats.shape == (8, 128)
     expected = (mean_pairwise_distance(feats[:4]) + mean_pairwise_distance(feats[4:])) / 2
     assert means["diversity"] == pytest.approx(expected, rel=1e-6) and means["diversity"] > 0
+    pixels = (mean_pairwise_distance(images[:4].flatten(1)) + mean_pairwise_distance(images[4:].flatten(1))) / 2
+    assert means["diversity_pixels"] == pytest.approx(pixels, rel=1e-6) and means["diversity_pixels"] != means["diversity"]
     single, _, _ = evaluate(backend, rewards, prompts[::4], [0, 1], 6)  # one image per prompt: undefined
-    assert single["diversity"] is None
+    assert single["diversity"] is None and single["diversity_pixels"] is None
     # identical seeds give identical images: no diversity
     same, _, _ = evaluate(backend, rewards, prompts[:4], [7] * 4, 6)
     assert same["diversity"] == pytest.approx(0.0, abs=1e-6)
@@ -72,5 +74,5 @@ def test_eval_lines_of_training_carry_diversity(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if x.get("eval")]
     assert [x["tag"] for x in evals] == ["start", "end"]
-    assert all(x["diversity"] > 0 for x in evals)
+    assert all(x["diversity"] > 0 and x["diversity_pixels"] > 0 for x in evals)
     assert run.eval_before["diversity"] == evals[0]["diversity"]

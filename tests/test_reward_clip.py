@@ -187,3 +187,20 @@ def test_dtype_option_runs_in_bfloat16(clip_dir, images):
     torch.testing.assert_close(got, full.score(images, PROMPTS), atol=0.5, rtol=0.05)
     with pytest.raises(ValueError, match=r"unknown dtype 'float8'"):
         PickScoreReward(model=str(clip_dir), processor=None, device="cpu", dtype="float8")
+
+
+def test_clip_rewards_offer_normalised_image_embeddings_as_features(clip_dir, images):
+    """features() = the official CLIPModel's image_embeds, L2-normalised: what diversity and
+    group-diversity measure distances in for real models."""
+    from treesdk_plugins.diversity import GroupDiversityReward
+
+    _, official, _ = official_logits(clip_dir, images, PROMPTS)
+    expected = official / official.norm(dim=-1, keepdim=True)
+    for cls in (CLIPScoreReward, PickScoreReward):
+        feats = cls(model=str(clip_dir), processor=None, device="cpu", batch_size=2).features(images)
+        assert feats.shape == expected.shape and feats.device.type == "cpu"
+        torch.testing.assert_close(feats, expected, atol=2e-5, rtol=1e-4)
+    bonus = GroupDiversityReward(features_of="pickscore", metric="cosine", features_options={"model": str(clip_dir), "processor": None})
+    scores = bonus.score(images, ["one prompt"] * len(PROMPTS))
+    cos = expected @ expected.T
+    torch.testing.assert_close(scores, ((1 - cos).sum(1) / (len(PROMPTS) - 1)).float(), atol=1e-5, rtol=1e-4)

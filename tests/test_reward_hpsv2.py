@@ -150,3 +150,14 @@ def test_hps_missing_open_clip_names_the_extra(monkeypatch):
 def test_hps_registered():
     assert registry.load("reward", "hpsv2") is HPSv2Reward
     assert registry.load("reward", "hpsv2.1") is HPSv21Reward
+
+
+def test_hps_features_are_the_normalised_image_features(hps, images):
+    path, config = hps
+    reward = HPSv21Reward(checkpoint=str(path), model_config=str(config), device="cpu", batch_size=2)
+    feats = reward.features(images)
+    assert feats.shape[0] == len(PROMPTS) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(len(PROMPTS)), atol=1e-5, rtol=0)
+    # the score is the cosine of these features with the text features
+    txt = reward.model.encode_text(reward.tokenizer(PROMPTS), normalize=True).float()
+    torch.testing.assert_close((feats * txt).sum(-1), reward.score(images, PROMPTS), atol=1e-5, rtol=1e-5)

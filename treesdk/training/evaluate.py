@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from treesdk.diversity import choose_features, per_prompt_diversity
+from treesdk.diversity import choose_features, per_prompt_diversity, pixel_features
 from treesdk.interfaces import RewardModel, VelocityModel, iter_chunks
 from treesdk.rewards import score_images
 from treesdk.sampler import sample_ode
@@ -32,11 +32,13 @@ def evaluate(
     """Sample one ODE image per (prompt, seed) pair, score it, and measure diversity.
 
     ``chunk``: rows per sampling call; ``decode_chunk``: images per decode call (default ``chunk``).
-    Returns ``({"<reward>_mean": value, ..., "diversity": value}, {reward: per-image scores}, images)``;
-    ``diversity`` is None when no prompt has at least two images.
+    Returns ``({"<reward>_mean": value, ..., "diversity": value, "diversity_pixels": value},
+    {reward: per-image scores}, images)``; both diversities are None when no prompt has at least two images.
     ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
     the features of the backend's held-out reward when one is among ``rewards`` and offers them,
     else another reward's, else the pixels; :func:`diversity_source` names the choice.
+    ``diversity_pixels`` is the same statistic on the flattened pixels in ``[0, 1]`` (model-agnostic,
+    but blind to what a feature network deems similar).
     """
     latents = sample_ode(model, prompts, seeds, steps, chunk=chunk)
     images = decode_chunked(model, latents, decode_chunk or chunk)
@@ -45,7 +47,9 @@ def evaluate(
     _, features = choose_features(rewards, model.heldout_rewards())
     with torch.no_grad():
         value = per_prompt_diversity(features(images), list(prompts))
+    pixels = per_prompt_diversity(pixel_features(images), list(prompts))
     means["diversity"] = value if value == value else None  # None (JSON null) when no prompt has two images
+    means["diversity_pixels"] = pixels if pixels == pixels else None
     return means, scores, images
 
 
