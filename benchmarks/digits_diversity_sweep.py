@@ -1,4 +1,4 @@
-"""What holds diversity on digits? The default run (treegrpo, 60 iterations, batch 8) under variants,
+"""What holds diversity on digits? TreeGRPO with the digits defaults (60 iterations, batch 8) under variants,
 and a recheck of Dynamic-TreeRPO's lambda and clip range on digits (``dtr-*``).
 
 Each variant trains from the shipped base model with the digit-classifier reward and is evaluated on
@@ -6,7 +6,7 @@ the fixed 100-image set (10 prompts x 10 seeds): held-out ``digit-evaluator`` ga
 (per-prompt mean pairwise distance of the evaluator's features, after / before).
 
     python benchmarks/digits_diversity_sweep.py --out benchmarks/results/digits-diversity-sweep.json
-    python benchmarks/digits_diversity_sweep.py --only default kl-0.1 --iters 60
+    python benchmarks/digits_diversity_sweep.py --only treegrpo kl-0.1 --iters 60
 """
 
 from __future__ import annotations
@@ -15,16 +15,29 @@ import argparse
 import json
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import treesdk
+from treesdk_backends.digits import DigitsBackend
 
 KL = {"kind": "kl", "form": "flow-grpo"}
 CLIP = {"kind": "clipped-surrogate", "clip": "fixed", "eps": 1e-4}
 
-#: name -> (algorithm, dotted overrides on top of the digits backend's recipe_defaults)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "default": ("treegrpo", {}),
+SFT = {"kind": "layertuning-sft"}
+
+
+def tree_sft(weight: float, **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """TreeGRPO with the LayerTuning SFT term at ``weight`` beside its clipped surrogate."""
+    return ("treegrpo", {"losses": [CLIP, {**SFT, "weight": weight}], **overrides})
+
+
+#: name -> (algorithm, dotted overrides on top of the digits backend's recipe_defaults[, extra]);
+#: extra: {"bonus": W} adds the group-diversity reward (digit-classifier features) at weight W,
+#: {"iters": N} trains N iterations instead of --iters
+VARIANTS: dict[str, tuple[Any, ...]] = {
+    "treegrpo": ("treegrpo", {}),  # plain TreeGRPO: `treesdk train`'s default run before this round
+    "default-run": (DigitsBackend.default_recipe, {}),  # `treesdk train` today: treegrpo + LayerTuning SFT 0.02, lr 2e-4
     "lr-5e-5": ("treegrpo", {"optim.lr": 5e-5}),
     "lr-3e-5": ("treegrpo", {"optim.lr": 3e-5}),
     "kl-0.01": ("treegrpo", {"losses": [CLIP, {**KL, "weight": 0.01}]}),
@@ -54,18 +67,38 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tree-sft-0.02-lr-4e-4": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}], "optim.lr": 4e-4}),
     "tree-sft-0.01-lr-2e-4": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.01}], "optim.lr": 2e-4}),
     "tree-sft-0.02-passes-2": ("treegrpo", {"losses": [CLIP, {"kind": "layertuning-sft", "weight": 0.02}], "optim.passes": 2}),
+    "tree-sft-0.02-lr-2e-4-100it": (*tree_sft(0.02, **{"optim.lr": 2e-4}), {"iters": 100}),
+    "tree-sft-0.015-lr-2e-4-70it": (*tree_sft(0.015, **{"optim.lr": 2e-4}), {"iters": 70}),
+    "tree-sft-0.02-lr-1e-4-150it": (*tree_sft(0.02), {"iters": 150}),
+    # where the window sits: later windows leave the early (layout) steps untrained
+    "window-min-start-2": ("treegrpo", {"window.min_start": 2}),
+    "window-min-start-4": ("treegrpo", {"window.min_start": 4}),
+    # the group-diversity bonus (intra-group mean distance in the training classifier's features)
+    "bonus-0.3": ("treegrpo", {}, {"bonus": 0.3}),
+    "bonus-0.5": ("treegrpo", {}, {"bonus": 0.5}),
+    "bonus-1.0": ("treegrpo", {}, {"bonus": 1.0}),
+    "bonus-1.0-120it": ("treegrpo", {}, {"bonus": 1.0, "iters": 120}),
+    "sft-0.01-bonus-0.3": (*tree_sft(0.01, **{"optim.lr": 2e-4}), {"bonus": 0.3}),
+    "sft-0.01-bonus-0.5": (*tree_sft(0.01, **{"optim.lr": 2e-4}), {"bonus": 0.5}),
 }
 
 
 def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
-    algo, overrides = VARIANTS[name]
+    algo, overrides, *extra = VARIANTS[name]
+    extra = extra[0] if extra else {}
+    iters = int(extra.get("iters", iters))
     backend = treesdk.load_backend("digits")
-    recipe = treesdk.load_algorithm(algo, **{**backend.recipe_defaults(), **overrides})
+    scale = {} if isinstance(algo, Mapping) else backend.recipe_defaults()  # a full recipe mapping is taken as is
+    recipe = treesdk.load_algorithm(algo, **{**scale, **overrides})
     heldout = {"digit-evaluator": treesdk.load_reward("digit-evaluator")}
     rewards = {"digit-classifier": treesdk.load_reward("digit-classifier")}
+    weights = {"digit-classifier": 1.0}
+    if extra.get("bonus"):
+        rewards["group-diversity"] = treesdk.load_reward("group-diversity", features_of="digit-classifier")
+        weights["group-diversity"] = float(extra["bonus"])
     prompts, seeds = backend.eval_set()
     start = time.perf_counter()
-    run = treesdk.train(recipe, backend, rewards, backend.default_prompts(), iters=iters, batch=batch, seed=seed,
+    run = treesdk.train(recipe, backend, rewards, backend.default_prompts(), iters=iters, batch=batch, seed=seed, weights=weights,
                         eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout)
     before, after = run.eval_before, run.eval_after
     return {
@@ -78,6 +111,10 @@ def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
         "diversity_before": before["diversity"],
         "diversity_after": after["diversity"],
         "diversity_kept": after["diversity"] / before["diversity"],
+        "diversity_pixels_before": before["diversity_pixels"],
+        "diversity_pixels_after": after["diversity_pixels"],
+        "diversity_pixels_kept": after["diversity_pixels"] / before["diversity_pixels"],
+        "iters": iters,
         "seconds": time.perf_counter() - start,
     }
 
@@ -90,13 +127,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    rows = []
+    rows: dict[str, Any] = {}
+    if args.out and args.out.is_file():  # rows of earlier invocations stay; a variant run again is replaced
+        rows = {row["variant"]: row for row in json.loads(args.out.read_text())["rows"]}
     for name in args.only or list(VARIANTS):
-        rows.append(run_variant(name, args.iters, args.batch, args.seed))
-        print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"iters": args.iters, "batch": args.batch, "seed": args.seed, "rows": rows}, indent=2) + "\n")
+        rows[name] = run_variant(name, args.iters, args.batch, args.seed)
+        print(json.dumps(rows[name]), flush=True)
+        if args.out:  # after every variant, so an interrupted sweep keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            table = {"iters": args.iters, "batch": args.batch, "seed": args.seed, "rows": list(rows.values())}
+            args.out.write_text(json.dumps(table, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def bench_command(
     threshold: Annotated[Optional[list[float]], typer.Option(help="reward threshold; give two (default: base + 50% and 90% of the best final gain)")] = None,
     task: Annotated[str, typer.Option(help="digits task: strict (classifier at temperature 3; does not saturate) or default")] = "strict",
     interleave: Annotated[bool, typer.Option(help="run the algorithms round-robin by iteration (else one after another)")] = True,
+    backend_defaults: Annotated[bool, typer.Option(help="apply the backend's recipe_defaults (digits: lr 1e-4); --no-backend-defaults runs the presets at the papers' values (T stays common)")] = True,
     prompts: Annotated[Optional[str], typer.Option(help="file with one training prompt per line")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override for every recipe, DOTTED.KEY=VALUE")] = None,
     resolution: Annotated[Optional[int], typer.Option(min=1, help="image resolution in pixels")] = None,
@@ -68,7 +69,8 @@ def bench_command(
         reward_options = {**{name: dict(opts) for name, opts in TASKS[task].items() if name in weights}, **reward_options}
         check_reward_options(reward_options, [*weights, *heldout_names])
         console.print(f"[bold]treesdk bench[/] {backend} ({task} task): {', '.join(names)}; {seconds:.0f} s each, T={steps}, "
-                      f"batch={batch}, {'interleaved' if interleave else 'one after another'}")
+                      f"batch={batch}, {'interleaved' if interleave else 'one after another'}, "
+                      f"{'the backend' + chr(39) + 's recipe defaults' if backend_defaults else 'the papers' + chr(39) + ' values'}")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                       TimeElapsedColumn(), console=console) as progress:
             tasks = {name: progress.add_task(name, total=seconds) for name in names}
@@ -77,7 +79,7 @@ def bench_command(
                 load_rewards(list(weights), device, reward_options), weights, train_prompts, eval_prompts, eval_seeds,
                 heldout=load_rewards(heldout_names, device, reward_options), algorithms=names, overrides=overrides,
                 seconds=seconds, max_iters=iters, eval_every=eval_every, batch=batch, steps=steps, seed=seed,
-                thresholds=threshold, interleave=interleave, task=task, out_dir=out,
+                thresholds=threshold, backend_defaults=backend_defaults, interleave=interleave, task=task, out_dir=out,
                 on_progress=lambda name, done, total: progress.update(tasks[name], completed=done),
             )
         print_report(report)
@@ -102,7 +104,7 @@ def print_report(report: dict) -> None:
     t1, t2 = report["thresholds"]
     table = Table(box=box.SIMPLE_HEAD, title=f"base reward {report['base']['reward']:.3f}; thresholds {t1:.3f}, {t2:.3f} "
                                                "(cells: wall s / CPU s / kNFE)")
-    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "threshold 1", "threshold 2"):
+    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "pixel\ndiv.", "threshold 1", "threshold 2"):
         table.add_column(col, no_wrap=True, min_width=15) if col == "algorithm" else table.add_column(col, justify="right")
 
     def cell(hit: dict | None) -> str:
@@ -110,12 +112,13 @@ def print_report(report: dict) -> None:
 
     for name, r in report["algorithms"].items():
         if r["error"]:
-            table.add_row(name, "-", "error", r["error"][:30], "", "", "")
+            table.add_row(name, "-", "error", r["error"][:30], "", "", "", "")
             continue
         table.add_row(
             name, str(r["iterations"]), f"{r['final_reward']:.3f}",
             f"{r['final_heldout']:.3f}" if r["final_heldout"] is not None else "-",
             f"{100 * r['diversity_kept']:.0f}%" if r["diversity_kept"] is not None else "-",
+            f"{100 * r['diversity_pixels_kept']:.0f}%" if r.get("diversity_pixels_kept") is not None else "-",
             cell(r["to_threshold"][0]), cell(r["to_threshold"][1]),
         )
     console.print(table)

@@ -51,6 +51,7 @@ class AlgorithmResult:
     nfe_training_per_iter: float = 0.0
     iterations: int = 0
     error: str | None = None
+    lr: float | None = None  # the recipe's learning rate (papers' or backend's)
 
 
 class _TimeBudget(Exception):
@@ -98,6 +99,7 @@ def run_bench(
     steps: int = 10,
     seed: int = 0,
     thresholds: Sequence[float] | None = None,
+    backend_defaults: bool = True,
     interleave: bool = True,
     task: str = "default",
     out_dir: str | Path | None = None,
@@ -105,8 +107,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Train each algorithm for ``seconds`` of training wall-clock (or ``max_iters``) and compare.
 
-    ``overrides`` (dotted keys) apply to every recipe after the backend's ``recipe_defaults`` and
-    ``steps``; the training reward is the weighted sum of ``rewards``; ``heldout`` rewards are only
+    ``overrides`` (dotted keys) apply to every recipe after the backend's ``recipe_defaults`` (unless
+    ``backend_defaults`` is False: the presets at the papers' values) and ``steps``; the training reward is the weighted sum of ``rewards``; ``heldout`` rewards are only
     evaluated. Returns the ``bench.json`` dictionary (and writes it with ``bench.png`` into ``out_dir``).
     """
     heldout = dict(heldout or {})
@@ -121,6 +123,7 @@ def run_bench(
             "reward": sum(float(weights.get(n, 1.0)) * means[f"{n}_mean"] for n in rewards),
             "heldout": means[f"{next(iter(heldout))}_mean"] if heldout else None,
             "diversity": means["diversity"],
+            "diversity_pixels": means["diversity_pixels"],
         }
 
     def worker(name: str) -> None:
@@ -131,8 +134,9 @@ def run_bench(
         backend = recipe = None
         try:
             backend = make_backend()
-            recipe = load_recipe(name, **{**backend.recipe_defaults(), "steps": steps, **dict(overrides or {})})
-            result.name = recipe.name
+            scale = backend.recipe_defaults() if backend_defaults else {}
+            recipe = load_recipe(name, **{**scale, "steps": steps, **dict(overrides or {})})
+            result.name, result.lr = recipe.name, recipe.optim.lr
             result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
             clock["turn_cpu"] = time.process_time()
 
@@ -184,7 +188,8 @@ def run_bench(
     if thresholds is None:
         best = max(r.curve[-1]["reward"] for r in measured)
         thresholds = [base["reward"] + f * (best - base["reward"]) for f in THRESHOLD_FRACTIONS]
-    report = _report(results, list(thresholds), base, steps=steps, batch=batch, seconds=seconds, interleave=interleave, task=task)
+    report = _report(results, list(thresholds), base, steps=steps, batch=batch, seconds=seconds, interleave=interleave, task=task,
+                     backend_defaults=backend_defaults)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -212,16 +217,20 @@ def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], bas
     for name, r in results.items():
         last = r.curve[-1] if r.curve else {}
         kept = last["diversity"] / base["diversity"] if r.curve and last.get("diversity") is not None and base.get("diversity") else None
+        kept_pixels = (last["diversity_pixels"] / base["diversity_pixels"]
+                       if r.curve and last.get("diversity_pixels") is not None and base.get("diversity_pixels") else None)
         algorithms[name] = {
             "to_threshold": [first_crossing(r.curve, t) for t in thresholds],
             "seconds_per_iter": r.seconds_per_iter,
             "nfe_sampling_per_iter": r.nfe_sampling_per_iter,
             "nfe_training_per_iter": r.nfe_training_per_iter,
             "iterations": r.iterations,
+            "lr": r.lr,
             "final_reward": last.get("reward"),
             "final_heldout": last.get("heldout"),
             "final_diversity": last.get("diversity"),
             "diversity_kept": kept,
+            "diversity_pixels_kept": kept_pixels,
             "error": r.error,
             "curve": r.curve,
         }

@@ -40,7 +40,9 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
     if light:  # cheap: its recipe defaults are what the run would apply
         vm = treesdk.load_backend(backend, **{k: v for k, v in options.items() if k in ("model", "device")})
         defaults = dict(vm.recipe_defaults())
-    recipe = config.resolve_recipe(defaults)
+    from treesdk import registry
+
+    recipe = config.resolve_recipe(defaults, getattr(registry.load("backend", backend), "default_recipe", None))
     facts, no_sizes = None, "a light backend: calls only"
     if not light:
         try:

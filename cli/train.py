@@ -131,7 +131,7 @@ def option_names(kind: str, name: str) -> set[str] | None:
 def train_command(
     backend: Annotated[Optional[str], typer.Option(help="velocity-model backend (entry point in treesdk.backends) [default: digits]")] = None,
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id; default: the backend's")] = None,
-    algo: Annotated[Optional[str], typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file) [default: treegrpo]")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file) [default: the backend's default recipe; digits: treegrpo-layertuning, others: treegrpo]")] = None,
     k: Annotated[Optional[int], typer.Option(help="branching factor of the tree (overrides the recipe)")] = None,
     d: Annotated[Optional[int], typer.Option(help="tree depth = SDE window length in steps")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampling steps T")] = None,
@@ -218,7 +218,7 @@ def train_command(
             if run_dir is None:  # one folder for every rank, node and restart
                 from treesdk.training.run_folders import default_run_dir
 
-                name = run_config.recipe if isinstance(run_config.recipe, str) else run_config.recipe.name
+                name = getattr(run_config.recipe, "name", None) or str(run_config.recipe or "default")
                 run_dir = default_run_dir(Path(name).stem)
                 worker += ["--out", str(run_dir)]
             else:

@@ -55,6 +55,7 @@ def test_sample_and_eval_a_trained_run(trained_run, tmp_path):
     ends = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"tag": "end"' in line]
     assert data["digit-evaluator_mean"] == pytest.approx(ends[0]["digit-evaluator_mean"], abs=1e-6)
     assert data["diversity"] == pytest.approx(ends[0]["diversity"], rel=1e-6) and data["diversity_features"] == "digit-evaluator"
+    assert data["diversity_pixels"] == pytest.approx(ends[0]["diversity_pixels"], rel=1e-6) and "diversity (pixels)" in result.output
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
@@ -79,6 +80,16 @@ def test_a_short_training_run_raises_the_heldout_reward():
     assert gain > 0.05, (run.eval_before, run.eval_after)
 
 
+def test_bench_at_the_papers_values_skips_the_backends_recipe_defaults(tmp_path):
+    report = run_bench(
+        lambda: treesdk.load_backend("digits"), {"digit-classifier": treesdk.load_reward("digit-classifier")},
+        {"digit-classifier": 1.0}, ["digit 3"], ["digit 3"] * 2, [0, 1], algorithms=["treegrpo", "dynamic-treerpo"],
+        overrides={"tree.d": 2}, seconds=60, max_iters=1, eval_every=1, batch=1, steps=4, backend_defaults=False,
+    )
+    assert report["backend_defaults"] is False
+    assert report["algorithms"]["treegrpo"]["lr"] == 1e-5 and report["algorithms"]["dynamic-treerpo"]["lr"] == 5e-6  # papers'
+
+
 def test_bench_reports_every_field_and_interleaves(tmp_path):
     backend_factory = lambda: treesdk.load_backend("digits")  # noqa: E731
     rewards = {"digit-classifier": treesdk.load_reward("digit-classifier")}
@@ -90,6 +101,7 @@ def test_bench_reports_every_field_and_interleaves(tmp_path):
         eval_every=1, batch=2, steps=4, out_dir=tmp_path, on_progress=lambda name, done, total: order.append(name),
     )
     assert order == ["grpo", "treegrpo", "grpo", "treegrpo"]  # round-robin by iteration
+    assert report["backend_defaults"] is True and report["algorithms"]["treegrpo"]["lr"] == 1e-4  # digits' lr
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["thresholds"] == report["thresholds"] and len(saved["thresholds"]) == 2
     assert (tmp_path / "bench.png").stat().st_size > 1000
@@ -98,7 +110,7 @@ def test_bench_reports_every_field_and_interleaves(tmp_path):
         assert entry["error"] is None and entry["iterations"] == 2
         assert entry["curve"][0]["seconds"] == 0.0 and entry["nfe_sampling_per_iter"] > 0
         assert entry["curve"][-1]["cpu_seconds"] > 0 and entry["curve"][-1]["nfe"] > 0
-        assert entry["final_diversity"] > 0 and entry["diversity_kept"] > 0
+        assert entry["final_diversity"] > 0 and entry["diversity_kept"] > 0 and entry["diversity_pixels_kept"] > 0
     # grpo: 2 prompts x 1 root x 4 SDE steps, plus 8 trained and 8 reference (KL) evaluations per iteration
     grpo = saved["algorithms"]["grpo"]
     assert grpo["nfe_sampling_per_iter"] == 8 and grpo["curve"][-1]["nfe"] == 2 * (8 + 8 + 8)

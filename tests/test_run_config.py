@@ -32,7 +32,7 @@ def metrics(run_dir) -> list[dict]:
 
 def test_defaults_and_short_forms_validate():
     config = run_config_from_data({"rewards": {"digit-classifier": 0.5}, "eval_rewards": ["digit-evaluator"]})
-    assert config.backend.name == "digits" and config.recipe == "treegrpo"
+    assert config.backend.name == "digits" and config.recipe is None  # the backend's default_recipe
     assert config.rewards["digit-classifier"].weight == 0.5 and list(config.eval_rewards) == ["digit-evaluator"]
 
 
@@ -107,3 +107,21 @@ def test_trainer_steps_can_be_driven_by_hand():
     rows = [trainer.step() for _ in range(2)]
     assert [r["iteration"] for r in rows] == [1, 2] and trainer.iteration == 2
     assert trainer.finish().iterations == 2
+
+
+def test_an_unset_recipe_is_the_backends_default_recipe():
+    from treesdk.training.runs import precheck_run_config
+    from treesdk_backends.digits import DigitsBackend
+
+    digits = DigitsBackend.default_recipe
+    default = RunConfig().resolve_recipe({"optim.lr": 1e-4}, digits)
+    assert default.name == "treegrpo-layertuning" and default.optim.lr == 2e-4  # a mapping is taken as is
+    assert [(t.kind, getattr(t, "weight", None)) for t in default.losses][1] == ("layertuning-sft", 0.02)
+    assert default.tree == treesdk.load_algorithm("treegrpo").tree
+    named = RunConfig(recipe="treegrpo").resolve_recipe({"optim.lr": 1e-4}, digits)
+    assert named.name == "treegrpo" and named.optim.lr == 1e-4 and len(named.losses) == 1
+    assert RunConfig().resolve_recipe({"optim.lr": 1e-4}).name == "treegrpo"  # a backend that names none
+    # checked before any model loads, against the default recipe: its second loss term exists
+    precheck_run_config(RunConfig(overrides={"losses.1.weight": 0.01}))
+    with pytest.raises(ValueError, match="losses"):
+        precheck_run_config(RunConfig(recipe="treegrpo", overrides={"losses.1.weight": 0.01}))

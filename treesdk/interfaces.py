@@ -18,7 +18,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -137,6 +137,10 @@ class ProductDefaults:
 
     #: registry name, e.g. ``"flux"``
     name: str = "velocity-model"
+    #: the recipe ``treesdk train`` runs when none is named (``RunConfig.recipe`` unset): a preset
+    #: name, to which :meth:`recipe_defaults` then apply, or a complete recipe mapping (nested form,
+    #: taken as is, like a recipe file). A class attribute, so a run can be checked before loading.
+    default_recipe: ClassVar[str | Mapping[str, Any]] = "treegrpo"
 
     def default_prompts(self) -> list[str]:
         """Training prompts used when the user gives none."""

@@ -8,7 +8,8 @@ sample and eval read back (:func:`read_run_config`).
 A run file (YAML or JSON) holds the same keys::
 
     backend: {name: digits, options: {model: null, resolution: null}}
-    recipe: treegrpo                 # a preset name, a recipe file, or the recipe itself (a mapping)
+    recipe: treegrpo                 # a preset name, a recipe file, or the recipe itself (a mapping);
+                                     # unset: the backend's default_recipe (treegrpo unless it names another)
     overrides: {tree.k: 3}           # dotted recipe overrides, applied after the backend's defaults
     rewards: {digit-classifier: 1.0} # name -> weight, or name -> {weight: 1.0, options: {...}}
     eval_rewards: [digit-evaluator]  # held-out rewards (None: the backend's)
@@ -138,7 +139,8 @@ class RunConfig(_Section):
     """One training run. See the module docstring for the file form."""
 
     backend: BackendConfig = Field(default_factory=BackendConfig)
-    recipe: Recipe | str = Field("treegrpo", description="a preset name, a recipe file, or the recipe")
+    recipe: Recipe | str | None = Field(
+        None, description="a preset name, a recipe file, or the recipe (unset: the backend's default_recipe, treegrpo unless it names another)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted recipe overrides")
     rewards: dict[str, RewardConfig] = Field(default_factory=dict, description="training rewards (empty: the backend's)")
     eval_rewards: dict[str, RewardConfig] | None = Field(None, description="held-out rewards (None: the backend's)")
@@ -196,14 +198,21 @@ class RunConfig(_Section):
             options["dtype"] = self.dtype
         return options
 
-    def resolve_recipe(self, recipe_defaults: Mapping[str, Any] | None = None) -> Recipe:
+    def resolve_recipe(self, recipe_defaults: Mapping[str, Any] | None = None,
+                       default_recipe: str | Mapping[str, Any] | None = None) -> Recipe:
         """The recipe of this run: preset or file (plus ``recipe_defaults``, the backend's scale
-        defaults, for presets only: a recipe file's values are the user's own), then ``overrides``."""
-        if isinstance(self.recipe, Recipe):
-            return load_recipe(self.recipe, **self.overrides) if self.overrides else self.recipe
-        is_file = Path(self.recipe).suffix.lower() in {".yaml", ".yml", ".json"}
+        defaults, for presets only: a recipe file's values are the user's own), then ``overrides``.
+
+        An unset ``recipe`` is the backend's ``default_recipe`` (``"treegrpo"`` when not given): a
+        preset name gets ``recipe_defaults`` like any preset, a mapping is taken as is."""
+        recipe = self.recipe if self.recipe is not None else (default_recipe if default_recipe is not None else "treegrpo")
+        if isinstance(recipe, Recipe):
+            return load_recipe(recipe, **self.overrides) if self.overrides else recipe
+        if isinstance(recipe, Mapping):
+            return load_recipe(recipe, **self.overrides)
+        is_file = Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}
         overrides = {**({} if is_file else dict(recipe_defaults or {})), **self.overrides}
-        return load_recipe(self.recipe, **overrides)
+        return load_recipe(recipe, **overrides)
 
     def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str]) -> RunConfig:
         """This config with the recipe inline (no overrides left) and the rewards named explicitly:

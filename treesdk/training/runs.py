@@ -52,7 +52,7 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
         registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
         backend = factory(**config.backend_options())
     vm = with_precision(backend, config.precision)  # bf16/fp16: autocast around velocity and decode
-    recipe = config.resolve_recipe(vm.recipe_defaults())
+    recipe = config.resolve_recipe(vm.recipe_defaults(), getattr(backend, "default_recipe", None))  # backend: vm may be a wrapper
     weights = {n: r.weight for n, r in config.rewards.items()} or vm.default_rewards()
     if not weights:
         raise ValueError(f"backend {config.backend.name!r} has no default reward: name one with --reward NAME[=WEIGHT]")
@@ -103,11 +103,13 @@ def precheck_run_config(config: RunConfig) -> None:
     for name, reward in named.items():
         options = {**config.reward_options.get(name, {}), **reward.options}
         registry.check_options("reward", name, registry.load("reward", name), options, f"--reward-opt {name}:KEY")
-    if isinstance(config.recipe, str) and Path(config.recipe).suffix.lower() in {".yaml", ".yml", ".json"}:
-        config.resolve_recipe()
-    elif isinstance(config.recipe, str):
+    default_recipe = getattr(factory, "default_recipe", None)  # a class attribute: no model is loaded
+    recipe = config.recipe if config.recipe is not None else default_recipe
+    if isinstance(recipe, Mapping) or (isinstance(recipe, str) and Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}):
+        config.resolve_recipe({}, default_recipe)
+    elif isinstance(recipe, str) or recipe is None:
         try:
-            config.resolve_recipe({})  # an unknown preset or a bad override path fails here
+            config.resolve_recipe({}, default_recipe)  # an unknown preset or a bad override path fails here
         except UserError:
             raise
         except ValueError:  # a value the backend's defaults may still change: judged after it loads

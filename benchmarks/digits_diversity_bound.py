@@ -1,0 +1,89 @@
+"""How much diversity can a held-out score near 1 keep on digits? A reference from the base model itself.
+
+Samples ``--per-digit`` ODE images of every digit from the shipped base model and measures, for
+re-weightings of those samples that raise the held-out ``digit-evaluator`` mean:
+
+* the subsets the evaluator scores above a threshold (``filter``: rejection sampling);
+* the exponentially tilted distributions ``w_i ∝ exp(score_i / beta)`` per digit (``tilt``): the
+  optimum of "maximise the expected score minus beta x KL to the base", restricted to the base
+  model's own samples — what KL-regularised RL converges to when it cannot invent new images.
+
+For each: the evaluator mean, and the diversity kept (per-digit weighted mean pairwise distance,
+over the base model's) in the evaluator's 128-d features and in pixels — the two measures
+``treesdk eval`` reports (``diversity``, ``diversity_pixels``).
+
+    python benchmarks/digits_diversity_bound.py --out benchmarks/results/digits-diversity-bound.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import treesdk
+from treesdk.diversity import pixel_features
+from treesdk_backends.digits import digit_prompt, sample_digits
+
+
+def weighted_diversity(features: torch.Tensor, weights: torch.Tensor) -> float:
+    """``sum_{i != j} w_i w_j d_ij / sum_{i != j} w_i w_j`` for one prompt's rows (float64)."""
+    f = features.double()
+    dist = torch.cdist(f[None], f[None])[0]
+    pair = weights.double()[:, None] * weights.double()[None, :]
+    pair.fill_diagonal_(0.0)
+    return float((pair * dist).sum() / pair.sum())
+
+
+def measure(features: torch.Tensor, pixels: torch.Tensor, score: torch.Tensor, weights: torch.Tensor, per_digit: int) -> dict[str, float]:
+    """Evaluator mean and diversities (features, pixels) of the weighting ``weights`` (digit-major rows)."""
+    out = {"heldout": 0.0, "diversity": 0.0, "diversity_pixels": 0.0, "effective_samples_per_digit": 0.0}
+    for d in range(10):
+        rows = slice(d * per_digit, (d + 1) * per_digit)
+        w = weights[rows] / weights[rows].sum()
+        out["heldout"] += float((w * score[rows]).sum()) / 10
+        out["diversity"] += weighted_diversity(features[rows], w) / 10
+        out["diversity_pixels"] += weighted_diversity(pixels[rows], w) / 10
+        out["effective_samples_per_digit"] += float(1.0 / (w**2).sum()) / 10
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-digit", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    backend = treesdk.load_backend("digits")
+    evaluator = treesdk.load_reward("digit-evaluator")
+    prompts = [digit_prompt(d) for d in range(10) for _ in range(args.per_digit)]
+    images = torch.cat([sample_digits(backend, prompts[i : i + 500], seed=args.seed + i) for i in range(0, len(prompts), 500)])
+    score = evaluator.score(images, prompts).double()
+    features, pixels = evaluator.features(images), pixel_features(images)
+    base = measure(features, pixels, score, torch.ones_like(score), args.per_digit)
+
+    def row(kind: str, value: float, weights: torch.Tensor) -> dict[str, float]:
+        m = measure(features, pixels, score, weights, args.per_digit)
+        return {"kind": kind, "value": value, **m, "kept": m["diversity"] / base["diversity"],
+                "kept_pixels": m["diversity_pixels"] / base["diversity_pixels"]}
+
+    rows = []
+    for threshold in (0.5, 0.9, 0.97, 0.99):
+        keep = (score > threshold).double()
+        if all(keep[d * args.per_digit : (d + 1) * args.per_digit].sum() >= 2 for d in range(10)):
+            rows.append(row("filter", threshold, keep))
+    for beta in (1.0, 0.3, 0.1, 0.03, 0.01, 0.005, 0.003):
+        rows.append(row("tilt", beta, torch.exp((score - score.max()) / beta)))
+    for r in rows:
+        print(f"{r['kind']:6s} {r['value']:<6g} held-out {r['heldout']:.4f}  kept {100 * r['kept']:.0f}% "
+              f"(pixels {100 * r['kept_pixels']:.0f}%)  effective samples/digit {r['effective_samples_per_digit']:.0f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"per_digit": args.per_digit, "seed": args.seed, "base": base, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
