@@ -140,6 +140,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sdpa_kernels(device: torch.device) -> dict:
+    """On CUDA, the attention kernels SDPA may choose (diffusers' FLUX attention calls
+    ``F.scaled_dot_product_attention``): flash and memory-efficient keep no tokens x tokens matrix."""
+    if device.type != "cuda":
+        return {}
+    b = torch.backends.cuda
+    return {"sdpa_enabled": {"flash": b.flash_sdp_enabled(), "memory_efficient": b.mem_efficient_sdp_enabled(),
+                             "math": b.math_sdp_enabled()}}
+
+
 def peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
         return {
@@ -243,6 +253,10 @@ def run(args: argparse.Namespace) -> dict:
         "gradient_checkpointing": args.gradient_checkpointing,
         "base_parameters": int(n_params),
         "trainable_parameters": int(sum(p.numel() for p in params)),
+        "weights_dtype": sorted({str(p.dtype).replace("torch.", "") for p in backend.transformer.parameters()
+                                 if id(p) not in trainable_ids}),
+        "trainable_dtype": sorted({str(p.dtype).replace("torch.", "") for p in params}),
+        **sdpa_kernels(device),
         "seconds_per_train_step_median": times[len(times) // 2],
         "seconds_per_train_step_min": times[0],
         "seconds_per_sampling_forward_median": fwd[len(fwd) // 2],

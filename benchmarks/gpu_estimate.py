@@ -9,6 +9,7 @@ an assumption, stated in docs/performance.md). Decode, reward and optimiser are 
 
     python benchmarks/gpu_estimate.py --model FLUX.1-dev --algo dynamic-treerpo --steps 25 --k 2 --d 3 \\
         --batch 16 --ranks 8 --resolution 1024 --gpu H100
+    python benchmarks/gpu_estimate.py --memory-table    # docs/performance.md's peak-memory estimates
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import json
 
 from treesdk.training.model_facts import model_facts
-from treesdk.training.plan import iteration_calls
+from treesdk.training.plan import GIB, iteration_calls, plan_memory
 from treesdk.recipes import load_recipe
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -52,6 +53,30 @@ def estimate(model: str, algo: str, steps: int, k: int, d: int, batch: int, rank
             "seconds_per_iteration": seconds_sampling + seconds_training + seconds_other}
 
 
+#: (model, px, k, d, gradient checkpointing, train_chunk) rows of docs/performance.md's memory table
+MEMORY_ROWS = [
+    *[("FLUX.1-dev", px, k, 3, ck, 4 if ck else 1) for px in (512, 1024) for k in (2, 3) for ck in (False, True)],
+    *[("SD3.5-medium", px, 2, 3, ck, 4 if ck else 1) for px in (512, 1024) for ck in (False, True)],
+    *[("SD3.5-large", 1024, 2, 3, ck, 4 if ck else 1) for ck in (False, True)],
+]
+
+
+def memory_table(decode_chunk: int = 4, trees: int = 2, lora_rank: int = 16) -> str:
+    """Peak memory per GPU (GiB, :func:`treesdk.training.plan.plan_memory`) of :data:`MEMORY_ROWS` as a
+    markdown table: bf16, LoRA, text encoders offloaded, ``trees`` trees per rank, T = 10."""
+    lines = ["| model | px | k, d | checkpointing | train_chunk | decode_chunk | weights (transformer) | "
+             "activations (training call) | peak training | peak decode | peak |", "|---" * 11 + "|"]
+    for model, px, k, d, ck, train_chunk in MEMORY_ROWS:
+        recipe = load_recipe("treegrpo", steps=10, train_chunk=train_chunk, decode_chunk=decode_chunk,
+                             **{"tree.k": k, "tree.d": d})
+        m = plan_memory(recipe, model_facts("", model), resolution=px, dtype="bfloat16", lora_rank=lora_rank,
+                        prompts=trees, gradient_checkpointing=ck, offload_text_encoders=True)
+        cells = [m.weights_transformer, m.activations_training, m.peak_training, m.peak_decode, m.peak]
+        lines.append(f"| {model} | {px} | {k}, {d} | {'yes' if ck else 'no'} | {train_chunk} | {decode_chunk} | "
+                     + " | ".join(f"{v / GIB:.1f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="FLUX.1-dev", help="a treesdk.training.model_facts.KNOWN_MODELS name")
@@ -66,7 +91,11 @@ def main() -> None:
     p.add_argument("--mfu", type=float, default=0.5)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--other", type=float, default=0.15, help="decode + reward seconds per leaf")
+    p.add_argument("--memory-table", action="store_true", help="print the peak-memory table of docs/performance.md")
     a = p.parse_args()
+    if a.memory_table:
+        print(memory_table())
+        return
     print(json.dumps(estimate(a.model, a.algo, a.steps, a.k, a.d, a.batch, a.ranks, a.resolution, a.gpu, a.mfu,
                               a.gradient_checkpointing, a.other), indent=2))
 

@@ -24,15 +24,18 @@ It also prints the dry-run memory estimate (:mod:`treesdk.training.plan`) next t
 
 ``MALLOC_MMAP_THRESHOLD_`` makes glibc return freed tensors to the system at once, so the CPU peak
 resident set measures live tensors, not the allocator's cache.
+On a CPU the pipeline is loaded with ``disable_mmap=True`` (:func:`loading_without_mmap`): every
+weight resident, as on a GPU. ``--train-chunk`` / ``--decode-chunk`` set the recipe's
+``train_chunk`` / ``decode_chunk``; ``--no-bare`` skips the replay (and the recording of inputs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -44,65 +47,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 class Meter:
-    """Seconds and peak memory (GiB) per named phase."""
+    """Seconds (wall and the process's CPU) and peak memory (GiB) per named phase, measured with
+    :class:`treesdk.training.profiling.MemoryProbe` (the probe of ``treesdk train --profile``): on
+    CUDA the device is synchronised before and after each phase and its peak allocation reset."""
 
     def __init__(self, device: torch.device) -> None:
+        from treesdk.training.profiling import MemoryProbe
+
         self.device = device
+        self.probe = MemoryProbe(device)
         self.rows: dict[str, dict[str, float]] = {}
 
-    def _reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as handle:
-                    handle.write("5")
-            except OSError:
-                pass
-
-    def peak_gib(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**30
-        try:
-            for line in open("/proc/self/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
     def now_gib(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device) / 2**30
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-        return 0.0
+        return self.probe.now_gib()
 
     def run(self, name: str, fn, *args, **kwargs):
-        self._reset()
-        before = self.now_gib()
+        self.probe.sync()
+        self.probe.reset_peak()
+        before = self.probe.now_gib()
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.probe.sync()
         seconds = time.perf_counter() - t0
         row = self.rows.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0, "peak_gib": 0.0, "calls": 0})
         row["seconds"] += seconds
         row["cpu_seconds"] += time.process_time() - c0
-        row["peak_gib"] = max(row["peak_gib"], self.peak_gib())
+        row["peak_gib"] = max(row["peak_gib"], self.probe.peak_gib())
         row["before_gib"] = before
         row["calls"] += 1
         return out
 
 
 class CallRecorder:
-    """Forward pre-hook on the transformer: the keyword inputs of every call and whether it had grad."""
+    """Hooks on the transformer: every call's row count and grad mode, and with ``keep_inputs`` its
+    keyword inputs, copied to the CPU so that the recording does not add to the device's peak
+    (on CUDA that copy synchronises once per call: use ``--no-bare`` for undisturbed timings)."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: torch.nn.Module, keep_inputs: bool = True) -> None:
         self.calls: list[tuple[bool, dict]] = []
-        #: CPU seconds of each no-grad transformer forward inside the run (sampling calls)
+        self.keep_inputs = keep_inputs
+        #: CPU seconds of each no-grad transformer forward inside the run (sampling calls; CPU only:
+        #: on CUDA a forward returns once its kernels are queued)
         self.sampling_forward_cpu_seconds = 0.0
         self._start = 0.0
         self.handles = [transformer.register_forward_pre_hook(self._hook, with_kwargs=True),
@@ -111,7 +96,11 @@ class CallRecorder:
     def _hook(self, _module, args, kwargs):
         if args:
             raise RuntimeError("the backend calls the transformer positionally; the recorder needs keywords")
-        inputs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        rows = int(kwargs["hidden_states"].shape[0])
+        inputs = {"hidden_states": rows}
+        if self.keep_inputs:
+            inputs = {k: (v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v)
+                      for k, v in kwargs.items()}
         self.calls.append((torch.is_grad_enabled(), inputs))
         self._start = time.process_time()
 
@@ -125,12 +114,15 @@ class CallRecorder:
 
 
 def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> dict[str, float]:
-    """The recorded calls again, transformer only: sampling forwards, training forward + backward."""
+    """The recorded calls again, transformer only: sampling forwards, training forward + backward
+    (inputs moved back to the device before each timed call)."""
     seconds = {"bare_sampling": 0.0, "bare_training": 0.0, "bare_sampling_cpu": 0.0, "bare_training_cpu": 0.0}
     rows = {"bare_sampling": 0, "bare_training": 0}
+    device = next(transformer.parameters()).device
     transformer.train(False)
-    for grad, inputs in calls:
+    for grad, recorded in calls:
         key = "bare_training" if grad else "bare_sampling"
+        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in recorded.items()}
 
         def one(grad=grad, inputs=inputs):
             if grad:
@@ -148,14 +140,51 @@ def replay_bare(transformer: torch.nn.Module, calls, meter: Meter, params) -> di
         meter.run(key, one)
         seconds[key] += time.perf_counter() - t0
         seconds[key + "_cpu"] += time.process_time() - c0
-        rows[key] += int(next(v for k, v in inputs.items() if k == "hidden_states").shape[0])
+        rows[key] += int(inputs["hidden_states"].shape[0])
+        del inputs
     return {**seconds, **{f"{k}_transformer_rows": v for k, v in rows.items()}}
+
+
+@contextlib.contextmanager
+def loading_without_mmap():
+    """Pipelines loaded inside read their safetensors into memory (diffusers' ``disable_mmap=True``).
+
+    Loaded on a CPU with the default memory map, a weight stays a view of the file, resident only
+    where a computation touched it (SD3's positional table: 226 M values of which a 256 px image
+    reads a 16 x 16 crop), while a GPU holds every weight in full. Read into memory, the CPU's
+    resident set holds what a GPU would, so the measured peak compares with the dry-run estimate."""
+    from diffusers import DiffusionPipeline
+
+    original = DiffusionPipeline.__dict__["from_pretrained"]
+
+    def from_pretrained(cls, *args, **kwargs):
+        kwargs.setdefault("disable_mmap", True)
+        return original.__func__(cls, *args, **kwargs)
+
+    DiffusionPipeline.from_pretrained = classmethod(from_pretrained)
+    try:
+        yield
+    finally:
+        DiffusionPipeline.from_pretrained = original
+
+
+def precision_facts(backend, params) -> dict:
+    """What actually ran: the transformer's weight dtype, the trainable (LoRA) dtype, the attention
+    kernels SDPA may pick on CUDA (flash / memory-efficient / math)."""
+    frozen = {str(p.dtype).replace("torch.", "") for p in backend.transformer.parameters() if not p.requires_grad}
+    facts = {"weights_dtype": sorted(frozen), "trainable_dtype": sorted({str(p.dtype).replace("torch.", "") for p in params})}
+    if backend.device.type == "cuda":
+        b = torch.backends.cuda
+        facts["sdpa_enabled"] = {"flash": b.flash_sdp_enabled(), "memory_efficient": b.mem_efficient_sdp_enabled(),
+                                 "math": b.math_sdp_enabled()}
+    return facts
 
 
 def build_recipe(args: argparse.Namespace):
     from treesdk.recipes import load_recipe
 
     overrides = {"steps": args.steps, "tree.k": args.k, "tree.d": args.d, "chunk": args.chunk,
+                 "train_chunk": args.train_chunk, "decode_chunk": args.decode_chunk,
                  "window": {"kind": "fixed", "start": args.window_start}}
     return load_recipe(args.algo, **overrides)
 
@@ -174,6 +203,9 @@ def load(args: argparse.Namespace):
                    lora_rank=args.lora_rank, gradient_checkpointing=args.gradient_checkpointing)
     if args.text_tokens:
         options["max_sequence_length"] = args.text_tokens
+    if not str(args.device).startswith("cuda"):  # a GPU holds every weight: make the CPU hold them too
+        with loading_without_mmap():
+            return treesdk.load_backend(args.family, **options), model
     return treesdk.load_backend(args.family, **options), model
 
 
@@ -225,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
         if measured:
             meter.rows = {k: v for k, v in meter.rows.items() if k == "load"}
             optimizer_seconds[0] = 0.0
-            recorder = CallRecorder(backend.transformer)
+            recorder = CallRecorder(backend.transformer, keep_inputs=args.bare)
         if hasattr(backend, "_cache"):
             backend._cache.clear()  # encode is measured uncached, as for a new prompt
         cond = meter.run("encode", backend.encode, prompts)
@@ -236,12 +268,12 @@ def run(args: argparse.Namespace) -> dict:
             side = backend.resolution
             images = meter.run("decode", torch.zeros, forest.leaves.shape[0], 3, side, side)
         else:
-            images = meter.run("decode", decode_chunked, backend, forest.leaves, args.decode_chunk or recipe.chunk)
+            images = meter.run("decode", decode_chunked, backend, forest.leaves, recipe.decoding_chunk)
         leaf_prompts = [prompts[int(p)] for p in forest.leaf_prompt]
         scores = meter.run("reward", score_images, rewards, images, leaf_prompts)
         targets = meter.run("advantages", estimator, forest, scores, weights)
         stats = meter.run("training", policy_update, backend, forest, targets, terms, optimizer, params,
-                          passes=o.passes, minibatches=o.minibatches, chunk=args.train_chunk or recipe.chunk,
+                          passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk,
                           grad_clip=o.grad_clip)
         meter.run("checkpoint", save_checkpoint, checkpoint_dir, iteration + 1, backend.trainable_state_dict(),
                   optimizer, {"profile": True}, keep=1)
@@ -250,7 +282,8 @@ def run(args: argparse.Namespace) -> dict:
     phases["training"]["optimizer_seconds"] = optimizer_seconds[0]
     # the sampler's own cost: CPU seconds of the sample phase outside the transformer's forwards
     phases["sample"]["transformer_cpu_seconds"] = recorder.sampling_forward_cpu_seconds
-    phases["sample"]["overhead_inside_run"] = phases["sample"]["cpu_seconds"] / max(recorder.sampling_forward_cpu_seconds, 1e-9)
+    phases["sample"]["overhead_inside_run"] = (  # CPU only: a CUDA forward returns before its kernels ran
+        phases["sample"]["cpu_seconds"] / max(recorder.sampling_forward_cpu_seconds, 1e-9) if device.type == "cpu" else None)
     bare = replay_bare(backend.transformer, recorder.calls, meter, params) if args.bare else {}
     iteration_phases = ("encode", "sample", "decode", "reward", "advantages", "training", "checkpoint")
     result = {
@@ -260,11 +293,12 @@ def run(args: argparse.Namespace) -> dict:
         "latent_shape": list(backend.latent_shape), "lora_rank": args.lora_rank,
         "gradient_checkpointing": args.gradient_checkpointing, "recipe": recipe.name, "steps": recipe.steps,
         "k": recipe.tree.k, "d": recipe.tree.d, "window_start": args.window_start, "batch": args.batch,
-        "decode_skipped": args.skip_decode, "chunk": recipe.chunk, "train_chunk": args.train_chunk or recipe.chunk,
+        "decode_skipped": args.skip_decode, "chunk": recipe.chunk, "train_chunk": recipe.training_chunk,
+        "decode_chunk": recipe.decoding_chunk,
         "nfe_sampling": forest.nfe, "nfe_training": stats.nfe_training, "leaves": int(forest.leaves.shape[0]),
         "transformer_calls": len(recorder.calls),
         "transformer_parameters": int(sum(p.numel() for p in backend.transformer.parameters())),
-        "runtime_gib_before_load": runtime_gib, "phases": phases,
+        "runtime_gib_before_load": runtime_gib, "phases": phases, **precision_facts(backend, params),
         "iteration_seconds": sum(phases[p]["seconds"] for p in iteration_phases),
     }
     if bare:
@@ -288,8 +322,7 @@ def run(args: argparse.Namespace) -> dict:
         }
     facts = model_facts(args.family, model_path, text_tokens=args.text_tokens)
     mem = plan_memory(recipe, facts, resolution=backend.resolution, dtype=args.dtype, lora_rank=args.lora_rank,
-                      prompts=args.batch, gradient_checkpointing=args.gradient_checkpointing,
-                      decode_chunk=args.decode_chunk, train_chunk=args.train_chunk)
+                      prompts=args.batch, gradient_checkpointing=args.gradient_checkpointing)
     gib = 2**30
     est = {"peak_training": mem.peak_training / gib, "peak_sampling": mem.peak_sampling / gib,
            "peak_decode": mem.peak_decode / gib, "activations_training": mem.activations_training / gib,

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 #: the width of each family/variant (transformer/config.json values of the released checkpoints)
 WIDTHS = {
@@ -52,8 +49,26 @@ def transformer(family: str, variant: str, double: int, single: int):
     width = dict(WIDTHS[(family, variant)])
     if family == "flux":
         return FluxTransformer2DModel(num_layers=double, num_single_layers=single, **width)
-    dual = tuple(range(min(double, 13))) if variant == "medium" else ()  # SD3.5-medium: blocks 0-12 dual
-    return SD3Transformer2DModel(num_layers=double, dual_attention_layers=dual, **width)
+    return SD3Transformer2DModel(num_layers=double, dual_attention_layers=sd3_dual_layers(variant, double), **width)
+
+
+def sd3_dual_layers(variant: str, blocks: int) -> tuple[int, ...]:
+    """SD3.5-medium's blocks 0-12 have dual attention and its last block (23) does not: a bed of
+    ``blocks`` keeps that shape (the first ``min(blocks - 1, 13)`` dual, the last one plain and
+    ``context_pre_only`` as diffusers builds every last joint block). SD3.5-large has none."""
+    return tuple(range(min(blocks - 1, 13))) if variant == "medium" else ()
+
+
+def _tokenizers(out: Path, clips: list[str], t5: str):
+    """Train the tokenizers into ``out/<name>``; returns (the first CLIP tokenizer, the T5 tokenizer)."""
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    from treesdk_backends.tiny._tokenizers import train_clip_tokenizer, train_t5_tokenizer
+
+    for name in clips:
+        train_clip_tokenizer(out / name)
+    train_t5_tokenizer(out / t5)
+    return CLIPTokenizer.from_pretrained(out / clips[0]), T5TokenizerFast.from_pretrained(out / t5)
 
 
 def _clip(tokenizer, hidden: int, projection: bool):
@@ -77,13 +92,18 @@ def _t5(tokenizer, d_model: int = 4096):
 def build(family: str, variant: str, double: int, single: int, out: Path, seed: int = 0) -> Path:
     """Write the pipeline folder ``out`` (skipped when ``out/model_index.json`` exists); returns it."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
-    from diffusers_fixtures import _seeded, _tokenizers
     from treesdk_backends.tiny import FLUX1_SCHEDULER_CONFIG
+    from treesdk_backends.tiny._common import seeded
 
     if (out / "model_index.json").is_file():
-        return out
+        config = json.loads((out / "transformer" / "config.json").read_text())
+        expected = sd3_dual_layers(variant, double) if family == "sd3" else ()
+        if family == "flux" or list(config.get("dual_attention_layers") or ()) == list(expected):
+            return out
+        raise SystemExit(f"{out} holds a bed with dual_attention_layers {config.get('dual_attention_layers')}, "
+                         f"this script builds {list(expected)}: delete the folder to rebuild it")
     out.mkdir(parents=True, exist_ok=True)
-    with _seeded(seed):
+    with seeded(seed):
         if family == "flux":
             clip_tok, t5_tok = _tokenizers(out, ["tokenizer"], "tokenizer_2")
             pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER_CONFIG), vae=AutoencoderKL(
@@ -104,14 +124,33 @@ def build(family: str, variant: str, double: int, single: int, out: Path, seed: 
     return out
 
 
+def block_kind(family: str, block: torch.nn.Module) -> str:
+    """The planner's block type of one diffusers block (``treesdk.training.plan.ACTIVATION_BYTES`` keys):
+    FLUX ``double`` / ``single``; SD3 ``joint``, ``joint_dual`` (SD3.5's second attention) or
+    ``joint_last`` (``context_pre_only``: no context feed-forward, diffusers' last block)."""
+    if family == "flux":
+        return "single" if type(block).__name__ == "FluxSingleTransformerBlock" else "double"
+    if getattr(block, "context_pre_only", False):
+        return "joint_last" + ("_dual" if getattr(block, "use_dual_attention", False) else "")
+    return "joint_dual" if getattr(block, "use_dual_attention", False) else "joint"
+
+
 def saved_activation_bytes(family: str, variant: str, double: int, single: int, resolution: int, text_tokens: int,
-                           dtype: torch.dtype, lora_rank: int, checkpointing: bool) -> dict:
-    """Bytes autograd saves in one training forward of one row (parameters excluded)."""
+                           dtype: torch.dtype, lora_rank: int, checkpointing: bool,
+                           dual: tuple[int, ...] | None = None) -> dict:
+    """Bytes autograd saves in one training forward of one row (parameters excluded), in total and
+    per block (each saved storage counted once, for the block whose forward saved it first; what
+    the embedders and the output layer save is ``outside``). ``dual``: SD3 dual-attention layers
+    (default: the bed's, :func:`sd3_dual_layers`)."""
+    from diffusers import SD3Transformer2DModel
     from peft import LoraConfig
 
     from treesdk.training.model_facts import LORA_TARGETS
 
-    model = transformer(family, variant, double, single)
+    if family == "sd3" and dual is not None:
+        model = SD3Transformer2DModel(num_layers=double, dual_attention_layers=dual, **WIDTHS[(family, variant)])
+    else:
+        model = transformer(family, variant, double, single)
     model.requires_grad_(lora_rank == 0)
     if lora_rank:
         model.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
@@ -124,12 +163,19 @@ def saved_activation_bytes(family: str, variant: str, double: int, single: int, 
         model.enable_gradient_checkpointing()
     model.train()
     weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
+    saved: dict[int, tuple[str, int]] = {}
+    current = ["outside"]
+    blocks = [*model.transformer_blocks, *getattr(model, "single_transformer_blocks", [])]
+    labels = {id(b): f"{i}:{block_kind(family, b)}" for i, b in enumerate(blocks)}
+    handles = []
+    for block in blocks:
+        handles.append(block.register_forward_pre_hook(lambda m, _a: current.__setitem__(0, labels[id(m)])))
+        handles.append(block.register_forward_hook(lambda _m, _a, _o: current.__setitem__(0, "outside")))
 
     def pack(tensor):
         ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in weights:
-            saved[ptr] = tensor.untyped_storage().nbytes()
+        if ptr not in weights and ptr not in saved:
+            saved[ptr] = (current[0], tensor.untyped_storage().nbytes())
         return tensor
 
     image_tokens = (resolution // 16) ** 2
@@ -143,12 +189,18 @@ def saved_activation_bytes(family: str, variant: str, double: int, single: int, 
             model(hidden_states=torch.randn(1, 16, resolution // 8, resolution // 8, dtype=dtype),
                   timestep=torch.tensor([500.0]), pooled_projections=torch.randn(1, 2048, dtype=dtype),
                   encoder_hidden_states=torch.randn(1, text_tokens, 4096, dtype=dtype), return_dict=False)
-    total = sum(saved.values())
+    for handle in handles:
+        handle.remove()
     hidden = model.config.num_attention_heads * model.config.attention_head_dim
     tokens = image_tokens + text_tokens
+    per_label: dict[str, int] = {}
+    for label, nbytes in saved.values():
+        per_label[label] = per_label.get(label, 0) + nbytes
+    total = sum(per_label.values())
     return {"family": family, "variant": variant, "double": double, "single": single, "tokens": tokens,
             "dtype": str(dtype).replace("torch.", ""), "lora_rank": lora_rank, "checkpointing": checkpointing,
-            "saved_mib": total / 2**20, "bytes_per_token_per_hidden": total / tokens / hidden}
+            "saved_mib": total / 2**20, "bytes_per_token_per_hidden": total / tokens / hidden,
+            "per_block": {label: round(n / tokens / hidden, 2) for label, n in sorted(per_label.items())}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--dual", default=None,
+                        help="saved, sd3: comma-separated dual-attention layers (default: the bed's)")
     args = parser.parse_args(argv)
     variant = args.variant or ("dev" if args.family == "flux" else "medium")
     if (args.family, variant) not in WIDTHS:
@@ -177,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
 
     tokens = args.text_tokens or (512 if args.family == "flux" else 333)
     print(json.dumps(saved_activation_bytes(args.family, variant, args.double, args.single, args.resolution, tokens,
-                                            parse_dtype(args.dtype), args.lora_rank, args.gradient_checkpointing)))
+                                            parse_dtype(args.dtype), args.lora_rank, args.gradient_checkpointing,
+                                            None if args.dual is None else
+                                            tuple(int(i) for i in args.dual.split(",") if i.strip()))))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from .common import console
 
 #: backends cheap enough to construct for their recipe defaults (no multi-GB weights)
 LIGHT_BACKENDS = ("digits",)
+#: what each chunk setting of the recipe bounds
+WHAT_CHUNK_BOUNDS = {"chunk": "rows per velocity call and leaves per decode", "train_chunk": "rows per training call",
+                     "decode_chunk": "leaves per decode"}
 
 
 def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | None) -> dict[str, Any]:
@@ -94,7 +97,9 @@ def print_plan(plan: dict[str, Any]) -> None:
         verdict = "[green]fits[/]" if plan["fits"] else "[red]does not fit[/]"
         console.print(f"{verdict} in --gpu-memory {plan['gpu_memory_gib']} GiB (peak {m['peak']:.1f} GiB)")
         best = plan["largest_chunk_that_fits"]
-        if not plan["fits"] and best:
-            console.print(f"it fits with --set chunk={best} (rows per training call and leaves per decode)")
-        elif not plan["fits"] and not model["gradient_checkpointing"]:
-            console.print("no chunk fits: add --backend-opt gradient_checkpointing=true")
+        if not plan["fits"]:
+            ways = [f"--set {name}={value} ({WHAT_CHUNK_BOUNDS[name]})" for name, value in best.items() if value]
+            if ways:
+                console.print(f"it fits with {'; or '.join(ways)}")
+            elif not model["gradient_checkpointing"]:
+                console.print("no chunk fits: add --backend-opt gradient_checkpointing=true")

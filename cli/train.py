@@ -66,7 +66,7 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> Any:
                                ("launch", "rdzv_endpoint", "rdzv_endpoint"), ("launch", "max_restarts", "max_restarts"),
                                ("launch", "fsdp", "fsdp"), ("ema", "decay", "ema_decay"), ("ema", "every", "ema_every"),
                                ("ema", "use", "ema_use"), ("logging", "report_to", "report_to"),
-                               ("logging", "eval_every", "eval_every")):
+                               ("logging", "eval_every", "eval_every"), ("logging", "profile", "profile")):
         if f[flag] is not None:
             data[section] = {**(data.get(section) or {}), key: f[flag]}
     if "precision" not in data:
@@ -89,6 +89,7 @@ FLAG_OF_FIELD = {
     "precision": ("--precision", "precision"), "ema.decay": ("--ema-decay", "ema_decay"),
     "ema.every": ("--ema-every", "ema_every"), "ema.use": ("--ema-use", "ema_use"),
     "logging.report_to": ("--report-to", "report_to"), "logging.eval_every": ("--eval-every", "eval_every"),
+    "logging.profile": ("--profile", "profile"),
 }
 
 
@@ -179,6 +180,7 @@ def train_command(
     ema_use: Annotated[Optional[str], typer.Option(help="where EMA weights are used: eval+export, eval, export, none [default: eval+export]", rich_help_panel="Optimisation")] = None,
     report_to: Annotated[Optional[str], typer.Option(help="loggers: jsonl,tensorboard,wandb or none [default: jsonl,tensorboard]", rich_help_panel="Logging")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="evaluate every N iterations: samples/iter_N.png and logger images [default: 0 = start and end]", rich_help_panel="Logging")] = None,
+    profile: Annotated[Optional[bool], typer.Option("--profile/--no-profile", help="seconds and peak memory per phase of every iteration: metrics.jsonl \"profile\" and a table at the end", rich_help_panel="Logging")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (calls, leaves, memory per rank) and exit; loads no model")] = False,
     json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON object")] = False,
     gpu_memory: Annotated[Optional[float], typer.Option(help="with --dry-run: GiB per GPU; the plan says whether the run fits")] = None,
@@ -306,13 +308,15 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
     o, ema = recipe.optim, config.ema
     show(f"[dim]optimiser {o.optimizer} lr {o.lr:g} ({o.lr_schedule}, warm-up {o.lr_warmup})"
          + (f", EMA decay {ema.decay:g} every {ema.every} step(s) for {ema.use}" if ema.enabled else "")
-         + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.chunk)}[/]")
+         + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.training_chunk)}[/]")
     with TrainProgress(config.iters, console=console, enabled=ctx.is_main) as progress:  # only rank 0 shows it
         trainer = Trainer.from_parts(parts, run_dir, collective=ctx.with_fsdp(fsdp), callbacks=[progress.on_iteration],
                                      on_step=progress.on_step)
         run = trainer.fit(resume)
     if ctx.is_main:
         print_summary(run)
+        if trainer.profiler.enabled:
+            print_profile(trainer.profiler.summary())
     return run.exit_code
 
 
@@ -337,6 +341,18 @@ def print_summary(run: Any) -> None:
     from treesdk.training.progress import print_summary as show_summary
 
     show_summary(run, console)
+
+
+def print_profile(rows: list[tuple[str, float, float, float]]) -> None:
+    """``--profile``: one row per phase (mean seconds per iteration, share of the profiled time, peak GiB)."""
+    from rich.table import Table
+
+    table = Table(title="profile: per phase, mean over the iterations (metrics.jsonl \"profile\" per iteration)")
+    for column in ("phase", "mean s", "share %", "peak GiB"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase, seconds, share, peak in rows:
+        table.add_row(phase, f"{seconds:.3f}", f"{share:.1f}", f"{peak:.2f}")
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

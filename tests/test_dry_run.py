@@ -71,3 +71,16 @@ def test_dry_run_json_needs_dry_run():
 def test_dry_run_rejects_bad_gpu_memory(flag):
     result = runner.invoke(app, ["train", "--backend", "digits", "--dry-run", *flag])
     assert result.exit_code != 0 and "--gpu-memory" in result.output
+
+
+def test_dry_run_takes_train_and_decode_chunks_from_set():
+    result = runner.invoke(app, ["train", "--backend", "digits", "--dry-run", "--json", "--batch", "3", "--steps", "5",
+                                 "--set", "chunk=5", "--set", "train_chunk=2", "--set", "decode_chunk=3"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert (plan["chunk"], plan["train_chunk"], plan["decode_chunk"]) == (5, 2, 3)
+    wide = json.loads(runner.invoke(app, ["train", "--backend", "digits", "--dry-run", "--json", "--batch", "3",
+                                          "--steps", "5", "--set", "chunk=5"]).output)
+    assert plan["calls_sampling"] == wide["calls_sampling"] and plan["calls_training"] > wide["calls_training"]
+    bad = runner.invoke(app, ["train", "--backend", "digits", "--dry-run", "--set", "train_chunk=0"])
+    assert bad.exit_code != 0 and "train_chunk" in bad.output

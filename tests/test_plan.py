@@ -84,14 +84,23 @@ def check_plan_against_run(backend, recipe, rewards, prompts, batch, iters, seed
     ("treegrpo", {"tree.k": 3, "tree.d": 2, "chunk": 4}),                         # random window, chunked calls
     ("dynamic-treerpo", {"tree.d": 3, "chunk": 5, "optim.passes": 2}),            # sliding window, 2 passes
     ("grpo", {"tree.roots": 3, "chunk": 4, "optim.minibatches": 2}),              # SDE everywhere, 2 minibatches
+    ("treegrpo", {"tree.d": 3, "chunk": 5, "train_chunk": 2, "decode_chunk": 3}),  # training/decode chunks apart
 ])
 def test_plan_counts_equal_the_calls_of_a_digits_run(algo, overrides):
     backend = treesdk.load_backend("digits", device="cpu")
     rewards = {"digit-classifier": treesdk.load_reward("digit-classifier", device="cpu")}
     recipe = load_recipe(algo, steps=5, **overrides)
     prompts = [f"a handwritten digit {d}" for d in range(10)]
+    decoded = []
+    decode = backend.decode
+    backend.decode = lambda latents: decoded.append(latents.shape[0]) or decode(latents)
     plan = check_plan_against_run(backend, recipe, rewards, prompts, batch=3, iters=3, seed=1)
     assert plan["leaves_per_prompt"] == recipe.tree.leaves_per_prompt
+    leaves = plan["leaves"]  # every iteration decodes its leaves in chunks of decode_chunk
+    chunk = recipe.decoding_chunk
+    assert decoded == [min(chunk, leaves - i) for i in range(0, leaves, chunk)] * 3
+    assert (plan["chunk"], plan["train_chunk"], plan["decode_chunk"]) == (
+        recipe.chunk, overrides.get("train_chunk", recipe.chunk), overrides.get("decode_chunk", recipe.chunk))
 
 
 def test_plan_counts_equal_the_calls_of_a_tiny_flux_run(tiny_flux_path):
@@ -101,7 +110,7 @@ def test_plan_counts_equal_the_calls_of_a_tiny_flux_run(tiny_flux_path):
     backend.transformer.register_forward_pre_hook(
         lambda _m, _a, kw: transformer_rows.append(kw["hidden_states"].shape[0]), with_kwargs=True)
     rewards = {"jpeg-compressibility": treesdk.load_reward("jpeg-compressibility")}
-    recipe = load_recipe("treegrpo", steps=3, **{"tree.k": 2, "tree.d": 2, "chunk": 3})
+    recipe = load_recipe("treegrpo", steps=3, **{"tree.k": 2, "tree.d": 2, "chunk": 3, "train_chunk": 2})
     plan = check_plan_against_run(backend, recipe, rewards, ["a photo of a cat", "a red apple"], batch=2, iters=2, seed=0)
     facts = model_facts("flux", tiny_flux_path, text_tokens=TINY_MAX_SEQUENCE_LENGTH)
     assert sum(transformer_rows) == sum(r["nfe_sampling"] + r["nfe_training"] for r in plan["iterations"])  # no CFG
@@ -163,9 +172,16 @@ def test_plan_fits_and_json_keys():
     tight = plan_run(recipe, model_facts("flux"), batch=16, world_size=8, resolution=1024, gradient_checkpointing=True,
                      gpu_memory_gib=40)
     best = tight["largest_chunk_that_fits"]
-    assert tight["fits"] is False and 1 <= best < recipe.chunk
-    assert plan_run(recipe.model_copy(update={"chunk": best}), model_facts("flux"), batch=16, world_size=8,
-                    resolution=1024, gradient_checkpointing=True, gpu_memory_gib=40)["fits"] is True
+    assert tight["fits"] is False and set(best) == {"chunk", "train_chunk", "decode_chunk"}
+    assert 1 <= best["chunk"] < recipe.chunk
+    small_decode = recipe.model_copy(update={"decode_chunk": 1})  # then the training call alone decides
+    best_train = plan_run(small_decode, model_facts("flux"), batch=16, world_size=8, resolution=1024,
+                          gradient_checkpointing=True, gpu_memory_gib=40)["largest_chunk_that_fits"]["train_chunk"]
+    assert 1 <= best_train < recipe.chunk
+    for base, name, value in ((recipe, "chunk", best["chunk"]), (small_decode, "train_chunk", best_train)):
+        for n, fits in ((value, True), (value + 1, False)):  # the largest: one more does not fit
+            assert plan_run(base.model_copy(update={name: n}), model_facts("flux"), batch=16, world_size=8,
+                            resolution=1024, gradient_checkpointing=True, gpu_memory_gib=40)["fits"] is fits
     with pytest.raises(ValueError, match="ranks"):
         plan_run(recipe, None, batch=2, world_size=4)
 
@@ -177,3 +193,19 @@ def test_model_facts_errors_name_the_problem(tmp_path):
     (tmp_path / "transformer" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     with pytest.raises(ValueError, match="UNet2DConditionModel"):
         model_facts("flux", tmp_path)
+
+
+def test_train_and_decode_chunks_move_their_own_estimates_and_are_validated():
+    from treesdk.recipes import RecipeError
+
+    facts = model_facts("flux")
+    args = dict(resolution=1024, dtype="bfloat16", lora_rank=16, prompts=2, gradient_checkpointing=True)
+    base = plan_memory(load_recipe("treegrpo", steps=10, chunk=8), facts, **args)
+    train = plan_memory(load_recipe("treegrpo", steps=10, chunk=8, train_chunk=2), facts, **args)
+    decode = plan_memory(load_recipe("treegrpo", steps=10, chunk=8, decode_chunk=2), facts, **args)
+    assert train.activations_training < base.activations_training and train.decode == base.decode
+    assert decode.decode < base.decode and decode.activations_training == base.activations_training
+    assert train.activations_sampling == base.activations_sampling == decode.activations_sampling
+    for name in ("train_chunk", "decode_chunk"):
+        with pytest.raises(RecipeError, match=name):
+            load_recipe("treegrpo", **{name: 0})

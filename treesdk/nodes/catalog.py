@@ -67,8 +67,9 @@ StepSpec = Union[ODEStep, FlowGRPOSDEStep]
 RecipeSettings = create_model(
     "RecipeSettings",
     __config__=ConfigDict(extra="forbid"),
-    __doc__="Scalar settings of a recipe: name, sampling steps T, velocity-call chunk.",
-    **{name: (Recipe.model_fields[name].annotation, Recipe.model_fields[name]) for name in ("name", "steps", "chunk")},
+    __doc__="Scalar settings of a recipe: name, sampling steps T, velocity-call chunks (training and decode apart).",
+    **{name: (Recipe.model_fields[name].annotation, Recipe.model_fields[name])
+       for name in ("name", "steps", "chunk", "train_chunk", "decode_chunk")},
 )
 
 

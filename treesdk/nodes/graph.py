@@ -47,7 +47,7 @@ from treesdk.safe_load import excerpt
 
 #: top-level keys a graph file may have
 TOP_LEVEL_KEYS = ("$schema", "description", "nodes", "recipe")
-SETTINGS = ("name", "steps", "chunk")
+SETTINGS = ("name", "steps", "chunk", "train_chunk", "decode_chunk")
 _SLOTS = {c.name: c for c in RECIPE_CONNECTIONS}
 
 
@@ -324,8 +324,9 @@ def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
     by_model = {spec.inputs: spec for spec in [*part_nodes(plugins=True), *builtin_nodes().values()] if not spec.connections}
     nodes: dict[str, Any] = {}
     section: dict[str, Any] = {"name": recipe.name, "steps": recipe.steps}
-    if recipe.chunk != Recipe.model_fields["chunk"].default:
-        section["chunk"] = recipe.chunk
+    for name in SETTINGS[2:]:
+        if getattr(recipe, name) != Recipe.model_fields[name].default:
+            section[name] = getattr(recipe, name)
 
     def add(name: str, part: BaseModel) -> str:
         spec = by_model[type(part)]

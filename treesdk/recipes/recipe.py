@@ -339,7 +339,20 @@ class Recipe(Part):
     advantage: _slot("advantage") = Field(default_factory=TreeBackupSpec, description="advantage estimator")
     losses: list[_slot("loss")] = Field(default_factory=lambda: [ClippedSurrogateSpec()], min_length=1, description="weighted loss terms")
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    chunk: int = Field(64, ge=1, description="max nodes per velocity call (sampling and training)")
+    chunk: int = Field(64, ge=1, description="max nodes per velocity call (sampling; training and decode too unless "
+                                             "train_chunk / decode_chunk say otherwise)")
+    train_chunk: int | None = Field(None, ge=1, description="max nodes per training velocity call (None = chunk)")
+    decode_chunk: int | None = Field(None, ge=1, description="max leaves per VAE decode call (None = chunk)")
+
+    @property
+    def training_chunk(self) -> int:
+        """Rows per training velocity call: ``train_chunk``, else ``chunk``."""
+        return self.train_chunk or self.chunk
+
+    @property
+    def decoding_chunk(self) -> int:
+        """Leaves per decode call: ``decode_chunk``, else ``chunk``."""
+        return self.decode_chunk or self.chunk
 
     @model_validator(mode="after")
     def _window_fits(self) -> Recipe:

@@ -27,9 +27,11 @@ def evaluate(
     seeds: Sequence[int],
     steps: int,
     chunk: int = 64,
+    decode_chunk: int | None = None,
 ) -> tuple[dict[str, float], dict[str, Tensor], Tensor]:
     """Sample one ODE image per (prompt, seed) pair, score it, and measure diversity.
 
+    ``chunk``: rows per sampling call; ``decode_chunk``: images per decode call (default ``chunk``).
     Returns ``({"<reward>_mean": value, ..., "diversity": value, "diversity_pixels": value},
     {reward: per-image scores}, images)``; both diversities are None when no prompt has at least two images.
     ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
@@ -39,7 +41,7 @@ def evaluate(
     but blind to what a feature network deems similar).
     """
     latents = sample_ode(model, prompts, seeds, steps, chunk=chunk)
-    images = decode_chunked(model, latents, chunk)
+    images = decode_chunked(model, latents, decode_chunk or chunk)
     scores = score_images(rewards, images, prompts)
     means = {f"{name}_mean": float(values.mean()) for name, values in scores.items()}
     _, features = choose_features(rewards, model.heldout_rewards())

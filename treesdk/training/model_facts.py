@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Linear", "ModelFacts", "KNOWN_MODELS", "model_facts", "transformer_linears", "lora_parameters"]
+__all__ = ["Linear", "ModelFacts", "KNOWN_MODELS", "model_facts", "transformer_linears", "lora_parameters", "block_kinds"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class ModelFacts:
     hidden: int = 0
     double_blocks: int = 0  #: blocks with two streams (FLUX double / SD3 joint)
     single_blocks: int = 0
+    #: the block types in order, as diffusers builds them (:func:`block_kinds`)
+    blocks: list[str] = field(default_factory=list)
     text_tokens: int = 0
     text_dim: int = 0
     pooled_dim: int = 0
@@ -142,6 +144,21 @@ def _sd3_linears(c: dict[str, Any]) -> tuple[list[Linear], int]:
     return inner, norms
 
 
+def block_kinds(family: str, config: dict[str, Any]) -> list[str]:
+    """The transformer's blocks in order, by the type that decides their activation memory.
+
+    FLUX: ``double`` then ``single``. SD3: ``joint_dual`` for ``dual_attention_layers`` (SD3.5's second
+    self-attention), ``joint_last`` for the last block (diffusers builds it ``context_pre_only``: no
+    context feed-forward), ``joint`` otherwise (a dual last block counts as ``joint_last``).
+    """
+    if family == "flux":
+        return ["double"] * int(config.get("num_layers", 19)) + ["single"] * int(config.get("num_single_layers", 38))
+    if family == "sd3":
+        layers, dual = int(config.get("num_layers", 18)), set(config.get("dual_attention_layers") or ())
+        return ["joint_last" if i == layers - 1 else "joint_dual" if i in dual else "joint" for i in range(layers)]
+    raise ValueError(f"no block table for model family {family!r}; known: flux, sd3")
+
+
 def transformer_linears(family: str, config: dict[str, Any]) -> tuple[list[Linear], int]:
     """``(linear layers, other parameters)`` of a ``flux`` or ``sd3`` transformer config."""
     if family == "flux":
@@ -216,7 +233,8 @@ def _facts(name: str, family: str, config: dict[str, Any], text_params: int, vae
     return ModelFacts(
         name=name, family=family, config=dict(config), linears=linears,
         transformer_parameters=sum(lin.parameters for lin in linears) + norms, transformer_buffers=buffers,
-        hidden=heads * dim_head, double_blocks=double, single_blocks=single, text_tokens=tokens,
+        hidden=heads * dim_head, double_blocks=double, single_blocks=single, blocks=block_kinds(family, config),
+        text_tokens=tokens,
         text_dim=int(config.get("joint_attention_dim", 4096)), pooled_dim=pooled, latent_channels=channels,
         px_per_token=px, vae_factor=vae_factor, default_resolution=1024, cfg=cfg,
         text_encoder_parameters=text_params, vae_parameters=vae_params, source=source,

@@ -30,28 +30,50 @@ from typing import Any
 
 from .model_facts import LORA_TARGETS, ModelFacts, lora_parameters
 
-__all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_memory", "plan_run", "DTYPE_BYTES"]
+__all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_memory", "plan_run", "DTYPE_BYTES",
+           "activation_bytes_per_token"]
 
 DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float32": 4, "fp32": 4}
 GIB = 2**30
 
-#: saved activation bytes per token per hidden unit, per block, in a training forward
-#: (measured: autograd saved-tensor hooks on diffusers 0.42 blocks, default LoRA targets, CPU; the
-#: full fine-tune 16-bit values are the float32 ones halved, not measured)
+#: saved activation bytes per token per hidden unit of one block in a training forward, by (family,
+#: block kind, "lora"/"full", element bytes); the kinds are :func:`~treesdk.training.model_facts.block_kinds`.
+#: Measured with autograd's saved-tensor hooks, each saved storage counted once for the block that saved
+#: it (``python benchmarks/realwidth.py saved``: diffusers 0.42, default LoRA targets, CPU, the block in
+#: the interior of a stack; the same per hidden unit at SD3.5-medium and -large width)
 ACTIVATION_BYTES = {
-    ("flux", "double", "lora", 4): 71.0, ("flux", "double", "lora", 2): 63.8,
-    ("flux", "single", "lora", 4): 32.5, ("flux", "single", "lora", 2): 30.6,
-    ("flux", "double", "full", 4): 106.0, ("flux", "double", "full", 2): 53.0,
-    ("flux", "single", "full", 4): 95.6, ("flux", "single", "full", 2): 47.8,
-    ("sd3", "double", "lora", 4): 56.9, ("sd3", "double", "lora", 2): 48.6,
-    ("sd3", "double", "full", 4): 103.6, ("sd3", "double", "full", 2): 51.8,
+    ("flux", "double", "lora", 4): 72.31, ("flux", "double", "lora", 2): 64.26,
+    ("flux", "single", "lora", 4): 48.18, ("flux", "single", "lora", 2): 38.17,
+    ("flux", "double", "full", 4): 96.19, ("flux", "double", "full", 2): 56.14,
+    ("flux", "single", "full", 4): 84.12, ("flux", "single", "full", 2): 50.11,
+    ("sd3", "joint", "lora", 4): 56.41, ("sd3", "joint", "lora", 2): 48.35,
+    ("sd3", "joint_dual", "lora", 4): 67.01, ("sd3", "joint_dual", "lora", 2): 57.20,
+    ("sd3", "joint_last", "lora", 4): 45.04, ("sd3", "joint_last", "lora", 2): 40.40,
+    ("sd3", "joint", "full", 4): 100.32, ("sd3", "joint", "full", 2): 58.25,
+    ("sd3", "joint_dual", "full", 4): 117.81, ("sd3", "joint_dual", "full", 2): 70.52,
+    ("sd3", "joint_last", "full", 4): 70.87, ("sd3", "joint_last", "full", 2): 43.53,
 }
-#: transient bytes per token per hidden unit during one block's backward (activation gradients; on a
-#: CPU also the attention backward), float32; half in 16-bit. From the real-width bed's measured
-#: training peaks minus the saved activations (docs/performance.md): FLUX single block and SD3
-#: joint block from the k=2, d=3 runs; the FLUX double block's is the upper bound the
-#: checkpointing run allows (its peak is the single block's)
-BACKWARD_WORKSPACE = {("flux", "double"): 20.0, ("flux", "single"): 68.0, ("sd3", "double"): 35.0}
+#: the first block under LoRA saves less: its inputs come from frozen embedders and need no gradient,
+#: so what it computes from them alone is not kept (SD3.5's second attention has no LoRA target and
+#: saves nothing in block 0). (family, kind, element bytes) -> bytes per token per hidden unit, measured
+FIRST_BLOCK_BYTES = {
+    ("flux", "double", 4): 68.63, ("flux", "double", 2): 62.59,
+    ("flux", "single", 4): 28.51, ("flux", "single", 2): 28.50,
+    ("sd3", "joint", 4): 52.39, ("sd3", "joint", 2): 46.34, ("sd3", "joint_dual", 4): 52.47,
+    ("sd3", "joint_dual", 2): 46.41, ("sd3", "joint_last", 4): 41.02, ("sd3", "joint_last", 2): 38.39,
+}
+#: saved outside the blocks (embedders, final norm and projection), (family, mode, element bytes), measured
+OUTSIDE_BYTES = {("flux", "lora", 4): 4.01, ("flux", "lora", 2): 2.00, ("flux", "full", 4): 10.29,
+                 ("flux", "full", 2): 5.15, ("sd3", "lora", 4): 1.75, ("sd3", "lora", 2): 0.87,
+                 ("sd3", "full", 4): 11.37, ("sd3", "full", 2): 5.69}
+#: transient bytes per token per hidden unit while the last block back-propagates (activation gradients;
+#: on a CPU also the attention backward), float32; half in 16-bit. Fitted on the real-width bed
+#: (docs/performance.md: measured training increment minus saved activations and gradients): FLUX
+#: single from the k=2, d=3 run (checked: k=3, d=3 and the checkpointing run); SD3 (one value for
+#: every block kind) from an earlier SD3.5-medium bed, checked on the SD3.5-medium and -large beds;
+#: FLUX double is not reached by any bed run (the single block decides both maxima), an upper bound
+BACKWARD_WORKSPACE = {("flux", "double"): 20.0, ("flux", "single"): 52.0, ("sd3", "joint"): 35.0,
+                      ("sd3", "joint_dual"): 35.0, ("sd3", "joint_last"): 35.0}
 #: no-grad forward working set, bytes per token per hidden unit per element size (one block live)
 SAMPLING_WORKING_SET = 16
 #: VAE decoder working set per output pixel (bytes / element size): ~6 live maps of 128 channels
@@ -99,12 +121,12 @@ def iteration_calls(recipe: Any, prompts: int, start: int, needs_reference: bool
     """Exact calls and rows of one iteration on ``prompts`` prompts (one rank) with window ``start``."""
     t = recipe.tree
     frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
-    chunk = recipe.chunk
+    chunk, train_chunk = recipe.chunk, recipe.training_chunk
     nfe_s = sum(n * prompts for n in frontier)
     calls_s = sum(math.ceil(n * prompts / chunk) for n in frontier)
     trained = _trained_steps(recipe, start)
     per_pass_rows = sum(frontier[i] * prompts for i in trained)
-    per_pass_calls = sum(math.ceil(frontier[i] * g / chunk) for g in _groups(prompts, recipe.optim.minibatches)
+    per_pass_calls = sum(math.ceil(frontier[i] * g / train_chunk) for g in _groups(prompts, recipe.optim.minibatches)
                          for i in trained)
     passes = recipe.optim.passes
     nfe_t = per_pass_rows * passes if trained else 0
@@ -159,11 +181,36 @@ def _cond_bytes(facts: ModelFacts, dtype_bytes: int) -> int:
     return per_prompt * (2 if facts.cfg else 1)
 
 
+def activation_bytes_per_token(facts: ModelFacts, *, lora: bool, dtype_bytes: int,
+                               gradient_checkpointing: bool = False) -> float:
+    """Peak bytes per token per hidden unit of one row's training forward + backward.
+
+    Without checkpointing every block's activations are saved (:data:`ACTIVATION_BYTES` per kind, the
+    first block's from :data:`FIRST_BLOCK_BYTES` under LoRA, plus :data:`OUTSIDE_BYTES`) and the
+    backward starts in the last block (its :data:`BACKWARD_WORKSPACE`). With checkpointing only the
+    blocks' inputs are kept and one block is recomputed and back-propagated at a time (the largest).
+    0.0 for a family without tables.
+    """
+    b = dtype_bytes
+    mode, key_b = ("lora" if lora else "full"), (4 if b == 4 else 2)
+    kinds = facts.blocks
+    saved = [ACTIVATION_BYTES.get((facts.family, kind, mode, key_b), 0.0) for kind in kinds]
+    if not kinds or not all(saved):
+        return 0.0
+    work = {kind: BACKWARD_WORKSPACE.get((facts.family, kind), 0.0) * b / 4 for kind in kinds}
+    outside = OUTSIDE_BYTES.get((facts.family, mode, key_b), 0.0)
+    if gradient_checkpointing:
+        return (len(kinds) + 1) * b + outside + max(s + work[kind] for s, kind in zip(saved, kinds))
+    if lora:
+        saved[0] = FIRST_BLOCK_BYTES.get((facts.family, kinds[0], key_b), saved[0])
+    return outside + sum(saved) + work[kinds[-1]]
+
+
 def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, lora_rank: int, prompts: int,
                 gradient_checkpointing: bool = False, offload_text_encoders: bool = False,
-                lora_targets: tuple[str, ...] | None = None,
-                decode_chunk: int | None = None, train_chunk: int | None = None) -> MemoryPlan:
-    """Memory estimate of one rank that samples and trains ``prompts`` trees per iteration."""
+                lora_targets: tuple[str, ...] | None = None) -> MemoryPlan:
+    """Memory estimate of one rank that samples and trains ``prompts`` trees per iteration (rows per
+    call from ``recipe.chunk`` / ``recipe.training_chunk`` / ``recipe.decoding_chunk``)."""
     b = DTYPE_BYTES[dtype]
     targets = tuple(lora_targets or LORA_TARGETS.get(facts.family, ()))
     trainable = lora_parameters(facts.linears, lora_rank, targets) if lora_rank else facts.transformer_parameters
@@ -182,28 +229,18 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     states = trees + cond
 
     tokens = facts.image_tokens(resolution) + facts.text_tokens
-    mode = "lora" if lora_rank else "full"
-    key_b = 4 if b == 4 else 2
-    per_block = {kind: ACTIVATION_BYTES.get((facts.family, kind, mode, key_b), 0.0) for kind in ("double", "single")}
-    scale = b / 4
-    work = {kind: BACKWARD_WORKSPACE.get((facts.family, kind), 0.0) * scale for kind in per_block}
-    kinds = [kind for kind, count in (("double", facts.double_blocks), ("single", facts.single_blocks)) if count]
-    if gradient_checkpointing:  # block inputs kept; one block recomputed and back-propagated at a time
-        per_token = (facts.double_blocks + facts.single_blocks + 1) * b + max(
-            (per_block[kind] + work[kind] for kind in kinds), default=0.0)
-    else:  # everything saved; the backward starts in the last block (FLUX: a single block)
-        per_token = facts.double_blocks * per_block["double"] + facts.single_blocks * per_block["single"]
-        per_token += work[kinds[-1]] if kinds else 0.0
+    per_token = activation_bytes_per_token(facts, lora=bool(lora_rank), dtype_bytes=b,
+                                           gradient_checkpointing=gradient_checkpointing)
     cfg_rows = 2 if facts.cfg else 1
     frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
     group = max(_groups(prompts, recipe.optim.minibatches))
     trained = _trained_steps(recipe, start)
-    train_rows = min(train_chunk or recipe.chunk, max(frontier[i] * group for i in trained)) if trained else 0
+    train_rows = min(recipe.training_chunk, max(frontier[i] * group for i in trained)) if trained else 0
     sample_rows = min(recipe.chunk, max(frontier) * prompts)
     act_train = int(train_rows * cfg_rows * tokens * facts.hidden * per_token)
     act_sample = int(sample_rows * cfg_rows * tokens * facts.hidden * SAMPLING_WORKING_SET * b)
     leaves = prompts * t.roots * t.k**t.d
-    decode_rows = min(decode_chunk or recipe.chunk, leaves)
+    decode_rows = min(recipe.decoding_chunk, leaves)
     decode = decode_rows * resolution * resolution * DECODE_WORKING_SET * b
 
     resident = weights_t + weights_te + weights_vae + trainable_b
@@ -211,11 +248,11 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     peak_sample = resident + optim + states + act_sample
     peak_decode = resident + optim + states + decode
     notes = []
-    if not per_block["double"]:
+    if not per_token:
         notes.append(f"no activation table for family {facts.family!r}: activations not estimated")
     if decode > act_train:
         notes.append(f"decoding {decode_rows} leaves at once is the largest transient; decode in smaller chunks "
-                     "(--set chunk=N)")
+                     "(--set decode_chunk=N)")
     return MemoryPlan(weights_t, weights_te, weights_vae, trainable_b, grads, optim, states, act_train, act_sample,
                       decode, peak_train, peak_sample, peak_decode, max(peak_train, peak_sample, peak_decode), notes)
 
@@ -252,6 +289,7 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
     plan: dict[str, Any] = {
         "recipe": recipe.name,
         "steps": recipe.steps, "k": t.k, "d": t.d, "roots": t.roots, "chunk": recipe.chunk,
+        "train_chunk": recipe.training_chunk, "decode_chunk": recipe.decoding_chunk,
         "passes": recipe.optim.passes, "minibatches": recipe.optim.minibatches,
         "batch": batch, "world_size": world_size, "trees_per_rank": per_rank[0], "iters": iters,
         "leaves_per_prompt": t.roots * t.k**t.d, "leaves": batch * t.roots * t.k**t.d,
@@ -280,12 +318,25 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
     plan["gpu_memory_gib"] = gpu_memory_gib
     plan["fits"] = None if gpu_memory_gib is None else bool(mem.peak / GIB <= gpu_memory_gib)
     plan["largest_chunk_that_fits"] = None
-    if gpu_memory_gib is not None:  # the recipe's chunk sets rows per training call and leaves per decode
-        for chunk in range(recipe.chunk, 0, -1):
-            smaller = plan_memory(recipe.model_copy(update={"chunk": chunk}), facts, resolution=res, dtype=dtype,
-                                  lora_rank=lora_rank, prompts=per_rank[0], gradient_checkpointing=gradient_checkpointing,
-                                  offload_text_encoders=offload_text_encoders)
-            if smaller.peak / GIB <= gpu_memory_gib:
-                plan["largest_chunk_that_fits"] = chunk
-                break
+    if gpu_memory_gib is not None:
+        plan["largest_chunk_that_fits"] = largest_chunks_that_fit(
+            recipe, facts, gpu_memory_gib, resolution=res, dtype=dtype, lora_rank=lora_rank, prompts=per_rank[0],
+            gradient_checkpointing=gradient_checkpointing, offload_text_encoders=offload_text_encoders)
     return plan
+
+
+def largest_chunks_that_fit(recipe: Any, facts: ModelFacts, gpu_memory_gib: float, **memory: Any) -> dict[str, int | None]:
+    """The largest value of each chunk setting whose peak fits in ``gpu_memory_gib`` (None: not even 1).
+
+    ``chunk``: all three together (``train_chunk`` and ``decode_chunk`` unset, as ``--set chunk=N``
+    alone); ``train_chunk``: rows per training call, the other two as the recipe has them;
+    ``decode_chunk``: leaves per decode, likewise. Searched from the recipe's value down.
+    """
+    def fits(update: dict[str, Any]) -> bool:
+        return plan_memory(recipe.model_copy(update=update), facts, **memory).peak / GIB <= gpu_memory_gib
+
+    out: dict[str, int | None] = {}
+    for name, start, other in (("chunk", recipe.chunk, {"train_chunk": None, "decode_chunk": None}),
+                               ("train_chunk", recipe.training_chunk, {}), ("decode_chunk", recipe.decoding_chunk, {})):
+        out[name] = next((n for n in range(start, 0, -1) if fits({**other, name: n})), None)
+    return out

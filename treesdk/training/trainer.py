@@ -45,6 +45,7 @@ from treesdk.training.batches import iteration_prompts, slot_seed
 from treesdk.training.metrics import Run, StopRequest
 from treesdk.training.model_card import write_model_card
 from treesdk.training.optimization import EMAConfig, Optimization
+from treesdk.training.profiling import PhaseProfiler
 from treesdk.training.run_folders import RunLock, check_out_dir
 from treesdk.training.runs import RunParts, build_run_parts, check_parts
 from treesdk.training.update import policy_update
@@ -112,6 +113,7 @@ class Trainer:
         ema: EMAConfig | Mapping[str, Any] | None = None,
         report_to: str | Sequence[str] | None = None,
         eval_every: int = 0,
+        profile: bool = False,
     ) -> None:
         check_parts(prompts, rewards, weights)
         self.recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
@@ -159,6 +161,8 @@ class Trainer:
         self._optimizer_steps = 0
         self._update_began_at: int | None = None
         self.optimizer.register_step_post_hook(self._count_step)
+        self.profiler = PhaseProfiler(backend.device, enabled=profile)  # --profile: seconds, peak memory per phase
+        self.profiler.attach_optimizer(self.optimizer)
         self._last_checkpoint = 0
 
         self.iteration = 0
@@ -200,7 +204,7 @@ class Trainer:
             checkpoint_every=config.checkpoint.every, keep_checkpoints=config.checkpoint.keep,
             export_format=built.export_format, config=built.config, collective=collective,
             callbacks=callbacks, on_step=on_step, tensorboard=config.logging.tensorboard, ema=config.ema,
-            report_to=config.logging.report_to, eval_every=config.logging.eval_every,
+            report_to=config.logging.report_to, eval_every=config.logging.eval_every, profile=config.logging.profile,
         )
 
     # -- the run, step by step -------------------------------------------------------------------
@@ -227,7 +231,7 @@ class Trainer:
 
     def step(self) -> dict[str, Any]:
         """One iteration on this rank's slots of the batch; returns its metrics row."""
-        c, recipe = self.collective, self.recipe
+        c, recipe, p = self.collective, self.recipe, self.profiler.run
         t0 = time.perf_counter()
         slots = list(range(c.rank, self.batch, c.world_size))
         batch_prompts = iteration_prompts(self.prompts, self.batch, self.seed, self.iteration)
@@ -237,27 +241,28 @@ class Trainer:
 
         # 1. sample the forest with the frozen behaviour policy
         progress = (lambda i, n: self.on_step("sampling", i, n)) if self.on_step else None
-        forest = sample_forest_for_recipe(self.backend, recipe, prompts, seeds, start, progress=progress, mean_std=self.mean_std)
+        cond = p("encode", self.backend.encode, prompts)
+        forest = p("sample", sample_forest_for_recipe, self.backend, recipe, prompts, seeds, start, cond=cond,
+                   progress=progress, mean_std=self.mean_std)
         t1 = time.perf_counter()
 
         # 2. decode the leaves and score them (NaN/inf stops here, before any update)
         self._phase("decoding", 0, 1)
-        images = decode_chunked(self.backend, forest.leaves, recipe.chunk)
+        images = p("decode", decode_chunked, self.backend, forest.leaves, recipe.decoding_chunk)
         self._phase("rewards", 0, len(self.rewards))
-        scores = score_images(self.rewards, images, [prompts[int(p)] for p in forest.leaf_prompt])
+        scores = p("reward", score_images, self.rewards, images, [prompts[int(i)] for i in forest.leaf_prompt])
         t2, opt = time.perf_counter(), self.optimization
         self._phase("optimizer", 0, opt.steps_per_iteration)  # then once per optimiser step:
         hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
 
         # 3. advantages on the edges, then 4. the policy update
-        targets = self.estimator(forest, scores, self.weights)
+        targets = p("advantages", self.estimator, forest, scores, self.weights)
         o = recipe.optim
         self._update_began_at = self._optimizer_steps
-        stats = policy_update(
-            self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
-            passes=o.passes, minibatches=o.minibatches, chunk=recipe.chunk, grad_clip=o.grad_clip,
-            reduce_gradients=c.reduce_gradients if c.world_size > 1 else None,
-        )
+        stats = p(
+            "training", policy_update, self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
+            passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk, grad_clip=o.grad_clip,
+            reduce_gradients=c.reduce_gradients if c.world_size > 1 else None)
         t3 = time.perf_counter()
         hook.remove()
         self.iteration += 1
@@ -270,22 +275,16 @@ class Trainer:
             "window_start": start,
             "trees": len(prompts),
             "leaves": int(forest.leaves.shape[0]),
-            "nfe_sampling": forest.nfe,
-            "nfe_training": stats.nfe_training,
-            "nfe_reference": stats.nfe_reference,
-            "reward_mean": float(raw.mean()),
-            "reward_std": float(raw.std(unbiased=False)),
-            "reward_max": float(raw.max()),
+            "nfe_sampling": forest.nfe, "nfe_training": stats.nfe_training, "nfe_reference": stats.nfe_reference,
+            "reward_mean": float(raw.mean()), "reward_std": float(raw.std(unbiased=False)), "reward_max": float(raw.max()),
             "loss": sum(v for k, v in stats.metrics.items() if k.startswith("loss_")),
             "clip_fraction": stats.metrics.get("clip_fraction", 0.0),
             "grad_norm": stats.grad_norm,
-            "seconds_sampling": t1 - t0,
-            "seconds_reward": t2 - t1,
-            "seconds_training": t3 - t2,
-            "seconds": t3 - t0,
+            "seconds_sampling": t1 - t0, "seconds_reward": t2 - t1, "seconds_training": t3 - t2, "seconds": t3 - t0,
             **{f"{name}_mean": float(v.mean()) for name, v in scores.items()},
             **stats.metrics,
             **lr_used,
+            **({"profile": self.profiler.take()} if self.profiler.enabled else {}),
         }
         if c.world_size > 1:
             row = {**row, **c.reduce_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))})}
@@ -325,7 +324,8 @@ class Trainer:
         recipe = self.recipe
         self._phase("evaluation", 0, 1)
         with self.optimization.weights_for("eval") as averaged:
-            means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk)
+            means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk,
+                                         recipe.decoding_chunk)
         if self.out is not None and self.collective.is_main:
             nrow = min(10, len(self.eval_prompts))
             save_grid(images, self.out / "samples" / f"{tag}.png", nrow=nrow)
@@ -373,7 +373,7 @@ class Trainer:
                     stopping = self.collective.any_rank(signals.requested or self._stop_requested)
                     due = self.checkpoint_every and self.iteration % self.checkpoint_every == 0
                     if due or stopping or self.iteration == self.iters:
-                        self.checkpoint()
+                        self.profiler.run("checkpoint", self.checkpoint)
                 self.run.interrupted = stopping and self.iteration < self.iters
                 self.run.stop_signal = signals.signum if self.run.interrupted else None
             return self.finish()
