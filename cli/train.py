@@ -289,7 +289,11 @@ def _train(ctx: Any, config: Any, out: Path | None, resume: bool, allow_config_c
         if allow_config_change:
             keep_previous_config(out, stored, parts.config)
         else:
-            refuse_changed_config(out, stored.model_dump(mode="json"), parts.config.model_dump(mode="json"))
+            from treesdk.safe_load import read_json_file
+            from treesdk.training.legacy import resume_harmless_fields
+
+            unrecorded = resume_harmless_fields(read_json_file(out / "config.json", "run configuration"))
+            refuse_changed_config(out, stored.model_dump(mode="json"), parts.config.model_dump(mode="json"), unrecorded)
     if out is None and ctx.is_main:
         out = claim_run_dir(recipe.name)  # runs/<safe name>-<time>[-N], never shared with another run
     run_dir = ctx.broadcast_object(out)  # rank 0 names (and creates) the folder

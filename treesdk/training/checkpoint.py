@@ -13,8 +13,9 @@ writing leaves the previous checkpoint intact and no half-written folder under a
 ``state.json`` also records the size and SHA-256 of each safetensors file (``"files"``). Every
 reader verifies them (:func:`verify_checkpoint`): a checkpoint truncated or altered afterwards (a
 full disk, a bad copy) is named with the file at fault, and a run folder falls back to its newest
-intact checkpoint with a warning. Checkpoints written before the checksums existed are checked
-for structure (the safetensors header must account for every byte of the file).
+intact checkpoint with a warning. Checkpoints written before the checksums existed (the first
+release) are checked for structure (the safetensors header must account for every byte of the
+file) and used with a warning that their contents could not be verified.
 """
 
 from __future__ import annotations
@@ -177,6 +178,10 @@ def verify_checkpoint(folder: str | Path) -> None:
             problem = _check_safetensors_structure(file)
             if problem:
                 raise CheckpointError(f"checkpoint {folder} is damaged: {problem}")
+    if not isinstance(records, dict):
+        from treesdk.training.legacy import warn_unverified
+
+        warn_unverified(folder)  # a first-release checkpoint: complete, contents unverifiable
     _VERIFIED.add(key)
 
 

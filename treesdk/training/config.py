@@ -254,8 +254,15 @@ def is_run_file_data(data: Mapping[str, Any]) -> bool:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parsed YAML/JSON mapping of ``path``."""
-    return read_mapping_file(path, "config file")
+    """Parsed YAML/JSON mapping of ``path`` (a first-release run's ``config.json`` upgraded in
+    memory, :mod:`treesdk.training.legacy`)."""
+    return _upgraded(read_mapping_file(path, "config file"), str(path))
+
+
+def _upgraded(data: Any, source: str) -> Any:
+    from treesdk.training.legacy import is_first_release_config, upgrade_run_data
+
+    return upgrade_run_data(data, source) if is_first_release_config(data) else data
 
 
 def run_config_from_data(data: Mapping[str, Any], source: str = "<config>",
@@ -276,14 +283,15 @@ def run_config_from_data(data: Mapping[str, Any], source: str = "<config>",
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
-    """The :class:`RunConfig` stored in ``RUN/config.json``."""
+    """The :class:`RunConfig` stored in ``RUN/config.json`` (also one written by the first release,
+    read in memory as today's format: :mod:`treesdk.training.legacy`)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by treesdk train")
     data = read_json_file(path, "run configuration")
     if not isinstance(data, dict):
         raise RunConfigError(f"run configuration {path} must hold a mapping, got {type(data).__name__}")
-    return run_config_from_data(data, str(path))
+    return run_config_from_data(_upgraded(data, str(path)), str(path))
 
 
 __all__ = [

@@ -129,10 +129,12 @@ def config_changes(stored: Mapping[str, Any], new: Mapping[str, Any],
     return changes
 
 
-def refuse_changed_config(run_dir: str | Path, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+def refuse_changed_config(run_dir: str | Path, stored: Mapping[str, Any], new: Mapping[str, Any],
+                          also_harmless: Iterable[str] = ()) -> None:
     """``UserError`` listing the changed fields when ``--resume`` would continue ``run_dir`` with
-    another configuration than the one it was started with."""
-    changes = config_changes(stored, new)
+    another configuration than the one it was started with (``also_harmless``: fields the stored
+    configuration could not record, e.g. a first-release run's prompts)."""
+    changes = config_changes(stored, new, (*HARMLESS_ON_RESUME, *also_harmless))
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise UserError(
