@@ -59,7 +59,7 @@ def test_config_is_read_in_memory_as_a_run_config(run, caplog):
         config = read_run_config(run)
     assert "first release" in caplog.text and "left as it is" in caplog.text
     assert config.backend.name == "digits" and config.backend.describe["parameters"] == 411265
-    assert (config.batch, config.iters, config.seed) == (2, 2, 0)
+    assert (config.batch, config.iters, config.seed, config.dtype) == (2, 2, 0, "float32")
     assert {n: r.weight for n, r in config.rewards.items()} == {"digit-classifier": 1.0}
     assert list(config.eval_rewards) == ["digit-evaluator"]
     recipe = config.recipe
@@ -77,8 +77,25 @@ def test_unknown_keys_are_dropped_and_named(caplog):
     assert "note" not in data and "world_size" not in data and "cli" not in data
     assert "ignored keys: note" in caplog.text
     RunConfig.model_validate(data)
-    assert {"prompts", "dtype", "rewards.digit-classifier.options"} <= set(resume_harmless_fields(raw))
+    assert {"prompts", "rewards.digit-classifier.options"} <= set(resume_harmless_fields(raw))
+    assert "dtype" not in resume_harmless_fields(raw)  # recorded by describe, carried as dtype
+    assert "dtype" in resume_harmless_fields({**raw, "backend": {**raw["backend"], "name": "someone-elses"}})
     assert resume_harmless_fields(RunConfig().model_dump(mode="json")) == ()
+
+
+def test_a_01_flux_run_is_rebuilt_in_the_precision_and_lora_it_trained_with():
+    """A real 0.1 FLUX run (tiny model, LoRA, bf16 by the backend's default even on CPU, where
+    today's default is float32): the dtype is carried, so resume/sample/eval use bf16 as 0.1 did."""
+    from treesdk import registry
+    from treesdk.training.config import read_config_file
+    from treesdk.training.runs import backend_options
+
+    config = RunConfig.model_validate(read_config_file(DATA.parent / "first_release_flux_config.json"))
+    assert config.dtype == "bfloat16" and config.backend.options == {"model": "/tmp/tinyflux", "resolution": 32}
+    options = backend_options(config, registry.load("backend", "flux"))
+    assert (options["lora_rank"], options["lora_alpha"], options["dtype"]) == (16, 16.0, "bfloat16")
+    assert "attn.to_q" in options["lora_targets"] and options["model"] == "/tmp/tinyflux"
+    assert config.recipe.optim.lr == pytest.approx(1e-5) and list(config.eval_rewards) == ["jpeg-incompressibility"]
 
 
 def test_checkpoint_without_checksums_is_used_with_a_warning(run, caplog):

@@ -13,7 +13,8 @@ accepted today:
   memory** (the file is never rewritten): the recipe stays inline, with the fields added since
   pinned to what the first release computed (:data:`FIRST_RELEASE_RECIPE`); rewards and weights,
   held-out rewards, batch, iterations, seed and the backend's name, options and facts carry over;
-  ``world_size`` and ``cli`` (facts, not settings) are dropped. The first release did not record
+  ``world_size`` and ``cli`` (facts, not settings) are dropped; the precision it trained in
+  (``describe["dtype"]``) becomes ``dtype`` for its own backends. The first release did not record
   the training prompts (``--prompts``) or reward options (``--reward-opt``): the config reads the
   backend's default prompts and no options, and ``--resume`` accepts them again
   (:func:`resume_harmless_fields`).
@@ -39,6 +40,10 @@ FIRST_RELEASE = "treesdk 0.1 (first release)"
 _CARRIED = ("backend", "recipe", "rewards", "eval_rewards", "iters", "batch", "seed")
 #: top-level keys the first release wrote that are facts about the run, not settings (dropped)
 _FACTS = ("world_size", "cli")
+
+#: the first release's own backends, which all take a ``dtype`` option (its precision came from
+#: the backend's default, recorded in ``describe``; today CPU runs default to float32 instead)
+_OWN_BACKENDS = ("digits", "flux", "sd3")
 
 #: recipe fields added after the first release, at the values that reproduce its computation
 #: (dotted path -> value; ``advantage.backup`` only for the ``tree-backup`` estimator that has it)
@@ -82,13 +87,16 @@ def upgrade_run_data(data: Mapping[str, Any], source: str = "config.json") -> di
     backend = dict(out.get("backend") or {})
     out["backend"] = {key: backend[key] for key in ("name", "options", "describe") if key in backend}
     out["recipe"] = _pin_recipe(data["recipe"])
+    dtype = (out["backend"].get("describe") or {}).get("dtype")
+    if out["backend"].get("name") in _OWN_BACKENDS and dtype and "dtype" not in (out["backend"].get("options") or {}):
+        out["dtype"] = dtype  # the precision it trained in, kept on resume/sample/eval whatever the device
     rewards = out.get("rewards")
     if isinstance(rewards, Mapping):
         out["rewards"] = {str(n): ({"weight": w} if isinstance(w, (int, float)) else w) for n, w in rewards.items()}
     if "eval_rewards" in out and out["eval_rewards"] is not None:
         out["eval_rewards"] = {str(n): {} for n in out["eval_rewards"]}
     dropped = sorted(set(data) - set(_CARRIED) - set(_FACTS))
-    if source not in _WARNED:
+    if source and source not in _WARNED:  # "": no warning (a second look at the same data)
         _WARNED.add(source)
         _log.warning(
             "warning: %s was written by %s; it is read as today's run configuration in memory and left as it is. "
@@ -100,13 +108,14 @@ def upgrade_run_data(data: Mapping[str, Any], source: str = "config.json") -> di
 
 def resume_harmless_fields(stored: Mapping[str, Any]) -> tuple[str, ...]:
     """Fields ``--resume`` may set on a first-release run beyond the usual ones: what that release
-    never recorded (the prompts, every reward's options, the dtype default picked for the device);
+    never recorded (the prompts, every reward's options; the dtype of a backend not its own);
     ``()`` for a current run folder.
     ``stored``: the raw ``config.json`` data."""
     if not is_first_release_config(stored):
         return ()
     names = [*(stored.get("rewards") or {}), *(stored.get("eval_rewards") or [])]
-    return ("prompts", "reward_options", "dtype", *(f"rewards.{n}.options" for n in names),
+    dtype = () if "dtype" in upgrade_run_data(stored, "") else ("dtype",)
+    return ("prompts", "reward_options", *dtype, *(f"rewards.{n}.options" for n in names),
             *(f"eval_rewards.{n}.options" for n in names))
 
 
