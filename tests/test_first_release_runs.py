@@ -116,7 +116,8 @@ def test_checkpoint_without_checksums_is_used_with_a_warning(run, caplog):
 
 def test_export_sample_and_eval_give_what_01_gave(run, tmp_path):
     before = digests(run)
-    ok(runner.invoke(app, ["export", str(run), "-f", "digits", "--out", str(tmp_path / "w.safetensors")]))
+    shown = ok(runner.invoke(app, ["export", str(run), "-f", "digits", "--out", str(tmp_path / "w.safetensors")]))
+    assert "written by treesdk 0.1" in shown and "could not be verified" in shown  # the user is told
     exported, expected = load_file(str(tmp_path / "w.safetensors")), first_release_trainable()
     assert sorted(exported) == sorted(expected) and all(bool((exported[k] == expected[k]).all()) for k in expected)
 
