@@ -67,6 +67,19 @@ def test_cpu_defaults_pick_threads_and_fp32_with_a_note(monkeypatch):
     assert cpu_threads(2, {"OMP_NUM_THREADS": "3"}) is None
 
 
+def test_cpu_threads_leave_out_the_cpus_other_processes_keep_busy(monkeypatch):
+    import treesdk.training.precision as precision
+
+    monkeypatch.setattr(precision, "_available_cpus", lambda: 8)
+    assert cpu_threads(1, {}, load=0.2) == 8
+    assert cpu_threads(1, {}, load=2.6) == 5  # 3 CPUs busy elsewhere
+    assert cpu_threads(2, {}, load=2.6) == 2  # two processes share the 5 free ones
+    assert cpu_threads(1, {}, load=20.0) == 1  # never below one
+    monkeypatch.setattr(precision, "_load_average", lambda: 1.4)
+    monkeypatch.setattr(precision, "_available_cpus", lambda: 2)
+    assert cpu_threads(1, {}) == 1  # a 2-core machine with one busy core: one thread
+
+
 def test_accelerate_mixed_precision_is_the_default_precision():
     from treesdk.training.precision import default_precision
 
