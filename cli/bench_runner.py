@@ -212,13 +212,16 @@ def first_crossing(curve: Sequence[Mapping[str, Any]], threshold: float) -> dict
     return None
 
 
+def _kept(last: Mapping[str, Any], base: Mapping[str, Any], key: str) -> float | None:
+    """``last[key] / base[key]``, or None when either is missing or the base is 0."""
+    return last[key] / base[key] if last.get(key) is not None and base.get(key) else None
+
+
 def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], base: dict[str, Any], **facts: Any) -> dict[str, Any]:
     algorithms: dict[str, Any] = {}
     for name, r in results.items():
         last = r.curve[-1] if r.curve else {}
-        kept = last["diversity"] / base["diversity"] if r.curve and last.get("diversity") is not None and base.get("diversity") else None
-        kept_pixels = (last["diversity_pixels"] / base["diversity_pixels"]
-                       if r.curve and last.get("diversity_pixels") is not None and base.get("diversity_pixels") else None)
+        kept, kept_pixels = (_kept(last, base, key) for key in ("diversity", "diversity_pixels"))
         algorithms[name] = {
             "to_threshold": [first_crossing(r.curve, t) for t in thresholds],
             "seconds_per_iter": r.seconds_per_iter,

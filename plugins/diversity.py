@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.diversity import pixel_features, prompt_groups
 from treesdk.interfaces import RewardModel
 
 from .common import WeightsStatus, check_inputs
@@ -49,11 +50,8 @@ def group_mean_distances(features: Tensor, prompts: Sequence[str], metric: str =
     f = features.detach().double().cpu()
     if metric == "cosine":
         f = torch.nn.functional.normalize(f, dim=1)
-    groups: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(prompt, []).append(i)
     out = torch.zeros(len(prompts), dtype=torch.float64)
-    for rows in groups.values():
+    for rows in prompt_groups(prompts):
         if len(rows) < 2:
             continue
         g = f[rows]
@@ -113,7 +111,7 @@ class GroupDiversityReward(RewardModel):
     def features(self, images: Tensor) -> Tensor:
         """The feature rows distances are measured between: ``features_of``'s, or flattened pixels."""
         if self._source is None:
-            return images.detach().float().flatten(1).cpu()
+            return pixel_features(images).cpu()
         return self._source.features(images).float().cpu()
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .interfaces import RewardModel
 
-__all__ = ["FeatureMap", "choose_features", "mean_pairwise_distance", "per_prompt_diversity", "pixel_features"]
+__all__ = ["FeatureMap", "choose_features", "mean_pairwise_distance", "per_prompt_diversity", "pixel_features", "prompt_groups"]
 
 #: ``images [B, 3, H, W] in [0, 1] -> features [B, D]``
 FeatureMap = Callable[[Tensor], Tensor]
@@ -47,6 +47,14 @@ def mean_pairwise_distance(features: Tensor) -> float:
     return float(dist[upper[0], upper[1]].mean())
 
 
+def prompt_groups(prompts: Sequence[str]) -> list[list[int]]:
+    """Row indices of each distinct prompt, in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    return list(groups.values())
+
+
 def per_prompt_diversity(features: Tensor, prompts: Sequence[str]) -> float:
     """Mean over prompts (with at least two images) of the mean pairwise feature distance.
 
@@ -54,10 +62,7 @@ def per_prompt_diversity(features: Tensor, prompts: Sequence[str]) -> float:
     """
     if features.shape[0] != len(prompts):
         raise ValueError(f"{features.shape[0]} feature rows but {len(prompts)} prompts")
-    groups: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(prompt, []).append(i)
-    values = [mean_pairwise_distance(features[rows]) for rows in groups.values() if len(rows) >= 2]
+    values = [mean_pairwise_distance(features[rows]) for rows in prompt_groups(prompts) if len(rows) >= 2]
     return sum(values) / len(values) if values else float("nan")
 
 

@@ -131,10 +131,11 @@ def cpu_defaults(device: str | None, options: dict[str, Any], accepted: set[str]
     if not on_cpu:
         return None
     notes = []
-    threads = cpu_threads(local_world_size)
+    load = _load_average()  # read once: the thread count and the note agree
+    threads = cpu_threads(local_world_size, load=load)
     if threads is not None:
         torch.set_num_threads(threads)
-        notes.append(f"{threads} thread{'s' if threads != 1 else ''} of {_available_cpus()} CPUs, load {_load_average():.1f} "
+        notes.append(f"{threads} thread{'s' if threads != 1 else ''} of {_available_cpus()} CPUs, load {load:.1f} "
                      "(set OMP_NUM_THREADS to change)")
     if "dtype" not in options and (accepted is None or "dtype" in accepted):
         options["dtype"] = "float32"
