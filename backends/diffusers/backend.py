@@ -40,6 +40,8 @@ from ..diffusers_common import (
     resolve_checkpoint,
 )
 from .adapter import FamilyAdapter
+from .attention import attention_kernels as parse_attention_kernels
+from .attention import restricted_attention
 from .families import adapter_class, detect_family
 
 __all__ = ["DiffusersFlowBackend"]
@@ -69,6 +71,9 @@ class DiffusersFlowBackend(DiffusersBackend):
         prompt_cache_size: prompts whose embeddings are kept (LRU, on the CPU); 0 = no cache.
         pipeline: an already built pipeline to wrap instead of loading ``model`` (its text encoders
             and VAE may be None when only :meth:`velocity` is needed); ``model`` is then a label.
+        attention_kernels: the SDPA kernels the transformer may use (:mod:`.attention`): ``"auto"``
+            (default) leaves out cuDNN on CUDA, whose backward broke FLUX training on an H200, and
+            changes nothing elsewhere; ``"all"``; or names such as ``"flash,math"``.
         **family_options: passed to the family adapter (``guidance``, ``guidance_scale``,
             ``negative_prompt``, ``max_sequence_length``, ...); unknown names raise ``TypeError``.
     """
@@ -95,10 +100,12 @@ class DiffusersFlowBackend(DiffusersBackend):
         offload_text_encoders: bool = False,
         prompt_cache_size: int = 1024,
         pipeline: Any = None,
+        attention_kernels: str | Sequence[str] | None = "auto",
         **family_options: Any,
     ) -> None:
         self._device = parse_device(device)
         self.dtype = parse_dtype(dtype)
+        self.attention_kernels = parse_attention_kernels(attention_kernels, self._device)
         cls = self._choose_adapter(model, family, pipeline)
         try:
             self.adapter = cls(**family_options)
@@ -279,7 +286,8 @@ class DiffusersFlowBackend(DiffusersBackend):
             hidden = torch.cat([hidden, hidden])
             timestep = torch.cat([timestep, timestep])
             inputs = {k: torch.cat([self._to_model(cond[NEGATIVE + k]), v]) for k, v in inputs.items()}
-        out = self.adapter.forward(hidden, timestep, inputs)
+        with restricted_attention(self.attention_kernels):
+            out = self.adapter.forward(hidden, timestep, inputs)
         if self.do_cfg:
             uncond, text = out.chunk(2)
             out = self.adapter.combine_cfg(uncond, text)
