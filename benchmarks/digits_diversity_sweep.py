@@ -34,7 +34,8 @@ def tree_sft(weight: float, **overrides: Any) -> tuple[str, dict[str, Any]]:
 
 #: name -> (algorithm, dotted overrides on top of the digits backend's recipe_defaults[, extra]);
 #: extra: {"bonus": W} adds the group-diversity reward (digit-classifier features) at weight W,
-#: {"iters": N} trains N iterations instead of --iters
+#: {"iters": N} trains N iterations instead of --iters, {"batch": B} B prompts per iteration instead of
+#: --batch, {"ema": D} evaluates the EMA of the weights at decay D
 VARIANTS: dict[str, tuple[Any, ...]] = {
     "treegrpo": ("treegrpo", {}),  # plain TreeGRPO: `treesdk train`'s default run before this round
     "default-run": (DigitsBackend.default_recipe, {}),  # `treesdk train` today: treegrpo + LayerTuning SFT 0.02, lr 2e-4
@@ -80,6 +81,17 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "bonus-1.0-120it": ("treegrpo", {}, {"bonus": 1.0, "iters": 120}),
     "sft-0.01-bonus-0.3": (*tree_sft(0.01, **{"optim.lr": 2e-4}), {"bonus": 0.3}),
     "sft-0.01-bonus-0.5": (*tree_sft(0.01, **{"optim.lr": 2e-4}), {"bonus": 0.5}),
+    # the bonus among 2 roots per prompt (4 prompts x 2 roots: the same 8 trees per iteration, but
+    # the group-diversity reward now compares images of different initial noises, not only the
+    # siblings of one tree), SFT 0.01, lr 3e-4, EMA 0.9 of the weights for evaluation
+    "roots-2-bonus-0.3-sft-0.01-ema": (*tree_sft(0.01, **{"optim.lr": 3e-4, "tree.roots": 2}),
+                                       {"bonus": 0.3, "batch": 4, "iters": 140, "ema": 0.9}),
+    "roots-2-bonus-0.2-sft-0.01-ema": (*tree_sft(0.01, **{"optim.lr": 3e-4, "tree.roots": 2}),
+                                       {"bonus": 0.2, "batch": 4, "iters": 140, "ema": 0.9}),
+    "roots-2-bonus-0.3-sft-0.01-ema-lr-4e-4": (*tree_sft(0.01, **{"optim.lr": 4e-4, "tree.roots": 2}),
+                                               {"bonus": 0.3, "batch": 4, "iters": 140, "ema": 0.9}),
+    "roots-2-bonus-0.5-sft-0.01": (*tree_sft(0.01, **{"optim.lr": 2e-4, "tree.roots": 2}),
+                                   {"bonus": 0.5, "batch": 4, "iters": 90}),
 }
 
 
@@ -87,6 +99,7 @@ def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
     algo, overrides, *extra = VARIANTS[name]
     extra = extra[0] if extra else {}
     iters = int(extra.get("iters", iters))
+    batch = int(extra.get("batch", batch))
     backend = treesdk.load_backend("digits")
     scale = {} if isinstance(algo, Mapping) else backend.recipe_defaults()  # a full recipe mapping is taken as is
     recipe = treesdk.load_algorithm(algo, **{**scale, **overrides})
@@ -98,8 +111,9 @@ def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
         weights["group-diversity"] = float(extra["bonus"])
     prompts, seeds = backend.eval_set()
     start = time.perf_counter()
+    ema = {"decay": float(extra["ema"])} if extra.get("ema") else None
     run = treesdk.train(recipe, backend, rewards, backend.default_prompts(), iters=iters, batch=batch, seed=seed, weights=weights,
-                        eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout)
+                        eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout, ema=ema, tensorboard=False)
     before, after = run.eval_before, run.eval_after
     return {
         "variant": name,
@@ -115,6 +129,7 @@ def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
         "diversity_pixels_after": after["diversity_pixels"],
         "diversity_pixels_kept": after["diversity_pixels"] / before["diversity_pixels"],
         "iters": iters,
+        "batch": batch,
         "seconds": time.perf_counter() - start,
     }
 
