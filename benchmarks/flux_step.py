@@ -140,14 +140,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sdpa_kernels(device: torch.device) -> dict:
+def sdpa_kernels(backend) -> dict:
     """On CUDA, the attention kernels SDPA may choose (diffusers' FLUX attention calls
-    ``F.scaled_dot_product_attention``): flash and memory-efficient keep no tokens x tokens matrix."""
-    if device.type != "cuda":
+    ``F.scaled_dot_product_attention``; flash and memory-efficient keep no tokens x tokens matrix)
+    and the backend's ``attention_kernels`` (cuDNN left out by default)."""
+    if backend.device.type != "cuda":
         return {}
-    b = torch.backends.cuda
-    return {"sdpa_enabled": {"flash": b.flash_sdp_enabled(), "memory_efficient": b.mem_efficient_sdp_enabled(),
-                             "math": b.math_sdp_enabled()}}
+    from treesdk_backends.diffusers.attention import attention_report
+
+    return attention_report(backend.attention_kernels)
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
         "weights_dtype": sorted({str(p.dtype).replace("torch.", "") for p in backend.transformer.parameters()
                                  if id(p) not in trainable_ids}),
         "trainable_dtype": sorted({str(p.dtype).replace("torch.", "") for p in params}),
-        **sdpa_kernels(device),
+        **sdpa_kernels(backend),
         "seconds_per_train_step_median": times[len(times) // 2],
         "seconds_per_train_step_min": times[0],
         "seconds_per_sampling_forward_median": fwd[len(fwd) // 2],

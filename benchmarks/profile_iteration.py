@@ -170,13 +170,13 @@ def loading_without_mmap():
 
 def precision_facts(backend, params) -> dict:
     """What actually ran: the transformer's weight dtype, the trainable (LoRA) dtype, the attention
-    kernels SDPA may pick on CUDA (flash / memory-efficient / math)."""
+    kernels SDPA may pick on CUDA and the backend's ``attention_kernels``."""
     frozen = {str(p.dtype).replace("torch.", "") for p in backend.transformer.parameters() if not p.requires_grad}
     facts = {"weights_dtype": sorted(frozen), "trainable_dtype": sorted({str(p.dtype).replace("torch.", "") for p in params})}
     if backend.device.type == "cuda":
-        b = torch.backends.cuda
-        facts["sdpa_enabled"] = {"flash": b.flash_sdp_enabled(), "memory_efficient": b.mem_efficient_sdp_enabled(),
-                                 "math": b.math_sdp_enabled()}
+        from treesdk_backends.diffusers.attention import attention_report
+
+        facts.update(attention_report(backend.attention_kernels))
     return facts
 
 

@@ -51,3 +51,12 @@ def test_flux_backend_calls_its_transformer_inside_the_restriction(tiny_flux_pat
         assert torch.allclose(v_default, v_math, atol=1e-5)
         with pytest.raises(RuntimeError):  # the only kernel allowed has no CPU implementation
             efficient_only.velocity(x, sigma, cond)
+
+
+def test_attention_report_names_the_switches_and_the_restriction():
+    from treesdk_backends.diffusers.attention import attention_report
+
+    report = attention_report(("flash", "math"))
+    assert report["attention_kernels"] == ["flash", "math"]
+    assert set(report["sdpa_enabled"]) >= {"flash", "efficient", "math"}
+    assert attention_report(None)["attention_kernels"] is None

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["KERNELS", "attention_kernels", "restricted_attention"]
+__all__ = ["KERNELS", "attention_kernels", "attention_report", "restricted_attention"]
 
 #: kernel names accepted in ``attention_kernels`` (torch.nn.attention.SDPBackend members)
 KERNELS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
@@ -61,3 +61,13 @@ def restricted_attention(kernels: tuple[str, ...] | None) -> Iterator[None]:
 
     with sdpa_kernel([getattr(SDPBackend, KERNELS[name]) for name in kernels]):
         yield
+
+
+def attention_report(kernels: tuple[str, ...] | None) -> dict[str, object]:
+    """What SDPA may run, for benchmark reports: PyTorch's global CUDA switches (``enable_*_sdp``)
+    and the backend's ``attention_kernels`` restriction (None: none)."""
+    b = torch.backends.cuda
+    switches = {"flash": b.flash_sdp_enabled(), "efficient": b.mem_efficient_sdp_enabled(), "math": b.math_sdp_enabled()}
+    if hasattr(b, "cudnn_sdp_enabled"):
+        switches["cudnn"] = b.cudnn_sdp_enabled()
+    return {"sdpa_enabled": switches, "attention_kernels": list(kernels) if kernels is not None else None}
