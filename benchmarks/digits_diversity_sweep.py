@@ -95,7 +95,9 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
 }
 
 
-def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
+def train_variant(name: str, iters: int, batch: int, seed: int) -> tuple[Any, Any, int, int]:
+    """Train variant ``name`` from the shipped base model: ``(backend holding the trained live weights
+    (not the EMA's, which only the run's evaluations use), run, iterations, batch)``."""
     algo, overrides, *extra = VARIANTS[name]
     extra = extra[0] if extra else {}
     iters = int(extra.get("iters", iters))
@@ -110,10 +112,15 @@ def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
         rewards["group-diversity"] = treesdk.load_reward("group-diversity", features_of="digit-classifier")
         weights["group-diversity"] = float(extra["bonus"])
     prompts, seeds = backend.eval_set()
-    start = time.perf_counter()
     ema = {"decay": float(extra["ema"])} if extra.get("ema") else None
     run = treesdk.train(recipe, backend, rewards, backend.default_prompts(), iters=iters, batch=batch, seed=seed, weights=weights,
                         eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout, ema=ema, tensorboard=False)
+    return backend, run, iters, batch
+
+
+def run_variant(name: str, iters: int, batch: int, seed: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    _, run, iters, batch = train_variant(name, iters, batch, seed)
     before, after = run.eval_before, run.eval_after
     return {
         "variant": name,
