@@ -45,14 +45,14 @@ def weighted_diversity(features: torch.Tensor, weights: torch.Tensor) -> float:
 def measure(features: torch.Tensor, pixels: torch.Tensor, score: torch.Tensor, weights: torch.Tensor,
             groups: list[torch.Tensor]) -> dict[str, float]:
     """Evaluator mean and diversities (features, pixels) of the weighting ``weights``; ``groups``: the
-    row indices of each digit."""
+    row indices of each digit. Each digit counts equally (means over the digits)."""
     out = {"heldout": 0.0, "diversity": 0.0, "diversity_pixels": 0.0, "effective_samples_per_digit": 0.0}
     for rows in groups:
         w = weights[rows] / weights[rows].sum()
-        out["heldout"] += float((w * score[rows]).sum()) / 10
-        out["diversity"] += weighted_diversity(features[rows], w) / 10
-        out["diversity_pixels"] += weighted_diversity(pixels[rows], w) / 10
-        out["effective_samples_per_digit"] += float(1.0 / (w**2).sum()) / 10
+        out["heldout"] += float((w * score[rows]).sum()) / len(groups)
+        out["diversity"] += weighted_diversity(features[rows], w) / len(groups)
+        out["diversity_pixels"] += weighted_diversity(pixels[rows], w) / len(groups)
+        out["effective_samples_per_digit"] += float(1.0 / (w**2).sum()) / len(groups)
     return out
 
 
