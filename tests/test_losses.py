@@ -86,3 +86,20 @@ def test_kl_forms_flow_grpo_and_transition():
     assert float(exact) == pytest.approx(0.09 / (2 * std_t**2 * -dt), rel=1e-6)
     with pytest.raises(ValueError, match="KL form"):
         KLToReference("reverse")
+
+
+def test_layertuning_target_stays_inside_each_root_tree():
+    """With 2 roots per prompt each root's tree has its own best leaf: one root's velocities are no
+    target for the other root's nodes (independent initial noises)."""
+    forest = sample_forest(MixtureFlow(), ["p", "q"], [3, 4], steps=5, k=2, depth=2, roots=2, window_start=1)
+    assert forest.leaves_per_prompt == 8 and forest.layers[0].num_parents == 4  # 2 prompts x 2 roots
+    rewards = torch.zeros(16)
+    rewards[1] = 1.0  # prompt 0, root 0, leaf 1 (path 0 -> 1)
+    rewards[6] = 3.0  # prompt 0, root 1, leaf 2 (path 1 -> 0): the prompt's best, but not root 0's
+    rewards[8 + 3] = 2.0  # prompt 1, root 0, leaf 3
+    rewards[12 + 0] = 0.5  # prompt 1, root 1, leaf 0
+    targets = sft_targets(forest, rewards)
+    l0, l1 = forest.layers
+    torch.testing.assert_close(targets[0], l0.velocity)  # each root is its own tree's ancestor
+    # layer 1: parents 2r and 2r + 1 belong to root r (r = 0..3 over both prompts)
+    torch.testing.assert_close(targets[1], l1.velocity[[0, 0, 3, 3, 5, 5, 6, 6]])

@@ -41,16 +41,26 @@ class UpdateStats:
 
 def sft_targets(forest: Forest, leaf_rewards: Tensor) -> list[Tensor]:
     """LayerTuning targets: per layer, for each parent, the stored velocity of the node on the best
-    leaf's path (best = highest weighted raw reward among the prompt's leaves) at that layer.
+    leaf's path at that layer, the best leaf taken among the leaves of the parent's own tree (best =
+    highest weighted raw reward).
+
+    A tree is everything under one node of the first stochastic layer: with ``tree.roots = 1`` the
+    prompt's tree (Dynamic-TreeRPO's setting), with more roots each root's. Nodes of different
+    roots have unrelated states (independent initial noises), so one root's velocity is no target
+    for another's.
 
     Returns one ``[N_l, *latent]`` tensor per layer (detached).
     """
-    per_prompt = leaf_rewards.view(forest.num_prompts, forest.leaves_per_prompt)
-    best_leaf = per_prompt.argmax(dim=1) + torch.arange(forest.num_prompts) * forest.leaves_per_prompt
+    first = forest.layers[0]
+    per_tree = first.leaves_below * first.k
+    trees = leaf_rewards.numel() // per_tree
+    best_leaf = leaf_rewards.view(trees, per_tree).argmax(dim=1) + torch.arange(trees) * per_tree
     targets = []
     for layer in forest.layers:
-        ancestor = best_leaf // (layer.leaves_below * layer.k)  # parent index of the best leaf in this layer
-        targets.append(layer.velocity[ancestor.to(layer.velocity.device)][layer.parent_prompt].detach())
+        span = layer.leaves_below * layer.k  # leaves under one parent of this layer
+        ancestor = best_leaf // span  # per tree: the index in this layer of the best leaf's ancestor
+        parent_tree = torch.arange(layer.num_parents) * span // per_tree
+        targets.append(layer.velocity[ancestor[parent_tree].to(layer.velocity.device)].detach())
     return targets
 
 
