@@ -45,16 +45,6 @@ FLUX_DEV_CONFIG = dict(
     guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-#: FLUX.1-dev's scheduler_config.json
-FLUX_DEV_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-    base_shift=0.5,
-    max_shift=1.15,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-)
 #: a tiny configuration of the same architecture (as tests/diffusers_fixtures.py builds)
 TINY_CONFIG = dict(
     patch_size=1,
@@ -78,6 +68,8 @@ def build_random_pipeline(config: dict, dtype: torch.dtype, device: torch.device
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+    from treesdk_backends.tiny import FLUX1_SCHEDULER_CONFIG  # FLUX.1-dev's scheduler_config.json
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -86,7 +78,7 @@ def build_random_pipeline(config: dict, dtype: torch.dtype, device: torch.device
     finally:
         torch.set_default_dtype(previous)
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER_CONFIG),
         vae=None,
         text_encoder=None,
         tokenizer=None,
