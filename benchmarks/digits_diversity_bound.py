@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,6 +41,25 @@ def weighted_diversity(features: torch.Tensor, weights: torch.Tensor) -> float:
     pair = weights.double()[:, None] * weights.double()[None, :]
     pair.fill_diagonal_(0.0)
     return float((pair * dist).sum() / pair.sum())
+
+
+class Samples(NamedTuple):
+    """Images of the ten digits as the evaluator sees them: features, pixels, score of the prompted
+    digit, and the row indices of each digit."""
+
+    features: torch.Tensor
+    pixels: torch.Tensor
+    score: torch.Tensor
+    groups: list[torch.Tensor]
+
+
+def scored(evaluator: Any, images: torch.Tensor, digits: list[int]) -> Samples:
+    """``images`` ``[N, 3, 8, 8]`` of ``digits`` (one per row) scored by ``evaluator``."""
+    labels = torch.tensor(digits)
+    score = evaluator.score(images, [digit_prompt(d) for d in digits]).double()
+    with torch.no_grad():
+        features = evaluator.features(images)
+    return Samples(features, pixel_features(images), score, [(labels == d).nonzero().flatten() for d in range(10)])
 
 
 def measure(features: torch.Tensor, pixels: torch.Tensor, score: torch.Tensor, weights: torch.Tensor,
@@ -65,43 +85,38 @@ def main() -> None:
 
     backend = treesdk.load_backend("digits")
     evaluator = treesdk.load_reward("digit-evaluator")
-    prompts = [digit_prompt(d) for d in range(10) for _ in range(args.per_digit)]
+    digits = [d for d in range(10) for _ in range(args.per_digit)]
+    prompts = [digit_prompt(d) for d in digits]
     images = torch.cat([sample_digits(backend, prompts[i : i + 500], seed=args.seed + i) for i in range(0, len(prompts), 500)])
-    score = evaluator.score(images, prompts).double()
-    with torch.no_grad():
-        features, pixels = evaluator.features(images), pixel_features(images)
-    groups = [torch.arange(d * args.per_digit, (d + 1) * args.per_digit) for d in range(10)]
-    base = measure(features, pixels, score, torch.ones_like(score), groups)
+    model = scored(evaluator, images, digits)
+    base = measure(model.features, model.pixels, model.score, torch.ones_like(model.score), model.groups)
 
-    def row(kind: str, value: float, weights: torch.Tensor, data: tuple = (features, pixels, score, groups)) -> dict[str, float]:
-        m = measure(*data[:3], weights, data[3])
+    def row(kind: str, value: float, weights: torch.Tensor, samples: Samples = model) -> dict[str, float]:
+        m = measure(samples.features, samples.pixels, samples.score, weights, samples.groups)
         return {"kind": kind, "value": value, **m, "kept": m["diversity"] / base["diversity"],
                 "kept_pixels": m["diversity_pixels"] / base["diversity_pixels"]}
 
-    def filters(kind: str, data: tuple, thresholds: tuple[float, ...]) -> list[dict[str, float]]:
+    def filters(kind: str, samples: Samples, thresholds: tuple[float, ...]) -> list[dict[str, float]]:
+        """Rows for the subsets above each threshold (skipped when a digit keeps fewer than two)."""
         out = []
         for threshold in thresholds:
-            keep = (data[2] > threshold).double()
-            if all(keep[g].sum() >= 2 for g in data[3]):
-                out.append(row(kind, threshold, keep, data))
+            keep = (samples.score > threshold).double()
+            if all(keep[g].sum() >= 2 for g in samples.groups):
+                out.append(row(kind, threshold, keep, samples))
         return out
 
-    rows = filters("filter", (features, pixels, score, groups), (0.5, 0.9, 0.97, 0.99))
+    rows = filters("filter", model, (0.5, 0.9, 0.97, 0.99))
     for beta in (1.0, 0.3, 0.1, 0.03, 0.01, 0.005, 0.003):
-        rows.append(row("tilt", beta, torch.exp((score - score.max()) / beta)))
+        rows.append(row("tilt", beta, torch.exp((model.score - model.score.max()) / beta)))
     # the real handwritten digits: all, and the half the evaluator was trained on (odd indices);
     # above[split][d]: the fraction of real digits d the evaluator reads above 0.99
     above: dict[str, list[float]] = {}
     for split in ("all", "odd"):
         real, labels = load_digit_images(split)
-        real = real.repeat(1, 3, 1, 1)
-        real_score = evaluator.score(real, [digit_prompt(int(d)) for d in labels]).double()
-        with torch.no_grad():
-            data = (evaluator.features(real), pixel_features(real), real_score,
-                    [(labels == d).nonzero().flatten() for d in range(10)])
-        rows.append(row(f"real-{split}", 0.0, torch.ones_like(real_score), data))
-        rows.extend(filters(f"real-{split}-filter", data, (0.9, 0.97, 0.99)))
-        above[split] = [round(float((real_score[g] > 0.99).double().mean()), 4) for g in data[3]]
+        real = scored(evaluator, real.repeat(1, 3, 1, 1), labels.tolist())
+        rows.append(row(f"real-{split}", 0.0, torch.ones_like(real.score), real))
+        rows.extend(filters(f"real-{split}-filter", real, (0.9, 0.97, 0.99)))
+        above[split] = [round(float((real.score[g] > 0.99).double().mean()), 4) for g in real.groups]
     for r in rows:
         print(f"{r['kind']:18s} {r['value']:<6g} held-out {r['heldout']:.4f}  kept {100 * r['kept']:.0f}% "
               f"(pixels {100 * r['kept_pixels']:.0f}%)  effective samples/digit {r['effective_samples_per_digit']:.0f}")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import treesdk
-from treesdk.diversity import mean_pairwise_distance, pixel_features, prompt_groups
+from treesdk.diversity import per_prompt_diversity, pixel_features
 from treesdk.training.evaluate import evaluate
 from treesdk_backends.digits import DEFAULT_NUM_STEPS, parse_digit_prompt
 
@@ -38,17 +38,18 @@ def decompose(backend: Any, evaluator: Any) -> dict[str, float]:
     prompts, seeds = backend.eval_set()
     means, _, images = evaluate(backend, {"digit-evaluator": evaluator}, prompts, seeds, DEFAULT_NUM_STEPS)
     labels = torch.tensor([parse_digit_prompt(p) for p in prompts])
-    right = evaluator.predict(images) == labels
+    right = (evaluator.predict(images) == labels).nonzero().flatten().tolist()
+    right_prompts = [prompts[i] for i in right]
     with torch.no_grad():
-        spaces = {"diversity": evaluator.features(images), "diversity_pixels": pixel_features(images)}
-    out = {"heldout": means["digit-evaluator_mean"], "correct": float(right.float().mean())}
-    for name, features in spaces.items():
-        groups = prompt_groups(list(prompts))
-        out[name] = sum(mean_pairwise_distance(features[g]) for g in groups) / len(groups)
-        kept = [[i for i in g if right[i]] for g in groups]
-        kept = [g for g in kept if len(g) >= 2]
-        out[f"{name}_correct"] = sum(mean_pairwise_distance(features[g]) for g in kept) / len(kept)
-    return out
+        features = evaluator.features(images[right])
+    return {
+        "heldout": means["digit-evaluator_mean"],
+        "correct": len(right) / len(prompts),
+        "diversity": means["diversity"],
+        "diversity_pixels": means["diversity_pixels"],
+        "diversity_correct": per_prompt_diversity(features, right_prompts),
+        "diversity_pixels_correct": per_prompt_diversity(pixel_features(images[right]), right_prompts),
+    }
 
 
 def main() -> None:
