@@ -56,11 +56,17 @@ def test_ema_is_exact_on_resume_and_differs_from_the_raw_weights(tmp_path):
 
 def test_eval_every_writes_grids_and_eval_rows_and_progress_sees_every_phase(tmp_path):
     phases = []
-    train(recipe(), MixtureFlow(), REWARDS, ["a"], iters=4, batch=1, out_dir=tmp_path, eval_prompts=["a"] * 4,
-          eval_every=2, report_to="jsonl", on_step=lambda phase, done, total: phases.append((phase, done, total)))
+    run = train(recipe(), MixtureFlow(), REWARDS, ["a"], iters=4, batch=1, out_dir=tmp_path, eval_prompts=["a"] * 4,
+                eval_every=2, report_to="jsonl", on_step=lambda phase, done, total: phases.append((phase, done, total)))
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["end.png", "iter_2.png", "start.png"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["tag"] for r in rows if r.get("eval")] == ["start", "iter_2", "end"]
+    # the same evaluations, in memory on the Run (for scripts without an output folder)
+    assert [(e["iteration"], e["tag"]) for e in run.evaluations] == [(0, "start"), (2, "iter_2"), (4, "end")]
+    assert run.evaluations[0]["brightness_mean"] == pytest.approx(run.eval_before["brightness_mean"])
+    assert run.evaluations[-1] == {"iteration": 4, "tag": "end", **run.eval_after}
+    on_disk = [r for r in rows if r.get("eval")][1]
+    assert run.evaluations[1]["brightness_mean"] == pytest.approx(on_disk["brightness_mean"])
     assert not (tmp_path / "tb").exists()  # only jsonl was asked for (metrics.jsonl is always written)
     seen = {p for p, _, _ in phases}
     assert {"sampling", "decoding", "rewards", "optimizer", "evaluation"} <= seen

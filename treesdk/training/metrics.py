@@ -18,6 +18,11 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     eval_before: dict[str, float] = field(default_factory=dict)
     eval_after: dict[str, float] = field(default_factory=dict)
+    #: every evaluation this process ran, in order: ``{"iteration", "tag", **means}`` with tag ``start``,
+    #: ``iter_<n>`` (``eval_every``) or ``end``; the means as in :attr:`eval_before` (reward means,
+    #: ``diversity``, ``diversity_pixels``). A resumed run lists only the evaluations since it resumed
+    #: (``metrics.jsonl`` keeps them all).
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
     exported: list[str] = field(default_factory=list)
     interrupted: bool = False
     #: the signal that stopped the run early (SIGINT/SIGTERM; None: a callback, or another rank's signal)

@@ -326,6 +326,7 @@ class Trainer:
         with self.optimization.weights_for("eval") as averaged:
             means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk,
                                          recipe.decoding_chunk)
+        self.run.evaluations.append({"iteration": self.iteration, "tag": tag, **means})
         if self.out is not None and self.collective.is_main:
             nrow = min(10, len(self.eval_prompts))
             save_grid(images, self.out / "samples" / f"{tag}.png", nrow=nrow)
