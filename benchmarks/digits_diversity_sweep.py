@@ -39,6 +39,13 @@ def tree_sft(weight: float, **overrides: Any) -> tuple[str, dict[str, Any]]:
 VARIANTS: dict[str, tuple[Any, ...]] = {
     "treegrpo": ("treegrpo", {}),  # plain TreeGRPO: `treesdk train`'s default run before this round
     "default-run": (DigitsBackend.default_recipe, {}),  # `treesdk train` today: treegrpo + LayerTuning SFT 0.02, lr 2e-4
+    # the default run at other SDE noise levels (the tree's exploration noise a; the default's is 0.7)
+    "default-noise-0.4": (DigitsBackend.default_recipe, {"noise.level": 0.4}),
+    "default-noise-1.0": (DigitsBackend.default_recipe, {"noise.level": 1.0}),
+    "default-noise-1.0-120it": (DigitsBackend.default_recipe, {"noise.level": 1.0}, {"iters": 120}),
+    "default-noise-1.3": (DigitsBackend.default_recipe, {"noise.level": 1.3}),
+    "default-noise-1.3-lr-4e-4": (DigitsBackend.default_recipe, {"noise.level": 1.3, "optim.lr": 4e-4}),
+    "default-window-min-start-2": (DigitsBackend.default_recipe, {"window.min_start": 2}),
     "lr-5e-5": ("treegrpo", {"optim.lr": 5e-5}),
     "lr-3e-5": ("treegrpo", {"optim.lr": 3e-5}),
     "kl-0.01": ("treegrpo", {"losses": [CLIP, {**KL, "weight": 0.01}]}),
@@ -95,9 +102,10 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
 }
 
 
-def train_variant(name: str, iters: int, batch: int, seed: int) -> tuple[Any, Any, int, int]:
+def train_variant(name: str, iters: int, batch: int, seed: int, eval_every: int = 0) -> tuple[Any, Any, int, int]:
     """Train variant ``name`` from the shipped base model: ``(backend holding the trained live weights
-    (not the EMA's, which only the run's evaluations use), run, iterations, batch)``."""
+    (not the EMA's, which only the run's evaluations use), run, iterations, batch)``; ``eval_every``
+    N > 0 also evaluates every N iterations (``run.evaluations``)."""
     algo, overrides, *extra = VARIANTS[name]
     extra = extra[0] if extra else {}
     iters = int(extra.get("iters", iters))
@@ -114,7 +122,8 @@ def train_variant(name: str, iters: int, batch: int, seed: int) -> tuple[Any, An
     prompts, seeds = backend.eval_set()
     ema = {"decay": float(extra["ema"])} if extra.get("ema") else None
     run = treesdk.train(recipe, backend, rewards, backend.default_prompts(), iters=iters, batch=batch, seed=seed, weights=weights,
-                        eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout, ema=ema, tensorboard=False)
+                        eval_prompts=prompts, eval_seeds=seeds, eval_rewards=heldout, ema=ema, tensorboard=False,
+                        eval_every=eval_every)
     return backend, run, iters, batch
 
 

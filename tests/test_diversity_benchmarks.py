@@ -55,3 +55,24 @@ def test_bound_measure_with_equal_weights_is_the_mean_pairwise_distance():
     m2 = measure(features, pixels, score, keep, groups)
     expected = (float((features[0] - features[1]).norm()) + float((features[6] - features[7]).norm())) / 2
     assert m2["diversity"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_curves_trace_follows_the_run_evaluations_and_the_summary_finds_the_target_corner():
+    from digits_diversity_curves import TARGET_GAIN, summarize, trace
+
+    torch.set_num_threads(1)
+    row = trace("default-run", seed=0, iters=2, every=1, batch=2)
+    assert [p["iteration"] for p in row["points"]] == [0, 1, 2]
+    start, end = row["points"][0], row["points"][-1]
+    assert start["heldout_gain"] == 0.0 and start["diversity_kept"] == 1.0 and start["diversity_pixels_kept"] == 1.0
+    assert end["heldout"] == pytest.approx(row["heldout_before"] + end["heldout_gain"])
+    assert end["diversity_kept"] != 1.0  # two updates moved the samples
+
+    def run(seed, *points):
+        return {"variant": "v", "seed": seed, "points": [{"heldout_gain": 0.0, "diversity_kept": 1.0, "diversity_pixels_kept": 1.0},
+                                                         *({"heldout_gain": g, "diversity_kept": f, "diversity_pixels_kept": p} for g, f, p in points)]}
+
+    summary = summarize([run(0, (0.2, 0.9, 0.95), (TARGET_GAIN, 0.79, 0.85)), run(1, (TARGET_GAIN + 0.001, 0.81, 0.9))])[0]
+    assert summary["best_gain_at_80_diversity_kept"] == [0.2, TARGET_GAIN + 0.001]
+    assert summary["reaches_target_diversity_kept"] == [False, True]
+    assert summary["reaches_target_diversity_pixels_kept"] == [True, True]
