@@ -342,6 +342,21 @@ class DigitsBackend(VelocityModel):
         seeds = [1000 + s for _ in range(10) for s in range(10)]
         return prompts, seeds
 
+    def reference_images(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """The real digits of each prompt's class (scikit-learn's 1797, the data the model was
+        trained on; about 180 per digit), as images ``[M, 3, 8, 8]`` in ``[0, 1]``."""
+        from .digits_data import load_digit_images
+
+        images, labels = load_digit_images("all")
+        out: dict[str, Tensor] = {}
+        for prompt in dict.fromkeys(prompts):
+            try:
+                digit = parse_digit_prompt(prompt)
+            except ValueError:
+                continue  # a prompt naming no single digit has no references
+            out[prompt] = images[labels == digit].repeat(1, 3, 1, 1)
+        return out
+
     def recipe_defaults(self) -> dict[str, Any]:
         """Scale-dependent values for a 0.4M-parameter full fine-tune (the papers' lr 1e-5 is for
         multi-billion-parameter transformers): lr RECIPE_LR, T = 10."""

@@ -76,3 +76,85 @@ def test_eval_lines_of_training_carry_diversity(tmp_path):
     assert [x["tag"] for x in evals] == ["start", "end"]
     assert all(x["diversity"] > 0 and x["diversity_pixels"] > 0 for x in evals)
     assert run.eval_before["diversity"] == evals[0]["diversity"]
+
+
+def _brute_force_precision_recall(samples, references, k):
+    """Kynkäänniemi et al. (2019) by loops: a point's radius is the distance to its k-th nearest
+    other point of its own set; a sample counts for precision when some reference ball holds it."""
+    def radius(points, i):
+        others = sorted(float((points[i] - points[j]).norm()) for j in range(len(points)) if j != i)
+        return others[k - 1]
+
+    ref_r = [radius(references, j) for j in range(len(references))]
+    smp_r = [radius(samples, i) for i in range(len(samples))]
+    inside = lambda x, centres, radii: any(float((x - c).norm()) <= r for c, r in zip(centres, radii))  # noqa: E731
+    precision = sum(inside(s, references, ref_r) for s in samples) / len(samples)
+    recall = sum(inside(r, samples, smp_r) for r in references) / len(references)
+    return precision, recall
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_precision_recall_equals_the_definition_by_loops(k):
+    from treesdk.diversity import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    references = torch.randn(25, 4, generator=g)
+    samples = torch.cat([torch.randn(8, 4, generator=g) * 0.5, torch.randn(7, 4, generator=g) * 0.5 + 6.0])  # half far away
+    p, r = precision_recall(samples, references, k)
+    assert (p, r) == pytest.approx(_brute_force_precision_recall(samples, references, k))
+    assert 0.0 < p < 1.0 and 0.0 < r < 1.0  # the far half misses the references; the tight half covers part of them
+
+
+def test_noise_lowers_precision_and_a_collapse_lowers_recall_while_distances_say_otherwise():
+    from treesdk.diversity import precision_recall
+
+    g = torch.Generator().manual_seed(1)
+    references = torch.randn(200, 2, generator=g)
+    faithful = torch.randn(200, 2, generator=g)
+    noisy = faithful + 3.0 * torch.randn(200, 2, generator=g)  # further apart: more "diversity"
+    collapsed = 0.05 * torch.randn(200, 2, generator=g)
+    p_ok, r_ok = precision_recall(faithful, references)
+    p_noisy, _ = precision_recall(noisy, references)
+    p_col, r_col = precision_recall(collapsed, references)
+    assert mean_pairwise_distance(noisy) > 2 * mean_pairwise_distance(faithful)
+    assert p_ok > 0.8 and r_ok > 0.8 and p_noisy < 0.5 * p_ok
+    assert p_col == 1.0 and r_col < 0.3
+
+
+def test_per_prompt_precision_recall_skips_prompts_without_enough_images_or_references():
+    from treesdk.diversity import per_prompt_precision_recall, precision_recall
+
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(11, 3, generator=g)
+    prompts = ["a"] * 5 + ["b"] * 5 + ["c"]
+    refs = {"a": torch.randn(9, 3, generator=g), "b": torch.randn(3, 3, generator=g), "c": torch.randn(9, 3, generator=g)}
+    p, r = per_prompt_precision_recall(feats, prompts, refs, k=3)  # b: 3 references; c: 1 sample -> only a counts
+    assert (p, r) == pytest.approx(precision_recall(feats[:5], refs["a"], 3))
+    assert all(math.isnan(v) for v in per_prompt_precision_recall(feats, prompts, {}, k=3))
+
+
+def test_evaluate_reports_precision_and_recall_against_the_real_digits():
+    from treesdk.diversity import precision_recall
+    from treesdk.training.evaluate import evaluate
+    from treesdk_backends.digits_data import load_digit_images
+
+    backend = treesdk.load_backend("digits")
+    evaluator = treesdk.load_reward("digit-evaluator")
+    prompts = ["a handwritten digit 3"] * 6 + ["a handwritten digit 5"] * 6
+    means, _, images = evaluate(backend, {"digit-evaluator": evaluator}, prompts, list(range(12)), 6)
+    real, labels = load_digit_images("all")
+    expected = [precision_recall(evaluator.features(images[i : i + 6]), evaluator.features(real[labels == d].repeat(1, 3, 1, 1)), 3)
+                for i, d in ((0, 3), (6, 5))]
+    assert means["precision"] == pytest.approx((expected[0][0] + expected[1][0]) / 2)
+    assert means["recall"] == pytest.approx((expected[0][1] + expected[1][1]) / 2)
+    assert backend.reference_images(["a handwritten digit 3", "draw a cat"]).keys() == {"a handwritten digit 3"}
+
+    class NoReferences:  # a backend without reference images reports none
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        def reference_images(self, prompts):
+            return {}
+
+    none, _, _ = evaluate(NoReferences(), {"digit-evaluator": evaluator}, prompts, list(range(12)), 6)
+    assert none["precision"] is None and none["recall"] is None

@@ -159,6 +159,12 @@ class ProductDefaults:
         """Rewards scored only at evaluation (to show reward hacking); empty when none is known."""
         return []
 
+    def reference_images(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """Real images of what each prompt should look like, for fidelity and coverage (precision and
+        recall, :mod:`treesdk.diversity`): ``{prompt: images float [M, 3, H, W] in [0, 1]}`` for the
+        prompts among ``prompts`` that have them; empty (the default) when the backend has none."""
+        return {}
+
     def eval_set(self) -> tuple[list[str], list[int]]:
         """The fixed evaluation prompts and seeds (one image per pair)."""
         prompts = self.default_prompts()

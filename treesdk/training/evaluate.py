@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from treesdk.diversity import choose_features, per_prompt_diversity, pixel_features
+from treesdk.diversity import FeatureMap, choose_features, per_prompt_diversity, per_prompt_precision_recall, pixel_features
 from treesdk.interfaces import RewardModel, VelocityModel, iter_chunks
 from treesdk.rewards import score_images
 from treesdk.sampler import sample_ode
@@ -32,8 +32,10 @@ def evaluate(
     """Sample one ODE image per (prompt, seed) pair, score it, and measure diversity.
 
     ``chunk``: rows per sampling call; ``decode_chunk``: images per decode call (default ``chunk``).
-    Returns ``({"<reward>_mean": value, ..., "diversity": value, "diversity_pixels": value},
-    {reward: per-image scores}, images)``; both diversities are None when no prompt has at least two images.
+    Returns ``({"<reward>_mean": value, ..., "diversity": value, "diversity_pixels": value, "precision":
+    value, "recall": value}, {reward: per-image scores}, images)``; both diversities are None when no
+    prompt has at least two images; precision and recall (fidelity to and coverage of the backend's
+    ``reference_images``, in the diversity's features) are None when it has none.
     ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
     the features of the backend's held-out reward when one is among ``rewards`` and offers them,
     else another reward's, else the pixels; :func:`diversity_source` names the choice.
@@ -50,7 +52,21 @@ def evaluate(
     pixels = per_prompt_diversity(pixel_features(images), list(prompts))
     means["diversity"] = value if value == value else None  # None (JSON null) when no prompt has two images
     means["diversity_pixels"] = pixels if pixels == pixels else None
+    means["precision"], means["recall"] = fidelity_and_coverage(model, features, images, prompts)
     return means, scores, images
+
+
+def fidelity_and_coverage(model: VelocityModel, features: FeatureMap, images: Tensor, prompts: Sequence[str]) -> tuple[float | None, float | None]:
+    """Per-prompt improved precision and recall (:func:`treesdk.diversity.per_prompt_precision_recall`,
+    k = 3) of ``images`` against ``model.reference_images``, in the diversity's features; ``(None,
+    None)`` when the backend has no references or no prompt has more than 3 images and references."""
+    references = model.reference_images(list(dict.fromkeys(prompts)))
+    if not references:
+        return None, None
+    with torch.no_grad():
+        ref_features = {prompt: features(ref.float()) for prompt, ref in references.items()}
+        precision, recall = per_prompt_precision_recall(features(images), list(prompts), ref_features)
+    return (precision, recall) if precision == precision else (None, None)
 
 
 def diversity_source(model: VelocityModel, rewards: Mapping[str, RewardModel]) -> str:
