@@ -55,7 +55,9 @@ def main() -> None:
                      "after": run.eval_after["digit-evaluator_mean"], "seconds": time.perf_counter() - start,
                      "diversity_before": run.eval_before["diversity"], "diversity_after": run.eval_after["diversity"],
                      "diversity_kept": run.eval_after["diversity"] / run.eval_before["diversity"],
-                     "diversity_pixels_kept": run.eval_after["diversity_pixels"] / run.eval_before["diversity_pixels"]})
+                     "diversity_pixels_kept": run.eval_after["diversity_pixels"] / run.eval_before["diversity_pixels"],
+                     "precision_before": run.eval_before["precision"], "precision_after": run.eval_after["precision"],
+                     "recall_before": run.eval_before["recall"], "recall_after": run.eval_after["recall"]})
         print(json.dumps(runs[-1]))
 
     afters = [r["after"] for r in runs]
@@ -70,6 +72,8 @@ def main() -> None:
     report["gain"] = report["after_mean"] - report["before"]
     report["diversity_kept_mean"] = statistics.mean(r["diversity_kept"] for r in runs)
     report["diversity_pixels_kept_mean"] = statistics.mean(r["diversity_pixels_kept"] for r in runs)
+    report["precision_after_mean"] = statistics.mean(r["precision_after"] for r in runs)
+    report["recall_after_mean"] = statistics.mean(r["recall_after"] for r in runs)
     report["recipe"] = recipe.name
     print(json.dumps(report, indent=2))
     if args.out:

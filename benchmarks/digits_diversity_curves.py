@@ -13,7 +13,7 @@ variants of that sweep for several seeds and evaluates every ``--every`` iterati
 the re-weighting curve and the real-digit points of ``digits_diversity_bound.py`` and the target
 corner (held-out gain of plain TreeGRPO, 80 % kept).
 
-    python benchmarks/digits_diversity_curves.py --only default-run default-noise-1.0 treegrpo --seeds 0 1 2 \\
+    python benchmarks/digits_diversity_curves.py --only treegrpo-layertuning layertuning-noise-1.0 treegrpo --seeds 0 1 2 \\
         --iters 200 --every 20 --out benchmarks/results/digits-diversity-curves.json \\
         --plot benchmarks/results/digits-diversity-curves.png
     python benchmarks/digits_diversity_curves.py --plot-only --out benchmarks/results/digits-diversity-curves.json \\
@@ -114,7 +114,7 @@ def plot(rows: list[dict[str, Any]], bound: dict[str, Any] | None, path: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=["default-run", "default-noise-1.0", "treegrpo"])
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=["default-run", "treegrpo-layertuning", "treegrpo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)

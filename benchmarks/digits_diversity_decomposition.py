@@ -54,7 +54,7 @@ def decompose(backend: Any, evaluator: Any) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=["treegrpo", "default-run", "tree-sft-0.01-lr-2e-4"])
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=["treegrpo", "treegrpo-layertuning", "tree-sft-0.01-lr-2e-4"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -104,7 +104,8 @@ def print_report(report: dict) -> None:
     t1, t2 = report["thresholds"]
     table = Table(box=box.SIMPLE_HEAD, title=f"base reward {report['base']['reward']:.3f}; thresholds {t1:.3f}, {t2:.3f} "
                                                "(cells: wall s / CPU s / kNFE)")
-    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "pixel\ndiv.", "threshold 1", "threshold 2"):
+    for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "pixel\ndiv.", "preci-\nsion", "recall", "threshold 1",
+                "threshold 2"):
         table.add_column(col, no_wrap=True, min_width=15) if col == "algorithm" else table.add_column(col, justify="right")
 
     def cell(hit: dict | None) -> str:
@@ -112,13 +113,14 @@ def print_report(report: dict) -> None:
 
     for name, r in report["algorithms"].items():
         if r["error"]:
-            table.add_row(name, "-", "error", r["error"][:30], "", "", "", "")
+            table.add_row(name, "-", "error", r["error"][:30], "", "", "", "", "", "")
             continue
         table.add_row(
             name, str(r["iterations"]), f"{r['final_reward']:.3f}",
             f"{r['final_heldout']:.3f}" if r["final_heldout"] is not None else "-",
             f"{100 * r['diversity_kept']:.0f}%" if r["diversity_kept"] is not None else "-",
             f"{100 * r['diversity_pixels_kept']:.0f}%" if r.get("diversity_pixels_kept") is not None else "-",
+            *(f"{r[key]:.2f}" if r.get(key) is not None else "-" for key in ("final_precision", "final_recall")),
             cell(r["to_threshold"][0]), cell(r["to_threshold"][1]),
         )
     console.print(table)

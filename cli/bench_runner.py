@@ -124,6 +124,8 @@ def run_bench(
             "heldout": means[f"{next(iter(heldout))}_mean"] if heldout else None,
             "diversity": means["diversity"],
             "diversity_pixels": means["diversity_pixels"],
+            "precision": means.get("precision"),
+            "recall": means.get("recall"),
         }
 
     def worker(name: str) -> None:
@@ -234,6 +236,8 @@ def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], bas
             "final_diversity": last.get("diversity"),
             "diversity_kept": kept,
             "diversity_pixels_kept": kept_pixels,
+            "final_precision": last.get("precision"),
+            "final_recall": last.get("recall"),
             "error": r.error,
             "curve": r.curve,
         }

@@ -131,7 +131,7 @@ def option_names(kind: str, name: str) -> set[str] | None:
 def train_command(
     backend: Annotated[Optional[str], typer.Option(help="velocity-model backend (entry point in treesdk.backends) [default: digits]")] = None,
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id; default: the backend's")] = None,
-    algo: Annotated[Optional[str], typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file) [default: the backend's default recipe; digits: treegrpo-layertuning, others: treegrpo]")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="preset: grpo, mixgrpo, treegrpo, dynamic-treerpo (or a recipe file) [default: the backend's default recipe; digits: treegrpo-kl, others: treegrpo]")] = None,
     k: Annotated[Optional[int], typer.Option(help="branching factor of the tree (overrides the recipe)")] = None,
     d: Annotated[Optional[int], typer.Option(help="tree depth = SDE window length in steps")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampling steps T")] = None,

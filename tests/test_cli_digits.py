@@ -111,6 +111,12 @@ def test_bench_reports_every_field_and_interleaves(tmp_path):
         assert entry["curve"][0]["seconds"] == 0.0 and entry["nfe_sampling_per_iter"] > 0
         assert entry["curve"][-1]["cpu_seconds"] > 0 and entry["curve"][-1]["nfe"] > 0
         assert entry["final_diversity"] > 0 and entry["diversity_kept"] > 0 and entry["diversity_pixels_kept"] > 0
+        # precision/recall need more than k = 3 images per prompt; this evaluation set has 2
+        assert entry["final_precision"] is None and entry["final_recall"] is None
+    from treesdk_cli.bench import print_report
+
+    saved["algorithms"]["treegrpo"].update(final_precision=0.875, final_recall=0.5)
+    print_report(saved)  # one cell per column, both with and without precision/recall
     # grpo: 2 prompts x 1 root x 4 SDE steps, plus 8 trained and 8 reference (KL) evaluations per iteration
     grpo = saved["algorithms"]["grpo"]
     assert grpo["nfe_sampling_per_iter"] == 8 and grpo["curve"][-1]["nfe"] == 2 * (8 + 8 + 8)

@@ -114,12 +114,12 @@ def test_an_unset_recipe_is_the_backends_default_recipe():
     from treesdk_backends.digits import DigitsBackend
 
     digits = DigitsBackend.default_recipe
-    default = RunConfig().resolve_recipe({"optim.lr": 1e-4}, digits)
-    assert default.name == "treegrpo-layertuning" and default.optim.lr == 2e-4  # a mapping is taken as is
-    assert [(t.kind, getattr(t, "weight", None)) for t in default.losses][1] == ("layertuning-sft", 0.02)
+    default = RunConfig().resolve_recipe({"optim.lr": 3e-4}, digits)
+    assert default.name == "treegrpo-kl" and default.optim.lr == 1e-4  # a mapping is taken as is
+    assert [(t.kind, getattr(t, "form", None), getattr(t, "weight", None)) for t in default.losses][1] == ("kl", "flow-grpo", 2.0)
     assert default.tree == treesdk.load_algorithm("treegrpo").tree
-    named = RunConfig(recipe="treegrpo").resolve_recipe({"optim.lr": 1e-4}, digits)
-    assert named.name == "treegrpo" and named.optim.lr == 1e-4 and len(named.losses) == 1
+    named = RunConfig(recipe="treegrpo").resolve_recipe({"optim.lr": 3e-4}, digits)
+    assert named.name == "treegrpo" and named.optim.lr == 3e-4 and len(named.losses) == 1
     assert RunConfig().resolve_recipe({"optim.lr": 1e-4}).name == "treegrpo"  # a backend that names none
     # checked before any model loads, against the default recipe: its second loss term exists
     precheck_run_config(RunConfig(overrides={"losses.1.weight": 0.01}))
