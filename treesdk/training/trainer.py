@@ -321,11 +321,10 @@ class Trainer:
         to the loggers (``"eval": true``)."""
         if not self.eval_prompts:
             return {}
-        recipe = self.recipe
         self._phase("evaluation", 0, 1)
         with self.optimization.weights_for("eval") as averaged:
-            means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, recipe.steps, recipe.chunk,
-                                         recipe.decoding_chunk)
+            means, _, images = evaluate(self.backend, self.eval_rewards, self.eval_prompts, self.eval_seeds, self.recipe.steps,
+                                         self.recipe.chunk, self.recipe.decoding_chunk)
         self.run.evaluations.append({"iteration": self.iteration, "tag": tag, **means})
         if self.out is not None and self.collective.is_main:
             nrow = min(10, len(self.eval_prompts))
