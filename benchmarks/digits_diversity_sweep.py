@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "layertuning-noise-1.3": layertuning(**{"noise.level": 1.3}),
     "layertuning-noise-1.3-lr-4e-4": layertuning(**{"noise.level": 1.3, "optim.lr": 4e-4}),
     "layertuning-window-min-start-2": layertuning(**{"window.min_start": 2}),
+    "treegrpo-30it": ("treegrpo", {}, {"iters": 30}),  # plain TreeGRPO stopped early
+    "treegrpo-40it": ("treegrpo", {}, {"iters": 40}),
     "lr-5e-5": ("treegrpo", {"optim.lr": 5e-5}),
     "lr-3e-5": ("treegrpo", {"optim.lr": 3e-5}),
     "kl-0.01": ("treegrpo", {"losses": [CLIP, {**KL, "weight": 0.01}]}),
