@@ -61,6 +61,9 @@ def eval_command(
         table.add_row(f"diversity ({source})", f"{diversity:.4f}" if diversity is not None else "- (one image per prompt)", "")
         if source != "pixels" and means["diversity_pixels"] is not None:
             table.add_row("diversity (pixels)", f"{means['diversity_pixels']:.4f}", "")
+        for key in ("precision", "recall"):  # against the backend's reference images, when it has them
+            if means.get(key) is not None:
+                table.add_row(f"{key} (vs reference images)", f"{means[key]:.4f}", "")
         console.print(table)
         result = {"run": run, "images": len(all_prompts), "steps": steps, **means, "diversity_features": source}
         if json_out is not None:

@@ -56,6 +56,10 @@ def test_sample_and_eval_a_trained_run(trained_run, tmp_path):
     assert data["digit-evaluator_mean"] == pytest.approx(ends[0]["digit-evaluator_mean"], abs=1e-6)
     assert data["diversity"] == pytest.approx(ends[0]["diversity"], rel=1e-6) and data["diversity_features"] == "digit-evaluator"
     assert data["diversity_pixels"] == pytest.approx(ends[0]["diversity_pixels"], rel=1e-6) and "diversity (pixels)" in result.output
+    # fidelity and coverage against the real digits, in the JSON, the table and the run's end line alike
+    assert data["precision"] == pytest.approx(ends[0]["precision"]) and data["recall"] == pytest.approx(ends[0]["recall"])
+    assert 0.0 <= data["precision"] <= 1.0 and 0.0 < data["recall"] <= 1.0
+    assert "precision (vs reference images)" in result.output and "recall (vs reference images)" in result.output
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
