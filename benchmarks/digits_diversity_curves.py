@@ -85,7 +85,7 @@ def plot(rows: list[dict[str, Any]], bound: dict[str, Any] | None, path: Path) -
         (axes[1], "diversity_pixels_kept", "kept_pixels", "pixels (`diversity_pixels`)"),
     ):
         ax.fill_between([TARGET_KEPT, 1.3], base + TARGET_GAIN, 1.0, color="green", alpha=0.12, label="target: gain >= +0.298, kept >= 80 %")
-        for i, name in enumerate(names):
+        for name in names:
             for j, r in enumerate(r for r in rows if r["variant"] == name):
                 xs = [p[measure] for p in r["points"]]
                 ys = [p["heldout"] for p in r["points"]]

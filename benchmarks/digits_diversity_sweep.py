@@ -37,8 +37,6 @@ def layertuning(**overrides: Any) -> tuple[str, dict[str, Any]]:
     return tree_sft(0.02, **{"optim.lr": 2e-4, **overrides})
 
 
-LAYERTUNING = layertuning()
-
 #: name -> (algorithm, dotted overrides on top of the digits backend's recipe_defaults[, extra]);
 #: extra: {"bonus": W} adds the group-diversity reward (digit-classifier features) at weight W,
 #: {"iters": N} trains N iterations instead of --iters, {"batch": B} B prompts per iteration instead of
@@ -48,7 +46,7 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "default-run": (DigitsBackend.default_recipe, {}),  # what `treesdk train` runs on digits today
     # the default run until this round: treegrpo + LayerTuning SFT 0.02 at lr 2e-4 (its images leave the data:
     # digits_quality.py), and that hybrid at other SDE noise levels (the default's a is 0.7) and a later window
-    "treegrpo-layertuning": LAYERTUNING,
+    "treegrpo-layertuning": layertuning(),
     "layertuning-noise-0.4": layertuning(**{"noise.level": 0.4}),
     "layertuning-noise-1.0": layertuning(**{"noise.level": 1.0}),
     "layertuning-noise-1.0-120it": (*layertuning(**{"noise.level": 1.0}), {"iters": 120}),

@@ -124,8 +124,8 @@ def run_bench(
             "heldout": means[f"{next(iter(heldout))}_mean"] if heldout else None,
             "diversity": means["diversity"],
             "diversity_pixels": means["diversity_pixels"],
-            "precision": means.get("precision"),
-            "recall": means.get("recall"),
+            "precision": means["precision"],
+            "recall": means["recall"],
         }
 
     def worker(name: str) -> None:

@@ -48,24 +48,28 @@ def evaluate(
     means = {f"{name}_mean": float(values.mean()) for name, values in scores.items()}
     _, features = choose_features(rewards, model.heldout_rewards())
     with torch.no_grad():
-        value = per_prompt_diversity(features(images), list(prompts))
+        sample_features = features(images)
+    value = per_prompt_diversity(sample_features, list(prompts))
     pixels = per_prompt_diversity(pixel_features(images), list(prompts))
     means["diversity"] = value if value == value else None  # None (JSON null) when no prompt has two images
     means["diversity_pixels"] = pixels if pixels == pixels else None
-    means["precision"], means["recall"] = fidelity_and_coverage(model, features, images, prompts)
+    means["precision"], means["recall"] = fidelity_and_coverage(model, features, sample_features, prompts)
     return means, scores, images
 
 
-def fidelity_and_coverage(model: VelocityModel, features: FeatureMap, images: Tensor, prompts: Sequence[str]) -> tuple[float | None, float | None]:
+def fidelity_and_coverage(
+    model: VelocityModel, features: FeatureMap, sample_features: Tensor, prompts: Sequence[str]
+) -> tuple[float | None, float | None]:
     """Per-prompt improved precision and recall (:func:`treesdk.diversity.per_prompt_precision_recall`,
-    k = 3) of ``images`` against ``model.reference_images``, in the diversity's features; ``(None,
-    None)`` when the backend has no references or no prompt has more than 3 images and references."""
+    k = 3) of the samples, given by their ``sample_features`` (``features`` of the images), against
+    ``model.reference_images`` mapped by the same ``features``; ``(None, None)`` when the backend has
+    no references or no prompt has more than 3 images and references."""
     references = model.reference_images(list(dict.fromkeys(prompts)))
     if not references:
         return None, None
     with torch.no_grad():
         ref_features = {prompt: features(ref.float()) for prompt, ref in references.items()}
-        precision, recall = per_prompt_precision_recall(features(images), list(prompts), ref_features)
+    precision, recall = per_prompt_precision_recall(sample_features, list(prompts), ref_features)
     return (precision, recall) if precision == precision else (None, None)
 
 

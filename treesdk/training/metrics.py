@@ -20,8 +20,8 @@ class Run:
     eval_after: dict[str, float] = field(default_factory=dict)
     #: every evaluation this process ran, in order: ``{"iteration", "tag", **means}`` with tag ``start``,
     #: ``iter_<n>`` (``eval_every``) or ``end``; the means as in :attr:`eval_before` (reward means,
-    #: ``diversity``, ``diversity_pixels``). A resumed run lists only the evaluations since it resumed
-    #: (``metrics.jsonl`` keeps them all).
+    #: ``diversity``, ``diversity_pixels``, ``precision``, ``recall``). A resumed run lists only the
+    #: evaluations since it resumed (``metrics.jsonl`` keeps them all).
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     exported: list[str] = field(default_factory=list)
     interrupted: bool = False
