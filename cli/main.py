@@ -34,7 +34,7 @@ def main(
     show_library_warnings()
 
 
-_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui", "tiny", "examples")
+_COMMAND_MODULES = ("train", "sample", "eval", "export", "bench", "plugins", "nodes", "comfyui", "tiny", "examples", "serve_reward")
 
 for _module_name in _COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module_name}").register(app)

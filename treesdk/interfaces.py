@@ -214,6 +214,9 @@ class RewardModel(ABC):
 
     name: str = "reward"
     batch_size: int = 32
+    #: True for a reward that mostly waits (an HTTP service): the trainer then samples the trees of an
+    #: iteration in groups and scores each group while the next is sampled (:mod:`treesdk.reward_scoring`)
+    io_bound: bool = False
 
     @abstractmethod
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:

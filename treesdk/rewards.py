@@ -43,15 +43,22 @@ def score_images(
     for name, model in rewards.items():
         with torch.no_grad():
             values = model.score(images, list(prompts))
-        values = torch.as_tensor(values).detach().float().cpu().reshape(-1)
-        if values.shape[0] != images.shape[0]:
-            raise ValueError(f"reward {name!r} returned {values.shape[0]} scores for {images.shape[0]} images")
-        bad = (~torch.isfinite(values)).nonzero().flatten()
-        if len(bad):
-            i = int(bad[0])
-            raise NonFiniteRewardError(
-                f"reward {name!r} returned {float(values[i])} for image {i} of prompt {prompts[i]!r} "
-                f"({len(bad)} non-finite values in all); the iteration was stopped before any update"
-            )
-        out[name] = values
+        out[name] = checked_scores(name, values, prompts)
     return out
+
+
+def checked_scores(name: str, values: Tensor, prompts: Sequence[str]) -> Tensor:
+    """Reward ``name``'s scores of ``len(prompts)`` images as float32 ``[B]`` on the CPU; a wrong
+    count is a ``ValueError`` and the first NaN/inf a :class:`NonFiniteRewardError`, each naming the
+    reward (and the image index and its prompt)."""
+    values = torch.as_tensor(values).detach().float().cpu().reshape(-1)
+    if values.shape[0] != len(prompts):
+        raise ValueError(f"reward {name!r} returned {values.shape[0]} scores for {len(prompts)} images")
+    bad = (~torch.isfinite(values)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise NonFiniteRewardError(
+            f"reward {name!r} returned {float(values[i])} for image {i} of prompt {prompts[i]!r} "
+            f"({len(bad)} non-finite values in all); the iteration was stopped before any update"
+        )
+    return values

@@ -31,13 +31,12 @@ from typing import Any
 
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe, parts
-from treesdk.rewards import score_images
-from treesdk.sampler import sample_forest_for_recipe
+from treesdk.reward_scoring import sample_and_score
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective
 from treesdk.training.config import RunConfig
 from treesdk.training.distributed import restart_count
-from treesdk.training.evaluate import decode_chunked, evaluate
+from treesdk.training.evaluate import evaluate
 from treesdk.training.export import default_export_name, export_run
 from treesdk.training.metadata import export_metadata
 from treesdk.training.loggers import Loggers, build_loggers, parse_report_to
@@ -239,18 +238,12 @@ class Trainer:
         seeds = [slot_seed(self.seed, self.iteration, s) for s in slots]
         start = recipe.window_start(self.iteration, self.seed)
 
-        # 1. sample the forest with the frozen behaviour policy
+        # 1. sample the forest with the frozen behaviour policy, 2. decode the leaves and score them (NaN/inf
+        # stops here, before any update; I/O-bound rewards score each group of trees while the next is sampled)
         progress = (lambda i, n: self.on_step("sampling", i, n)) if self.on_step else None
         cond = p("encode", self.backend.encode, prompts)
-        forest = p("sample", sample_forest_for_recipe, self.backend, recipe, prompts, seeds, start, cond=cond,
-                   progress=progress, mean_std=self.mean_std)
-        t1 = time.perf_counter()
-
-        # 2. decode the leaves and score them (NaN/inf stops here, before any update)
-        self._phase("decoding", 0, 1)
-        images = p("decode", decode_chunked, self.backend, forest.leaves, recipe.decoding_chunk)
-        self._phase("rewards", 0, len(self.rewards))
-        scores = p("reward", score_images, self.rewards, images, [prompts[int(i)] for i in forest.leaf_prompt])
+        forest, scores, t1 = sample_and_score(self.backend, recipe, prompts, seeds, start, cond, self.rewards,
+                                                   mean_std=self.mean_std, progress=progress, phase=self._phase, run=p)
         t2, opt = time.perf_counter(), self.optimization
         self._phase("optimizer", 0, opt.steps_per_iteration)  # then once per optimiser step:
         hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
