@@ -41,10 +41,12 @@ class ServiceClient:
         timeout: seconds for connecting and for each read (a server silent for longer has timed out).
         retries: extra attempts after a connection error, a timeout or a 5xx answer (0: none).
         backoff: seconds before the first retry; doubled before each further one.
-        token: sent as ``Authorization: Bearer <token>`` when given.
+        token: sent as ``Authorization: Bearer <token>`` when given; token_option: the option naming
+            its variable (``token_env=VAR``), for the hint of a 401/403.
     """
 
-    def __init__(self, reward: str, url: str, *, timeout: float, retries: int, backoff: float, token: str | None) -> None:
+    def __init__(self, reward: str, url: str, *, timeout: float, retries: int, backoff: float, token: str | None,
+                 token_option: str = "token_env") -> None:
         httpx = require("httpx", "remote", reward)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise UserError(f"reward {reward!r}: url={url!r} is not an http(s) URL; give e.g. url=http://127.0.0.1:8000")
@@ -54,6 +56,8 @@ class ServiceClient:
             raise UserError(f"reward {reward!r}: retries={retries!r} and backoff={backoff!r} must be >= 0")
         self.reward, self.url = reward, url.rstrip("/")
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.token_hint = (f"; check the token ({token_option} names the variable that holds it)" if token
+                           else f"; the server may want a token: set {token_option}=VARIABLE")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._httpx = httpx
         self._client = httpx.Client(timeout=httpx.Timeout(self.timeout), headers=headers, follow_redirects=False)
@@ -79,7 +83,7 @@ class ServiceClient:
                 if response.status_code >= 500:
                     problem = f"the server failed with HTTP {response.status_code} ({_snippet(response)})"
                 elif response.status_code >= 400:
-                    hint = "; check the token (the variable token_env/api_key_env names)" if response.status_code in (401, 403) else ""
+                    hint = self.token_hint if response.status_code in (401, 403) else ""
                     raise self.fail(path, f"the server refused the request with HTTP {response.status_code} ({_snippet(response)}){hint}")
                 else:
                     return self._json(path, response)
@@ -101,6 +105,6 @@ class ServiceClient:
         self._client.close()
 
 
-def _snippet(response: Any, limit: int = 120) -> str:
+def _snippet(response: Any, limit: int = 200) -> str:
     text = " ".join(response.text.split())
     return repr(text[:limit] + ("..." if len(text) > limit else "")) if text else "empty body"

@@ -11,8 +11,7 @@ in full; a bad request gets 400 with the reason, a reward that fails 500; with a
 without ``Authorization: Bearer <token>`` get 401.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at definition
 import asyncio
 import hmac
 import json
@@ -51,7 +50,8 @@ class Batcher:
     :meth:`score` queues a request and waits for its scores. A loop takes the first queued request,
     then every request arriving within ``max_wait`` seconds while the batch holds fewer than
     ``max_batch`` images, groups them by image size, and calls ``reward.score`` once per size in a
-    single worker thread. A failing batch fails each of its requests with the reward's error.
+    single worker thread. When a batch of several requests fails, they are scored one by one, so
+    only a request the reward rejects gets its error.
     """
 
     def __init__(self, reward: RewardModel, max_batch: int = 64, max_wait: float = 0.005) -> None:
@@ -110,9 +110,12 @@ class Batcher:
                 for (j, i), value in zip(members, values):
                     results[j][i] = value
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the reward's error
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            if len(jobs) > 1:  # score the requests one by one: only the one the reward rejects fails
+                for job in jobs:
+                    await self._run(loop, [job])
+                return
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(exc)
             return
         for job, values in zip(jobs, results):
             if not job.future.done():

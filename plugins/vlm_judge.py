@@ -101,7 +101,8 @@ class VLMJudgeReward(RewardModel):
         except re.error as exc:
             raise RemoteRewardError(f"reward 'vlm-judge': pattern={pattern!r} is not a regular expression ({exc})") from None
         key = token_from_env(api_key_env, self.name, "api_key_env")
-        self.client = ServiceClient(self.name, str(base_url), timeout=timeout, retries=retries, backoff=backoff, token=key)
+        self.client = ServiceClient(self.name, str(base_url), timeout=timeout, retries=retries, backoff=backoff, token=key,
+                                    token_option="api_key_env")
         self.url, self.model, self.question, self.mode = self.client.url, str(model), str(question), mode
         self.rubric_max, self.top_logprobs, self.max_tokens = float(rubric_max), int(top_logprobs), int(max_tokens)
         self.concurrency, self.missing, self.overlap = int(concurrency), float(missing), bool(overlap)
