@@ -56,12 +56,13 @@ class Batcher:
 
     def __init__(self, reward: RewardModel, max_batch: int = 64, max_wait: float = 0.005) -> None:
         self.reward, self.max_batch, self.max_wait = reward, max(1, int(max_batch)), max(0.0, float(max_wait))
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treesdk-serve")
-        self._task: asyncio.Task[None] | None = None
         self.batches = 0  # reward calls made (for tests and logs)
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start batching on the running event loop (again after :meth:`stop`: a restarted server)."""
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treesdk-serve")
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
