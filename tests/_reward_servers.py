@@ -100,10 +100,11 @@ def flow_factory_app() -> FastAPI:
 
 class Faults:
     """What :func:`faulty_app` answers next: ``mode`` one of ok, nan, count, html, text, 401, 500,
-    hang; ``fail_first`` 500s before answering normally; ``calls`` counts /compute requests."""
+    hang; ``fail_first`` 500s before answering normally; ``calls`` counts /compute requests; with
+    ``after`` (a path), the mode applies only once that file exists (ok before)."""
 
-    def __init__(self) -> None:
-        self.mode = "ok"
+    def __init__(self, mode: str = "ok", after: Any = None) -> None:
+        self.mode, self.after = mode, after
         self.fail_first = 0
         self.calls = 0
         self.hang_seconds = 5.0
@@ -124,7 +125,7 @@ def faulty_app(faults: Faults) -> FastAPI:
         if faults.fail_first > 0:
             faults.fail_first -= 1
             return PlainTextResponse("overloaded", status_code=503)
-        mode = faults.mode
+        mode = faults.mode if faults.after is None or faults.after.exists() else "ok"
         if mode == "nan":
             return Response(b'{"rewards": [' + b", ".join([b"NaN"] * n) + b"]}", media_type="application/json")
         if mode == "count":

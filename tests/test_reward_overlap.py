@@ -4,13 +4,14 @@ dies mid-run: one named error line, the last checkpoint kept, ``--resume`` once 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from _reward_servers import ThreadServer
+from _reward_servers import Faults, ThreadServer, faulty_app
 from typer.testing import CliRunner
 
 import treesdk
@@ -141,3 +142,22 @@ def test_a_digits_run_stops_with_one_line_when_its_server_dies_and_resumes_once_
         assert [p.name for p in list_checkpoints(out)][-1] == "iter_000003"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("mode", "options", "message"), [
+    ("nan", [], r"score 0 is nan \(not finite\)"),
+    ("hang", ["remote:timeout=0.5", "remote:retries=0"], r"no answer within timeout=0.5 s \(ReadTimeout\)"),
+])
+def test_a_digits_run_stops_with_one_line_on_a_fault_mid_run_and_keeps_its_checkpoint(tmp_path, mode, options, message):
+    out = tmp_path / "run"
+    faults = Faults(mode, after=out / "checkpoints" / "iter_000001")
+    faults.hang_seconds = 2.0
+    with ThreadServer(faulty_app(faults)) as server:
+        args = ["train", "--iters", "3", "--batch", "2", "--checkpoint-every", "1", "--out", str(out), "--reward", "remote",
+                "--reward-opt", f"remote:url={server.url}", *[a for o in options for a in ("--reward-opt", o)]]
+        result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: reward 'remote' at {server.url}/compute: "), result.output
+    assert re.search(message, errors[0]), errors[0]
+    assert [p.name for p in list_checkpoints(out)] == ["iter_000001"]
