@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 import torch
-from _reward_servers import Faults, ThreadServer, brightness, faulty_app, flow_factory_app
+from _reward_servers import Faults, ThreadServer, faulty_app, flow_factory_app
 
 import treesdk
 from treesdk.errors import UserError

@@ -11,9 +11,9 @@ Compute-bound rewards are scored in the main thread, after sampling, as before.
 
 Without I/O-bound rewards nothing changes: the forest is sampled in one call, decoded and scored.
 
-An exception in the worker is raised in the main thread, once every group has been sampled: a
-:class:`treesdk.errors.UserError` (a remote reward's named fault) as it is, anything else as a
-:class:`RewardScoringError` naming the reward.
+An exception in the worker is raised in the main thread (when the next group is handed over, or
+once every group has been sampled): a :class:`treesdk.errors.UserError` (a remote reward's named
+fault) as it is, anything else as a :class:`RewardScoringError` naming the reward.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .sde import sde_mean_std
 GROUPS = 4
 
 #: ``run(phase, fn, *args, **kwargs)``: the profiler's timed call (default: just call)
-Run = Callable[..., Any]
+PhaseRun = Callable[..., Any]
 
 
 class RewardScoringError(RuntimeError):
@@ -80,6 +80,11 @@ class GroupScorer:
         self.seconds_waiting = 0.0  # time result() spent blocked on the worker
 
     def submit(self, images: Tensor, prompts: Sequence[str]) -> None:
+        """Queue a group; raises now the error of an earlier group the worker already failed on."""
+        for _, _, earlier in self._groups:
+            for name, future in earlier.items():
+                if future.done():
+                    _worker_result(name, future)
         prompts = list(prompts)
         futures = {name: self._pool.submit(_score, self.rewards[name], images, prompts)
                    for name in self.rewards if name in self.background and self._pool is not None}
@@ -171,7 +176,7 @@ def sample_and_score(
     mean_std: MeanStd = sde_mean_std,
     progress: Callable[[int, int], None] | None = None,
     phase: Callable[[str, int, int], None] | None = None,
-    run: Run = _call,
+    run: PhaseRun = _call,
     groups: int | None = None,
     overlap: bool = True,
 ) -> tuple[Forest, dict[str, Tensor], float]:
