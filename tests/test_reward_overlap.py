@@ -18,6 +18,7 @@ import treesdk
 from treesdk.errors import UserError
 from treesdk.interfaces import RewardModel
 from treesdk.reward_scoring import RewardScoringError, sample_and_score
+from treesdk.rewards import NonFiniteRewardError
 from treesdk.sampler import sample_forest_for_recipe
 from treesdk.training.batches import slot_seed
 from treesdk.training.checkpoint import list_checkpoints
@@ -80,6 +81,26 @@ def test_the_grouped_forest_is_the_forest_of_its_trees_joined_in_prompt_order(di
     leaf_prompts = [prompts[int(i)] for i in forest.leaf_prompt]
     images = torch.cat([backend.decode(forest.leaves[i : i + 16]).float() for i in range(0, forest.leaves.shape[0], 16)])
     torch.testing.assert_close(scores["slow"], treesdk.load_reward("digit-classifier").score(images, leaf_prompts))
+
+
+class NaNReward(SlowReward):
+    """NaN for every image of one prompt."""
+
+    def __init__(self, prompt: str) -> None:
+        super().__init__()
+        self.prompt = prompt
+
+    def score(self, images, prompts):
+        values = super().score(images, prompts).clone()
+        values[[i for i, p in enumerate(prompts) if p == self.prompt]] = float("nan")
+        return values
+
+
+def test_a_nan_from_the_worker_names_the_leaf_of_the_whole_iteration(digits):
+    prompts = digits[2]
+    leaf = prompts.index(prompts[-1]) * 16  # the first leaf of the last prompt's tree (16 leaves a tree)
+    with pytest.raises(NonFiniteRewardError, match=rf"reward 'slow' returned nan for image {leaf} of prompt {prompts[-1]!r}"):
+        run(digits, {"slow": NaNReward(prompts[-1])})
 
 
 def test_a_failure_in_the_worker_is_the_named_rewards_error(digits):

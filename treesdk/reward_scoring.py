@@ -101,8 +101,13 @@ class GroupScorer:
                         self.seconds_waiting += time.perf_counter() - start
                     else:
                         values = _score(model, images, prompts)
-                    out[name].append(checked_scores(name, values, prompts))
-            return {name: torch.cat(parts) if parts else torch.zeros(0) for name, parts in out.items()}
+                    values = torch.as_tensor(values).detach().float().cpu().reshape(-1)
+                    if values.shape[0] != len(prompts):
+                        raise ValueError(f"reward {name!r} returned {values.shape[0]} scores for {len(prompts)} images")
+                    out[name].append(values)
+            every_prompt = [p for _, prompts, _ in self._groups for p in prompts]  # NaN/inf named by leaf index
+            return {name: checked_scores(name, torch.cat(parts) if parts else torch.zeros(0), every_prompt)
+                    for name, parts in out.items()}
         finally:
             self.close()
 
