@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest.importorskip("fastapi")  # the serve extra
+pytest.importorskip("httpx")  # the remote extra
+
 from _reward_servers import Faults, ThreadServer, faulty_app
 from typer.testing import CliRunner
 

@@ -9,9 +9,13 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 import torch
+
+pytest.importorskip("fastapi")  # the serve extra
+pytest.importorskip("httpx")  # the remote extra
+
+import httpx
 from _reward_servers import Faults, ThreadServer, faulty_app, flow_factory_app
 
 import treesdk

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+pytest.importorskip("fastapi")  # the serve extra
+pytest.importorskip("httpx")  # the remote extra
+
 from _reward_servers import ThreadServer, openai_app
 
 import treesdk
