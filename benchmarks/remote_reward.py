@@ -7,11 +7,12 @@ reward scored four ways, each for ``--iters`` iterations on the same seed:
 * ``remote``: served by ``treesdk serve-reward``'s app in a child process over loopback, with
   ``--latency`` seconds (default 0 and 0.2) of artificial delay added to every HTTP request (an
   ASGI wrapper that sleeps before answering, as a far or busy server would), scored synchronously
-  (``overlap=false``) or overlapped (each group of trees scored while the next is sampled).
+  (``overlap=false``), overlapped (each group of trees scored while the next is sampled, one request
+  at a time) or overlapped with ``in_flight=4`` (every group's request may wait at once).
 
 Reported per configuration: the mean iteration time (``seconds``), and the share of it spent
 waiting for scores once sampling was done (``seconds_reward / seconds``), over the iterations after
-the first (warm-up). Timings only: the runs' rewards are checked equal between sync and overlapped.
+the first (warm-up). The runs' rewards are checked equal between sync and overlapped (in_flight=1).
 
     OMP_NUM_THREADS=1 python benchmarks/remote_reward.py --iters 4 --out benchmarks/results/remote/remote-reward.json
 """
@@ -99,9 +100,10 @@ def main() -> None:
     for latency in args.latency:
         proc, url = start_server(latency)
         try:
-            for overlap in (False, True):
-                reward = treesdk.load_reward("remote", url=url, overlap=overlap)
-                key = f"remote latency={latency:g}s {'overlapped' if overlap else 'sync'}"
+            for overlap, in_flight in ((False, 1), (True, 1), (True, 4)):
+                reward = treesdk.load_reward("remote", url=url, overlap=overlap, in_flight=in_flight)
+                mode = ("overlapped" if in_flight == 1 else f"overlapped in_flight={in_flight}") if overlap else "sync"
+                key = f"remote latency={latency:g}s {mode}"
                 results[key] = summary(run(reward, args.iters, args.batch, args.seed))
                 print(json.dumps({key: results[key]["seconds_per_iteration"], "waiting": results[key]["waiting_share"]}), flush=True)
         finally:

@@ -38,6 +38,9 @@ class RemoteReward(RewardModel):
         batch_size: images per request; concurrency: requests in flight at once.
         check: check ``/health`` when built and a probe batch before the first iteration.
         overlap: score in the background while the next trees are sampled (False: in the main thread).
+        in_flight: groups of trees scored at once in the background (default 1: one request after the
+            other, so the server sees the same batches as without overlap; more hides more latency,
+            but a server that batches concurrent requests may then group them differently each run).
     """
 
     name = "remote"
@@ -50,16 +53,18 @@ class RemoteReward(RewardModel):
 
     def __init__(self, url: str | None = None, token_env: str | None = None, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, batch_size: int = 32, concurrency: int = 4, check: bool = True,
-                 overlap: bool = True, device: str | None = None) -> None:
+                 overlap: bool = True, in_flight: int = 1, device: str | None = None) -> None:
         del device  # scores come back on the CPU wherever the run is
         if not url:
             raise RemoteRewardError("reward 'remote' needs the server's URL: --reward-opt remote:url=http://HOST:PORT")
-        if int(batch_size) < 1 or int(concurrency) < 1:
-            raise RemoteRewardError(f"reward 'remote': batch_size={batch_size!r} and concurrency={concurrency!r} must be >= 1")
+        if int(batch_size) < 1 or int(concurrency) < 1 or int(in_flight) < 1:
+            raise RemoteRewardError(f"reward 'remote': batch_size={batch_size!r}, concurrency={concurrency!r} and "
+                                    f"in_flight={in_flight!r} must be >= 1")
         token = token_from_env(token_env, self.name, "token_env")
         self.client = ServiceClient(self.name, str(url), timeout=timeout, retries=retries, backoff=backoff, token=token)
         self.url = self.client.url
         self.batch_size, self.concurrency, self.overlap = int(batch_size), int(concurrency), bool(overlap)
+        self.in_flight = int(in_flight)
         if check:
             self.client.request("GET", "/health")
         else:

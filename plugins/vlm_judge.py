@@ -70,7 +70,8 @@ class VLMJudgeReward(RewardModel):
         concurrency: requests in flight; timeout, retries, backoff: as for ``remote``.
         missing: the score of an answer that gives neither reading.
         check: ask ``GET {base_url}/models`` when built.
-        overlap: score in the background while the next trees are sampled.
+        overlap: score in the background while the next trees are sampled; in_flight: groups of
+            trees scored at once there (as for ``remote``).
     """
 
     name = "vlm-judge"
@@ -85,7 +86,7 @@ class VLMJudgeReward(RewardModel):
                  mode: str = "yes-no", rubric_max: float = 10.0, pattern: str = r"(-?\d+(?:\.\d+)?)",
                  top_logprobs: int = 20, max_tokens: int = 16, api_key_env: str | None = None, concurrency: int = 16,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, missing: float = 0.0,
-                 check: bool = True, overlap: bool = True, device: str | None = None) -> None:
+                 check: bool = True, overlap: bool = True, in_flight: int = 1, device: str | None = None) -> None:
         del device
         if not base_url:
             raise RemoteRewardError("reward 'vlm-judge' needs the API's base URL: --reward-opt vlm-judge:base_url=http://HOST:PORT/v1")
@@ -106,6 +107,7 @@ class VLMJudgeReward(RewardModel):
         self.url, self.model, self.question, self.mode = self.client.url, str(model), str(question), mode
         self.rubric_max, self.top_logprobs, self.max_tokens = float(rubric_max), int(top_logprobs), int(max_tokens)
         self.concurrency, self.missing, self.overlap = int(concurrency), float(missing), bool(overlap)
+        self.in_flight = max(1, int(in_flight))
         if check:
             self.client.request("GET", "/models")
 

@@ -74,6 +74,15 @@ def test_overlapped_scores_equal_synchronous_ones_in_order_and_value(digits):
     assert set(off.threads) == {threading.current_thread().name}
 
 
+def test_groups_in_flight_together_come_back_in_their_order(digits):
+    together, alone = SlowReward(), SlowReward(overlap=False)
+    together.in_flight = 4
+    _, scores, _ = run(digits, {"slow": together})
+    _, reference, _ = run(digits, {"slow": alone})
+    assert torch.equal(scores["slow"], reference["slow"])
+    assert len(set(together.threads)) >= 1 and all(t.startswith("treesdk-reward") for t in together.threads)
+
+
 def test_the_grouped_forest_is_the_forest_of_its_trees_joined_in_prompt_order(digits):
     backend, recipe, prompts, seeds, cond = digits
     forest, scores, _ = run(digits, {"slow": SlowReward()})

@@ -3,7 +3,8 @@
 A reward whose :attr:`~treesdk.interfaces.RewardModel.io_bound` is True (an HTTP service, a VLM judge)
 spends its time waiting. When any reward of a run is, :func:`sample_and_score` samples the trees of
 the iteration in :data:`GROUPS` groups of consecutive prompts; each group is decoded and handed to
-a single worker thread, which scores it while the main thread samples the next group. The forest
+a worker thread, which scores it while the main thread samples the next group (one group at a
+time, or up to a reward's ``in_flight`` groups at once). The forest
 is then the groups' forests joined in prompt order, and the scores are concatenated in the same
 order, so an overlapped iteration has the same trees, images and scores as one scored synchronously
 over the same groups (``overlap=False``, or a reward whose ``overlap`` attribute is False).
@@ -64,8 +65,9 @@ def _call(phase: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 class GroupScorer:
-    """Scores groups of images in submission order: I/O-bound rewards (:func:`overlapped`) in one
-    worker thread when ``overlap``, the others in the calling thread at :meth:`result`.
+    """Scores groups of images in submission order: I/O-bound rewards (:func:`overlapped`) in a
+    worker thread when ``overlap`` (``in_flight`` workers when a reward sets that attribute above 1,
+    so several groups wait on a slow server at once), the others in the calling thread at :meth:`result`.
 
     ``submit(images, prompts)`` takes a group (float ``[b, 3, H, W]`` in [0, 1], b prompts);
     ``result()`` waits for every group and returns each reward's float32 ``[B]`` scores, groups
@@ -75,7 +77,9 @@ class GroupScorer:
     def __init__(self, rewards: Mapping[str, RewardModel], overlap: bool = True) -> None:
         self.rewards = dict(rewards)
         self.background = {name for name, m in self.rewards.items() if overlap and overlapped(m)}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treesdk-reward") if self.background else None
+        # groups in flight at once: 1 unless a reward asks for more (its ``in_flight`` attribute)
+        workers = max([max(1, int(getattr(self.rewards[n], "in_flight", 1))) for n in self.background] or [1])
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treesdk-reward") if self.background else None
         self._groups: list[tuple[Tensor, list[str], dict[str, Future[Tensor]]]] = []
         self.seconds_waiting = 0.0  # time result() spent blocked on the worker
 
