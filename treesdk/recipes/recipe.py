@@ -13,15 +13,15 @@ Loading (presets, files, overrides) lives in :mod:`treesdk.recipes.loading`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BeforeValidator, Field, SerializeAsAny, WithJsonSchema, model_validator
 
 from treesdk.advantages import DepthwiseAdvantage, GroupAdvantage, TreeBackupAdvantage
 from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.recipes.parts import Part, PartDecl, declare, parts, validate_part
+from treesdk.recipes.windows import FixedWindow, RandomWindow, SlidingWindow, WindowSpec
 from treesdk.sampler import nfe_per_tree  # noqa: F401 - re-exported (treesdk.recipes.nfe_per_tree)
 from treesdk.sde import SDE_FAMILIES, ode_step
 
@@ -82,59 +82,6 @@ class TreeSpec(Part):
                 f"exceeds max_leaves = {self.max_leaves}; lower k, d or roots (or raise max_leaves)"
             )
         return self
-
-
-# ----------------------------------------------------------------------------------------------
-# window schedules
-
-
-class FixedWindow(Part):
-    """The window always starts at step ``start``."""
-
-    kind: Literal["fixed"] = "fixed"
-    start: int = Field(0, ge=0, description="first step of the window (0 = the noisiest step)")
-
-    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:  # noqa: ARG002 - same signature as the others
-        return self.start
-
-
-class SlidingWindow(Part):
-    """MixGRPO / Dynamic-TreeRPO: start at ``start``, advance by ``stride`` every ``every`` iterations,
-    wrap back to ``start`` after ``max_start`` (default ``T - d``)."""
-
-    kind: Literal["sliding"] = "sliding"
-    start: int = Field(0, ge=0, description="first window start")
-    stride: int = Field(1, ge=1, description="steps the window advances each move")
-    every: int = Field(1, ge=1, description="iterations between moves")
-    max_start: int | None = Field(None, ge=0, description="last start before wrapping (default T - d)")
-
-    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:  # noqa: ARG002
-        last = self.max_start if self.max_start is not None else steps - depth
-        span = last - self.start + 1
-        return self.start + (self.stride * (iteration // self.every)) % span
-
-
-class RandomWindow(Part):
-    """TreeGRPO: start drawn from a truncated geometric law ``P(s) ∝ p (1 - p)^(s - min_start)`` on
-    ``[min_start, max_start]`` (default ``max_start = T - d``), so early (noisy) steps are favoured."""
-
-    kind: Literal["random"] = "random"
-    p: float = Field(0.5, gt=0, le=1, description="geometric success probability; 1 = always min_start")
-    min_start: int = Field(0, ge=0, description="smallest start")
-    max_start: int | None = Field(None, ge=0, description="largest start (default T - d)")
-
-    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:
-        """Drawn from a generator seeded by ``(seed, iteration)``: every rank and every resume agrees."""
-        first = self.min_start
-        last = self.max_start if self.max_start is not None else steps - depth
-        starts = np.arange(first, last + 1)
-        probs = self.p * (1.0 - self.p) ** (starts - first) if self.p < 1 else (starts == first).astype(float)
-        probs = probs / probs.sum()
-        rng = np.random.default_rng([seed, iteration, 0x57A27])
-        return int(rng.choice(starts, p=probs))
-
-
-WindowSpec = Annotated[Union[FixedWindow, SlidingWindow, RandomWindow], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------------------------
