@@ -86,7 +86,7 @@ def test_every_part_kind_has_a_node():
         outputs.setdefault(spec.output, set()).add(spec.type)
     assert outputs["WINDOW"] == {"fixed-window", "sliding-window", "random-window"}
     assert outputs["ADVANTAGE"] == {"group-advantage", "tree-backup", "depthwise-advantage"}
-    assert outputs["LOSS"] == {"clipped-surrogate", "layertuning-sft", "kl"}
+    assert outputs["LOSS"] == {"clipped-surrogate", "layertuning-sft", "kl", "nft", "awm", "velocity-kl"}
     assert outputs["STEP"] == {"ode", "flow-grpo-sde"}
     assert {"TREE", "NOISE", "OPTIM", "RECIPE", "IMAGE", "MODEL"} <= set(outputs)
 

@@ -353,6 +353,8 @@ class EdgeBatch:
         sft_target: ``[N, *latent]`` detached LayerTuning target velocity, or None.
         kl_std: the std Flow-GRPO's KL divides by (``std_t``, without ``sqrt(-dt)``; see
             :class:`treesdk.sde.SDEFamily`), scalar tensor, or None.
+        old_mean: ``[N, *latent]`` SDE mean of the behaviour policy (from the stored velocity), for
+            GRPO-Guard's ratio normalisation, or None.
     """
 
     layer: TreeLayer
@@ -366,6 +368,7 @@ class EdgeBatch:
     ref_mean: Tensor | None = None
     sft_target: Tensor | None = None
     kl_std: Tensor | None = None
+    old_mean: Tensor | None = None
 
 
 class LossTerm(ABC):
@@ -381,6 +384,8 @@ class LossTerm(ABC):
     needs_reference: bool = False
     #: set when the term needs ``EdgeBatch.sft_target``
     needs_sft_target: bool = False
+    #: set when the term needs ``EdgeBatch.old_mean`` (the behaviour policy's SDE mean, no extra forward)
+    needs_old_mean: bool = False
 
     @abstractmethod
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:

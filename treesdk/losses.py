@@ -23,16 +23,39 @@ class ClippedSurrogate(LossTerm):
 
     Log-probs are averaged over latent elements, hence the small default ranges (Flow-GRPO: 1e-4).
     Elements: every ``(edge, path)`` term of the chunk, ``[N, k, M]``.
+
+    ``guard=True`` is GRPO-Guard (arXiv 2510.22319; Flow-Factory ``GRPOGuardTrainer``): the log-ratio
+    is normalised and re-weighted per step, ``log rho = (logp_new - logp_old) * s + mse(mean_new -
+    mean_old) / (2 s)`` with ``s`` the transition std (``std_t sqrt(-dt)``) and ``mse`` averaged over
+    elements. For a Gaussian step this equals ``mean((mean_new - mean_old) * eps)``: the
+    ``-||mean_new - mean_old||^2 / (2 s^2)`` drift that pushes every ratio below 1 is removed, and the
+    ``1 / s`` growth of the ratio's gradient at low-noise steps is undone. ``guard=False`` (default)
+    is the plain ratio, bit for bit.
     """
 
     name = "surrogate"
 
     def __init__(
-        self, clip: str = "fixed", eps: float = 1e-4, eps_low: float = 1e-4, eps_high: float = 1e-4, eta: float = 1.0
+        self, clip: str = "fixed", eps: float = 1e-4, eps_low: float = 1e-4, eps_high: float = 1e-4, eta: float = 1.0,
+        guard: bool = False,
     ) -> None:
         if clip not in ("fixed", "asymmetric", "reward-adaptive"):
             raise ValueError(f"clip must be fixed, asymmetric or reward-adaptive; got {clip!r}")
         self.clip, self.eps, self.eps_low, self.eps_high, self.eta = clip, eps, eps_low, eps_high, eta
+        self.guard = bool(guard)
+        self.needs_old_mean = self.guard
+
+    def log_ratio(self, batch: EdgeBatch) -> Tensor:
+        """``[N, k, 1]`` log-ratio: plain, or GRPO-Guard's normalised one (class docstring)."""
+        log_ratio = batch.new_log_probs - batch.old_log_probs
+        if self.guard:
+            if batch.old_mean is None or batch.new_mean is None:
+                raise ValueError("GRPO-Guard needs EdgeBatch.new_mean and EdgeBatch.old_mean")
+            s = batch.std.float()
+            diff = batch.new_mean.float() - batch.old_mean.float()
+            mse = (diff**2).mean(dim=tuple(range(1, diff.ndim)))  # [N]: one per parent, shared by its children
+            log_ratio = log_ratio * s + (mse / (2.0 * s)).unsqueeze(1)
+        return log_ratio.unsqueeze(-1)
 
     def bounds(self, clip_rewards: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper clip ranges, broadcastable to ``clip_rewards`` ``[N, k, M]``."""
@@ -45,7 +68,7 @@ class ClippedSurrogate(LossTerm):
         return e, e
 
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:
-        log_ratio = (batch.new_log_probs - batch.old_log_probs).unsqueeze(-1)  # [N, k, 1]
+        log_ratio = self.log_ratio(batch)  # [N, k, 1]
         ratio = torch.exp(log_ratio)
         adv = batch.advantages.float()
         e_lo, e_hi = self.bounds(batch.clip_rewards)

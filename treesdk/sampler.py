@@ -23,6 +23,13 @@ from .interfaces import Cond, Forest, MeanStd, TreeLayer, VelocityModel, iter_ch
 from .sde import ode_step, sde_mean_std, transition_log_prob
 
 
+def nfe_split_tree(steps: int, split_steps: Sequence[int], k: int) -> int:
+    """Velocity evaluations of one tree that branches ``k`` ways at each step of ``split_steps``
+    (branch points anywhere in ``[0, T)``): ``sum_i k^(number of split steps before i)``."""
+    splits = sorted(set(int(s) for s in split_steps))
+    return sum(k ** sum(1 for s in splits if s < i) for i in range(steps))
+
+
 def nfe_per_tree(steps: int, start: int, depth: int, k: int) -> int:
     """Velocity evaluations the sampler makes for one tree of ``steps`` steps whose branching window
     starts at ``start`` and is ``depth`` steps deep with ``k`` children per node:
@@ -83,6 +90,7 @@ def sample_forest(
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
     mean_std: MeanStd = sde_mean_std,
+    split_steps: Sequence[int] | None = None,
 ) -> Forest:
     """Sample the forest of all ``prompts`` and return it with every trainable edge.
 
@@ -99,6 +107,10 @@ def sample_forest(
         cond: pre-encoded conditioning for ``prompts`` (else ``model.encode(prompts)``).
         progress: called as ``progress(step, T)`` after each step.
         mean_std: the SDE family's transition (default: the Flow-GRPO step); stored on the forest.
+        split_steps: branch points (Flow-GRPO-Fast, BranchGRPO): the nodes branch ``k`` ways at exactly
+            these steps (depth = position in the list) instead of at the ``depth`` consecutive steps
+            from ``window_start``; needs ``depth == len(split_steps)``; ``window_start`` is ignored
+            (the forest records the first split step).
 
     Returns:
         :class:`Forest` with ``nfe`` = number of velocity evaluations (rows), which equals
@@ -106,7 +118,12 @@ def sample_forest(
     """
     if k < 1 or depth < 0 or roots < 1:
         raise ValueError(f"need k >= 1, depth >= 0, roots >= 1; got k={k}, depth={depth}, roots={roots}")
-    if window_start < 0 or window_start + depth > steps:
+    splits = sorted(set(int(s) for s in split_steps)) if split_steps is not None else None
+    if splits is not None:
+        if len(splits) != depth or (splits and (splits[0] < 0 or splits[-1] >= steps)):
+            raise ValueError(f"split_steps {list(split_steps or [])} must be {depth} distinct steps in [0, {steps})")
+        window_start = splits[0] if splits else 0
+    elif window_start < 0 or window_start + depth > steps:
         raise ValueError(f"window [{window_start}, {window_start + depth}) does not fit in {steps} steps")
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
@@ -133,12 +150,13 @@ def sample_forest(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         v = batched_velocity(model, x, sigma, cond, node_prompt, chunk)
         nfe += x.shape[0]
-        in_window = window_start <= i < window_start + depth
+        in_window = (i in splits) if splits is not None else window_start <= i < window_start + depth
+        at_depth = splits.index(i) if splits is not None and in_window else i - window_start
         if not in_window and not sde_outside_window:
             x = ode_step(x, v, sigma, sigma_next)
         else:
             branch = k if in_window else 1
-            level = level_at(i - window_start) if in_window else float(outside_at(i))
+            level = level_at(at_depth) if in_window else float(outside_at(i))
             parents = x
             mean, std = mean_std(parents, v, sigma, sigma_next, level)
             noise = _draw(generators, [nodes_per_prompt * branch] * num_prompts, shape, device)
@@ -147,7 +165,7 @@ def sample_forest(
             layers.append(
                 TreeLayer(
                     step=i,
-                    depth=i - window_start if in_window else -1,
+                    depth=at_depth if in_window else -1,
                     sigma=sigma,
                     sigma_next=sigma_next,
                     noise_scale=level,
@@ -195,6 +213,7 @@ def sample_forest_for_recipe(
     """:func:`sample_forest` with the tree shape, noise schedule, SDE family (``mean_std``, built from
     ``recipe.sde`` by the caller; default Flow-GRPO) and chunk size of ``recipe``."""
     tree = recipe.tree
+    splits = getattr(tree, "split_steps", None)
     return sample_forest(
         model,
         prompts,
@@ -204,7 +223,7 @@ def sample_forest_for_recipe(
         depth=tree.d,
         roots=tree.roots,
         window_start=window_start,
-        noise_level=lambda depth: recipe.noise.at(window_start + depth, depth, tree.d),
+        noise_level=lambda depth: recipe.noise.at(splits[depth] if splits else window_start + depth, depth, tree.d),
         sde_outside_window=tree.sde_outside_window,
         outside_noise_level=(
             tree.outside_noise_level if tree.outside_noise_level is not None else (lambda step: recipe.noise.at(step, -1, tree.d))
@@ -213,6 +232,7 @@ def sample_forest_for_recipe(
         cond=cond,
         progress=progress,
         mean_std=mean_std,
+        split_steps=splits,
     )
 
 

@@ -11,5 +11,6 @@ from __future__ import annotations
 from treesdk.recipes.loading import RecipeError, apply_overrides, load_recipe, read_recipe_file
 from treesdk.recipes.recipe import *  # noqa: F403 - the part specs and Recipe
 from treesdk.recipes.recipe import __all__ as _recipe_names
+from treesdk.recipes import forward_parts as _forward_parts  # noqa: F401 - declares nft, awm, velocity-kl
 
 __all__ = [*_recipe_names, "RecipeError", "apply_overrides", "load_recipe", "read_recipe_file"]

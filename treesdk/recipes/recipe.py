@@ -13,15 +13,15 @@ Loading (presets, files, overrides) lives in :mod:`treesdk.recipes.loading`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BeforeValidator, Field, SerializeAsAny, WithJsonSchema, model_validator
 
 from treesdk.advantages import DepthwiseAdvantage, GroupAdvantage, TreeBackupAdvantage
 from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.recipes.parts import Part, PartDecl, declare, parts, validate_part
+from treesdk.recipes.windows import FixedWindow, RandomWindow, SlidingWindow, WindowSpec
 from treesdk.sampler import nfe_per_tree  # noqa: F401 - re-exported (treesdk.recipes.nfe_per_tree)
 from treesdk.sde import SDE_FAMILIES, ode_step
 
@@ -56,10 +56,23 @@ class TreeSpec(Part):
         None, gt=0, le=10, description="noise level of SDE steps outside the window (default: the noise schedule's level)"
     )
     max_leaves: int = Field(4096, ge=1, description="memory bound: leaves per prompt may not exceed this")
+    split_steps: list[int] | None = Field(
+        None, description="branch points (Flow-GRPO-Fast, BranchGRPO): branch k ways at exactly these steps "
+                          "(d of them) instead of in a window of d consecutive steps; the window part is then unused")
 
     @property
     def leaves_per_prompt(self) -> int:
         return self.roots * self.k**self.d
+
+    @model_validator(mode="after")
+    def _splits_match_depth(self) -> TreeSpec:
+        if self.split_steps is not None:
+            if len(set(self.split_steps)) != len(self.split_steps) or self.split_steps != sorted(self.split_steps):
+                raise ValueError(f"tree.split_steps must be increasing distinct steps, got {self.split_steps}")
+            if len(self.split_steps) != self.d:
+                raise ValueError(f"tree.split_steps has {len(self.split_steps)} steps but tree.d = {self.d}; "
+                                 "set d to the number of split steps")
+        return self
 
     @model_validator(mode="after")
     def _leaves_within_bound(self) -> TreeSpec:
@@ -69,59 +82,6 @@ class TreeSpec(Part):
                 f"exceeds max_leaves = {self.max_leaves}; lower k, d or roots (or raise max_leaves)"
             )
         return self
-
-
-# ----------------------------------------------------------------------------------------------
-# window schedules
-
-
-class FixedWindow(Part):
-    """The window always starts at step ``start``."""
-
-    kind: Literal["fixed"] = "fixed"
-    start: int = Field(0, ge=0, description="first step of the window (0 = the noisiest step)")
-
-    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:  # noqa: ARG002 - same signature as the others
-        return self.start
-
-
-class SlidingWindow(Part):
-    """MixGRPO / Dynamic-TreeRPO: start at ``start``, advance by ``stride`` every ``every`` iterations,
-    wrap back to ``start`` after ``max_start`` (default ``T - d``)."""
-
-    kind: Literal["sliding"] = "sliding"
-    start: int = Field(0, ge=0, description="first window start")
-    stride: int = Field(1, ge=1, description="steps the window advances each move")
-    every: int = Field(1, ge=1, description="iterations between moves")
-    max_start: int | None = Field(None, ge=0, description="last start before wrapping (default T - d)")
-
-    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:  # noqa: ARG002
-        last = self.max_start if self.max_start is not None else steps - depth
-        span = last - self.start + 1
-        return self.start + (self.stride * (iteration // self.every)) % span
-
-
-class RandomWindow(Part):
-    """TreeGRPO: start drawn from a truncated geometric law ``P(s) ∝ p (1 - p)^(s - min_start)`` on
-    ``[min_start, max_start]`` (default ``max_start = T - d``), so early (noisy) steps are favoured."""
-
-    kind: Literal["random"] = "random"
-    p: float = Field(0.5, gt=0, le=1, description="geometric success probability; 1 = always min_start")
-    min_start: int = Field(0, ge=0, description="smallest start")
-    max_start: int | None = Field(None, ge=0, description="largest start (default T - d)")
-
-    def start_at(self, iteration: int, seed: int, steps: int, depth: int) -> int:
-        """Drawn from a generator seeded by ``(seed, iteration)``: every rank and every resume agrees."""
-        first = self.min_start
-        last = self.max_start if self.max_start is not None else steps - depth
-        starts = np.arange(first, last + 1)
-        probs = self.p * (1.0 - self.p) ** (starts - first) if self.p < 1 else (starts == first).astype(float)
-        probs = probs / probs.sum()
-        rng = np.random.default_rng([seed, iteration, 0x57A27])
-        return int(rng.choice(starts, p=probs))
-
-
-WindowSpec = Annotated[Union[FixedWindow, SlidingWindow, RandomWindow], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,6 +103,8 @@ class NoiseSpec(Part):
     levels: list[float] | None = Field(
         None, description="noise level at each sampling step 0..T-1 (kind=per-step)"
     )
+    branch_scale: float = Field(1.0, gt=0, le=100, description="factor on the level at branching steps (window or "
+                                                               "split steps; BranchGRPO's split noise scale)")
 
     @model_validator(mode="after")
     def _levels_given(self) -> NoiseSpec:
@@ -159,10 +121,11 @@ class NoiseSpec(Part):
 
     def at(self, step: int, depth: int, num_layers: int) -> float:
         """Level ``a`` at sampling step ``step`` (window depth ``depth``, -1 outside the window)."""
+        scale = self.branch_scale if depth >= 0 and self.branch_scale != 1.0 else 1.0
         if self.kind == "per-step":
             assert self.levels is not None
-            return self.levels[step]
-        return self.at_depth(max(depth, 0), num_layers)
+            return self.levels[step] * scale
+        return self.at_depth(max(depth, 0), num_layers) * scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,6 +243,8 @@ class ClippedSurrogateSpec(Part):
     eps_low: float = Field(1e-4, gt=0, le=1, description="lower clip range / adaptive minimum")
     eps_high: float = Field(1e-4, gt=0, le=1, description="upper clip range / adaptive maximum")
     eta: float = Field(1.0, ge=0, description="reward-adaptive decay rate")
+    guard: bool = Field(False, description="GRPO-Guard: normalise the log-ratio by the step's std and remove its "
+                                           "mean-shift drift (ratio normalisation + per-step re-weighting)")
 
 
 class LayerTuningSpec(Part):
@@ -362,6 +327,10 @@ class Recipe(Part):
         if d > T:
             raise ValueError(f"tree.d = {d} exceeds steps = {T}: the window must fit in the T sampling steps")
         win = self.window
+        if self.tree.split_steps is not None:
+            if self.tree.split_steps and self.tree.split_steps[-1] >= T:
+                raise ValueError(f"tree.split_steps {self.tree.split_steps} reach past steps = {T}: every split step must be < T")
+            return self
         if isinstance(win, FixedWindow) and win.start + d > T:
             raise ValueError(f"window.start + tree.d = {win.start} + {d} > steps = {T}: the window runs past T")
         if isinstance(win, (SlidingWindow, RandomWindow)):
@@ -390,8 +359,11 @@ def window_start(recipe: Recipe, iteration: int, seed: int) -> int:
 
     fixed: ``start``; sliding: ``start + stride * (iteration // every)`` wrapped into
     ``[start, max_start]``; random: truncated geometric, drawn from a generator seeded by
-    ``(seed, iteration)`` so every rank and every resume draws the same value.
+    ``(seed, iteration)`` so every rank and every resume draws the same value. A tree with
+    ``split_steps`` has no window: its first split step.
     """
+    if recipe.tree.split_steps is not None:
+        return recipe.tree.split_steps[0] if recipe.tree.split_steps else 0
     return recipe.window.start_at(iteration, seed, recipe.steps, recipe.tree.d)
 
 
@@ -419,7 +391,7 @@ for _decl in (
     PartDecl("advantage", DepthwiseSpec, node="depthwise-advantage",
              build=lambda spec: DepthwiseAdvantage(temperature=spec.temperature, backup=spec.backup, depth_eps=spec.depth_eps,
                                                    **_leaf_options(spec))),
-    PartDecl("loss", ClippedSurrogateSpec, build=lambda s: ClippedSurrogate(s.clip, s.eps, s.eps_low, s.eps_high, s.eta)),
+    PartDecl("loss", ClippedSurrogateSpec, build=lambda s: ClippedSurrogate(s.clip, s.eps, s.eps_low, s.eps_high, s.eta, s.guard)),
     PartDecl("loss", LayerTuningSpec, build=lambda spec: LayerTuningSFT()),
     PartDecl("loss", KLSpec, build=lambda spec: KLToReference(spec.form)),
     PartDecl("optim", OptimSpec, node="adamw", kind="adamw"),

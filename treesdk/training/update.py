@@ -22,6 +22,7 @@ from torch import Tensor
 
 from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
 from treesdk.sde import transition_log_prob
+from treesdk.training.forward_update import forward_terms, forward_update
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,9 +90,13 @@ def policy_update(
     backward passes and before clipping; it should average gradients over ranks.
     """
     stats = UpdateStats()
+    if forward_terms(terms):  # the recipe trains on clean leaves (DiffusionNFT, AWM): no edges needed
+        return forward_update(model, forest, targets, terms, optimizer, params, passes=passes, minibatches=minibatches,
+                              chunk=chunk, grad_clip=grad_clip, reduce_gradients=reduce_gradients, stats=stats)
     if not forest.layers:
         return stats
     need_ref = any(t.needs_reference for t, _ in terms)
+    need_old_mean = any(getattr(t, "needs_old_mean", False) for t, _ in terms)
     need_sft = any(t.needs_sft_target for t, _ in terms)
     sft = sft_targets(forest, targets.leaf_rewards) if need_sft else None
     groups = [g for g in torch.arange(forest.num_prompts).tensor_split(min(minibatches, forest.num_prompts)) if len(g)]
@@ -108,7 +113,7 @@ def policy_update(
                     for part in iter_chunks(len(rows), chunk):
                         index = rows[part]
                         scale = len(index) / len(rows) / layers_used
-                        loss, metrics, n_ref = _chunk_loss(model, forest, targets, terms, li, index, need_ref, sft)
+                        loss, metrics, n_ref = _chunk_loss(model, forest, targets, terms, li, index, need_ref, sft, need_old_mean)
                         stats.nfe_training += len(index)
                         stats.nfe_reference += n_ref
                         if not torch.isfinite(loss):
@@ -147,6 +152,7 @@ def _chunk_loss(
     index: Tensor,
     need_ref: bool,
     sft: list[Tensor] | None,
+    need_old_mean: bool = False,
 ) -> tuple[Tensor, dict[str, float], int]:
     layer = forest.layers[layer_index]
     device = layer.parents.device
@@ -177,6 +183,8 @@ def _chunk_loss(
         ref_mean=ref_mean,
         sft_target=sft[layer_index][idx] if sft is not None else None,
         kl_std=_kl_std(forest.mean_std, std[:1].reshape(()), layer.sigma, layer.sigma_next) if need_ref else None,
+        old_mean=forest.mean_std(parents, layer.velocity[idx], layer.sigma, layer.sigma_next, layer.noise_scale)[0]
+        if need_old_mean else None,
     )
     total = velocity.new_zeros(())
     metrics: dict[str, float] = {}

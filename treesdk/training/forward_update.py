@@ -1,0 +1,208 @@
+"""The forward-process update: train on the forest's clean leaves, not on its edges.
+
+Chosen by :func:`treesdk.training.update.policy_update` when the recipe's loss terms consume
+clean leaves (:class:`treesdk.forward_losses.ForwardTerm`, e.g. DiffusionNFT, AWM). Whatever
+sampled the leaves (ODE, a tree, a backend's solver), the update sees only each leaf's clean latent
+``x0``, its prompt and its advantage (``EdgeAdvantages.leaf_advantages``):
+
+    for each of n training slots: sigma per leaf (the terms' sigma sampler), fresh noise,
+    x_sigma = (1 - sigma) x0 + sigma noise; v_theta (with gradient), v_old (old policy, no grad)
+    and v_ref (adapter off, no grad) when a term asks; loss = sum_terms weight * term.
+
+The gradient of one optimiser step is that of the mean over slots and leaves of the minibatch
+(DiffusionNFT and AWM accumulate over their training timesteps the same way). Every velocity call is
+counted: ``nfe_training`` the forwards with gradient, ``nfe_reference`` the no-grad forwards of the
+old and the reference policies (``nfe_old`` and ``nfe_ref`` among the metrics).
+
+The old policy is a float32 copy of the trainable weights, moved after every iteration by its decay
+schedule (:class:`treesdk.forward_losses.OldPolicySchedule`); with decay 0 it is the weights that
+sampled the iteration. The copy lives on the loss term across iterations; it is not written into
+checkpoints, so a resumed run restarts it from the resumed weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from treesdk.errors import UserError
+from treesdk.forward_losses import CleanBatch, OldPolicySchedule, grid_permutation_sigmas, stratified_grid_sigmas
+from treesdk.interfaces import EdgeAdvantages, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+
+
+class OldPolicy:
+    """A float32 copy of ``params`` (the old / behaviour policy) and its decay schedule."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], schedule: OldPolicySchedule) -> None:
+        self.params = list(params)
+        self.schedule = schedule
+        self.steps = 0  # optimiser steps taken while this copy was kept
+        with torch.no_grad():
+            self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Inside the block the parameters hold the old weights; the live ones come back after."""
+        live = [p.detach().clone() for p in self.params]
+        try:
+            with torch.no_grad():
+                for p, old in zip(self.params, self.shadow):
+                    p.copy_(old.to(dtype=p.dtype, device=p.device))
+            yield
+        finally:
+            with torch.no_grad():
+                for p, keep in zip(self.params, live):
+                    p.copy_(keep)
+
+    def advance(self, steps: int) -> float:
+        """``old <- d old + (1 - d) theta`` with ``d = schedule.decay(steps)``; returns ``d``."""
+        d = self.schedule.decay(steps)
+        with torch.no_grad():
+            for old, p in zip(self.shadow, self.params):
+                old.mul_(d).add_(p.detach().float().to(old.device), alpha=1.0 - d)
+        return d
+
+
+def forward_terms(terms: Sequence[tuple[LossTerm, float]]) -> bool:
+    """True when the recipe's terms consume clean leaves; a mix with edge terms is refused."""
+    kinds = {getattr(term, "consumes", "edges") for term, _ in terms}
+    if kinds == {"clean-leaves"}:
+        return True
+    if "clean-leaves" in kinds:
+        names = ", ".join(f"{t.name} ({getattr(t, 'consumes', 'edges')})" for t, _ in terms)
+        raise UserError(f"recipe losses mix edge terms and clean-leaf terms ({names}); a recipe trains either on "
+                        "the tree's edges (clipped-surrogate, layertuning-sft, kl) or on its clean leaves (nft, awm, "
+                        "velocity-kl), not both")
+    return False
+
+
+def _old_policy(terms: Sequence[tuple[LossTerm, float]], params: Sequence[torch.nn.Parameter]) -> OldPolicy | None:
+    wanting = [t for t, _ in terms if getattr(t, "needs_old_velocity", False)]
+    if not wanting:
+        return None
+    schedules = {t.old_schedule for t in wanting if getattr(t, "old_schedule", None) is not None}
+    if len(schedules) > 1:
+        raise UserError(f"loss terms disagree on the old policy's decay schedule: {sorted(map(str, schedules))}; "
+                        "give every term that uses the old policy the same old_flat / old_uprate / old_uphold")
+    holder = wanting[0]
+    old = getattr(holder, "_old_policy", None)
+    if old is None or [p.data_ptr() for p in old.params] != [p.data_ptr() for p in params]:
+        old = OldPolicy(params, next(iter(schedules)) if schedules else OldPolicySchedule())
+        holder._old_policy = old  # type: ignore[attr-defined]
+    return old
+
+
+def _slot_sigmas(terms: Sequence[tuple[LossTerm, float]], grid: Tensor, n_leaves: int) -> Tensor:
+    """``[n_slots, n_leaves]`` training sigmas from the first term that declares a sampler."""
+    for term, _ in terms:
+        kind = getattr(term, "sigmas", None)
+        if kind == "grid-permutation":
+            return grid_permutation_sigmas(grid, n_leaves, term.fraction)
+        if kind == "stratified":
+            return stratified_grid_sigmas(grid, n_leaves, term.count, term.fraction)
+    raise UserError("no loss term of the recipe says at which noise levels to train the clean leaves; "
+                    "add an nft or awm term (velocity-kl alone has no sigma sampler)")
+
+
+def forward_update(
+    model: VelocityModel,
+    forest: Forest,
+    targets: EdgeAdvantages,
+    terms: Sequence[tuple[LossTerm, float]],
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    *,
+    passes: int = 1,
+    minibatches: int = 1,
+    chunk: int = 64,
+    grad_clip: float | None = 1.0,
+    reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
+    stats=None,  # noqa: ANN001 - a treesdk.training.update.UpdateStats
+):
+    """``passes * minibatches`` optimiser steps on the clean leaves of ``forest`` (module docstring)."""
+    from treesdk.training.update import NonFiniteLossError, UpdateStats
+
+    stats = stats or UpdateStats()
+    need_old = any(getattr(t, "needs_old_velocity", False) for t, _ in terms)
+    need_ref = any(getattr(t, "needs_reference", False) for t, _ in terms)
+    old = _old_policy(terms, params)
+    x0_all = forest.leaves.detach().float()
+    leaf_prompt = forest.leaf_prompt.to(x0_all.device)
+    adv_all = targets.leaf_advantages.detach().float().to(x0_all.device)
+    groups = [g for g in torch.arange(forest.num_prompts).tensor_split(min(minibatches, forest.num_prompts)) if len(g)]
+    totals: dict[str, float] = {}
+    weight_sum, n_old, n_ref = 0.0, 0, 0
+    model.train_mode(True)
+    try:
+        for _ in range(passes):
+            for group in groups:
+                optimizer.zero_grad(set_to_none=True)
+                rows = torch.isin(leaf_prompt.cpu(), group).nonzero().flatten().to(x0_all.device)
+                sigmas = _slot_sigmas(terms, forest.sigmas.cpu(), len(rows)).to(x0_all.device)  # [n, R]
+                for slot in range(sigmas.shape[0]):
+                    for part in iter_chunks(len(rows), chunk):
+                        index = rows[part]
+                        scale = len(index) / len(rows) / sigmas.shape[0]
+                        loss, metrics, counts = _chunk_loss(model, forest, x0_all[index], leaf_prompt[index],
+                                                            adv_all[index], sigmas[slot, part], terms, old, need_old, need_ref)
+                        stats.nfe_training += len(index)
+                        n_old += counts[0]
+                        n_ref += counts[1]
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLossError(f"loss is {float(loss)} at training slot {slot}; metrics {metrics}; "
+                                                     "no optimiser step was taken")
+                        (loss * scale).backward()
+                        weight_sum += scale
+                        for key, value in metrics.items():
+                            totals[key] = totals.get(key, 0.0) + value * scale
+                if reduce_gradients is not None:
+                    reduce_gradients(params)
+                if grad_clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                else:
+                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                stats.grad_norm = float(norm)
+                optimizer.step()
+                stats.optimizer_steps += 1
+    finally:
+        model.train_mode(False)
+        optimizer.zero_grad(set_to_none=True)
+    stats.nfe_reference += n_old + n_ref
+    stats.metrics = {key: value / weight_sum for key, value in totals.items()} if weight_sum else {}
+    stats.metrics.update({"nfe_old": float(n_old), "nfe_ref": float(n_ref)})
+    if old is not None:
+        old.steps += stats.optimizer_steps
+        stats.metrics["old_decay"] = old.advance(old.steps)
+    return stats
+
+
+def _chunk_loss(model, forest, x0, prompt, adv, sigma, terms, old, need_old, need_ref):  # noqa: ANN001, ANN202
+    cond = select_cond(forest.cond, prompt)
+    noise = torch.randn(x0.shape, dtype=torch.float32).to(x0.device)
+    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+    xt = (1.0 - s) * x0 + s * noise
+    v_old = v_ref = None
+    n_old = n_ref = 0
+    if need_old:
+        assert old is not None
+        with torch.no_grad(), old.swapped_in():
+            v_old = model.velocity(xt, sigma, cond).float()
+        n_old = len(x0)
+    if need_ref:
+        with torch.no_grad(), model.reference():
+            v_ref = model.velocity(xt, sigma, cond).float()
+        n_ref = len(x0)
+    v_theta = model.velocity(xt, sigma, cond).float()
+    batch = CleanBatch(x0=x0, noise=noise, xt=xt, sigma=sigma, cond=cond, advantages=adv, v_theta=v_theta,
+                       v_old=v_old, v_ref=v_ref)
+    total = v_theta.new_zeros(())
+    metrics: dict[str, float] = {}
+    for term, weight in terms:
+        value, term_metrics = term(batch)
+        total = total + weight * value
+        metrics[f"loss_{term.name}"] = float(value.detach())
+        metrics.update(term_metrics)
+    return total, metrics, (n_old, n_ref)
