@@ -6,6 +6,7 @@
   not after a guessed delay.
 * ``exits-at-import`` (reward): a module that calls ``sys.exit(3)`` when imported.
 * ``nan-later`` (reward): brightness, then NaN from its N-th call (:class:`NaNLater`).
+* ``divides-by-zero`` (reward): raises ``ZeroDivisionError`` from ``score`` (:class:`DividesByZero`).
 * ``mixture`` (backend) and ``brightness`` (reward): the analytic pair of :mod:`analytic`.
 """
 
@@ -26,6 +27,7 @@ brightness = analytic:BrightnessReward
 gated-brightness = _hardening_plugins:GatedBrightness
 exits-at-import = _exit_at_import:Reward
 nan-later = _hardening_plugins:NaNLater
+divides-by-zero = _hardening_plugins:DividesByZero
 """
 
 
@@ -70,3 +72,12 @@ class NaNLater(BrightnessReward):
         self.calls += 1
         values = super().score(images, prompts)
         return values * float("nan") if self.calls >= self.from_call else values
+
+
+class DividesByZero(BrightnessReward):
+    """A third-party reward with a bug: ``score`` raises ``ZeroDivisionError``."""
+
+    name = "divides-by-zero"
+
+    def score(self, images, prompts):  # noqa: ANN001, ANN201
+        return 1 / 0

@@ -77,3 +77,55 @@ def test_an_unknown_backend_option_in_a_run_folder_is_one_line_everywhere(finish
         assert "'nosuch'" in out and "its options are" in out and "logits" in out, out
     out = failed(invoke("train", "--resume", "--out", finished, "--iters", "3"))
     assert "'nosuch'" in out and "its options are" in out
+
+
+def test_a_torn_last_metrics_line_is_said_and_kept_aside_on_resume(finished, caplog):
+    """A partial last line in metrics.jsonl (cut inside a UTF-8 character, too) resumed without a
+    word: now a warning names the file and line, and its bytes go to metrics.jsonl.torn."""
+    metrics = finished / "metrics.jsonl"
+    torn = '{"iteration": 3, "note": "é'.encode()[:-1]  # cut inside the two bytes of 'é'
+    metrics.write_bytes(metrics.read_bytes() + torn)
+    with caplog.at_level("WARNING", logger="treesdk"):
+        result = train(finished.parent, "--resume", "--out", finished, "--iters", "3")
+    assert result.exit_code == 0, result.output
+    assert "metrics.jsonl" in caplog.text and "incomplete" in caplog.text and "metrics.jsonl.torn" in caplog.text
+    assert (finished / "metrics.jsonl.torn").read_bytes() == torn + b"\n"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "eval" not in json.dumps(r)][-3:] == [1, 2, 3]
+
+
+def test_a_third_party_reward_that_raises_is_one_line_naming_it_and_its_distribution(plugins):
+    """ZeroDivisionError inside a plugin's score(): was a raw traceback."""
+    out = failed(train(plugins, "--reward", "divides-by-zero", "--iters", "1", "--out", plugins / "r"))
+    assert "reward 'divides-by-zero'" in out and "distribution treesdk-hardening-test 0.0" in out
+    assert "ZeroDivisionError" in out and "--debug" in out
+    result = runner.invoke(app, ["--debug", "train", *MIXTURE, "--prompts", str(plugins / "prompts.txt"),
+                                 "--reward", "divides-by-zero", "--iters", "1", "--out", str(plugins / "r2")])
+    assert isinstance(result.exception.__cause__, ZeroDivisionError)  # --debug: the reward's own stack
+
+
+@pytest.mark.parametrize("returned, words", [
+    (None, ["returned NoneType", "2 numbers"]),
+    ("0.5", ["returned str"]),
+    ([0.5], ["returned 1 scores for 2 images"]),
+    ([[0.1, "x"]], ["not numbers"]),
+])
+def test_a_python_reward_returning_the_wrong_thing_is_named(returned, words):
+    """A Python-API reward returning None was "Could not infer dtype of NoneType"."""
+    import torch
+
+    from treesdk.errors import UserError
+    from treesdk.rewards import score_images
+
+    class Wrong:
+        name = "wrong"
+
+        def score(self, images, prompts):  # noqa: ANN001, ANN201
+            return returned
+
+    with pytest.raises(UserError) as info:
+        score_images({"my-reward": Wrong()}, torch.zeros(2, 3, 4, 4), ["a", "b"])
+    message = str(info.value)
+    assert "reward 'my-reward'" in message and __name__ in message, message
+    for word in words:
+        assert word in message, message
