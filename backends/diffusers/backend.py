@@ -43,6 +43,7 @@ from .adapter import FamilyAdapter
 from .attention import attention_kernels as parse_attention_kernels
 from .attention import restricted_attention
 from .families import adapter_class, detect_family
+from .folder_defaults import apply_folder_defaults
 
 __all__ = ["DiffusersFlowBackend"]
 
@@ -107,6 +108,7 @@ class DiffusersFlowBackend(DiffusersBackend):
         self.dtype = parse_dtype(dtype)
         self.attention_kernels = parse_attention_kernels(attention_kernels, self._device)
         cls = self._choose_adapter(model, family, pipeline)
+        resolution, family_options = apply_folder_defaults(model, cls, resolution, family_options)
         try:
             self.adapter = cls(**family_options)
         except TypeError as exc:
