@@ -129,3 +129,25 @@ def test_a_python_reward_returning_the_wrong_thing_is_named(returned, words):
     assert "reward 'my-reward'" in message and __name__ in message, message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("family, flags, words", [
+    ("wan", ["--backend-opt", "num_frames=81"], ["num_frames 81", "41 latent frames", "rope_max_seq_len", "at most 63 frames"]),
+    ("wan", ["--resolution", "512"], ["--resolution 512", "rope_max_seq_len", "at most 256 px"]),
+    ("sd3", ["--resolution", "128"], ["--resolution 128", "pos_embed_max_size", "at most 64 px"]),
+    ("z-image", ["--max-sequence-length", "1024"], ["--max-sequence-length 1024", "axes_lens"]),
+    ("z-image", ["--resolution", "30"], ["resolution must be a positive multiple of 4", "got 30"]),
+])
+def test_an_input_beyond_a_tiny_models_tables_is_one_line_before_any_folder(family, flags, words, tmp_path):
+    """The issue's tiny Wan at 81 frames crashed in diffusers' RoPE after the run folder was
+    written; now the limit is named when the backend is built."""
+    pytest.importorskip("diffusers")
+    from treesdk_backends.tiny import build_tiny
+
+    build_tiny(family, tmp_path / "tiny")
+    out = failed(invoke("train", "--backend", "diffusers", "--model", tmp_path / "tiny", "--steps", "2", "--k", "2",
+                        "--d", "2", "--iters", "1", "--batch", "1", "--reward", "jpeg-compressibility", *flags,
+                        "--out", tmp_path / "run"))
+    for word in words:
+        assert word in out, (word, out)
+    assert not (tmp_path / "run").exists()
