@@ -151,3 +151,63 @@ def test_an_input_beyond_a_tiny_models_tables_is_one_line_before_any_folder(fami
     for word in words:
         assert word in out, (word, out)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_ctrl_c_keeps_the_finished_iteration(plugins):
+    """Ctrl-C twice in iteration 2 (the second stops at once): iteration 1 had finished but had no
+    checkpoint (``--checkpoint-every 0``) and was lost; now it is checkpointed on the way out."""
+    from treesdk.training.checkpoint import list_checkpoints
+
+    result = train(plugins, "--reward", "interrupts-twice", "--iters", "5", "--out", plugins / "run")
+    out = failed(result, code=130)
+    assert "interrupted" in out
+    assert [p.name for p in list_checkpoints(plugins / "run")] == ["iter_000001"]
+    resumed = train(plugins, "--reward", "interrupts-twice", "--resume", "--iters", "2", "--reward-opt",
+                    "interrupts-twice:at_call=99", "--allow-config-change", "--out", plugins / "run")
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_ctrl_c_twice_while_a_checkpoint_is_written_lets_it_finish(plugins, monkeypatch):
+    """Both signals land inside the checkpoint write of iteration 1: it completes, then exit 130."""
+    import os
+    import signal
+
+    from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
+    from treesdk.training.trainer import Trainer
+
+    write = Trainer.checkpoint
+
+    def pressed_twice(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "checkpoint", pressed_twice)
+    out = failed(train(plugins, "--iters", "5", "--checkpoint-every", "1", "--out", plugins / "run"), code=130)
+    assert "interrupted" in out
+    assert [p.name for p in list_checkpoints(plugins / "run")] == ["iter_000001"]
+    load_checkpoint(plugins / "run")  # complete: sizes and SHA-256 verified
+
+
+def test_ctrl_c_while_the_cli_imports_is_exit_130_without_a_traceback(tmp_path):
+    """The console script's entry imports the command line inside a guard; a KeyboardInterrupt
+    there (simulated by an import hook raising it when ``treesdk_cli.main`` loads) is exit 130."""
+    import os
+    import subprocess
+    import sys
+
+    hook = (
+        "import sys\n"
+        "class Ctrl:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'treesdk_cli.main':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Ctrl())\n"
+        "sys.argv = ['treesdk', '--help']\n"
+        "from treesdk_cli.entry import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr
