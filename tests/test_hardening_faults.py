@@ -211,3 +211,34 @@ def test_ctrl_c_while_the_cli_imports_is_exit_130_without_a_traceback(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr
+
+
+@pytest.mark.parametrize("code", ["EFBIG", "ENOSPC"])
+def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_previous_checkpoint(plugins, monkeypatch, code):
+    """The issue's run ended in "[Errno 27] File too large"; now the message names the file, the
+    bytes it needed and those free, and the previous checkpoint stays whole and used by --resume."""
+    import errno
+    import os
+
+    import treesdk.training.checkpoint as checkpoint
+
+    write, calls = checkpoint.atomic_save_safetensors, []
+
+    def fills_up(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # checkpoint 1 (two files) fits, nothing after it does
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(path))
+        return write(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_save_safetensors", fills_up)
+    run = plugins / "run"
+    out = failed(train(plugins, "--iters", "3", "--checkpoint-every", "1", "--out", run))
+    assert "could not write" in out and "trainable.safetensors" in out and "it needs about" in out, out
+    assert "free on the file system" in out and "iter_000001 is intact" in out, out
+    assert "iter_000002/trainable.safetensors" in out, out
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["iter_000001"]
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # nothing half-written left
+    checkpoint.load_checkpoint(run)  # sizes and SHA-256 verified
+    monkeypatch.setattr(checkpoint, "atomic_save_safetensors", write)
+    resumed = train(plugins, "--resume", "--iters", "3", "--out", run)
+    assert resumed.exit_code == 0, resumed.output
