@@ -94,8 +94,9 @@ def test_a_torn_last_metrics_line_is_said_and_kept_aside_on_resume(finished, cap
     assert [r["iteration"] for r in rows if "eval" not in json.dumps(r)][-3:] == [1, 2, 3]
 
 
-def test_a_third_party_reward_that_raises_is_one_line_naming_it_and_its_distribution(plugins):
+def test_a_third_party_reward_that_raises_is_one_line_naming_it_and_its_distribution(plugins, monkeypatch):
     """ZeroDivisionError inside a plugin's score(): was a raw traceback."""
+    monkeypatch.setenv("TREESDK_DEBUG", "")  # --debug below sets it: restored to unset afterwards
     out = failed(train(plugins, "--reward", "divides-by-zero", "--iters", "1", "--out", plugins / "r"))
     assert "reward 'divides-by-zero'" in out and "distribution treesdk-hardening-test 0.0" in out
     assert "ZeroDivisionError" in out and "--debug" in out
