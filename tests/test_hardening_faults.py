@@ -243,3 +243,45 @@ def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_previous_checkpo
     monkeypatch.setattr(checkpoint, "atomic_save_safetensors", write)
     resumed = train(plugins, "--resume", "--iters", "3", "--out", run)
     assert resumed.exit_code == 0, resumed.output
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"a red\x00apple\nb\n", ["prompt 1", "control character '\\x00'"]),
+    (b"x" * 200_001 + b"\n", ["prompt 1 is 200001 characters", "at most 100000"]),
+    (b"\xfa\xfb binary", ["not UTF-8"]),
+])
+def test_prompt_files_with_nul_bytes_huge_lines_or_binary_are_refused_before_training(plugins, content, words):
+    """NUL bytes and a 5 MB line were taken as prompts without a word."""
+    (plugins / "odd.txt").write_bytes(content)
+    out = failed(invoke("train", *MIXTURE, "--reward", "brightness", "--prompts", plugins / "odd.txt", "--iters", "1",
+                        "--out", plugins / "run"))
+    for word in words:
+        assert word in out, (word, out)
+    assert not (plugins / "run").exists()
+
+
+def test_odd_diffusers_folders_are_one_line_and_remote_code_never_runs(tmp_path):
+    """No or broken model_index.json, an unknown pipeline class, a component naming a module of
+    the folder (remote code): one line each, and the folder's code is never executed."""
+    pytest.importorskip("diffusers")
+    from treesdk_backends.tiny import build_tiny
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text('{"_class_name": ')
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "custom" / "model_index.json").write_text('{"_class_name": "MyPipeline", "transformer": ["my", "T"]}')
+    remote = build_tiny("flux", tmp_path / "remote")
+    index = json.loads((remote / "model_index.json").read_text())
+    index["transformer"] = ["evil_module", "EvilTransformer"]
+    (remote / "model_index.json").write_text(json.dumps(index))
+    marker = tmp_path / "ran"
+    (remote / "transformer" / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    for name, words in [("empty", ["odd", "empty"]), ("broken", ["model_index.json", "model_index.json", "Expecting value"]),
+                        ("custom", ["'MyPipeline'", "registered"]), ("remote", ["custom code", "evil_module.py"])]:
+        out = failed(invoke("train", "--backend", "diffusers", "--model", tmp_path / name, "--steps", "2", "--iters", "1",
+                            "--batch", "1", "--reward", "jpeg-compressibility", "--out", tmp_path / f"run-{name}"))
+        for word in words[1:]:
+            assert word in out, (name, word, out)
+        assert not (tmp_path / f"run-{name}").exists()
+    assert not marker.exists()
