@@ -285,3 +285,18 @@ def test_odd_diffusers_folders_are_one_line_and_remote_code_never_runs(tmp_path)
             assert word in out, (name, word, out)
         assert not (tmp_path / f"run-{name}").exists()
     assert not marker.exists()
+
+
+def test_an_export_into_the_runs_checkpoints_is_refused_and_the_checkpoint_stays_whole(tmp_path):
+    """``export RUN --out RUN/checkpoints/iter_000001/trainable.safetensors`` overwrote the weights
+    it read, and the run had no intact checkpoint afterwards."""
+    from treesdk.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    ok = invoke("train", "--iters", "1", "--batch", "2", "--steps", "2", "--out", run)
+    assert ok.exit_code == 0, ok.output
+    for target in (run / "checkpoints" / "iter_000001" / "trainable.safetensors", run / "checkpoints", run):
+        out = failed(invoke("export", run, "--format", "digits", "--out", target))
+        assert "inside the run's checkpoints" in out and "overwrite the weights it reads" in out, out
+    load_checkpoint(run)  # sizes and SHA-256 as recorded
+    assert invoke("export", run, "--format", "digits", "--out", run / "export" / "ok.safetensors").exit_code == 0
