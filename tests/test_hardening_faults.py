@@ -293,10 +293,17 @@ def test_an_export_into_the_runs_checkpoints_is_refused_and_the_checkpoint_stays
     from treesdk.training.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
-    ok = invoke("train", "--iters", "1", "--batch", "2", "--steps", "2", "--out", run)
+    ok = invoke("train", "--iters", "1", "--batch", "2", "--steps", "4", "--out", run)
     assert ok.exit_code == 0, ok.output
     for target in (run / "checkpoints" / "iter_000001" / "trainable.safetensors", run / "checkpoints", run):
         out = failed(invoke("export", run, "--format", "digits", "--out", target))
         assert "inside the run's checkpoints" in out and "overwrite the weights it reads" in out, out
     load_checkpoint(run)  # sizes and SHA-256 as recorded
     assert invoke("export", run, "--format", "digits", "--out", run / "export" / "ok.safetensors").exit_code == 0
+
+
+def test_a_recipe_error_names_the_recipe_without_echoing_it(plugins):
+    """``--steps 2`` with a preset of depth 4 printed the whole resolved recipe (over 1000 characters)."""
+    out = failed(invoke("train", "--iters", "1", "--steps", "2", "--out", plugins / "run"))
+    assert "tree.d = 4 exceeds steps = 2" in out and len(out) < 400, out
+    assert not (plugins / "run").exists()
