@@ -134,7 +134,9 @@ def backend_options(model: str | None, resolution: int | None, device: str | Non
     if resolution is not None:
         options["resolution"] = resolution
     if device is not None:
-        options["device"] = device
+        from treesdk.devices import check_device_name
+
+        options["device"] = check_device_name(device)
     for item in extra or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -6,6 +6,9 @@
   not after a guessed delay.
 * ``exits-at-import`` (reward): a module that calls ``sys.exit(3)`` when imported.
 * ``nan-later`` (reward): brightness, then NaN from its N-th call (:class:`NaNLater`).
+* ``divides-by-zero`` (reward): raises ``ZeroDivisionError`` from ``score`` (:class:`DividesByZero`).
+* ``interrupts-twice`` (reward): brightness that sends its own process SIGINT twice on call
+  ``at_call`` (and, with ``in_checkpoint``, once there and once from inside the next checkpoint).
 * ``mixture`` (backend) and ``brightness`` (reward): the analytic pair of :mod:`analytic`.
 """
 
@@ -26,6 +29,8 @@ brightness = analytic:BrightnessReward
 gated-brightness = _hardening_plugins:GatedBrightness
 exits-at-import = _exit_at_import:Reward
 nan-later = _hardening_plugins:NaNLater
+divides-by-zero = _hardening_plugins:DividesByZero
+interrupts-twice = _hardening_plugins:InterruptsTwice
 """
 
 
@@ -70,3 +75,34 @@ class NaNLater(BrightnessReward):
         self.calls += 1
         values = super().score(images, prompts)
         return values * float("nan") if self.calls >= self.from_call else values
+
+
+class DividesByZero(BrightnessReward):
+    """A third-party reward with a bug: ``score`` raises ``ZeroDivisionError``."""
+
+    name = "divides-by-zero"
+
+    def score(self, images, prompts):  # noqa: ANN001, ANN201
+        return 1 / 0
+
+
+class InterruptsTwice(BrightnessReward):
+    """On call ``at_call`` (call 1 is the evaluation before training) the user presses Ctrl-C
+    twice: the first asks for a stop after the iteration, the second stops at once."""
+
+    name = "interrupts-twice"
+
+    def __init__(self, at_call: int = 3) -> None:
+        super().__init__()
+        self.at_call, self.calls = at_call, 0
+
+    def score(self, images, prompts):  # noqa: ANN001, ANN201
+        import signal
+
+        self.calls += 1
+        if self.calls == self.at_call:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs between bytecodes: let it
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the second handler raises KeyboardInterrupt in here
+        return super().score(images, prompts)

@@ -80,7 +80,8 @@ def test_cli_builds_a_family(tmp_path):
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "FluxPipeline" in output and str(out) in output
-    assert "--resolution 32 --backend-opt max_sequence_length=16" in output  # the hint trains at the tiny size
+    assert "--resolution" not in output  # the hint trains at the tiny size: the folder's defaults
+    assert json.loads((out / "treesdk_defaults.json").read_text()) == {"resolution": 32, "max_sequence_length": 16}
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "FluxPipeline"
     for part in ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"):

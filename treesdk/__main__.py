@@ -5,9 +5,9 @@ from __future__ import annotations
 
 def main() -> None:
     # the command line lives in treesdk_cli (cli/); imported here only, never by the library
-    from treesdk_cli.main import app
+    from treesdk_cli.entry import main as entry
 
-    app(prog_name="treesdk")
+    entry()
 
 
 if __name__ == "__main__":

@@ -187,23 +187,35 @@ def strict_json_line(row: Mapping[str, Any]) -> str:
 
 def truncate_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]], bool], what: str = "metrics file") -> int:
     """Keep the lines of the JSON-lines file ``path`` for which ``keep(row)`` is true, rewriting it
-    atomically (a failure leaves the old file whole). A torn last line (a run killed mid-append) is
-    dropped; any other unreadable line is a ``UserError`` naming the file and line. Returns the
-    number of lines kept."""
+    atomically (a failure leaves the old file whole). A torn last line (a run killed mid-append, cut
+    even inside a UTF-8 character) is dropped with a warning on the ``treesdk`` logger, its bytes kept
+    in ``PATH.torn`` (appended), so nothing is lost; any other unreadable line is a ``UserError``
+    naming the file and line. Returns the number of lines kept."""
+    import logging
+
     from .errors import UserError
     from .safe_load import load_json
 
     target = Path(path)
-    lines = target.read_text(encoding="utf-8", errors="strict").splitlines()
+    raw_lines = target.read_bytes().splitlines()
     kept = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+    for number, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
             continue
         try:
+            line = raw.decode("utf-8", errors="strict")
             row = load_json(line, f"{what} {target} line {number}")
-        except UserError:
-            if number == len(lines):  # torn by a kill during the last append: not data
+        except (UserError, UnicodeDecodeError) as exc:
+            if number == len(raw_lines):  # torn by a kill during the last append: not data
+                torn = target.with_name(target.name + ".torn")
+                with open(torn, "ab") as f:
+                    f.write(raw + b"\n")
+                logging.getLogger("treesdk").warning(
+                    "%s %s: its last line (%d) is incomplete (%d bytes, a run stopped mid-write); dropped it and "
+                    "kept its bytes in %s", what, target, number, len(raw), torn)
                 continue
+            if isinstance(exc, UnicodeDecodeError):
+                raise UserError(f"{what} {target} line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             raise
         if not isinstance(row, dict):
             raise UserError(f"{what} {target} line {number}: expected a JSON object, got {type(row).__name__}")

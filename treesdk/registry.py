@@ -69,6 +69,17 @@ def entry_point_value(kind: str, name: str) -> str:
     return eps[name].value if name in eps else "?"
 
 
+def provider(kind: str, name: str, obj: Any = None) -> str:
+    """Where the plugin ``name`` of ``kind`` comes from, for messages: ``"distribution NAME VERSION"``
+    of its entry point, else the module of ``obj``'s class (a plugin passed in from Python)."""
+    ep = _entry_points(kind).get(name)
+    dist = getattr(ep, "dist", None) if ep is not None else None
+    if dist is not None:
+        return f"distribution {dist.metadata['Name']} {dist.version}"
+    module = type(obj).__module__ if obj is not None else None
+    return f"module {module}" if module else "an unregistered plugin"
+
+
 def load(kind: str, name: str) -> Any:
     """Import and return the object registered as ``name`` in ``kind``'s group.
 

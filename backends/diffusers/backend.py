@@ -43,6 +43,8 @@ from .adapter import FamilyAdapter
 from .attention import attention_kernels as parse_attention_kernels
 from .attention import restricted_attention
 from .families import adapter_class, detect_family
+from .folder_defaults import apply_folder_defaults
+from .limits import check_positional_limits
 
 __all__ = ["DiffusersFlowBackend"]
 
@@ -107,6 +109,7 @@ class DiffusersFlowBackend(DiffusersBackend):
         self.dtype = parse_dtype(dtype)
         self.attention_kernels = parse_attention_kernels(attention_kernels, self._device)
         cls = self._choose_adapter(model, family, pipeline)
+        resolution, family_options = apply_folder_defaults(model, cls, resolution, family_options)
         try:
             self.adapter = cls(**family_options)
         except TypeError as exc:
@@ -134,6 +137,8 @@ class DiffusersFlowBackend(DiffusersBackend):
             )
         self.adapter.resolution = (self.resolution, self.resolution)
         self._latent_shape = tuple(int(n) for n in self.adapter.latent_shape())
+        check_positional_limits(self.family, self.transformer.config, self._latent_shape, self.resolution,
+                                self.adapter.max_sequence_length, getattr(self.adapter, "num_frames", None))
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         # a private scheduler of the pipeline's config: sigmas() must not disturb pipe.scheduler

@@ -77,8 +77,21 @@ class TinyFamily:
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     video: bool = False
 
+    @property
+    def backend_defaults(self) -> dict[str, Any]:
+        """The backend options of the tiny size (``resolution`` in pixels, text tokens, frames),
+        written to the folder's ``treesdk_defaults.json`` so every command runs at it by default."""
+        kwargs = dict(self.call_kwargs)
+        height, width = kwargs.pop("height"), kwargs.pop("width", None)
+        assert width in (None, height), "the diffusers backend samples square images"
+        return {"resolution": height, **kwargs}
+
     def __call__(self, path: str | os.PathLike, seed: int = 0) -> Path:
-        return self.builder(path, seed=seed)
+        from ..diffusers.folder_defaults import write_folder_defaults
+
+        folder = Path(self.builder(path, seed=seed))
+        write_folder_defaults(folder, self.backend_defaults)
+        return folder
 
 
 _SIZE = {"height": TINY_RESOLUTION, "width": TINY_RESOLUTION}

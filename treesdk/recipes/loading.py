@@ -79,7 +79,13 @@ def load_recipe(name_or_path: str | Recipe | Mapping[str, Any], **overrides: Any
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(str(name_or_path) if not isinstance(name_or_path, Recipe) else name_or_path.name, exc) from exc
+        if isinstance(name_or_path, Recipe):
+            source = name_or_path.name
+        elif isinstance(name_or_path, Mapping):  # never echo the whole mapping: its name says which
+            source = str(name_or_path.get("name", "<mapping>"))
+        else:
+            source = str(name_or_path)
+        raise RecipeError(source, exc) from exc
 
 
 class RecipeError(ValueError):

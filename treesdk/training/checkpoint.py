@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from treesdk.errors import CheckpointError, NonFiniteWeightsError
+from treesdk.diskspace import is_disk_full
 from treesdk.io import atomic_save_safetensors, atomic_write_json
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
@@ -253,6 +254,21 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
+def _full(exc: OSError, tmp: Path, final: Path, trainable: Mapping[str, torch.Tensor],
+          optimizer: torch.optim.Optimizer | Mapping[str, Any], extra: Mapping[str, torch.Tensor] | None) -> Exception:
+    """The disk-full error of a checkpoint write: the file, the bytes of its tensors, what is free,
+    and the newest checkpoint that is still intact (the failed one was removed)."""
+    from treesdk.diskspace import disk_full_error
+
+    tensors = [*trainable.values(), *_optimizer_tensors(optimizer)[0].values(), *(extra or {}).values()]
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    where = final / Path(exc.filename).name if exc.filename else final  # the name it would have had
+    kept = list_checkpoints(final.parent.parent)
+    after = (f"the previous checkpoint {kept[-1].name} is intact (--resume continues from it)" if kept
+             else "no checkpoint was written")
+    return disk_full_error(exc, where, needed, f"checkpoint {final.name} was not written, {after}")
+
+
 def save_checkpoint(
     run_dir: str | Path,
     iteration: int,
@@ -286,6 +302,11 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_disk_full(exc):
+            raise
+        raise _full(exc, tmp, final, trainable, optimizer, extra) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -159,6 +159,13 @@ class RunConfig(_Section):
     precision: str = Field("fp32", description="compute precision: fp32, or bf16/fp16 autocast (weights keep dtype)")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of the trainable weights (decay 0: off)")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        from treesdk.devices import check_device_name
+
+        return None if value is None else check_device_name(value, None)
+
     @field_validator("precision")
     @classmethod
     def _known_precision(cls, value: str) -> str:

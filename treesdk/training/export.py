@@ -289,6 +289,15 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"cannot write {out}: {problem}")
 
 
+def _check_not_inside_checkpoints(target: Path, run: Path) -> None:
+    """Refuse a target inside the run's ``checkpoints/`` folder, the folder itself or the run folder
+    itself: an export there would replace the weights it is read from (or a run's own files)."""
+    resolved, checkpoints = target.resolve(), (run / "checkpoints").resolve()
+    if resolved == run.resolve() or resolved == checkpoints or checkpoints in resolved.parents:
+        raise ValueError(f"--out {target}: inside the run's checkpoints (or the run folder itself); an export there "
+                         f"would overwrite the weights it reads; give a path outside {checkpoints}, e.g. {run / 'export'}")
+
+
 def export_run(
     run_or_checkpoint: str | os.PathLike[str],
     fmt: str = "lora",
@@ -331,6 +340,7 @@ def export_run(
 
     export_dtype = parse_export_dtype(dtype)
     target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)
+    _check_not_inside_checkpoints(target, run)
     _check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)  # created before the (slow) model load
     if not target.suffix and not target.exists():

@@ -3,7 +3,9 @@ files and loggers: :mod:`treesdk.training.loggers`)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,10 +53,29 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.requested:  # second signal: give up at once
+        if self.requested:  # second signal: give up at once (after a checkpoint being written)
+            if self._deferring:
+                self._pending = True
+                return
             raise KeyboardInterrupt
         self.requested = True
         self.signum = signum
+
+    _deferring = False
+    _pending = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A second signal inside the block (a checkpoint being written) stops the run only when
+        the block is done, so the checkpoint of the finished iteration is never cut short."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

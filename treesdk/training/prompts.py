@@ -66,7 +66,26 @@ def load_prompts(source: str | Path, column: str | None = None, split: str | Non
     prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
     if not prompts:
         raise ValueError(f"prompt file {source} holds no prompts")
+    check_prompt_text(prompts, str(source))
     return prompts
+
+
+#: characters of one prompt past which it is refused (text encoders read a few hundred tokens)
+MAX_PROMPT_CHARS = 100_000
+
+
+def check_prompt_text(prompts: Sequence[str], where: str) -> None:
+    """A ``ValueError`` naming ``where`` and the prompt's number (1-based) for a prompt holding NUL
+    or other control characters (a binary file that happens to be UTF-8) or longer than
+    :data:`MAX_PROMPT_CHARS` characters."""
+    for number, prompt in enumerate(prompts, 1):
+        bad = next((c for c in prompt if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
+        if bad is not None:
+            raise ValueError(f"prompt file {where}: prompt {number} holds the control character {bad!r} "
+                             f"(at {prompt.index(bad)}); expected text, one prompt per line or record")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt file {where}: prompt {number} is {len(prompt)} characters long; at most "
+                             f"{MAX_PROMPT_CHARS} are accepted (text encoders read a few hundred tokens)")
 
 
 def pick_column(columns: Sequence[str], column: str | None, where: str) -> str:

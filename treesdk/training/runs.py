@@ -182,6 +182,8 @@ def rebuild_backend(config: RunConfig, **option_overrides: Any) -> VelocityModel
     accepted = accepted_options(factory)
     if "device" in overrides and accepted is not None and "device" not in accepted:
         overrides.pop("device")
+    registry.check_options("backend", config.backend.name, factory, config.backend_options(),
+                           "the run's config.json backend.options")
     return factory(**{**backend_options(config, factory), **overrides})
 
 

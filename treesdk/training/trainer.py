@@ -366,11 +366,12 @@ class Trainer:
                     stopping = self.collective.any_rank(signals.requested or self._stop_requested)
                     due = self.checkpoint_every and self.iteration % self.checkpoint_every == 0
                     if due or stopping or self.iteration == self.iters:
-                        self.profiler.run("checkpoint", self.checkpoint)
+                        with signals.deferred():  # a second signal waits for the checkpoint
+                            self.profiler.run("checkpoint", self.checkpoint)
                 self.run.interrupted = stopping and self.iteration < self.iters
                 self.run.stop_signal = signals.signum if self.run.interrupted else None
             return self.finish()
-        except Exception:
+        except (Exception, KeyboardInterrupt):  # a second SIGINT too: the finished iterations are kept
             self._checkpoint_on_failure()
             raise
         finally:
