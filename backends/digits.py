@@ -2,7 +2,7 @@
 
 It makes every treesdk command work on a fresh CPU-only machine with no download: the weights
 (``weights/digits_flow.safetensors``, about 1.6 MB) ship inside the package and were made by
-``examples/pretrain_digits.py`` (deterministic, a few minutes on 2 CPU cores). The model is
+``examples/pretrain_digits.py`` (deterministic, CPU only). The model is
 deliberately imperfect at following prompts (it was trained with label noise): with the defaults
 (``T = DEFAULT_NUM_STEPS`` Euler ODE steps, guidance ``DEFAULT_GUIDANCE_SCALE``) it draws clean
 digits, but the held-out ``digit-evaluator`` reads the *prompted* digit in most, not all, samples
