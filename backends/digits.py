@@ -2,7 +2,7 @@
 
 It makes every treesdk command work on a fresh CPU-only machine with no download: the weights
 (``weights/digits_flow.safetensors``, about 1.6 MB) ship inside the package and were made by
-``examples/pretrain_digits.py`` (deterministic, a few minutes on 2 CPU cores). The model is
+``examples/pretrain_digits.py`` (deterministic, CPU only). The model is
 deliberately imperfect at following prompts (it was trained with label noise): with the defaults
 (``T = DEFAULT_NUM_STEPS`` Euler ODE steps, guidance ``DEFAULT_GUIDANCE_SCALE``) it draws clean
 digits, but the held-out ``digit-evaluator`` reads the *prompted* digit in most, not all, samples
@@ -66,8 +66,6 @@ DEFAULT_NUM_STEPS = 10
 DEFAULT_GUIDANCE_SCALE = 1.0
 #: learning rate suggested to recipes (see DigitsBackend.recipe_defaults)
 RECIPE_LR = 1e-4
-#: weight (beta) of the KL term, Flow-GRPO's form, in the default run's recipe (see :func:`default_run_recipe`)
-DEFAULT_RUN_KL_WEIGHT = 2.0
 #: label index of the unconditional ("null") class used for classifier-free guidance.
 NULL_LABEL = 10
 #: folder of the shipped weights
@@ -76,27 +74,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT_KEY, FORMAT_VALUE = "treesdk_format", "digits-flow-v1"
 _CONFIG_KEY = "digits_config"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def default_run_recipe() -> dict[str, Any]:
-    """The recipe ``treesdk train`` runs on digits when none is named, ``treegrpo-kl``: TreeGRPO (its
-    preset, T = 10, lr RECIPE_LR) plus a KL term to the base model in Flow-GRPO's form at beta
-    DEFAULT_RUN_KL_WEIGHT.
-
-    Why not plain ``treegrpo``: on digits it reaches the highest held-out score but after 60
-    iterations draws one prototype per digit (recall of the real digits 0.19 against the base
-    model's 0.84), and goes on collapsing when a run is longer. With the KL term the run levels off
-    (recall 0.46) and the digits stay cleaner (precision 0.88 against 0.72), measured by
-    ``benchmarks/digits_quality.py`` and ``digits_diversity_curves.py``. ``--algo treegrpo`` runs
-    the paper's algorithm.
-    """
-    from treesdk.recipes.presets import treegrpo
-
-    recipe = treegrpo().model_dump(mode="json")
-    recipe.update(name="treegrpo-kl", steps=DEFAULT_NUM_STEPS)
-    recipe["losses"] = [*recipe["losses"], {"kind": "kl", "form": "flow-grpo", "weight": DEFAULT_RUN_KL_WEIGHT}]
-    recipe["optim"] = {**recipe["optim"], "lr": RECIPE_LR}
-    return recipe
 
 
 def default_weights_path() -> Path:
@@ -257,7 +234,8 @@ class DigitsBackend(VelocityModel):
     """
 
     name = "digits"
-    default_recipe = default_run_recipe()
+    #: TreeGRPO plus a KL term (``treesdk.recipes.presets.treegrpo_kl``); ``--algo treegrpo`` runs the paper's
+    default_recipe = "treegrpo-kl"
     export_formats = ("digits",)
     export_layouts = (DigitsFileLayout(),)
 

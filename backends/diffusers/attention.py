@@ -5,7 +5,7 @@ PyTorch picks one of four SDPA kernels per call: ``flash``, ``efficient`` (memor
 returns NaN for a tiny FLUX transformer and fails outright (``mha_graph.execute ... is_good()``,
 then an illegal memory access) for FLUX.1-dev's width, while the forward looks fine: sampling
 works and the first training step breaks. SD3.5 trained with it. With cuDNN left out, every FLUX
-training step ran with a finite loss (``benchmarks/gpu_session.sh``, ``benchmarks/README.md``).
+training step ran with a finite loss (``benchmarks/README.md``, "findings").
 
 So on CUDA the default (``"auto"``) allows every kernel but cuDNN, for sampling and training
 alike: a node's velocity must come from the same kernel when it is sampled and when it is

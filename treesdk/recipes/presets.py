@@ -1,4 +1,4 @@
-"""The four published algorithms as recipes (registered under ``treesdk.algorithms``).
+"""The four published algorithms as recipes, and treesdk's ``treegrpo-kl`` (registered under ``treesdk.algorithms``).
 
 Values come from the papers and their released configurations; each is cited beside it, and
 ``docs/algorithms.md`` tabulates them (a test compares that table with these presets). Steps ``T`` differ between papers; ``treesdk bench`` overrides them to one common ``T``
@@ -89,6 +89,22 @@ def treegrpo() -> Recipe:
         losses=[ClippedSurrogateSpec(clip="fixed", eps=1e-4)],  # Flow-GRPO clip_range=1e-4; no KL (paper)
         optim=OptimSpec(lr=1e-5, weight_decay=0.01, grad_clip=1.0),  # AdamW lr 1e-5, weight decay 0.01 (paper)
     )
+
+
+def treegrpo_kl() -> Recipe:
+    """TreeGRPO plus a KL term to the base model: the digits backend's default recipe.
+
+    Everything but the KL term is :func:`treegrpo`, the paper's values. The KL term takes
+    Flow-GRPO's form (``||mean_theta - mean_ref||^2 / (2 std_t^2)``, its ``train.beta`` term); its
+    weight beta = 2.0 is treesdk's choice, not a paper's: TreeGRPO trains without KL, and Flow-GRPO's
+    beta (0.01 to 0.04) was set for SD3.5-M, far weaker than what keeps the small digits model from
+    drawing one prototype per digit (see ``benchmarks/README.md``, "digits").
+    """
+    recipe = treegrpo()
+    return recipe.model_copy(update={
+        "name": "treegrpo-kl",
+        "losses": [*recipe.losses, KLSpec(weight=2.0, form="flow-grpo")],  # beta 2.0 (treesdk); form Flow-GRPO's
+    })
 
 
 def dynamic_treerpo() -> Recipe:

@@ -95,8 +95,8 @@ def cpu_threads(local_world_size: int = 1, environ: Mapping[str, str] | None = N
 
     ``load`` is the number of CPUs other processes keep busy (default: the 1-minute load average,
     read before this run starts working). More threads than free CPUs do not add speed: torch's
-    threads wait on each other's time slices, and a 2-core machine with one other busy process
-    runs a 2-thread digits run ~7x slower than a 1-thread one (measured).
+    threads wait on each other's time slices, so an oversubscribed machine runs slower with more
+    threads (``docs/performance.md``, "CPU threads").
     """
     env = os.environ if environ is None else environ
     if env.get("OMP_NUM_THREADS"):
