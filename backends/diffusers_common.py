@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from treesdk.errors import StateDictMismatchError
-from treesdk.training.checkpoint import diff_state_dicts
+from treesdk.state_dicts import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
 from . import keymaps
@@ -215,7 +215,7 @@ class DiffusersBackend(VelocityModel):
     """
 
     export_formats = ("lora", "diffusers", "comfyui")
-    #: read back by ``treesdk export --check`` (treesdk.training.export.check_file)
+    #: read back by ``treesdk export --check`` (treesdk.export_files.check_file)
     export_layouts = (keymaps.DiffusersTransformerLayout(),)
 
     def default_export_format(self) -> str:

@@ -39,8 +39,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from treesdk.errors import StateDictMismatchError
-from treesdk.training.checkpoint import diff_state_dicts
-from treesdk.training.export import Inspection, compare_shapes
+from treesdk.state_dicts import diff_state_dicts
+from treesdk.export_files import Inspection, compare_shapes
 from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid

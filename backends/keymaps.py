@@ -426,7 +426,7 @@ def _split_lora_key(key: str) -> tuple[str, str] | None:
 
 
 class DiffusersTransformerLayout:
-    """:class:`treesdk.training.export.Layout` for files of the diffusers families (FLUX and SD3 in
+    """:class:`treesdk.export_files.Layout` for files of the diffusers families (FLUX and SD3 in
     both layouts; the other families, named by the file's ``treesdk.family`` metadata): diffusers LoRA
     (``transformer.<module>.lora_A/B.weight``), ComfyUI-style LoRA (``diffusion_model.<original
     module>`` or ``lora_unet_``/``lora_transformer_`` underscore names), the original BFL/SAI single
@@ -437,7 +437,7 @@ class DiffusersTransformerLayout:
     target weight (for a diffusers module inside a fused original weight, its slice).
     """
 
-    def inspect(self, shapes, metadata, base_shapes):  # noqa: ANN001 - see treesdk.training.export.Layout
+    def inspect(self, shapes, metadata, base_shapes):  # noqa: ANN001 - see treesdk.export_files.Layout
         keys = list(shapes)
         lora = any(_split_lora_key(k) for k in keys)
         family = metadata.get("treesdk.family") or None
@@ -449,7 +449,7 @@ class DiffusersTransformerLayout:
             family = detect_family([self._module_of(k) for k in keys] if lora else keys)
         if family is None:
             return None
-        from treesdk.training.export import Inspection
+        from treesdk.export_files import Inspection
 
         base_diff = base_orig = None
         problems: list[str] = []
@@ -488,7 +488,7 @@ class DiffusersTransformerLayout:
         metadata says which): diffusers names, or a rename-only single-file layout
         (:mod:`treesdk_backends.single_file`, named by ``treesdk.format``), checked against a base
         in diffusers names."""
-        from treesdk.training.export import Inspection
+        from treesdk.export_files import Inspection
 
         problems: list[str] = []
         base_diff = None
@@ -582,6 +582,6 @@ class DiffusersTransformerLayout:
 
 
 def _compare(shapes, expected) -> list[str]:  # noqa: ANN001
-    from treesdk.training.export import compare_shapes
+    from treesdk.state_dicts import compare_shapes
 
     return compare_shapes(shapes, expected)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import treesdk
-from treesdk.training.evaluate import evaluate
+from treesdk.evaluation import evaluate
 
 
 def main() -> None:

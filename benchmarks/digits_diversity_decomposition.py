@@ -27,7 +27,7 @@ import torch
 
 import treesdk
 from treesdk.diversity import per_prompt_diversity, pixel_features
-from treesdk.training.evaluate import evaluate
+from treesdk.evaluation import evaluate
 from treesdk_backends.digits import DEFAULT_NUM_STEPS, parse_digit_prompt
 
 from digits_diversity_sweep import VARIANTS, train_variant

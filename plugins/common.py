@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from treesdk.training.checkpoint import diff_state_dicts
+from treesdk.state_dicts import diff_state_dicts
 
 #: OpenAI CLIP normalisation, used by CLIP, open_clip, BLIP (ImageReward), HPS, PickScore.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import treesdk  # noqa: E402
 from treesdk.diversity import mean_pairwise_distance, pixel_features  # noqa: E402
-from treesdk.training.evaluate import evaluate  # noqa: E402
+from treesdk.evaluation import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

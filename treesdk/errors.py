@@ -29,6 +29,14 @@ class NonFiniteWeightsError(UserError):
     """Weights holding NaN or infinity (a diverged run): exporting or sampling them is refused."""
 
 
+class DistributedError(RuntimeError):
+    """A collective failed: another rank died, hung, or the process group could not be formed."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term produced NaN/inf; no optimiser step was taken."""
+
+
 def debug_enabled() -> bool:
     """True when ``TREESDK_DEBUG`` is set to a true value (``treesdk --debug`` sets it)."""
     return os.environ.get("TREESDK_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")

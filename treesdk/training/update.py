@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from treesdk.errors import NonFiniteLossError  # noqa: F401 - raised here, re-exported for callers
 from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
 from treesdk.sde import transition_log_prob
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term produced NaN/inf; no optimiser step was taken."""
 
 
 @dataclass

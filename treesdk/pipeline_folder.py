@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..io import atomic_save_safetensors
+from treesdk.io import atomic_save_safetensors
 
 #: ways of taking the base's components (see module docstring)
 COMPONENT_MODES = ("link", "copy", "symlink")
