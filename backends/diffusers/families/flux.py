@@ -12,7 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.model_facts import ModelFacts
+
 from ..adapter import FamilyAdapter
+from ..sizes import FLUX_MODELS, block_kinds, known_facts
 
 __all__ = ["FluxAdapter", "FLUX_COMPONENTS", "FLUX_LORA_TARGETS", "pack_latents", "unpack_latents", "image_ids"]
 
@@ -62,6 +65,19 @@ class FluxAdapter(FamilyAdapter):
     text_encoder_names = ("text_encoder", "text_encoder_2")
     lora_targets = FLUX_LORA_TARGETS
     single_file_layout = "flux"
+    planner_architecture = "flux"
+    known_models = FLUX_MODELS
+    default_known_model = "FLUX.1-dev"
+
+    @classmethod
+    def planner_sizes(cls, config: Any, vae_config: Any, index: Any, adapter: FamilyAdapter) -> dict[str, Any]:
+        """The generic geometry with FLUX.1's double/single block kinds (its activation tables)."""
+        return {**super().planner_sizes(config, vae_config, index, adapter), "blocks": block_kinds("flux", config)}
+
+    @classmethod
+    def known_model_facts(cls, name: str, adapter: FamilyAdapter, source: str) -> ModelFacts:
+        return known_facts("flux", name, cls.known_models[name], adapter.max_sequence_length, float(adapter.guidance_scale) > 1,
+                           cls.lora_targets, source)
 
     def __init__(self, guidance: float = 3.5, max_sequence_length: int = 512) -> None:
         super().__init__(max_sequence_length)

@@ -34,6 +34,8 @@ class FluxSchnellAdapter(FluxAdapter):
 
     family = "flux-schnell"
     default_repo = "black-forest-labs/FLUX.1-schnell"
+    known_models = {}  # FLUX.1-dev's table has the guidance embedding: size schnell from its folder
+    default_known_model = None
 
     def __init__(self, max_sequence_length: int = 256) -> None:
         super().__init__(guidance=0.0, max_sequence_length=max_sequence_length)
