@@ -32,7 +32,7 @@ from treesdk.errors import StateDictMismatchError
 from treesdk.state_dicts import diff_state_dicts
 from treesdk.interfaces import VelocityModel
 
-from . import keymaps
+from .export_layouts import DiffusersTransformerLayout
 
 __all__ = [
     "CheckpointNotFoundError",
@@ -216,7 +216,7 @@ class DiffusersBackend(VelocityModel):
 
     export_formats = ("lora", "diffusers", "comfyui")
     #: read back by ``treesdk export --check`` (treesdk.export_files.check_file)
-    export_layouts = (keymaps.DiffusersTransformerLayout(),)
+    export_layouts = (DiffusersTransformerLayout(),)
 
     def default_export_format(self) -> str:
         """``lora`` for a LoRA run, the merged ``diffusers`` folder for a full fine-tune."""

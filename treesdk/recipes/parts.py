@@ -51,6 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from treesdk import registry
+from treesdk.validation import validation_problems
 
 
 class Part(BaseModel):
@@ -205,10 +206,7 @@ def validate_part(slot: str, value: Any, default_kind: str | None = None) -> Bas
     try:
         return decl.spec.model_validate({**value, "kind": kind} if "kind" in decl.spec.model_fields else value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or kind}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else "")
-            for e in exc.errors()
-        )
+        problems = "; ".join(f"{loc}: {message}" for loc, message in validation_problems(exc, whole=str(kind)))
         raise ValueError(f"{slot} {kind!r}: {problems}") from None
 
 

@@ -28,7 +28,6 @@ import re
 import shutil
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -7,6 +7,8 @@ before packing — and packs them into ``[B, (h/2)(w/2), 4C]`` tokens for the tr
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +19,7 @@ from treesdk.model_facts import ModelFacts
 from ..adapter import FamilyAdapter
 from ..sizes import FLUX_MODELS, block_kinds, known_facts
 
-__all__ = ["FluxAdapter", "FLUX_COMPONENTS", "FLUX_LORA_TARGETS", "pack_latents", "unpack_latents", "image_ids"]
+__all__ = ["FluxAdapter", "FLUX_COMPONENTS", "FLUX_LORA_TARGETS", "has_guidance_embedding", "pack_latents", "unpack_latents", "image_ids"]
 
 #: sub-folders of a FluxPipeline checkpoint (besides model_index.json)
 FLUX_COMPONENTS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae")
@@ -51,6 +53,16 @@ def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tenso
     ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
     ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def has_guidance_embedding(folder: Path | None) -> bool | None:
+    """``guidance_embeds`` of ``folder/transformer/config.json`` (None: no folder or no config)."""
+    if folder is None:
+        return None
+    try:
+        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text()).get("guidance_embeds"))
+    except (OSError, ValueError):
+        return None
 
 
 class FluxAdapter(FamilyAdapter):
@@ -87,8 +99,6 @@ class FluxAdapter(FamilyAdapter):
     @classmethod
     def accepts(cls, model_index: dict[str, Any], folder: Any) -> bool:
         """Checkpoints with a guidance embedding (FLUX.1-dev); FLUX.1-schnell is ``flux-schnell``."""
-        from .flux_schnell import has_guidance_embedding
-
         return has_guidance_embedding(folder) is not False
 
     def resolution_multiple(self) -> int:
