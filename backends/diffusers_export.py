@@ -73,11 +73,6 @@ def _active_adapter(layers: Mapping[str, Any]) -> str:
     return names.pop()
 
 
-def has_lora(transformer: torch.nn.Module) -> bool:
-    """True when ``transformer`` carries a peft LoRA adapter."""
-    return bool(_lora_layers(transformer))
-
-
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, Tensor]:
     """The adapter as ``{transformer.<module>.lora_A.weight: [r, in], ....lora_B.weight: [out, r]}``,
     with each layer's scaling folded into ``lora_B`` (float32 math, stored in the adapter's dtype).

@@ -28,12 +28,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from treesdk.dtypes import DTYPES
 from treesdk.model_facts import ModelFacts, lora_parameters
 
 __all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_memory", "plan_run", "DTYPE_BYTES",
            "activation_bytes_per_token"]
 
-DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float32": 4, "fp32": 4}
+DTYPE_BYTES = {name: dtype.itemsize for name, dtype in DTYPES.items()}  # bytes per element, by name
 GIB = 2**30
 
 #: saved activation bytes per token per hidden unit of one block in a training forward, by (family,
