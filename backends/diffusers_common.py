@@ -29,10 +29,11 @@ import torch
 from torch import Tensor
 
 from treesdk.errors import StateDictMismatchError
-from treesdk.training.checkpoint import diff_state_dicts
+from treesdk.state_dicts import diff_state_dicts
+from treesdk.dtypes import parse_dtype as _parse_dtype
 from treesdk.interfaces import VelocityModel
 
-from . import keymaps
+from .export_layouts import DiffusersTransformerLayout
 
 __all__ = [
     "CheckpointNotFoundError",
@@ -44,14 +45,8 @@ __all__ = [
     "dtype_kwargs",
 ]
 
-_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+#: what the diffusers pipelines run in
+_DTYPES = (torch.bfloat16, torch.float32, torch.float16)
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -59,13 +54,9 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"``/``"bf16"``/``"float32"``/``"fp32"``/``"float16"``/``"fp16"`` or a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {sorted(_DTYPES)}") from None
+    """``"bfloat16"``/``"bf16"``/``"float32"``/``"fp32"``/``"float16"``/``"fp16"`` or a torch dtype
+    (:mod:`treesdk.dtypes`)."""
+    return _parse_dtype(dtype, allowed=_DTYPES)
 
 
 def parse_device(device: str | torch.device | None) -> torch.device:
@@ -215,8 +206,8 @@ class DiffusersBackend(VelocityModel):
     """
 
     export_formats = ("lora", "diffusers", "comfyui")
-    #: read back by ``treesdk export --check`` (treesdk.training.export.check_file)
-    export_layouts = (keymaps.DiffusersTransformerLayout(),)
+    #: read back by ``treesdk export --check`` (treesdk.export_files.check_file)
+    export_layouts = (DiffusersTransformerLayout(),)
 
     def default_export_format(self) -> str:
         """``lora`` for a LoRA run, the merged ``diffusers`` folder for a full fine-tune."""

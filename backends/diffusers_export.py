@@ -13,7 +13,7 @@ Formats (``fmt``):
   for every LoRA layer, computed here; the training model is never modified) as
   ``config.json`` + ``diffusion_pytorch_model.safetensors``, and the base model's other components
   and ``model_index.json`` are hard-linked (copied across file systems) from the base folder
-  (:mod:`treesdk.training.pipeline_folder`). Without a base pipeline folder listing a ``transformer``
+  (:mod:`treesdk.pipeline_folder`). Without a base pipeline folder listing a ``transformer``
   (a backend built around an in-memory pipeline) the transformer folder alone is written.
 * ``comfyui``: the merged transformer as one safetensors file in the original BFL (FLUX) / SAI (SD3)
   key layout, no prefix (:mod:`treesdk_backends.keymaps`), the original Wan layout, or diffusers'
@@ -71,11 +71,6 @@ def _active_adapter(layers: Mapping[str, Any]) -> str:
             f"expected exactly one active LoRA adapter on the transformer, found {sorted(names) or 'none'}"
         )
     return names.pop()
-
-
-def has_lora(transformer: torch.nn.Module) -> bool:
-    """True when ``transformer`` carries a peft LoRA adapter."""
-    return bool(_lora_layers(transformer))
 
 
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, Tensor]:
@@ -245,7 +240,7 @@ def export_transformer(backend: Any, fmt: str, path: str | os.PathLike[str], met
             return [str(folder / "config.json"), str(folder / DIFFUSERS_WEIGHTS)]
 
         base = Path(str(getattr(backend, "model_path", "")))
-        from treesdk.training.pipeline_folder import assemble_pipeline, has_component
+        from treesdk.pipeline_folder import assemble_pipeline, has_component
 
         if has_component(base, "transformer"):  # the full pipeline: from_pretrained(target) loads it
 

@@ -39,8 +39,9 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from treesdk.errors import StateDictMismatchError
-from treesdk.training.checkpoint import diff_state_dicts
-from treesdk.training.export import Inspection, compare_shapes
+from treesdk.dtypes import parse_dtype
+from treesdk.state_dicts import diff_state_dicts
+from treesdk.export_files import Inspection, compare_shapes
 from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
@@ -73,7 +74,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: safetensors metadata key that marks a digits flow checkpoint, and its value
 FORMAT_KEY, FORMAT_VALUE = "treesdk_format", "digits-flow-v1"
 _CONFIG_KEY = "digits_config"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def default_weights_path() -> Path:
@@ -251,9 +251,7 @@ class DigitsBackend(VelocityModel):
         if resolution is not None and int(resolution) != 8:
             raise ValueError(f"the digits backend generates 8x8 images; resolution must be None or 8, got {resolution}")
         if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r} for the digits backend; expected one of {sorted(_DTYPES)}")
-            dtype = _DTYPES[dtype]
+            dtype = parse_dtype(dtype, "dtype for the digits backend")
         if float(shift) <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.model_path = Path(model).expanduser() if model is not None else default_weights_path()

@@ -212,7 +212,7 @@ def load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     import treesdk
     from treesdk.training.checkpoint import save_checkpoint
-    from treesdk.training.evaluate import decode_chunked
+    from treesdk.evaluation import decode_chunked
     from treesdk.recipes.parts import build
     from treesdk.training.model_facts import model_facts
     from treesdk.training.plan import plan_memory, plan_run

@@ -2,7 +2,7 @@
 
 Every algorithm starts from the same base weights, sees the same prompts in the same order, uses the
 same sampling steps ``T`` and is evaluated on the same fixed prompt/seed set (deterministic ODE
-samples, :func:`treesdk.evaluate.evaluate`: every reward's mean and the per-prompt diversity).
+samples, :func:`treesdk.evaluation.evaluate`: every reward's mean and the per-prompt diversity).
 
 The algorithms run **interleaved**, round-robin by iteration: one iteration of each in turn (each in
 its own thread, exactly one thread running at a time), so a machine whose load changes during the
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treesdk.training.evaluate import evaluate
+from treesdk import train
+from treesdk.evaluation import evaluate
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe
-from treesdk.training.trainer import train
 
 DEFAULT_ALGORITHMS = ("grpo", "mixgrpo", "treegrpo", "dynamic-treerpo")
 #: fractions of the best final gain that define the default thresholds

@@ -18,12 +18,10 @@ err_console = Console(stderr=True)
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception types :func:`clean_errors` prints as one line (imported lazily: start-up speed)."""
-    from treesdk.training.distributed import DistributedError
-    from treesdk.errors import UserError
+    from treesdk.errors import DistributedError, NonFiniteLossError, UserError
     from treesdk.recipes import RecipeError
     from treesdk.registry import PluginError
     from treesdk.rewards import NonFiniteRewardError
-    from treesdk.training.update import NonFiniteLossError
 
     types: list[type[BaseException]] = [UserError, RecipeError, PluginError, ValueError, OSError,
                                         DistributedError, NonFiniteRewardError, NonFiniteLossError]

@@ -26,8 +26,7 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
     """Print the plan of the run ``config`` (a :class:`treesdk.RunConfig`): a table, or one JSON
     object with ``as_json``; return it. ``--json``/``--gpu-memory`` without ``--dry-run`` is an error."""
     import treesdk
-    from treesdk.training.model_facts import model_facts
-    from treesdk.training.plan import plan_run
+    from treesdk.model_facts import model_facts
 
     if not requested:
         raise ValueError("--json and --gpu-memory describe the plan of --dry-run; add --dry-run")
@@ -46,10 +45,10 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
     facts, no_sizes = None, "a light backend: calls only"
     if not light:
         try:
-            facts = model_facts(backend, options.get("model"), text_tokens=options.get("max_sequence_length"))
-        except ValueError as exc:  # a family with no size table: the call counts still hold
+            facts = model_facts(backend, options.get("model"), text_tokens=options.get("max_sequence_length"), options=options)
+        except ValueError as exc:  # a model the backend cannot size: the call counts still hold
             no_sizes = str(exc)
-    plan = plan_run(
+    plan = treesdk.plan_run(
         recipe, facts, batch=config.batch, world_size=config.launch.nproc_per_node * config.launch.nnodes,
         iters=max(config.iters, 1), seed=config.seed, resolution=options.get("resolution"),
         dtype=str(options.get("dtype") or config.dtype or "bfloat16"), lora_rank=int(options.get("lora_rank", 16)),

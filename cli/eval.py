@@ -28,7 +28,7 @@ def eval_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON here")] = None,
 ) -> None:
     """Mean reward of deterministic samples on a fixed prompt/seed set, as a table and JSON."""
-    from treesdk.training.evaluate import diversity_source, evaluate
+    from treesdk.evaluation import diversity_source, evaluate
 
     with clean_errors():
         if json_out is not None:

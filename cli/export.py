@@ -36,13 +36,14 @@ def export(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16: dtype of the exported weights (default: as trained)."),  # noqa: UP007
 ) -> None:
     """Export a trained policy (safetensors, atomic writes, treesdk metadata), or --check a file."""
-    from treesdk.training import export as api
+    import treesdk
+    from treesdk.export_files import check_file
 
     if check is not None:
         if run_or_checkpoint is not None:
             raise _fail("give either RUN_OR_CHECKPOINT (to export) or --check FILE, not both", 2)
         with clean_errors():
-            report = api.check_file(check, base=base)
+            report = check_file(check, base=base)
         typer.echo(report.summary())
         if not report.ok:
             raise typer.Exit(1)
@@ -52,7 +53,7 @@ def export(
     if fmt not in _FORMATS:
         raise _fail(f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", 2)
     with clean_errors():
-        files = api.export_run(run_or_checkpoint, fmt, out, device=device, dtype=dtype)
+        files = treesdk.export_run(run_or_checkpoint, fmt, out, device=device, dtype=dtype)
     for file in files:
         typer.echo(file)
 

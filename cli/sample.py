@@ -14,11 +14,10 @@ def load_policy(run: str | None, backend: str, model: str | None, resolution: in
                 backend_opt: list[str] | None) -> Any:
     """A trained policy from a run/checkpoint folder, else the base model of ``backend``."""
     import treesdk
-    from treesdk.training.runs import load_trained_backend
 
     if run is not None:
         overrides = backend_options(model, resolution, device, backend_opt)
-        policy, _, state = load_trained_backend(run, **overrides)
+        policy, _, state = treesdk.load_trained_backend(run, **overrides)
         console.print(f"loaded {policy.name} from {run} (iteration {state.get('iteration')}"
                       + (", EMA weights)" if state.get("ema") else ")"))
         return policy
@@ -38,7 +37,7 @@ def sample_command(
     out: Annotated[Path, typer.Option(help="image grid to write (.png, .jpg/.jpeg or .webp)")] = Path("samples.png"),
 ) -> None:
     """Generate images (deterministic ODE sampling) from a base or trained policy into a PNG grid."""
-    from treesdk.training.evaluate import decode_chunked
+    from treesdk.evaluation import decode_chunked
     from treesdk.images import image_format, save_grid
     from treesdk.io import check_writable
     from treesdk.sampler import sample_ode

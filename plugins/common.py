@@ -21,22 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from treesdk.training.checkpoint import diff_state_dicts
+from treesdk.dtypes import parse_dtype
+from treesdk.state_dicts import diff_state_dicts
 
 #: OpenAI CLIP normalisation, used by CLIP, open_clip, BLIP (ImageReward), HPS, PickScore.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
 
 class MissingExtraError(ImportError):
     """An optional dependency of a plugin is not installed."""
@@ -70,10 +60,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
+    return parse_dtype(dtype)
 
 
 def _hf_offline_hint(repo_id: str) -> str:

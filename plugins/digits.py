@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from treesdk_backends.digits_prompts import parse_digit_prompt
 
-from treesdk.training.checkpoint import diff_state_dicts
+from treesdk.state_dicts import diff_state_dicts
 from treesdk.interfaces import RewardModel
 from treesdk.io import atomic_save_safetensors
 

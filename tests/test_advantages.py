@@ -7,7 +7,7 @@ import torch
 
 from treesdk.advantages import GroupAdvantage, TreeBackupAdvantage, normalised_leaf_advantages
 from treesdk.interfaces import Forest, TreeLayer
-from treesdk.sde import sde_mean_std
+from treesdk.sde import SDE_FAMILIES
 
 
 def make_forest(ks, log_probs, prompts=1, roots=1):
@@ -26,7 +26,7 @@ def make_forest(ks, log_probs, prompts=1, roots=1):
         below *= layer.k
     return Forest(prompts=["p"] * prompts, cond={}, sigmas=torch.zeros(2), layers=layers,
                   leaves=torch.zeros(n, 1), leaves_per_prompt=n // prompts, window_start=0, nfe=0,
-                  mean_std=sde_mean_std)
+                  mean_std=SDE_FAMILIES["flow-sde"])
 
 
 def test_tree_backup_three_levels_by_hand():

@@ -55,7 +55,7 @@ def test_guidance_flag_and_prompt_file_reach_the_run(tmp_path):
 
 
 def test_tiny_flux_lora_flags_set_the_exported_adapter(tiny_flux_path, tmp_path):  # noqa: F811
-    from treesdk.training.export import check_file
+    from treesdk.export_files import check_file
 
     out = tmp_path / "run"
     result = runner.invoke(app, [

@@ -21,7 +21,7 @@ from diffusers_fixtures import single_thread
 from test_conformance import backend_options
 
 import treesdk
-from treesdk.training.export import check_file
+from treesdk.export_files import check_file
 from treesdk.testing import perturbed
 from treesdk_backends.diffusers_export import merged_state_dict
 from treesdk_backends.tiny import FAMILIES

@@ -103,7 +103,7 @@ def test_digits_passes_check_backend():
 
 
 def test_export_check_reads_the_lora_against_the_base(family, tmp_path):
-    from treesdk.training.export import check_file
+    from treesdk.export_files import check_file
 
     name, backend = family
     lora = backend.export("lora", str(tmp_path / "lora.safetensors"), {"treesdk.backend": "diffusers"})[0]

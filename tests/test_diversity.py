@@ -43,7 +43,7 @@ def test_feature_choice_prefers_heldout_then_any_then_pixels():
 
 
 def test_evaluate_reports_diversity_with_the_heldout_evaluator_features():
-    from treesdk.training.evaluate import diversity_source, evaluate
+    from treesdk.evaluation import diversity_source, evaluate
 
     backend = treesdk.load_backend("digits")
     rewards = {n: treesdk.load_reward(n) for n in ("digit-classifier", "digit-evaluator")}
@@ -135,7 +135,7 @@ def test_per_prompt_precision_recall_skips_prompts_without_enough_images_or_refe
 
 def test_evaluate_reports_precision_and_recall_against_the_real_digits():
     from treesdk.diversity import precision_recall
-    from treesdk.training.evaluate import evaluate
+    from treesdk.evaluation import evaluate
     from treesdk_backends.digits_data import load_digit_images
 
     backend = treesdk.load_backend("digits")

@@ -84,3 +84,55 @@ def test_dry_run_takes_train_and_decode_chunks_from_set():
     assert plan["calls_sampling"] == wide["calls_sampling"] and plan["calls_training"] > wide["calls_training"]
     bad = runner.invoke(app, ["train", "--backend", "digits", "--dry-run", "--set", "train_chunk=0"])
     assert bad.exit_code != 0 and "train_chunk" in bad.output
+
+
+@pytest.fixture(scope="module")
+def tiny_families(tmp_path_factory):
+    """Every family of ``treesdk tiny --list`` built once: name -> (folder, TinyFamily)."""
+    from diffusers_fixtures import single_thread
+    from treesdk_backends.tiny import FAMILIES
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    with single_thread():
+        return {name: (family(root / name), family) for name, family in FAMILIES.items()}
+
+
+def _tiny_family_names() -> list[str]:
+    result = runner.invoke(app, ["tiny", "--list"])
+    assert result.exit_code == 0, result.output
+    return result.output.split()
+
+
+@pytest.mark.parametrize("name", _tiny_family_names())
+def test_dry_run_plans_every_tiny_family_with_the_sizes_of_the_loaded_model(name, tiny_families):
+    """Each family declares its planner facts (through its adapter): --dry-run estimates memory for
+    all of them, and the sizes it reads from the folder's headers equal the model diffusers loads."""
+    import math
+
+    import treesdk
+    from diffusers_fixtures import single_thread
+
+    folder, family = tiny_families[name]
+    kwargs = dict(family.call_kwargs)
+    resolution = kwargs.pop("height")
+    kwargs.pop("width", None)
+    flags = [f for key, value in kwargs.items() for f in ("--backend-opt", f"{key}={value}")]
+    result = runner.invoke(app, ["train", "--backend", name, "--model", str(folder), "--resolution", str(resolution),
+                                 "--steps", "4", "--k", "2", "--d", "2", "--batch", "2", "--dry-run", "--json",
+                                 "--backend-opt", "lora_rank=2", *flags])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["memory"] is not None and plan["memory"]["peak"] > 0, plan.get("memory_note")
+    with single_thread():
+        backend = treesdk.load_backend(name, model=str(folder), resolution=resolution, device="cpu", dtype="float32",
+                                       lora_rank=2, **kwargs)
+    stored = backend.transformer.state_dict()
+    base = sum(p.numel() for n, p in backend.transformer.named_parameters() if "lora_" not in n)
+    assert plan["model"]["transformer_parameters"] == base
+    assert plan["model"]["cfg"] is backend.do_cfg
+    from treesdk.model_facts import lora_parameters, model_facts
+
+    facts = model_facts(name, folder, text_tokens=kwargs.get("max_sequence_length"), options=kwargs)
+    assert lora_parameters(facts.linears, 2, facts.lora_targets) == sum(p.numel() for p in backend.trainable_parameters())
+    assert facts.transformer_buffers == sum(b.numel() for n, b in backend.transformer.named_buffers() if n in stored)
+    assert facts.latent_elements(resolution) == math.prod(backend.latent_shape)

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import treesdk  # noqa: E402
-from treesdk.training.export import check_file, export_run  # noqa: E402
+from treesdk.export_files import check_file  # noqa: E402
+from treesdk.training.export import export_run  # noqa: E402
 from treesdk.interfaces import RewardModel  # noqa: E402
 from treesdk_backends import keymaps  # noqa: E402
 from treesdk_backends.diffusers_export import merged_state_dict  # noqa: E402

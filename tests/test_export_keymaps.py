@@ -195,7 +195,7 @@ def test_check_reads_comfyui_style_lora_names(tmp_path):
     style) map onto the fused original weights; ``.alpha`` and peft's ``base_model.model.`` are flagged."""
     from safetensors.torch import save_file
 
-    import treesdk.training.export as texport
+    import treesdk.export_files as texport
 
     model = tiny_flux()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "base.safetensors")

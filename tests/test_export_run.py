@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import treesdk
-from treesdk.training.export import check_file, export_run
+from treesdk.export_files import check_file
+from treesdk.training.export import export_run
 from treesdk.interfaces import RewardModel
 from treesdk_backends.digits import DigitsBackend, DigitsFlowNet, save_digits_checkpoint
 from treesdk_cli.main import app

@@ -13,7 +13,7 @@ import torch
 
 import treesdk
 from diffusers_fixtures import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, single_thread, tiny_flux_path  # noqa: F401
-from treesdk.training.model_facts import KNOWN_MODELS, LORA_TARGETS, lora_parameters, model_facts
+from treesdk.model_facts import lora_parameters, model_facts
 from treesdk.training.plan import plan_memory, plan_run
 from treesdk.recipes import load_recipe
 from treesdk.training.trainer import train
@@ -116,18 +116,24 @@ def test_plan_counts_equal_the_calls_of_a_tiny_flux_run(tiny_flux_path):
     assert sum(transformer_rows) == sum(r["nfe_sampling"] + r["nfe_training"] for r in plan["iterations"])  # no CFG
     assert facts.transformer_parameters == sum(p.numel() for p in backend.transformer.parameters()
                                                if not p.requires_grad)
-    assert lora_parameters(facts.linears, 2, LORA_TARGETS["flux"]) == sum(
+    assert lora_parameters(facts.linears, 2, facts.lora_targets) == sum(
         p.numel() for p in backend.trainable_parameters())
     assert facts.vae_parameters == sum(p.numel() for p in backend.pipe.vae.parameters())
     assert facts.latent_elements(TINY_RESOLUTION) == int(torch.Size(backend.latent_shape).numel())
     assert facts.image_tokens(TINY_RESOLUTION) == backend.image_seq_len
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_MODELS))
+def _known_models() -> dict[str, tuple[str, dict]]:
+    from treesdk_backends.diffusers.sizes import FLUX_MODELS, SD3_MODELS
+
+    return {**{n: ("flux", e[0]) for n, e in FLUX_MODELS.items()}, **{n: ("sd3", e[0]) for n, e in SD3_MODELS.items()}}
+
+
+@pytest.mark.parametrize("name", ["FLUX.1-dev", "SD3.5-large", "SD3.5-medium"])
 def test_parameter_counts_of_known_models_equal_diffusers(name):
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-    family, config, _, _ = KNOWN_MODELS[name]
+    family, config = _known_models()[name]
     cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
     with torch.device("meta"):  # the real architecture, no memory
         model = cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in config.items()})

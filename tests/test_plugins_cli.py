@@ -27,7 +27,7 @@ def run(*args: str):
 def test_json_lists_all_kinds_with_distribution_and_version():
     rows = json.loads(run("--json"))
     kinds = {row["kind"] for row in rows}
-    assert kinds == {"backend", "reward", "algorithm"}
+    assert kinds == {"backend", "reward", "algorithm", "recipe_form", "diffusers_family"}  # the groups with built-in entries
     rewards = {row["name"]: row for row in rows if row["kind"] == "reward"}
     assert BUILTIN_REWARDS <= set(rewards)
     for name in BUILTIN_REWARDS:

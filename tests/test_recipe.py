@@ -3,7 +3,7 @@
 import pytest
 
 import treesdk
-from treesdk.recipes import Recipe, RecipeError, load_recipe, window_start
+from treesdk.recipes import Recipe, RecipeError, load_recipe
 
 
 @pytest.mark.parametrize("name", ["grpo", "mixgrpo", "treegrpo", "dynamic-treerpo"])
@@ -37,21 +37,21 @@ def test_invalid_recipes_name_the_field(overrides, field):
 
 def test_window_schedules():
     sliding = Recipe(steps=10, tree={"k": 2, "d": 3}, window={"kind": "sliding", "start": 1, "stride": 2, "every": 3})
-    starts = [window_start(sliding, i, 0) for i in range(15)]
+    starts = [sliding.window_start(i, 0) for i in range(15)]
     # span [1, 7]: 1, 1, 1, 3, 3, 3, 5, 5, 5, 7, 7, 7, then wrap to 1 + (8 % 7) = 2
     assert starts[:12] == [1, 1, 1, 3, 3, 3, 5, 5, 5, 7, 7, 7] and starts[12] == 2
     rnd = Recipe(steps=10, tree={"k": 2, "d": 3}, window={"kind": "random", "p": 0.5})
-    draws = [window_start(rnd, i, 0) for i in range(400)]
+    draws = [rnd.window_start(i, 0) for i in range(400)]
     assert min(draws) >= 0 and max(draws) <= 7
     assert draws.count(0) > draws.count(1) > draws.count(3)  # geometric favours early starts
-    assert draws == [window_start(rnd, i, 0) for i in range(400)]  # deterministic
+    assert draws == [rnd.window_start(i, 0) for i in range(400)]  # deterministic
 
 
 def test_treegrpo_with_a_sliding_window_and_mean_backup():
     """TreeGRPO's released-code variants are recipe options: a sliding window and the mean backup."""
     r = load_recipe("treegrpo", window={"kind": "sliding", "start": 0, "stride": 1, "every": 2},
                     **{"advantage.backup": "mean"})
-    assert [window_start(r, i, 0) for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [r.window_start(i, 0) for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert r.advantage.backup == "mean"
 
 

@@ -24,6 +24,9 @@ from treesdk.interfaces import AdvantageEstimator, LossTerm, RewardModel, Veloci
 from treesdk.recipes import Recipe, load_recipe
 from treesdk.training.collective import Collective
 from treesdk.training.config import RunConfig
+from treesdk.training.export import export_run
+from treesdk.training.plan import plan_run
+from treesdk.training.runs import load_trained_backend
 from treesdk.training.trainer import Run, Trainer, train
 
 
@@ -68,6 +71,9 @@ __all__ = [
     "load_reward",
     "registry",
     "sde",
+    "export_run",
+    "load_trained_backend",
+    "plan_run",
     "train",
     "__version__",
 ]

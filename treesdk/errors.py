@@ -9,6 +9,10 @@ Each class also derives from the built-in type callers caught before it existed 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class UserError(ValueError):
@@ -27,6 +31,24 @@ class CheckpointError(UserError):
 
 class NonFiniteWeightsError(UserError):
     """Weights holding NaN or infinity (a diverged run): exporting or sampling them is refused."""
+
+
+class RecipeError(UserError):
+    """An invalid recipe; the message lists every bad field with its location (``errors``: pydantic's list)."""
+
+    def __init__(self, source: str, error: ValidationError) -> None:
+        from treesdk.validation import validation_message
+
+        super().__init__(validation_message(f"invalid recipe {source!r}:", error, whole="(recipe)"))
+        self.errors = error.errors()
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank died, hung, or the process group could not be formed."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term produced NaN/inf; no optimiser step was taken."""
 
 
 def debug_enabled() -> bool:

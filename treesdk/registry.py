@@ -2,7 +2,10 @@
 
 Groups: ``treesdk.backends``, ``treesdk.rewards``, ``treesdk.algorithms``, and for recipe parts
 ``treesdk.losses``, ``treesdk.estimators``, ``treesdk.sde`` (each entry a
-:class:`treesdk.recipes.parts.PartDecl`). A third-party package registers a plugin with a few lines
+:class:`treesdk.recipes.parts.PartDecl`), and ``treesdk.recipe_forms`` (readers of recipe files
+written in another form than the nested one: ``graph``, :func:`treesdk.nodes.graph.compile_graph`),
+``treesdk.diffusers_families`` (the family adapters of the generic diffusers backend, each a
+``treesdk_backends.diffusers.FamilyAdapter`` subclass). A third-party package registers a plugin with a few lines
 of its ``pyproject.toml``::
 
     [project.entry-points."treesdk.rewards"]
@@ -26,6 +29,8 @@ GROUPS = {
     "loss": "treesdk.losses",
     "estimator": "treesdk.estimators",
     "sde": "treesdk.sde",
+    "recipe_form": "treesdk.recipe_forms",
+    "diffusers_family": "treesdk.diffusers_families",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .validation import EXCERPT_CHARS, excerpt  # noqa: F401 - re-exported: the one excerpt of inputs in errors
 
 #: largest recipe/config file read (bytes)
 MAX_CONFIG_BYTES = 1 << 20
@@ -29,31 +30,6 @@ MAX_PROMPT_BYTES = 64 << 20
 #: largest number of values (mappings, lists, scalars) a parsed document may expand to: more than a
 #: 1 MiB file can spell out, so only aliases repeating sub-trees reach it
 MAX_NODES = 1_000_000
-#: longest excerpt of an input echoed in an error message (characters)
-EXCERPT_CHARS = 120
-
-
-def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters (``...`` marks the cut). Large containers are
-    not walked: their repr is built from the first items only."""
-    if isinstance(value, (dict, list, tuple)) and len(value) > 8:
-        head = list(value.items())[:8] if isinstance(value, dict) else list(value)[:8]
-        text = f"{type(value).__name__} of {len(value)} items starting {_short_repr(head, limit)}"
-    else:
-        text = _short_repr(value, limit)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _short_repr(value: Any, limit: int) -> str:
-    import reprlib
-
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = limit
-    short.maxlist = short.maxdict = short.maxtuple = 8
-    short.maxlevel = 3
-    return short.repr(value)
-
-
 def read_text(path: str | Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of ``path`` (``what`` names it in errors, e.g. ``"recipe file"``)."""
     p = Path(path)

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .interfaces import Cond, Forest, MeanStd, TreeLayer, VelocityModel, iter_chunks, select_cond
-from .sde import ode_step, sde_mean_std, transition_log_prob
+from .interfaces import Cond, Forest, TreeLayer, VelocityModel, iter_chunks, select_cond
+from .sde import SDE_FAMILIES, SDEFamily, ode_step
 
 
 def nfe_split_tree(steps: int, split_steps: Sequence[int], k: int) -> int:
@@ -89,7 +89,7 @@ def sample_forest(
     chunk: int = 64,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
-    mean_std: MeanStd = sde_mean_std,
+    mean_std: SDEFamily = SDE_FAMILIES["flow-sde"],
     split_steps: Sequence[int] | None = None,
 ) -> Forest:
     """Sample the forest of all ``prompts`` and return it with every trainable edge.
@@ -106,7 +106,8 @@ def sample_forest(
         chunk: max nodes per velocity call.
         cond: pre-encoded conditioning for ``prompts`` (else ``model.encode(prompts)``).
         progress: called as ``progress(step, T)`` after each step.
-        mean_std: the SDE family's transition (default: the Flow-GRPO step); stored on the forest.
+        mean_std: the SDE family (:class:`treesdk.sde.SDEFamily`, called as its transition; default:
+            the Flow-GRPO step); stored on the forest.
         split_steps: branch points (Flow-GRPO-Fast, BranchGRPO): the nodes branch ``k`` ways at exactly
             these steps (depth = position in the list) instead of at the ``depth`` consecutive steps
             from ``window_start``; needs ``depth == len(split_steps)``; ``window_start`` is ignored
@@ -132,7 +133,10 @@ def sample_forest(
         outside_at = outside_noise_level
     else:
         outside_at = lambda _step, a=float(outside_noise_level if outside_noise_level is not None else level_at(0)): a  # noqa: E731
-    logp_of = transition_log_prob(mean_std)
+    if not isinstance(mean_std, SDEFamily):
+        raise TypeError(f"mean_std must be a treesdk.sde.SDEFamily, got {mean_std!r}; wrap a transition function "
+                        "as SDEFamily(name, mean_std)")
+    logp_of = mean_std.log_prob
 
     num_prompts = len(prompts)
     cond = model.encode(list(prompts)) if cond is None else cond
@@ -208,7 +212,7 @@ def sample_forest_for_recipe(
     window_start: int,
     cond: Cond | None = None,
     progress: Callable[[int, int], None] | None = None,
-    mean_std: MeanStd = sde_mean_std,
+    mean_std: SDEFamily = SDE_FAMILIES["flow-sde"],
 ) -> Forest:
     """:func:`sample_forest` with the tree shape, noise schedule, SDE family (``mean_std``, built from
     ``recipe.sde`` by the caller; default Flow-GRPO) and chunk size of ``recipe``."""

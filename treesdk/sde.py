@@ -46,7 +46,6 @@ __all__ = [
     "cps_mean_std",
     "dance_sde_mean_std",
     "get_sde_family",
-    "transition_log_prob",
     "ode_step",
     "sde_step",
     "sde_mean_std",
@@ -226,28 +225,28 @@ def _check_down(s: Tensor, s_next: Tensor) -> Tensor:
     return dt
 
 
+def _per_sqrt_dt(std: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    return std / math.sqrt(sigma - sigma_next)
+
+
 @dataclass(frozen=True)
 class SDEFamily:
-    """One step family: ``mean_std(x, v, sigma, sigma_next, a) -> (mean, transition std)``,
-    ``log_prob(x_next, mean, std) -> [B]`` (averaged over elements), and ``kl_std(std, sigma,
-    sigma_next)``: the std Flow-GRPO divides by in its KL term (``std_t`` without ``sqrt(-dt)`` for
-    the Euler-Maruyama families, the transition std itself for CPS). Calling the family calls
-    ``mean_std``, so it is what a recipe's ``sde`` part builds (a plain ``mean_std`` function is
-    accepted too; it gets the Gaussian :func:`log_prob`)."""
+    """One step family, the one shape every SDE family has (built-in or an ``sde`` part's builder):
+    ``mean_std(x, v, sigma, sigma_next, a) -> (mean, transition std)``, ``log_prob(x_next, mean,
+    std) -> [B]`` (averaged over elements; default the Gaussian :func:`log_prob`), and
+    ``kl_std(std, sigma, sigma_next)``: the std Flow-GRPO divides by in its KL term (default
+    ``std / sqrt(-dt)``, i.e. ``std_t`` of the Euler-Maruyama families; CPS: the transition std
+    itself). Calling the family calls ``mean_std``."""
 
     name: str
     mean_std: Callable[..., tuple[Tensor, Tensor]]
-    log_prob: Callable[..., Tensor]
-    kl_std: Callable[[Tensor, float, float], Tensor]
+    log_prob: Callable[..., Tensor] = log_prob
+    kl_std: Callable[[Tensor, float, float], Tensor] = _per_sqrt_dt
     description: str = ""
 
     def __call__(self, x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, noise_level: Tensor | float) -> tuple[Tensor, Tensor]:
         """The family is its transition: ``family(x, v, sigma, sigma_next, a) == family.mean_std(...)``."""
         return self.mean_std(x, v, sigma, sigma_next, noise_level)
-
-
-def _per_sqrt_dt(std: Tensor, sigma: float, sigma_next: float) -> Tensor:
-    return std / math.sqrt(sigma - sigma_next)
 
 
 SDE_FAMILIES: dict[str, SDEFamily] = {
@@ -258,11 +257,6 @@ SDE_FAMILIES: dict[str, SDEFamily] = {
                      "Flow-GRPO's coefficients-preserving sampler (std = s_next sin(a pi / 2))"),
     "ode": SDEFamily("ode", ode_mean_std, _ode_log_prob, lambda std, s, s_next: std, "Euler ODE step (no noise)"),
 }
-
-
-def transition_log_prob(mean_std: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., Tensor]:
-    """The log-prob that goes with a transition: the family's own (CPS) or the Gaussian :func:`log_prob`."""
-    return getattr(mean_std, "log_prob", log_prob)
 
 
 def get_sde_family(name: str) -> SDEFamily:

@@ -31,12 +31,14 @@ contains ``model_index.json``'s ``_class_name``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from treesdk.model_facts import ModelFacts
 
 __all__ = ["FamilyAdapter", "calculate_shift"]
 
@@ -89,6 +91,16 @@ class FamilyAdapter:
     parity_atol: ClassVar[float] = 1e-5
     batch_atol: ClassVar[float] = 1e-5
 
+    #: dry-run planner (:mod:`treesdk_backends.diffusers.planning`): the architecture whose
+    #: activation tables apply (``"flux"``, ``"sd3"``; empty: none, activations not estimated)
+    planner_architecture: ClassVar[str] = ""
+    #: keys of the transformer's files that are persistent buffers, not parameters
+    planner_buffers: ClassVar[tuple[str, ...]] = ()
+    #: models the planner sizes without a folder: name -> (transformer config, text encoder
+    #: parameters, VAE parameters), and the one planned when no ``--model`` is given
+    known_models: ClassVar[Mapping[str, tuple[dict[str, Any], int, int]]] = {}
+    default_known_model: ClassVar[str | None] = None
+
     pipe: Any
     device: torch.device
     dtype: torch.dtype
@@ -104,6 +116,33 @@ class FamilyAdapter:
         in-memory pipeline), asked only when several families list the same pipeline class (e.g.
         FLUX.1-dev and FLUX.1-schnell: read ``transformer/config.json``'s ``guidance_embeds``)."""
         return True
+
+    # -- the dry-run planner's facts -------------------------------------------------------------
+
+    @classmethod
+    def planner_facts(cls, model: Any, text_tokens: int | None = None, options: Mapping[str, Any] | None = None) -> ModelFacts:
+        """Size facts of ``model`` (a pipeline folder, a :attr:`known_models` name, or None: the
+        default known model) with the family options ``options``, loading no weight
+        (:func:`treesdk_backends.diffusers.planning.family_facts`)."""
+        from .planning import family_facts
+
+        return family_facts(cls, model, text_tokens, options or {})
+
+    @classmethod
+    def planner_sizes(cls, config: Mapping[str, Any], vae_config: Mapping[str, Any], index: Mapping[str, Any],
+                      adapter: FamilyAdapter) -> dict[str, Any]:
+        """Geometry of the model for the planner from the transformer and VAE configs and
+        ``model_index.json`` (hidden width, text tokens and width, latent channels, pixels per token,
+        frames, block kinds, CFG); the default
+        reads the keys diffusers' models share (:func:`~treesdk_backends.diffusers.planning.generic_sizes`)."""
+        from .planning import generic_sizes
+
+        return generic_sizes(config, vae_config, adapter)
+
+    @classmethod
+    def known_model_facts(cls, name: str, adapter: FamilyAdapter, source: str) -> ModelFacts:
+        """Facts of :attr:`known_models` entry ``name`` (families with a size table override this)."""
+        raise ValueError(f"the {cls.family} family cannot size {name!r} without its pipeline folder; give --model PATH")
 
     # -- geometry ----------------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from treesdk.hub_cache import hub_snapshot
 from treesdk.interfaces import Cond
+from treesdk.model_facts import ModelFacts
 
 from ..diffusers_common import (
     CheckpointNotFoundError,
@@ -167,6 +169,22 @@ class DiffusersFlowBackend(DiffusersBackend):
         return type(f"{adapter.__name__.removesuffix('Adapter')}Backend", (cls,),
                     {"adapter_class": adapter, "name": name or adapter.family, "__module__": adapter.__module__,
                      "export_formats": _formats(adapter)})
+
+    @classmethod
+    def planner_facts(cls, model: Any, text_tokens: int | None = None, options: Mapping[str, Any] | None = None) -> ModelFacts:
+        """Size facts for ``treesdk train --dry-run``, loading no weight: the family adapter's
+        (:meth:`FamilyAdapter.planner_facts`); ``model`` a pipeline folder, a hub id in the local
+        cache, a name the family's size table knows, or None (the family's default known model)."""
+        options = dict(options or {})
+        if model is not None and not Path(str(model)).expanduser().exists():
+            model = hub_snapshot(str(model)) or model
+        family = options.pop("family", None)
+        known = model is not None and not Path(str(model)).expanduser().is_dir()
+        if cls.adapter_class is None and family is None and known:
+            raise ValueError(f"backend {cls.name!r}: {model} is not a pipeline folder; give --model PATH "
+                             "or name the family (--backend flux, ...)")
+        adapter = cls._choose_adapter(cls, model, family, None)  # type: ignore[arg-type] - reads class attributes only
+        return adapter.planner_facts(model, text_tokens=text_tokens, options=options)
 
     # -- construction --------------------------------------------------------------------------
 

@@ -39,9 +39,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from treesdk.errors import RecipeError
 from treesdk.nodes.catalog import RECIPE_CONNECTIONS, FlowGRPOSDEStep, ODEStep, all_nodes, builtin_nodes, part_nodes
 from treesdk.nodes.spec import NodeInputError, NodeSpec, validation_problems
-from treesdk.recipes.loading import RecipeError
 from treesdk.recipes.recipe import Recipe
 from treesdk.safe_load import excerpt
 

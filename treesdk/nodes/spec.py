@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from treesdk.safe_load import excerpt
+from treesdk.validation import validation_problems  # noqa: F401 - the one formatter, re-exported for node callers
 
 
 @dataclass(frozen=True)
@@ -328,19 +328,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
-    """``(field, message)`` pairs of a pydantic error; ``field`` is the dotted location or ``"-"``
-    for whole-model checks (whose messages name the fields themselves)."""
-    out = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "-"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] not in {"missing"} and "input" in item and not isinstance(item["input"], Mapping):
-            message += f" (got {excerpt(item['input'])})"
-        out.append((loc, message))
-    return out
 
 
 def plain_text(text: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from treesdk import registry
-from treesdk.errors import UserError
+from treesdk.errors import RecipeError, UserError
 from treesdk.recipes.recipe import Recipe
 from treesdk.safe_load import excerpt, read_mapping_file
 
@@ -68,11 +68,11 @@ def load_recipe(name_or_path: str | Recipe | Mapping[str, Any], **overrides: Any
         factory = registry.load("algorithm", str(name_or_path))
         preset = factory() if callable(factory) else factory
         data = preset.model_dump(mode="json") if isinstance(preset, Recipe) else dict(preset)
-    if "nodes" in data:  # a recipe graph (treesdk.nodes.graph): compile it to the nested form first
+    if "nodes" in data:  # a recipe graph: compile it to the nested form first
         # graph files are read by the node layer, which sits above recipes (it derives node specs
-        # from this package): imported here, on use, so that the layers stay one-way
-        from treesdk.nodes.graph import compile_graph
-
+        # from this package); it is registered as the recipe form "graph" (entry-point group
+        # treesdk.recipe_forms, as presets are), so this package imports nothing above it
+        compile_graph = registry.load("recipe_form", "graph")
         source = str(name_or_path) if isinstance(name_or_path, (str, Path)) else "<mapping>"
         data = compile_graph(data, source=source).model_dump(mode="json")
     data = apply_overrides(data, overrides)
@@ -87,15 +87,3 @@ def load_recipe(name_or_path: str | Recipe | Mapping[str, Any], **overrides: Any
             source = str(name_or_path)
         raise RecipeError(source, exc) from exc
 
-
-class RecipeError(ValueError):
-    """An invalid recipe; the message lists every bad field with its location."""
-
-    def __init__(self, source: str, error: ValidationError) -> None:
-        lines = [f"invalid recipe {source!r}:"]
-        for item in error.errors():
-            loc = ".".join(str(p) for p in item["loc"]) or "(recipe)"
-            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {excerpt(item.get('input'))})"
-            lines.append(f"  {loc}: {item['msg'].removeprefix('Value error, ')}{got}")
-        super().__init__("\n".join(lines))
-        self.errors = error.errors()

@@ -20,15 +20,15 @@ spec), the builders the trainer calls (:func:`build`), the node list of ``treesd
 Schema of recipe files, graph files and the generated ComfyUI nodes (:mod:`treesdk.nodes`).
 
 Adding an SDE step family is one declaration: a spec whose ``kind`` is a one-value ``Literal`` and a
-builder returning the family's transition ``mean_std(x, v, sigma, sigma_next, noise_level) ->
-(mean, std)`` (float32 mean ``[B, ...]``; ``std`` the transition std, broadcastable; sigma walks
-from 1 = noise to 0 = data; log-probs of the transition are Gaussian, averaged over elements,
-unless the returned object has its own ``log_prob``, as :class:`treesdk.sde.SDEFamily` does)::
+builder returning a :class:`treesdk.sde.SDEFamily`, the one shape of a family: its transition
+``mean_std(x, v, sigma, sigma_next, noise_level) -> (mean, std)`` (float32 mean ``[B, ...]``; ``std``
+the transition std, broadcastable; sigma walks from 1 = noise to 0 = data), with the Gaussian
+log-prob averaged over elements unless the family gives its own ``log_prob``::
 
     class DanceSDE(Part):
         kind: Literal["dance-sde"] = "dance-sde"
 
-    declare(PartDecl("sde", DanceSDE, build=lambda spec: dance_mean_std))
+    declare(PartDecl("sde", DanceSDE, build=lambda spec: SDEFamily("dance-sde", dance_mean_std)))
 
 A loss term's builder returns a :class:`treesdk.interfaces.LossTerm` (its weight is the spec's
 ``weight`` field); an estimator's builder returns a :class:`treesdk.interfaces.AdvantageEstimator`.
@@ -51,6 +51,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from treesdk import registry
+from treesdk.sde import SDEFamily
+from treesdk.validation import validation_problems
 
 
 class Part(BaseModel):
@@ -205,19 +207,20 @@ def validate_part(slot: str, value: Any, default_kind: str | None = None) -> Bas
     try:
         return decl.spec.model_validate({**value, "kind": kind} if "kind" in decl.spec.model_fields else value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or kind}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else "")
-            for e in exc.errors()
-        )
+        problems = "; ".join(f"{loc}: {message}" for loc, message in validation_problems(exc, whole=str(kind)))
         raise ValueError(f"{slot} {kind!r}: {problems}") from None
 
 
 def build(slot: str, spec: BaseModel) -> Any:
-    """The runtime object of a part (an estimator, a loss term, an SDE transition function)."""
+    """The runtime object of a part (an estimator, a loss term, an :class:`~treesdk.sde.SDEFamily`)."""
     decl = lookup(slot, str(getattr(spec, "kind")))
     if decl.build is None:
         raise ValueError(f"{slot} kind {decl.name!r} is plain data; it has no builder")
-    return decl.build(spec)
+    built = decl.build(spec)
+    if slot == "sde" and not isinstance(built, SDEFamily):
+        raise ValueError(f"sde kind {decl.name!r} ({source(decl)}) built {built!r}; an sde builder returns a "
+                         "treesdk.sde.SDEFamily, e.g. SDEFamily(name, mean_std)")
+    return built
 
 
 __all__ = ["Part", "PartDecl", "SLOTS", "Slot", "build", "declare", "lookup", "parts", "plugin_errors", "source", "validate_part"]

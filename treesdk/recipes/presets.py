@@ -130,6 +130,3 @@ def dynamic_treerpo() -> Recipe:
         ],
         optim=OptimSpec(lr=5e-6, weight_decay=1e-4, grad_clip=1.0),  # AdamW lr 5e-6, weight decay 1e-4 (paper)
     )
-
-
-PRESETS = {"grpo": grpo, "mixgrpo": mixgrpo, "treegrpo": treegrpo, "dynamic-treerpo": dynamic_treerpo}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import torch
 from pydantic import BeforeValidator, Field, SerializeAsAny, WithJsonSchema, model_validator
 
 from treesdk.advantages import DepthwiseAdvantage, GroupAdvantage, TreeBackupAdvantage
@@ -23,7 +22,7 @@ from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.recipes.parts import Part, PartDecl, declare, parts, validate_part
 from treesdk.recipes.windows import FixedWindow, RandomWindow, SlidingWindow, WindowSpec
 from treesdk.sampler import nfe_per_tree  # noqa: F401 - re-exported (treesdk.recipes.nfe_per_tree)
-from treesdk.sde import SDE_FAMILIES, ode_step
+from treesdk.sde import SDE_FAMILIES
 
 
 def _slot(slot: str, default_kind: str | None = None) -> Any:
@@ -161,11 +160,6 @@ class ODESpec(Part):
     with this family has no trained edges (for sampling-only recipes)."""
 
     kind: Literal["ode"] = "ode"
-
-
-def _ode_mean_std(x: torch.Tensor, v: torch.Tensor, sigma: Any, sigma_next: Any, noise_level: Any) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ARG001
-    mean = ode_step(x.float(), v.float(), sigma, sigma_next)
-    return mean, torch.zeros((), device=mean.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,21 +344,14 @@ class Recipe(Part):
         return self
 
     def window_start(self, iteration: int, seed: int) -> int:
-        """Window start for ``iteration`` (deterministic in ``seed`` and ``iteration``)."""
-        return window_start(self, iteration, seed)
-
-
-def window_start(recipe: Recipe, iteration: int, seed: int) -> int:
-    """Start step of the branching window at ``iteration``.
-
-    fixed: ``start``; sliding: ``start + stride * (iteration // every)`` wrapped into
-    ``[start, max_start]``; random: truncated geometric, drawn from a generator seeded by
-    ``(seed, iteration)`` so every rank and every resume draws the same value. A tree with
-    ``split_steps`` has no window: its first split step.
-    """
-    if recipe.tree.split_steps is not None:
-        return recipe.tree.split_steps[0] if recipe.tree.split_steps else 0
-    return recipe.window.start_at(iteration, seed, recipe.steps, recipe.tree.d)
+        """Start step of the branching window at ``iteration``, deterministic in ``seed`` and
+        ``iteration``: fixed: ``start``; sliding: ``start + stride * (iteration // every)`` wrapped
+        into ``[start, max_start]``; random: truncated geometric, drawn from a generator seeded by
+        ``(seed, iteration)`` so every rank and every resume draws the same value.
+        A tree with ``split_steps`` has no window: its first split step."""
+        if self.tree.split_steps is not None:
+            return self.tree.split_steps[0] if self.tree.split_steps else 0
+        return self.window.start_at(iteration, seed, self.steps, self.tree.d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +371,7 @@ for _decl in (
     PartDecl("sde", FlowSDESpec, build=lambda spec: SDE_FAMILIES["flow-sde"]),
     PartDecl("sde", DanceSDESpec, build=lambda spec: SDE_FAMILIES["dance-sde"]),
     PartDecl("sde", CPSSpec, build=lambda spec: SDE_FAMILIES["cps"]),
-    PartDecl("sde", ODESpec, build=lambda spec: _ode_mean_std, node="ode-family"),  # "ode" is the outside-window step node
+    PartDecl("sde", ODESpec, build=lambda spec: SDE_FAMILIES["ode"], node="ode-family"),  # "ode" is the outside-window step node
     PartDecl("advantage", GroupAdvantageSpec, build=lambda spec: GroupAdvantage(**_leaf_options(spec)), node="group-advantage"),
     PartDecl("advantage", TreeBackupSpec,
              build=lambda spec: TreeBackupAdvantage(temperature=spec.temperature, backup=spec.backup, **_leaf_options(spec))),
@@ -417,5 +404,4 @@ __all__ = [
     "TreeBackupSpec",
     "TreeSpec",
     "nfe_per_tree",
-    "window_start",
 ]

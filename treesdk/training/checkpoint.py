@@ -28,7 +28,6 @@ import re
 import shutil
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +37,11 @@ from safetensors.torch import load_file
 from treesdk.errors import CheckpointError, NonFiniteWeightsError
 from treesdk.diskspace import is_disk_full
 from treesdk.io import atomic_save_safetensors, atomic_write_json
+from treesdk.state_dicts import StateDictDiff, diff_state_dicts  # noqa: F401 - re-exported
 
 _NAME = re.compile(r"^iter_(\d{6,})$")
 _log = logging.getLogger("treesdk")
 _VERIFIED: set[tuple[tuple[str, int, int], ...]] = set()  # (path, size, mtime_ns) of each file of verified checkpoints
-
-
-@dataclass(frozen=True)
-class StateDictDiff:
-    """How a state dict differs from the one a module expects (empty = loads strictly)."""
-
-    missing: list[str]  # expected keys absent from the state, sorted
-    unexpected: list[str]  # state keys the module does not have, sorted
-    wrong_shape: list[str]  # shared keys whose shapes differ, in the expected dict's order
-
-    def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.wrong_shape)
-
-
-def diff_state_dicts(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> StateDictDiff:
-    """Compare ``state`` with ``expected`` by keys and shapes; callers word the error for their format."""
-    return StateDictDiff(
-        missing=sorted(set(expected) - set(state)),
-        unexpected=sorted(set(state) - set(expected)),
-        wrong_shape=[k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)],
-    )
 
 
 def checkpoint_dir(run_dir: str | Path, iteration: int) -> Path:

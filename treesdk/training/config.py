@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from treesdk.recipes import Recipe, RecipeError, load_recipe
 from treesdk.training.loggers import parse_report_to
 from treesdk.training.optimization import EMAConfig
-from treesdk.safe_load import MAX_PROMPT_BYTES, excerpt, read_json_file, read_mapping_file, read_text
+from treesdk.safe_load import excerpt, read_json_file, read_mapping_file
 
 
 class _Section(BaseModel):
@@ -88,12 +88,6 @@ class PromptsConfig(_Section):
             from treesdk.training.prompts import load_prompts
 
             return load_prompts(self.file, self.column, self.split)
-            path = Path(self.file)
-            lines = [line.strip() for line in read_text(path, "prompt file", MAX_PROMPT_BYTES).splitlines()]
-            prompts = [line for line in lines if line and not line.startswith("#")]
-            if not prompts:
-                raise ValueError(f"prompt file {path} holds no prompts")
-            return prompts
         return list(default)
 
 

@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from treesdk.errors import DistributedError  # noqa: F401 - raised here, re-exported for callers
 from treesdk.training.checkpoint import list_checkpoints
 from treesdk.training.collective import Collective
 from treesdk.training.fsdp import FullyShardedTraining
@@ -71,10 +72,6 @@ BUCKET_ELEMENTS = 25_000_000
 SUM_KEYS = frozenset({"trees", "leaves"})
 #: metric keys that are the same on every rank; rank 0's value is kept
 SAME_KEYS = frozenset({"iteration", "window_start", "grad_norm"})
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another rank died, hung, or the process group could not be formed."""
 
 
 def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:

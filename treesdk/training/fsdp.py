@@ -3,15 +3,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from treesdk.errors import UserError
 
-if TYPE_CHECKING:  # pragma: no cover - the context owns this object, not the other way round
-    from treesdk.training.distributed import DistributedContext
+T = TypeVar("T")
+
+
+class ShardingContext(Protocol):
+    """What FSDP needs of the distributed context that owns it
+    (:class:`~treesdk.training.distributed.DistributedContext`; named here, not imported: the
+    context imports this module)."""
+
+    device: torch.device
+    world_size: int
+
+    def _run(self, what: str, fn: Callable[[], T]) -> T: ...
+
 
 class FullyShardedTraining:
     """FSDP2 (``torch.distributed.fsdp.fully_shard``) for a full fine-tune; the ``fsdp`` attribute
@@ -30,7 +41,7 @@ class FullyShardedTraining:
     per rank) under FSDP.
     """
 
-    def __init__(self, ctx: DistributedContext) -> None:
+    def __init__(self, ctx: ShardingContext) -> None:
         self.ctx = ctx
         self.mesh: Any = None
         self._sharded: set[int] = set()

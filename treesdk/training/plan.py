@@ -11,7 +11,7 @@ Two parts:
   transformer rows.
 * **Memory per rank** (an estimate, in bytes): weights, trainable parameters, gradients, AdamW
   state, tree states, saved activations of the largest training call, and the VAE decode of one
-  chunk. Parameter counts are exact (:mod:`treesdk.training.model_facts`); activation bytes per token per
+  chunk. Parameter counts are exact (:mod:`treesdk.model_facts`); activation bytes per token per
   hidden unit per block were measured with autograd's saved-tensor hooks on diffusers' FLUX and SD3.5
   blocks at real width (``python benchmarks/realwidth.py saved``; see ``docs/performance.md``) and are
   checked there against measured peaks.
@@ -28,16 +28,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .model_facts import LORA_TARGETS, ModelFacts, lora_parameters
+from treesdk.dtypes import DTYPES
+from treesdk.model_facts import ModelFacts, lora_parameters
 
 __all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_memory", "plan_run", "DTYPE_BYTES",
            "activation_bytes_per_token"]
 
-DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float32": 4, "fp32": 4}
+DTYPE_BYTES = {name: dtype.itemsize for name, dtype in DTYPES.items()}  # bytes per element, by name
 GIB = 2**30
 
 #: saved activation bytes per token per hidden unit of one block in a training forward, by (family,
-#: block kind, "lora"/"full", element bytes); the kinds are :func:`~treesdk.training.model_facts.block_kinds`.
+#: block kind, "lora"/"full", element bytes); the kinds are :func:`treesdk_backends.diffusers.sizes.block_kinds`.
 #: Measured with autograd's saved-tensor hooks, each saved storage counted once for the block that saved
 #: it (``python benchmarks/realwidth.py saved``: diffusers 0.42, default LoRA targets, CPU, the block in
 #: the interior of a stack; the same per hidden unit at SD3.5-medium and -large width)
@@ -212,7 +213,7 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     """Memory estimate of one rank that samples and trains ``prompts`` trees per iteration (rows per
     call from ``recipe.chunk`` / ``recipe.training_chunk`` / ``recipe.decoding_chunk``)."""
     b = DTYPE_BYTES[dtype]
-    targets = tuple(lora_targets or LORA_TARGETS.get(facts.family, ()))
+    targets = tuple(lora_targets or facts.lora_targets)
     trainable = lora_parameters(facts.linears, lora_rank, targets) if lora_rank else facts.transformer_parameters
     train_bytes = 4 if lora_rank else b  # LoRA weights float32; a full fine-tune in the model dtype
     weights_t = (facts.transformer_parameters + facts.transformer_buffers) * b

@@ -36,7 +36,7 @@ from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save
 from treesdk.training.collective import Collective
 from treesdk.training.config import RunConfig
 from treesdk.training.distributed import restart_count
-from treesdk.training.evaluate import evaluate
+from treesdk.evaluation import evaluate
 from treesdk.training.export import default_export_name, export_run
 from treesdk.training.metadata import export_metadata
 from treesdk.training.loggers import Loggers, build_loggers, parse_report_to

@@ -20,13 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from treesdk.errors import NonFiniteLossError  # noqa: F401 - raised here, re-exported for callers
 from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
-from treesdk.sde import transition_log_prob
 from treesdk.training.forward_update import forward_terms, forward_update
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term produced NaN/inf; no optimiser step was taken."""
 
 
 @dataclass
@@ -163,7 +159,7 @@ def _chunk_loss(
     velocity = model.velocity(parents, sigma, cond).float()
     mean, std = forest.mean_std(parents, velocity, layer.sigma, layer.sigma_next, layer.noise_scale)
     children = layer.children[idx].flatten(0, 1)
-    new_logp = transition_log_prob(forest.mean_std)(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
+    new_logp = forest.mean_std.log_prob(children, mean.repeat_interleave(layer.k, dim=0), std[:1]).view(len(idx), layer.k)
     ref_mean = None
     n_ref = 0
     if need_ref:
@@ -182,7 +178,7 @@ def _chunk_loss(
         new_mean=mean,
         ref_mean=ref_mean,
         sft_target=sft[layer_index][idx] if sft is not None else None,
-        kl_std=_kl_std(forest.mean_std, std[:1].reshape(()), layer.sigma, layer.sigma_next) if need_ref else None,
+        kl_std=forest.mean_std.kl_std(std[:1].reshape(()), layer.sigma, layer.sigma_next) if need_ref else None,
         old_mean=forest.mean_std(parents, layer.velocity[idx], layer.sigma, layer.sigma_next, layer.noise_scale)[0]
         if need_old_mean else None,
     )
@@ -194,9 +190,3 @@ def _chunk_loss(
         metrics[f"loss_{term.name}"] = float(value.detach())
         metrics.update(term_metrics)
     return total, metrics, n_ref
-
-
-def _kl_std(mean_std, std: Tensor, sigma: float, sigma_next: float) -> Tensor:  # noqa: ANN001 - an SDE family
-    """The std Flow-GRPO's KL divides by: the family's ``kl_std``, else ``std / sqrt(-dt)``."""
-    kl_std = getattr(mean_std, "kl_std", None)
-    return kl_std(std, sigma, sigma_next) if kl_std is not None else std / (sigma - sigma_next) ** 0.5

@@ -1,4 +1,5 @@
-"""The registry of diffusers families: entry-point group ``treesdk.diffusers_families``.
+"""The diffusers families: the ``diffusers_family`` kind of :mod:`treesdk.registry` (entry-point group
+``treesdk.diffusers_families``).
 
 Each entry maps a family name to its :class:`~treesdk_backends.diffusers.adapter.FamilyAdapter`
 subclass, built-in or third-party alike::
@@ -13,41 +14,35 @@ adapter that fails to import is reported by name and never hides the others.
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 from pathlib import Path
 from typing import Any
+
+from treesdk import registry
 
 from ..adapter import FamilyAdapter
 
 __all__ = ["GROUP", "family_names", "adapter_class", "adapters", "detect_family"]
 
-GROUP = "treesdk.diffusers_families"
-
-
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    found: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=GROUP):
-        found.setdefault(ep.name, ep)
-    return found
+#: the entry-point group (``treesdk.registry`` kind ``diffusers_family``)
+GROUP = registry.GROUPS["diffusers_family"]
 
 
 def family_names() -> list[str]:
     """Registered family names, sorted."""
-    return sorted(_entry_points())
+    return registry.available("diffusers_family")
 
 
 def adapter_class(family: str) -> type[FamilyAdapter]:
     """The adapter registered as ``family``; ``ValueError`` naming the known families otherwise."""
-    eps = _entry_points()
-    if family not in eps:
-        raise ValueError(f"unknown diffusers family {family!r}; registered ({GROUP}): {', '.join(sorted(eps)) or 'none'}")
+    if family not in family_names():
+        raise ValueError(f"unknown diffusers family {family!r}; registered ({GROUP}): {', '.join(family_names()) or 'none'}")
     try:
-        cls = eps[family].load()
-    except Exception as exc:  # noqa: BLE001 - reported by name, as treesdk's registry does
-        raise ValueError(f"diffusers family {family!r} ({eps[family].value}) failed to import: "
-                         f"{type(exc).__name__}: {exc}") from exc
+        cls = registry.load("diffusers_family", family)
+    except registry.PluginError as exc:
+        raise ValueError(str(exc)) from exc
     if not (isinstance(cls, type) and issubclass(cls, FamilyAdapter)):
-        raise ValueError(f"diffusers family {family!r} ({eps[family].value}) is not a FamilyAdapter subclass")
+        raise ValueError(f"diffusers family {family!r} ({registry.entry_point_value('diffusers_family', family)}) "
+                         "is not a FamilyAdapter subclass")
     return cls
 
 

@@ -30,6 +30,9 @@ class ChromaAdapter(FluxAdapter):
     components = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
     text_encoder_names = ("text_encoder",)
     single_file_layout = "chroma"  # the BFL-style layout ComfyUI's Chroma model loads
+    planner_architecture = ""  # FLUX.1's activation tables were measured with its modulation layers
+    known_models = {}
+    default_known_model = None
 
     def __init__(self, guidance_scale: float = 5.0, negative_prompt: str = "", max_sequence_length: int = 512) -> None:
         super().__init__(guidance=0.0, max_sequence_length=max_sequence_length)

@@ -7,14 +7,19 @@ before packing — and packs them into ``[B, (h/2)(w/2), 4C]`` tokens for the tr
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..adapter import FamilyAdapter
+from treesdk.model_facts import ModelFacts
 
-__all__ = ["FluxAdapter", "FLUX_COMPONENTS", "FLUX_LORA_TARGETS", "pack_latents", "unpack_latents", "image_ids"]
+from ..adapter import FamilyAdapter
+from ..sizes import FLUX_MODELS, block_kinds, known_facts
+
+__all__ = ["FluxAdapter", "FLUX_COMPONENTS", "FLUX_LORA_TARGETS", "has_guidance_embedding", "pack_latents", "unpack_latents", "image_ids"]
 
 #: sub-folders of a FluxPipeline checkpoint (besides model_index.json)
 FLUX_COMPONENTS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae")
@@ -50,6 +55,16 @@ def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tenso
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
+def has_guidance_embedding(folder: Path | None) -> bool | None:
+    """``guidance_embeds`` of ``folder/transformer/config.json`` (None: no folder or no config)."""
+    if folder is None:
+        return None
+    try:
+        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text()).get("guidance_embeds"))
+    except (OSError, ValueError):
+        return None
+
+
 class FluxAdapter(FamilyAdapter):
     """FLUX.1-dev and any FluxPipeline checkpoint. Options: ``guidance`` (the distilled guidance
     scale fed to the guidance embedding, ignored by checkpoints without one), ``max_sequence_length``
@@ -62,6 +77,19 @@ class FluxAdapter(FamilyAdapter):
     text_encoder_names = ("text_encoder", "text_encoder_2")
     lora_targets = FLUX_LORA_TARGETS
     single_file_layout = "flux"
+    planner_architecture = "flux"
+    known_models = FLUX_MODELS
+    default_known_model = "FLUX.1-dev"
+
+    @classmethod
+    def planner_sizes(cls, config: Any, vae_config: Any, index: Any, adapter: FamilyAdapter) -> dict[str, Any]:
+        """The generic geometry with FLUX.1's double/single block kinds (its activation tables)."""
+        return {**super().planner_sizes(config, vae_config, index, adapter), "blocks": block_kinds("flux", config)}
+
+    @classmethod
+    def known_model_facts(cls, name: str, adapter: FamilyAdapter, source: str) -> ModelFacts:
+        return known_facts("flux", name, cls.known_models[name], adapter.max_sequence_length, float(adapter.guidance_scale) > 1,
+                           cls.lora_targets, source)
 
     def __init__(self, guidance: float = 3.5, max_sequence_length: int = 512) -> None:
         super().__init__(max_sequence_length)
@@ -71,8 +99,6 @@ class FluxAdapter(FamilyAdapter):
     @classmethod
     def accepts(cls, model_index: dict[str, Any], folder: Any) -> bool:
         """Checkpoints with a guidance embedding (FLUX.1-dev); FLUX.1-schnell is ``flux-schnell``."""
-        from .flux_schnell import has_guidance_embedding
-
         return has_guidance_embedding(folder) is not False
 
     def resolution_multiple(self) -> int:

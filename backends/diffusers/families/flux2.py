@@ -61,6 +61,13 @@ class Flux2KleinAdapter(FamilyAdapter):
         """The CFG scale the backend applies: none on distilled checkpoints, as the pipeline."""
         return 1.0 if self.pipe.config.get("is_distilled", False) else self.cfg
 
+    @classmethod
+    def planner_sizes(cls, config: Any, vae_config: Any, index: Any, adapter: FamilyAdapter) -> dict[str, Any]:
+        """The generic geometry with CFG as :attr:`guidance_scale` decides it (none when distilled)."""
+        from ..planning import generic_sizes
+
+        return generic_sizes(config, vae_config, adapter, cfg=not index.get("is_distilled", False) and float(adapter.cfg) > 1.0)
+
     def resolution_multiple(self) -> int:
         return 2 * self.vae_scale_factor
 

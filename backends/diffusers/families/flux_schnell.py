@@ -8,24 +8,12 @@ the pipeline class and are told apart by ``transformer/config.json``'s ``guidanc
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from ..backend import DiffusersFlowBackend
-from .flux import FluxAdapter
+from .flux import FluxAdapter, has_guidance_embedding
 
 __all__ = ["FluxSchnellAdapter", "FluxSchnellBackend", "has_guidance_embedding"]
-
-
-def has_guidance_embedding(folder: Path | None) -> bool | None:
-    """``guidance_embeds`` of ``folder/transformer/config.json`` (None: no folder or no config)."""
-    if folder is None:
-        return None
-    try:
-        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text()).get("guidance_embeds"))
-    except (OSError, ValueError):
-        return None
 
 
 class FluxSchnellAdapter(FluxAdapter):
@@ -34,6 +22,8 @@ class FluxSchnellAdapter(FluxAdapter):
 
     family = "flux-schnell"
     default_repo = "black-forest-labs/FLUX.1-schnell"
+    known_models = {}  # FLUX.1-dev's table has the guidance embedding: size schnell from its folder
+    default_known_model = None
 
     def __init__(self, max_sequence_length: int = 256) -> None:
         super().__init__(guidance=0.0, max_sequence_length=max_sequence_length)

@@ -12,7 +12,10 @@ from typing import Any
 
 from torch import Tensor
 
+from treesdk.model_facts import ModelFacts
+
 from ..adapter import FamilyAdapter
+from ..sizes import SD3_MODELS, block_kinds, known_facts
 
 __all__ = ["SD3Adapter", "SD3_COMPONENTS", "SD3_LORA_TARGETS"]
 
@@ -36,6 +39,21 @@ class SD3Adapter(FamilyAdapter):
     components = SD3_COMPONENTS
     lora_targets = SD3_LORA_TARGETS
     single_file_layout = "sd3"
+    planner_architecture = "sd3"
+    planner_buffers = ("pos_embed.pos_embed",)
+    known_models = SD3_MODELS
+    default_known_model = "SD3.5-medium"
+
+    @classmethod
+    def planner_sizes(cls, config: Any, vae_config: Any, index: Any, adapter: FamilyAdapter) -> dict[str, Any]:
+        """The generic geometry; the text stream is 77 CLIP tokens plus the T5 length, SD3's block kinds."""
+        sizes = super().planner_sizes(config, vae_config, index, adapter)
+        return {**sizes, "text_tokens": 77 + sizes["text_tokens"], "blocks": block_kinds("sd3", config)}
+
+    @classmethod
+    def known_model_facts(cls, name: str, adapter: FamilyAdapter, source: str) -> ModelFacts:
+        return known_facts("sd3", name, cls.known_models[name], adapter.max_sequence_length, float(adapter.guidance_scale) > 1,
+                           cls.lora_targets, source)
 
     def __init__(self, guidance_scale: float = 4.5, negative_prompt: str = "", max_sequence_length: int = 256,
                  shift: float | None = None) -> None:

@@ -60,6 +60,13 @@ class WanAdapter(FamilyAdapter):
         self.guidance_scale = float(guidance_scale)
         self.negative_prompt = str(negative_prompt)
 
+    @classmethod
+    def planner_sizes(cls, config: Any, vae_config: Any, index: Any, adapter: FamilyAdapter) -> dict[str, Any]:
+        """The generic geometry over ``1 + (num_frames - 1) / temporal factor`` latent frames."""
+        temporal = int(vae_config.get("scale_factor_temporal") or 4)
+        frames = 1 + (int(getattr(adapter, "num_frames", 1)) - 1) // temporal
+        return {**super().planner_sizes(config, vae_config, index, adapter), "frames": frames}
+
     @property
     def vae_scale_factor(self) -> int:
         return int(self.pipe.vae_scale_factor_spatial)

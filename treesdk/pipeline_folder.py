@@ -34,23 +34,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..io import atomic_save_safetensors
+from treesdk.dtypes import DTYPES
+from treesdk.io import atomic_save_safetensors
 
 #: ways of taking the base's components (see module docstring)
 COMPONENT_MODES = ("link", "copy", "symlink")
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+#: dtypes an export may be written in
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def parse_export_dtype(name: str | None) -> torch.dtype | None:
     """``fp32|bf16|fp16`` (or the long names) -> torch dtype; None keeps the training dtype."""
     if name is None or str(name).lower() in ("", "none", "keep"):
         return None
-    try:
-        return _DTYPES[str(name).lower()]
-    except KeyError:
-        raise ValueError(f"--dtype {name!r}: expected fp32, bf16 or fp16 (or leave it out to keep the training dtype)") from None
+    if DTYPES.get(str(name).lower()) not in _DTYPES:
+        raise ValueError(f"--dtype {name!r}: expected fp32, bf16 or fp16 (or leave it out to keep the training dtype)")
+    return DTYPES[str(name).lower()]
 
 
 def pipeline_components(base: str | os.PathLike[str]) -> list[str]:
