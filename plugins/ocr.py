@@ -18,6 +18,13 @@ Images are quantised to uint8 RGB before OCR. Extra keyword options go to ``Rapi
 (e.g. ``det_limit_side_len=…``: the detector resizes the short side to 736 px by default, slow on
 small images). The ONNX models run on the CPU whatever ``device`` says, one image at a time
 (``batch_size`` is accepted for a uniform interface).
+
+Options for small one-line images (the ``glyphs`` backend's): ``line=True`` skips detection and
+reads the whole image as one text line (recognition only, far faster; ``line=None``, the default,
+does so when the image is at most 64 px high and at least twice as wide); ``metric="exact"``
+scores 1 when the normalised read text equals the target and 0 otherwise (``"edit"``, the default,
+is the formula above); ``confidence=True`` multiplies the score by the recogniser's mean
+confidence in [0, 1].
 """
 
 from __future__ import annotations
@@ -94,25 +101,52 @@ class OCRReward(RewardModel):
                                  "rapidocr-onnxruntime is not installed: pip install 'treesdk[ocr]'")
         return WeightsStatus(True, where, "models ship in the rapidocr-onnxruntime package")
 
-    def __init__(self, batch_size: int = 16, device: str | None = None, dtype: str | None = None, **engine_options) -> None:
+    def __init__(self, batch_size: int = 16, device: str | None = None, dtype: str | None = None,
+                 line: bool | None = None, metric: str = "edit", confidence: bool = False, **engine_options) -> None:
+        if metric not in ("edit", "exact"):
+            raise ValueError(f'reward "ocr": metric must be "edit" or "exact", got {metric!r}')
         rapidocr = require("rapidocr_onnxruntime", "ocr", self.name)
         self.batch_size = int(batch_size)
+        self.line, self.metric, self.confidence = line, metric, bool(confidence)
         self.engine = rapidocr.RapidOCR(**engine_options)
+
+    def _is_line(self, image: Tensor) -> bool:
+        if self.line is not None:
+            return bool(self.line)
+        height, width = image.shape[-2:]
+        return height <= 64 and width >= 2 * height
+
+    def read_with_confidence(self, image: Tensor) -> tuple[str, float]:
+        """``(text, mean confidence in [0, 1])`` of one ``[3, H, W]`` image in [0, 1]."""
+        array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        array = np.ascontiguousarray(array)
+        if self._is_line(image):
+            result, _ = self.engine(array, use_det=False, use_cls=False)
+            lines = [("", text, conf) for text, conf in (result or [])]
+        else:
+            result, _ = self.engine(array)
+            lines = sorted(result or [], key=lambda line: (min(p[1] for p in line[0]), min(p[0] for p in line[0])))
+        if not lines:
+            return "", 0.0
+        return " ".join(str(line[1]) for line in lines), float(np.mean([float(line[2]) for line in lines]))
+
+    def score_text(self, target: str, read: str, confidence: float) -> float:
+        """The reward of one reading under this reward's options."""
+        if self.metric == "exact":
+            value = float(normalise(target) == normalise(read))
+        else:
+            value = text_similarity(target, read)
+        return value * confidence if self.confidence else value
 
     def read(self, image: Tensor) -> str:
         """Text found in one ``[3, H, W]`` image in [0, 1], lines in reading order joined by spaces."""
-        array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        result, _ = self.engine(np.ascontiguousarray(array))
-        if not result:
-            return ""
-        # each line: (box [[x, y] * 4], text, confidence); sort by top edge, then left edge
-        lines = sorted(result, key=lambda line: (min(p[1] for p in line[0]), min(p[0] for p in line[0])))
-        return " ".join(str(line[1]) for line in lines)
+        return self.read_with_confidence(image)[0]
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_inputs(images, prompts, self.name)
         targets = [quoted_text(p) for p in prompts]  # fail before any OCR work
         with torch.no_grad():
             return torch.tensor(
-                [text_similarity(t, self.read(img)) for img, t in zip(images, targets)], dtype=torch.float32
+                [self.score_text(t, *self.read_with_confidence(img)) for img, t in zip(images, targets)],
+                dtype=torch.float32,
             )
