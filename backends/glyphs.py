@@ -39,8 +39,9 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from treesdk.errors import StateDictMismatchError
-from treesdk.training.checkpoint import diff_state_dicts
-from treesdk.training.export import Inspection, compare_shapes
+from treesdk.dtypes import parse_dtype
+from treesdk.state_dicts import diff_state_dicts
+from treesdk.export_files import Inspection, compare_shapes
 from treesdk.interfaces import Cond, VelocityModel
 from treesdk.io import atomic_save_safetensors
 from treesdk.sde import ode_step, sigma_grid
@@ -63,7 +64,6 @@ RECIPE_LR = 1e-4
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT_KEY, FORMAT_VALUE = "treesdk_format", "glyphs-flow-v1"
 _CONFIG_KEY = "glyphs_config"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: fonts of the reference images (indices into FONT_FILES): upright sans, serif and mono, regular and bold
 REFERENCE_FONTS = (0, 1, 4, 5, 8, 9, 11, 12, 14, 15)
 
@@ -169,9 +169,7 @@ class GlyphsBackend(VelocityModel):
                 f"None or {IMAGE_SHAPE[0]}, got {resolution}"
             )
         if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r} for the glyphs backend; expected one of {sorted(_DTYPES)}")
-            dtype = _DTYPES[dtype]
+            dtype = parse_dtype(dtype, "dtype for the glyphs backend")
         if float(shift) <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.model_path = Path(model).expanduser() if model is not None else default_weights_path()

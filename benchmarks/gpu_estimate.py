@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from treesdk.training.model_facts import model_facts
+from treesdk.model_facts import model_facts
 from treesdk.training.plan import GIB, iteration_calls, plan_memory
 from treesdk.recipes import load_recipe
 
@@ -34,7 +34,7 @@ def forward_flops(facts, resolution: int) -> float:
 
 def estimate(model: str, algo: str, steps: int, k: int, d: int, batch: int, ranks: int, resolution: int, gpu: str,
              mfu: float, checkpointing: bool, other: float, iters: int = 100, seed: int = 0) -> dict:
-    facts = model_facts("", model)
+    facts = model_facts("sd3" if model.upper().startswith("SD3") else "flux", model)
     recipe = load_recipe(algo, steps=steps, **{"tree.k": k, "tree.d": d})
     trees = len(range(0, batch, ranks))  # the busiest rank
     rows = [iteration_calls(recipe, trees, recipe.window_start(it, seed)) for it in range(iters)]
@@ -69,7 +69,7 @@ def memory_table(decode_chunk: int = 4, trees: int = 2, lora_rank: int = 16) -> 
     for model, px, k, d, ck, train_chunk in MEMORY_ROWS:
         recipe = load_recipe("treegrpo", steps=10, train_chunk=train_chunk, decode_chunk=decode_chunk,
                              **{"tree.k": k, "tree.d": d})
-        m = plan_memory(recipe, model_facts("", model), resolution=px, dtype="bfloat16", lora_rank=lora_rank,
+        m = plan_memory(recipe, model_facts("sd3" if model.upper().startswith("SD3") else "flux", model), resolution=px, dtype="bfloat16", lora_rank=lora_rank,
                         prompts=trees, gradient_checkpointing=ck, offload_text_encoders=True)
         cells = [m.weights_transformer, m.activations_training, m.peak_training, m.peak_decode, m.peak]
         lines.append(f"| {model} | {px} | {k}, {d} | {'yes' if ck else 'no'} | {train_chunk} | {decode_chunk} | "
@@ -79,7 +79,7 @@ def memory_table(decode_chunk: int = 4, trees: int = 2, lora_rank: int = 16) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="FLUX.1-dev", help="a treesdk.training.model_facts.KNOWN_MODELS name")
+    p.add_argument("--model", default="FLUX.1-dev", help="a model name the flux or sd3 backend knows (FLUX.1-dev, SD3.5-large, ...)")
     p.add_argument("--algo", default="dynamic-treerpo")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--k", type=int, default=2)

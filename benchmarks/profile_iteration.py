@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
     from treesdk.training.checkpoint import save_checkpoint
     from treesdk.evaluation import decode_chunked
     from treesdk.recipes.parts import build
-    from treesdk.training.model_facts import model_facts
+    from treesdk.model_facts import model_facts
     from treesdk.training.plan import plan_memory, plan_run
     from treesdk.rewards import score_images
     from treesdk.sampler import sample_forest_for_recipe

@@ -145,7 +145,10 @@ def saved_activation_bytes(family: str, variant: str, double: int, single: int, 
     from diffusers import SD3Transformer2DModel
     from peft import LoraConfig
 
-    from treesdk.training.model_facts import LORA_TARGETS
+    from treesdk_backends.diffusers.families.flux import FLUX_LORA_TARGETS
+    from treesdk_backends.diffusers.families.sd3 import SD3_LORA_TARGETS
+
+    LORA_TARGETS = {"flux": FLUX_LORA_TARGETS, "sd3": SD3_LORA_TARGETS}
 
     if family == "sd3" and dual is not None:
         model = SD3Transformer2DModel(num_layers=double, dual_attention_layers=dual, **WIDTHS[(family, variant)])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import os
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -78,6 +80,14 @@ def clean_errors() -> Iterator[None]:
         if debug_enabled() or not isinstance(exc, user_error_types()):
             raise
         print_error(str(exc))
+        from treesdk.errors import DistributedError
+
+        if isinstance(exc, DistributedError):
+            # a failed collective leaves the process group's transport threads blocked; tearing them
+            # down at interpreter exit can abort the process (SIGABRT) instead of exiting 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         raise typer.Exit(code=1) from None
 
 

@@ -14,7 +14,10 @@ from typer.testing import CliRunner
 import treesdk
 from treesdk.nodes.graph import GraphError, compile_graph, parse_graph, recipe_to_graph
 from treesdk.nodes.schema import graph_json_schema
-from treesdk.recipes.presets import PRESETS
+from importlib.metadata import entry_points
+
+#: every built-in preset, by its registered name (the treesdk.algorithms entry points treesdk ships)
+PRESETS = {ep.name: ep.load() for ep in entry_points(group="treesdk.algorithms") if ep.value.startswith("treesdk.")}
 from treesdk.recipes import RecipeError, load_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -279,7 +279,7 @@ def test_odd_diffusers_folders_are_one_line_and_remote_code_never_runs(tmp_path)
     (remote / "transformer" / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     for name, words in [("empty", ["odd", "empty"]), ("broken", ["model_index.json", "model_index.json", "Expecting value"]),
                         ("custom", ["'MyPipeline'", "registered"]), ("remote", ["custom code", "evil_module.py"])]:
-        out = failed(invoke("train", "--backend", "diffusers", "--model", tmp_path / name, "--steps", "2", "--iters", "1",
+        out = failed(invoke("train", "--backend", "diffusers", "--model", tmp_path / name, "--steps", "4", "--iters", "1",
                             "--batch", "1", "--reward", "jpeg-compressibility", "--out", tmp_path / f"run-{name}"))
         for word in words[1:]:
             assert word in out, (name, word, out)

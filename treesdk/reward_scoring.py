@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .interfaces import Cond, Forest, MeanStd, RewardModel, TreeLayer, VelocityModel, iter_chunks, select_cond
+from .interfaces import Cond, Forest, RewardModel, TreeLayer, VelocityModel, iter_chunks, select_cond
 from .rewards import checked_scores, score_images
 from .sampler import sample_forest_for_recipe
-from .sde import sde_mean_std
+from .sde import SDE_FAMILIES, SDEFamily
 
 #: tree groups per iteration when a reward is I/O-bound (fewer when there are fewer trees)
 GROUPS = 4
@@ -182,7 +182,7 @@ def sample_and_score(
     cond: Cond,
     rewards: Mapping[str, RewardModel],
     *,
-    mean_std: MeanStd = sde_mean_std,
+    mean_std: SDEFamily = SDE_FAMILIES["flow-sde"],
     progress: Callable[[int, int], None] | None = None,
     phase: Callable[[str, int, int], None] | None = None,
     run: PhaseRun = _call,

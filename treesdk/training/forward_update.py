@@ -123,7 +123,8 @@ def forward_update(
     stats=None,  # noqa: ANN001 - a treesdk.training.update.UpdateStats
 ):
     """``passes * minibatches`` optimiser steps on the clean leaves of ``forest`` (module docstring)."""
-    from treesdk.training.update import NonFiniteLossError, UpdateStats
+    from treesdk.errors import NonFiniteLossError
+    from treesdk.training.update_stats import UpdateStats
 
     stats = stats or UpdateStats()
     need_old = any(getattr(t, "needs_old_velocity", False) for t, _ in terms)

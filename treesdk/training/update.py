@@ -15,7 +15,6 @@ every ratio is exactly 1.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,17 +22,7 @@ from torch import Tensor
 from treesdk.errors import NonFiniteLossError  # noqa: F401 - raised here, re-exported for callers
 from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
 from treesdk.training.forward_update import forward_terms, forward_update
-
-
-@dataclass
-class UpdateStats:
-    """What one call to :func:`policy_update` did."""
-
-    nfe_training: int = 0
-    nfe_reference: int = 0
-    optimizer_steps: int = 0
-    grad_norm: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
+from treesdk.training.update_stats import UpdateStats
 
 
 def sft_targets(forest: Forest, leaf_rewards: Tensor) -> list[Tensor]:
