@@ -126,6 +126,10 @@ def run_bench(
             "diversity_pixels": means["diversity_pixels"],
             "precision": means["precision"],
             "recall": means["recall"],
+            # the reward-hacking audit (treesdk.audit) and the held-out reward's within-prompt spread
+            **{key: means[key] for key in ("dark_fraction", "edge_density", "intensity_entropy")},
+            "heldout_std_per_prompt": means[f"{next(iter(heldout))}_std_per_prompt"] if heldout else None,
+            "heldout_zero_std_fraction": means[f"{next(iter(heldout))}_zero_std_fraction"] if heldout else None,
         }
 
     def worker(name: str) -> None:
@@ -238,6 +242,8 @@ def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], bas
             "diversity_pixels_kept": kept_pixels,
             "final_precision": last.get("precision"),
             "final_recall": last.get("recall"),
+            "final_audit": {key: last.get(key) for key in ("dark_fraction", "edge_density", "intensity_entropy",
+                                                           "heldout_std_per_prompt", "heldout_zero_std_fraction")},
             "error": r.error,
             "curve": r.curve,
         }

@@ -64,6 +64,11 @@ def eval_command(
         for key in ("precision", "recall"):  # against the backend's reference images, when it has them
             if means.get(key) is not None:
                 table.add_row(f"{key} (vs reference images)", f"{means[key]:.4f}", "")
+        for key in ("dark_fraction", "edge_density", "intensity_entropy"):  # the reward-hacking audit
+            table.add_row(key.replace("_", " "), f"{means[key]:.4f}", "")
+        for name in scores:
+            table.add_row(f"{name} spread per prompt", f"{means[f'{name}_std_per_prompt']:.4f}",
+                          f"zero in {means[f'{name}_zero_std_fraction']:.0%}")
         console.print(table)
         result = {"run": run, "images": len(all_prompts), "steps": steps, **means, "diversity_features": source}
         if json_out is not None:

@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except distributed.DistributedError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        # as the CLI does (treesdk_cli.common.clean_errors): leave without tearing down the broken
+        # group, whose transport threads would abort the interpreter's exit
+        sys.stdout.flush()
+        os._exit(1)
     finally:
         distributed.shutdown(ctx, completed=completed)
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from treesdk.audit import audit_images, group_reward_stats
 from treesdk.diversity import FeatureMap, choose_features, per_prompt_diversity, per_prompt_precision_recall, pixel_features
 from treesdk.interfaces import RewardModel, VelocityModel, iter_chunks
 from treesdk.rewards import score_images
@@ -33,7 +34,9 @@ def evaluate(
 
     ``chunk``: rows per sampling call; ``decode_chunk``: images per decode call (default ``chunk``).
     Returns ``({"<reward>_mean": value, ..., "diversity": value, "diversity_pixels": value, "precision":
-    value, "recall": value}, {reward: per-image scores}, images)``; both diversities are None when no
+    value, "recall": value, "dark_fraction", "edge_density", "intensity_entropy": the reward-hacking
+    audit of :mod:`treesdk.audit`, and per reward "<reward>_std_per_prompt" / "<reward>_zero_std_fraction":
+    its within-prompt spread over the seeds}, {reward: per-image scores}, images)``; both diversities are None when no
     prompt has at least two images; precision and recall (fidelity to and coverage of the backend's
     ``reference_images``, in the diversity's features) are None when it has none.
     ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
@@ -54,6 +57,11 @@ def evaluate(
     means["diversity"] = value if value == value else None  # None (JSON null) when no prompt has two images
     means["diversity_pixels"] = pixels if pixels == pixels else None
     means["precision"], means["recall"] = fidelity_and_coverage(model, features, sample_features, prompts)
+    means.update(audit_images(images))
+    for name, values in scores.items():
+        stats = group_reward_stats(values, prompts)
+        means[f"{name}_std_per_prompt"] = stats["reward_std_per_prompt"]
+        means[f"{name}_zero_std_fraction"] = stats["zero_std_fraction"]
     return means, scores, images
 
 

@@ -117,6 +117,7 @@ class DistributedContext(Collective):
     backend: str | None = None  # "nccl" | "gloo" | None (single process)
     timeout_s: float = DEFAULT_TIMEOUT_S
     fsdp: Any = None  # a FullyShardedTraining once with_fsdp() was called on an active group
+    failed: bool = False  # a collective failed: the group is broken (see :func:`shutdown`)
 
     @property
     def is_main(self) -> bool:
@@ -134,6 +135,7 @@ class DistributedContext(Collective):
         except DistributedError:
             raise
         except Exception as exc:
+            self.failed = True
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: {what} failed ({type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}). Another rank most "
@@ -265,8 +267,13 @@ def shutdown(ctx: DistributedContext | None, completed: bool = False) -> None:
 
     After a run that ``completed`` on this rank, a barrier first waits for every other rank, so no
     rank tears its connections down while a peer still uses them (seen as a gloo abort in the
-    peer at exit). After a failure there is nobody reliable to wait for: leave at once.
+    peer at exit). After a failure there is nobody reliable to wait for: leave at once. After a
+    failed collective the group is left alone: tearing down a gloo group whose peer still holds the
+    connection can abort the process (``terminate called without an active exception``) instead of
+    letting it exit with its error; the caller exits on that error (the CLI with ``os._exit(1)``).
     """
+    if ctx is not None and ctx.failed:
+        return
     if ctx is not None and ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
         if completed:
             try:
