@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from treesdk.errors import UserError
+from treesdk.errors import NonFiniteLossError, UserError
 from treesdk.forward_losses import CleanBatch, OldPolicySchedule, grid_permutation_sigmas, stratified_grid_sigmas
 from treesdk.interfaces import EdgeAdvantages, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+from treesdk.training.update_stats import UpdateStats
 
 
 class OldPolicy:
@@ -120,12 +121,9 @@ def forward_update(
     chunk: int = 64,
     grad_clip: float | None = 1.0,
     reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
-    stats=None,  # noqa: ANN001 - a treesdk.training.update.UpdateStats
-):
+    stats: UpdateStats | None = None,
+) -> UpdateStats:
     """``passes * minibatches`` optimiser steps on the clean leaves of ``forest`` (module docstring)."""
-    from treesdk.errors import NonFiniteLossError
-    from treesdk.training.update_stats import UpdateStats
-
     stats = stats or UpdateStats()
     need_old = any(getattr(t, "needs_old_velocity", False) for t, _ in terms)
     need_ref = any(getattr(t, "needs_reference", False) for t, _ in terms)
