@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--save-every-s", type=float, default=180.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from this checkpoint's weights (its step count carries on; fresh optimizer, warmup)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -74,16 +76,25 @@ def main() -> None:
     print(f"rendered {len(words)} images {IMAGE_SHAPE} in {time.perf_counter() - t0:.1f} s", flush=True)
 
     net = GlyphsFlowNet(channels=args.channels, max_len=MAX_LEN)
+    step = 0
+    if args.init is not None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(args.init)))
+        with safe_open(str(args.init), "pt") as handle:
+            step = int((handle.metadata() or {}).get("step", 0))
+        print(f"continuing from {args.init} at step {step}", flush=True)
+    first_step = step
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = 200
     net.train()
     start = last_save = time.perf_counter()
     losses: list[float] = []
-    step = 0
     log: list[dict] = []
     while step < args.max_steps and time.perf_counter() - start < args.minutes * 60:
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / warmup)
+            group["lr"] = args.lr * min(1.0, (step - first_step + 1) / warmup)
         idx = torch.randint(0, len(words), (args.batch,), generator=gen)
         x0, tok = pool[idx], tokens[idx].clone()
         tok[torch.rand(args.batch, generator=gen) < args.null_prob] = NULL_TOKEN
@@ -111,7 +122,7 @@ def main() -> None:
     save(net, args.out, {"step": str(step), "name": "glyphs", "trained_on": "synthetic renders of TRAIN_WORDS"})
     record = {
         "file": args.out.name, "architecture": "GlyphsFlowNet", "network": net.config,
-        "parameters": sum(p.numel() for p in net.parameters()), "optimizer_steps": step, "batch": args.batch,
+        "parameters": sum(p.numel() for p in net.parameters()), "optimizer_steps": step, "continued_from": str(args.init) if args.init else None, "batch": args.batch,
         "lr": args.lr, "schedule": "linear warmup 200 steps, then constant", "null_prob": args.null_prob,
         "pool_per_word": args.pool_per_word, "refresh_every": args.refresh_every, "train_words": len(TRAIN_WORDS),
         "seconds": round(time.perf_counter() - start, 1), "checkpoints": log,
