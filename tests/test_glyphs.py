@@ -61,3 +61,58 @@ def test_audit_figures_match_hand_computed_values():
     assert audit.intensity_entropy(torch.full((1, 1, 3, 3), 0.3)).item() == 0.0
     stats = audit.group_reward_stats([1.0, 1.0, 0.0, 1.0], ["a", "a", "b", "b"])
     assert stats == {"reward_std_per_prompt": pytest.approx(0.25), "zero_std_fraction": 0.5}
+
+
+def test_ink_box_features_ignore_position_and_shade():
+    from treesdk_backends.glyphs_features import FEATURE_SHAPE, ink_box_features
+
+    word = torch.zeros(1, 3, 32, 96)  # paper shade 0.9, ink shade 0.2, a 6x12 box of ink at two places
+    word[:] = 0.9
+    moved = word.clone()
+    word[..., 10:16, 20:32] = 0.2
+    moved[..., 3:9, 70:82] = 0.0
+    feats = ink_box_features(torch.cat([word, moved]))
+    assert feats.shape == (2, FEATURE_SHAPE[0] * FEATURE_SHAPE[1])
+    # by hand: the 6x12 box is padded to 6x18 (aspect 1:3, 3 columns of paper each side) and
+    # resized to 12x36: columns 0-5 and 30-35 paper (0), the middle ink (1); then centred, unit norm
+    box = torch.zeros(FEATURE_SHAPE)
+    box[:, 6:30] = 1.0
+    expected = (box.flatten() - box.mean()) / (box.flatten() - box.mean()).norm()
+    torch.testing.assert_close(feats[0], expected)
+    torch.testing.assert_close(feats[1], expected)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(2))
+
+
+def test_glyphs_precision_catches_noise_and_blobs():
+    import random
+
+    from treesdk_backends.glyphs_data import render_batch
+
+    from treesdk.diversity import precision_recall
+
+    backend = treesdk.load_backend("glyphs", device="cpu")
+    word = WORDS[0]
+    refs = backend.fidelity_features(backend.reference_images([glyphs_prompt(word)])[glyphs_prompt(word)])
+    renders = render_batch([word] * 8, random.Random(0)).repeat(1, 3, 1, 1)
+    noise = torch.rand(8, 3, 32, 96, generator=torch.Generator().manual_seed(0))
+    blob = torch.ones(8, 3, 32, 96)
+    blob[..., 8:24, 20:70] = 0.0
+    assert precision_recall(backend.fidelity_features(renders), refs, 3)[0] >= 0.75
+    assert precision_recall(backend.fidelity_features(noise), refs, 3)[0] == 0.0
+    assert precision_recall(backend.fidelity_features(blob), refs, 3)[0] == 0.0
+
+
+def test_glyphs_eval_set_measures_precision_and_recall():
+    from treesdk.evaluation import diversity_source, fidelity_and_coverage
+
+    backend = treesdk.load_backend("glyphs", device="cpu")
+    prompts, seeds = backend.eval_set()
+    assert len(prompts) == len(seeds) and len(set(zip(prompts, seeds))) == len(prompts)
+    assert all(prompts.count(p) > 3 for p in prompts)  # k = 3 neighbours need four images per word
+    assert diversity_source(backend, {}) == "backend"
+    words = [parse_word_prompt(p) for p in dict.fromkeys(prompts)]
+    assert set(words) <= set(HELDOUT_WORDS)
+    clean = torch.cat([_clean([w]).repeat(4, 1, 1, 1) for w in words])  # clean renders score as on the data
+    feats = backend.fidelity_features(clean)
+    precision, recall = fidelity_and_coverage(backend, backend.fidelity_features, feats, [p for p in dict.fromkeys(prompts) for _ in range(4)])
+    assert precision == 1.0 and recall is not None

@@ -41,7 +41,8 @@ def evaluate(
     ``reference_images``, in the diversity's features) are None when it has none.
     ``diversity`` is the per-prompt mean pairwise feature distance (:mod:`treesdk.diversity`), with
     the features of the backend's held-out reward when one is among ``rewards`` and offers them,
-    else another reward's, else the pixels; :func:`diversity_source` names the choice.
+    else another reward's, else the backend's ``fidelity_features``, else the pixels
+    (:func:`evaluation_features`); :func:`diversity_source` names the choice.
     ``diversity_pixels`` is the same statistic on the flattened pixels in ``[0, 1]`` (model-agnostic,
     but blind to what a feature network deems similar).
     """
@@ -49,7 +50,7 @@ def evaluate(
     images = decode_chunked(model, latents, decode_chunk or chunk)
     scores = score_images(rewards, images, prompts)
     means = {f"{name}_mean": float(values.mean()) for name, values in scores.items()}
-    _, features = choose_features(rewards, model.heldout_rewards())
+    features = evaluation_features(model, rewards)[1]
     with torch.no_grad():
         sample_features = features(images)
     value = per_prompt_diversity(sample_features, list(prompts))
@@ -81,6 +82,22 @@ def fidelity_and_coverage(
     return (precision, recall) if precision == precision else (None, None)
 
 
+def evaluation_features(model: VelocityModel, rewards: Mapping[str, RewardModel]) -> tuple[str, FeatureMap]:
+    """``(source, feature map)`` for diversity, precision and recall: a reward's ``features`` (the
+    held-out reward's first), else the backend's :meth:`~treesdk.interfaces.VelocityModel.fidelity_features`
+    (source ``"backend"``), else the flattened pixels (``"pixels"``)."""
+    source, features = choose_features(rewards, model.heldout_rewards())
+    overridden = getattr(type(model), "fidelity_features", VelocityModel.fidelity_features) is not VelocityModel.fidelity_features
+    if source != "pixels" or not overridden:
+        return source, features
+
+    def backend_features(images: Tensor) -> Tensor:
+        found = model.fidelity_features(images)
+        return pixel_features(images) if found is None else found
+
+    return "backend", backend_features
+
+
 def diversity_source(model: VelocityModel, rewards: Mapping[str, RewardModel]) -> str:
-    """Which features :func:`evaluate` measures diversity with: a reward's name, or ``"pixels"``."""
-    return choose_features(rewards, model.heldout_rewards())[0]
+    """Which features :func:`evaluate` measures diversity with: a reward's name, ``"backend"`` or ``"pixels"``."""
+    return evaluation_features(model, rewards)[0]

@@ -165,6 +165,13 @@ class ProductDefaults:
         prompts among ``prompts`` that have them; empty (the default) when the backend has none."""
         return {}
 
+    def fidelity_features(self, images: Tensor) -> Tensor | None:
+        """Features for precision, recall and diversity when no reward offers ``features``: float32
+        ``[B, D]`` for images ``[B, 3, H, W]`` in ``[0, 1]``, or ``None`` (the default: flattened
+        pixels are used). A backend whose images vary in ways the task ignores (a word's position on a
+        sign) maps them out here, so distances measure what the task cares about."""
+        return None
+
     def eval_set(self) -> tuple[list[str], list[int]]:
         """The fixed evaluation prompts and seeds (one image per pair)."""
         prompts = self.default_prompts()
