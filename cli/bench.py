@@ -27,7 +27,9 @@ def bench_command(
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME[=WEIGHT]; repeatable")] = None,
     eval_reward: Annotated[Optional[list[str]], typer.Option(help="held-out reward; repeatable")] = None,
     reward_opt: Annotated[Optional[list[str]], typer.Option(help="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt")] = None,
-    threshold: Annotated[Optional[list[float]], typer.Option(help="reward threshold; give two (default: base + 50% and 90% of the best final gain)")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option(help="score threshold; give two (default: base + 50% and 90% of the best final gain)")] = None,
+    threshold_on: Annotated[Optional[str], typer.Option(help="score the thresholds are on: heldout (default when there is a held-out reward) or reward")] = None,
+    precision_tolerance: Annotated[float, typer.Option(min=0.0, help="a crossing counts only at precision >= the base model's minus this")] = 0.02,
     task: Annotated[str, typer.Option(help="digits task: strict (classifier at temperature 3; does not saturate) or default")] = "strict",
     interleave: Annotated[bool, typer.Option(help="run the algorithms round-robin by iteration (else one after another)")] = True,
     backend_defaults: Annotated[bool, typer.Option(help="apply the backend's recipe_defaults (digits: lr 1e-4); --no-backend-defaults runs the presets at the papers' values (T stays common)")] = True,
@@ -55,6 +57,8 @@ def bench_command(
             check_algorithm(name)
         if task not in TASKS:
             raise ValueError(f"--task {task!r} is not a bench task; choose one of {', '.join(TASKS)}")
+        if threshold_on not in (None, "heldout", "reward"):
+            raise ValueError(f"--threshold-on must be heldout or reward, got {threshold_on!r}")
         if threshold is not None and len(threshold) != 2:
             raise ValueError(f"--threshold: give it twice (two thresholds), got {len(threshold)} value(s)")
         options = backend_options(model, resolution, device, None)
@@ -79,7 +83,8 @@ def bench_command(
                 load_rewards(list(weights), device, reward_options), weights, train_prompts, eval_prompts, eval_seeds,
                 heldout=load_rewards(heldout_names, device, reward_options), algorithms=names, overrides=overrides,
                 seconds=seconds, max_iters=iters, eval_every=eval_every, batch=batch, steps=steps, seed=seed,
-                thresholds=threshold, backend_defaults=backend_defaults, interleave=interleave, task=task, out_dir=out,
+                thresholds=threshold, threshold_on=threshold_on if threshold_on or heldout_names else "reward",
+                precision_tolerance=precision_tolerance, backend_defaults=backend_defaults, interleave=interleave, task=task, out_dir=out,
                 on_progress=lambda name, done, total: progress.update(tasks[name], completed=done),
             )
         print_report(report)
@@ -102,8 +107,12 @@ def check_algorithm(name: str) -> None:
 def print_report(report: dict) -> None:
     """One row per algorithm; each threshold cell is ``wall s / CPU s / thousands of NFE`` to reach it."""
     t1, t2 = report["thresholds"]
-    table = Table(box=box.SIMPLE_HEAD, title=f"base reward {report['base']['reward']:.3f}; thresholds {t1:.3f}, {t2:.3f} "
-                                               "(cells: wall s / CPU s / kNFE)")
+    key = report.get("threshold_on", "reward")
+    guard = report.get("min_precision")
+    table = Table(box=box.SIMPLE_HEAD, title=f"base {'held-out score' if key == 'heldout' else 'reward'} {report['base'][key]:.3f}; "
+                                               f"thresholds {t1:.3f}, {t2:.3f}"
+                                               + (f" at precision >= {guard:.2f}" if guard is not None else "")
+                                               + " (cells: wall s / CPU s / kNFE)")
     for col in ("algorithm", "iters", "reward", "held-\nout", "diver-\nsity", "pixel\ndiv.", "preci-\nsion", "recall", "threshold 1",
                 "threshold 2"):
         table.add_column(col, no_wrap=True, min_width=15) if col == "algorithm" else table.add_column(col, justify="right")

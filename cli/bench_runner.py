@@ -8,8 +8,17 @@ The algorithms run **interleaved**, round-robin by iteration: one iteration of e
 its own thread, exactly one thread running at a time), so a machine whose load changes during the
 bench slows them all alike. Three clocks count training only (evaluations pause them): wall-clock
 seconds of the iterations, process CPU seconds spent in them, and velocity evaluations (sampling,
-training and reference calls). Two thresholds default to the base reward plus 50% and 90% of the best
-final gain any algorithm reached; pass them explicitly to compare across runs.
+training and reference calls).
+
+Thresholds are on the **score** the bench compares: the held-out reward when there is one (an engine
+or evaluator the algorithms never trained on), else the training reward. Two thresholds default to
+the base score plus 50% and 90% of the best final gain any algorithm reached; pass them explicitly to
+compare across runs. A crossing counts only at **matched fidelity**: at an evaluation whose precision
+against the backend's reference images is at least the base model's minus ``precision_tolerance``
+(a run that reaches the threshold by leaving the data has not reached it). Each crossing records the
+four clocks (interpolated from the previous evaluation) and the fidelity and hacking figures of the
+evaluation that crossed. Sample grids of the base model and of every algorithm's end are written
+beside ``bench.json`` (``samples/``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,11 @@ TASKS: dict[str, dict[str, dict[str, Any]]] = {
     "strict": {"digit-classifier": {"temperature": 3.0}},
 }
 _CLOCKS = ("seconds", "cpu_seconds", "nfe", "iteration")
+#: evaluation figures copied into each threshold crossing: fidelity and the reward-hacking audit
+CROSSING_FIGURES = ("reward", "heldout", "precision", "recall", "diversity", "dark_fraction", "edge_density",
+                    "intensity_entropy", "heldout_std_per_prompt", "heldout_zero_std_fraction")
+#: images of each evaluation saved as a sample grid (the first ones of the fixed set)
+GRID_IMAGES = 32
 
 
 @dataclass
@@ -99,6 +113,8 @@ def run_bench(
     steps: int = 10,
     seed: int = 0,
     thresholds: Sequence[float] | None = None,
+    threshold_on: str | None = None,
+    precision_tolerance: float = 0.02,
     backend_defaults: bool = True,
     interleave: bool = True,
     task: str = "default",
@@ -109,16 +125,26 @@ def run_bench(
 
     ``overrides`` (dotted keys) apply to every recipe after the backend's ``recipe_defaults`` (unless
     ``backend_defaults`` is False: the presets at the papers' values) and ``steps``; the training reward is the weighted sum of ``rewards``; ``heldout`` rewards are only
-    evaluated. Returns the ``bench.json`` dictionary (and writes it with ``bench.png`` into ``out_dir``).
+    evaluated. ``threshold_on``: ``"heldout"`` (the default when ``heldout`` is given) or ``"reward"``;
+    ``precision_tolerance``: how far below the base model's precision a crossing may be (module docstring).
+    Returns the ``bench.json`` dictionary (and writes it with ``bench.png`` and ``samples/`` into ``out_dir``).
     """
     heldout = dict(heldout or {})
+    threshold_on = threshold_on or ("heldout" if heldout else "reward")
+    if threshold_on not in ("heldout", "reward"):
+        raise ValueError(f"threshold_on must be 'heldout' or 'reward', got {threshold_on!r}")
+    if threshold_on == "heldout" and not heldout:
+        raise ValueError("threshold_on='heldout' needs a held-out reward (none was given)")
+    grids: dict[str, Any] = {}
     eval_models = {**rewards, **heldout}
     names = list(dict.fromkeys(algorithms))
     results = {name: AlgorithmResult(name=name) for name in names}
     turns = _Turns(names)
 
-    def score(backend: VelocityModel, recipe: Recipe) -> dict[str, Any]:
-        means, _, _ = evaluate(backend, eval_models, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
+    def score(backend: VelocityModel, recipe: Recipe, grid_name: str | None = None) -> dict[str, Any]:
+        means, _, images = evaluate(backend, eval_models, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
+        if grid_name is not None:
+            grids[grid_name] = images[:GRID_IMAGES]
         return {
             "reward": sum(float(weights.get(n, 1.0)) * means[f"{n}_mean"] for n in rewards),
             "heldout": means[f"{next(iter(heldout))}_mean"] if heldout else None,
@@ -143,7 +169,7 @@ def run_bench(
             scale = backend.recipe_defaults() if backend_defaults else {}
             recipe = load_recipe(name, **{**scale, "steps": steps, **dict(overrides or {})})
             result.name, result.lr = recipe.name, recipe.optim.lr
-            result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
+            result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe, grid_name="base")})
             clock["turn_cpu"] = time.process_time()
 
             def on_iteration(row: dict[str, Any]) -> None:
@@ -155,7 +181,7 @@ def run_bench(
                 sums["nfe_t"] += row["nfe_training"]
                 done = clock["seconds"] >= seconds
                 if row["iteration"] % eval_every == 0 or done:
-                    result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
+                    result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe, grid_name=name)})
                 if on_progress is not None:
                     on_progress(name, min(clock["seconds"], seconds), seconds)
                 if done:
@@ -173,7 +199,7 @@ def run_bench(
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             if backend is not None and recipe is not None and result.curve and result.curve[-1]["iteration"] != clock["iteration"]:
-                result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe)})
+                result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe, grid_name=name)})
             n = max(1, int(clock["iteration"]))
             result.iterations = int(clock["iteration"])
             result.seconds_per_iter = clock["seconds"] / n
@@ -192,28 +218,51 @@ def run_bench(
         raise RuntimeError("no algorithm could be evaluated: " + "; ".join(f"{r.name}: {r.error}" for r in results.values()))
     base = dict(measured[0].curve[0])
     if thresholds is None:
-        best = max(r.curve[-1]["reward"] for r in measured)
-        thresholds = [base["reward"] + f * (best - base["reward"]) for f in THRESHOLD_FRACTIONS]
-    report = _report(results, list(thresholds), base, steps=steps, batch=batch, seconds=seconds, interleave=interleave, task=task,
-                     backend_defaults=backend_defaults)
+        best = max(r.curve[-1][threshold_on] for r in measured)
+        thresholds = [base[threshold_on] + f * (best - base[threshold_on]) for f in THRESHOLD_FRACTIONS]
+    min_precision = base["precision"] - precision_tolerance if base.get("precision") is not None else None
+    report = _report(results, list(thresholds), base, threshold_on=threshold_on, min_precision=min_precision,
+                     precision_tolerance=precision_tolerance, steps=steps, batch=batch, seconds=seconds,
+                     interleave=interleave, task=task, backend_defaults=backend_defaults)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        report["sample_grids"] = save_sample_grids(grids, out / "samples")
         (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_curves(report, out / "bench.png")
     return report
 
 
-def first_crossing(curve: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, float] | None:
-    """The four clocks at which the evaluated reward first reaches ``threshold``, linearly
-    interpolated between evaluation points; None if never."""
+def save_sample_grids(grids: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """One PNG per entry of ``grids`` (``{"base": images, algorithm: its last evaluation's images}``)
+    in ``folder``; returns ``{name: path relative to the bench folder}``."""
+    from treesdk.images import save_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, images in grids.items():
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        save_grid(images, folder / f"{safe}.png")
+        written[name] = f"{folder.name}/{safe}.png"
+    return written
+
+
+def first_crossing(
+    curve: Sequence[Mapping[str, Any]], threshold: float, key: str = "reward", min_precision: float | None = None
+) -> dict[str, Any] | None:
+    """The four clocks at which the evaluated ``key`` first reaches ``threshold`` at an evaluation
+    whose precision is at least ``min_precision`` (None: no fidelity guard; an evaluation without a
+    precision passes), linearly interpolated from the previous evaluation, plus that evaluation's
+    :data:`CROSSING_FIGURES`; None if never."""
     previous = None
     for point in curve:
-        if point["reward"] >= threshold:
-            if previous is None or point["reward"] == previous["reward"]:
-                return {k: float(point[k]) for k in _CLOCKS}
-            frac = (threshold - previous["reward"]) / (point["reward"] - previous["reward"])
-            return {k: float(previous[k] + frac * (point[k] - previous[k])) for k in _CLOCKS}
+        faithful = min_precision is None or point.get("precision") is None or point["precision"] >= min_precision
+        if point[key] is not None and point[key] >= threshold and faithful:
+            figures = {name: point.get(name) for name in CROSSING_FIGURES}
+            if previous is None or previous[key] is None or point[key] == previous[key] or previous[key] >= threshold:
+                return {**{k: float(point[k]) for k in _CLOCKS}, **figures}
+            frac = (threshold - previous[key]) / (point[key] - previous[key])
+            return {**{k: float(previous[k] + frac * (point[k] - previous[k])) for k in _CLOCKS}, **figures}
         previous = point
     return None
 
@@ -223,13 +272,14 @@ def _kept(last: Mapping[str, Any], base: Mapping[str, Any], key: str) -> float |
     return last[key] / base[key] if last.get(key) is not None and base.get(key) else None
 
 
-def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], base: dict[str, Any], **facts: Any) -> dict[str, Any]:
+def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], base: dict[str, Any], *, threshold_on: str = "reward",
+            min_precision: float | None = None, **facts: Any) -> dict[str, Any]:
     algorithms: dict[str, Any] = {}
     for name, r in results.items():
         last = r.curve[-1] if r.curve else {}
         kept, kept_pixels = (_kept(last, base, key) for key in ("diversity", "diversity_pixels"))
         algorithms[name] = {
-            "to_threshold": [first_crossing(r.curve, t) for t in thresholds],
+            "to_threshold": [first_crossing(r.curve, t, threshold_on, min_precision) for t in thresholds],
             "seconds_per_iter": r.seconds_per_iter,
             "nfe_sampling_per_iter": r.nfe_sampling_per_iter,
             "nfe_training_per_iter": r.nfe_training_per_iter,
@@ -247,46 +297,52 @@ def _report(results: Mapping[str, AlgorithmResult], thresholds: list[float], bas
             "error": r.error,
             "curve": r.curve,
         }
-    speedups: dict[str, list[float | None]] = {}
     ref = algorithms.get("grpo")
-    for name, data in algorithms.items():
-        speedups[name] = [
-            ref["to_threshold"][i]["seconds"] / data["to_threshold"][i]["seconds"]
-            if ref is not None and ref["to_threshold"][i] and data["to_threshold"][i] and data["to_threshold"][i]["seconds"] > 0
-            else None
-            for i in range(len(thresholds))
-        ]
-    return {"algorithms": algorithms, "thresholds": thresholds, "base": base, "speedup_vs_grpo": speedups, **facts}
+
+    def speedup(data: Mapping[str, Any], i: int, clock: str) -> float | None:
+        ours, theirs = data["to_threshold"][i], ref["to_threshold"][i] if ref is not None else None
+        return theirs[clock] / ours[clock] if ours and theirs and ours[clock] > 0 else None
+
+    speedups = {name: [speedup(data, i, "seconds") for i in range(len(thresholds))] for name, data in algorithms.items()}
+    speedups_nfe = {name: [speedup(data, i, "nfe") for i in range(len(thresholds))] for name, data in algorithms.items()}
+    return {"algorithms": algorithms, "thresholds": thresholds, "threshold_on": threshold_on, "min_precision": min_precision,
+            "base": base, "speedup_vs_grpo": speedups, "speedup_vs_grpo_nfe": speedups_nfe, **facts}
 
 
 def plot_curves(report: Mapping[str, Any], path: str | Path) -> Path:
-    """PNG: evaluated reward versus training wall-clock (left) and versus diversity kept (right)."""
+    """PNG: the compared score (``report["threshold_on"]``: held-out or training reward) versus training
+    wall-clock (left), versus velocity evaluations (middle) and versus diversity kept (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+    key = report.get("threshold_on", "reward")
+    label = "held-out score" if key == "heldout" else "evaluation reward"
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.5), dpi=120)
     base_div = report["base"].get("diversity") or float("nan")
     for name, data in report["algorithms"].items():
-        curve = data["curve"]
+        curve = [p for p in data["curve"] if p.get(key) is not None]
         if not curve:
             continue
-        line = left.plot([p["seconds"] for p in curve], [p["reward"] for p in curve], marker="o", markersize=3, label=name)
+        score = [p[key] for p in curve]
+        line = left.plot([p["seconds"] for p in curve], score, marker="o", markersize=3, label=name)
+        middle.plot([p["nfe"] / 1000 for p in curve], score, marker="o", markersize=3, color=line[0].get_color(), label=name)
         kept = [100.0 * (p["diversity"] if p["diversity"] is not None else float("nan")) / base_div for p in curve]
-        right.plot(kept, [p["reward"] for p in curve], color=line[0].get_color(), alpha=0.5, linewidth=1)
-        right.scatter(kept[-1:], [curve[-1]["reward"]], color=line[0].get_color(), s=40, label=name, zorder=3)
+        right.plot(kept, score, color=line[0].get_color(), alpha=0.5, linewidth=1)
+        right.scatter(kept[-1:], score[-1:], color=line[0].get_color(), s=40, label=name, zorder=3)
     for threshold in report["thresholds"]:
-        left.axhline(threshold, color="grey", linestyle="--", linewidth=1)
-        right.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+        for ax in (left, middle, right):
+            ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
     left.set_xlabel("training wall-clock (s)")
-    left.set_ylabel("evaluation reward")
-    left.set_title("reward vs wall-clock (dashed: thresholds)")
+    left.set_title(f"{label} vs wall-clock (dashed: thresholds)")
+    middle.set_xlabel("velocity evaluations (thousands)")
+    middle.set_title(f"{label} vs NFE")
     right.set_xlabel("diversity kept (% of the base model's)")
-    right.set_ylabel("evaluation reward")
-    right.set_title("reward vs diversity (dot: end of run)")
+    right.set_title(f"{label} vs diversity (dot: end of run)")
     right.invert_xaxis()
-    for ax in (left, right):
+    for ax in (left, middle, right):
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--layout-dim", type=int, default=16, help="letter-layout map channels (0: attention only)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--null-prob", type=float, default=0.1)
@@ -75,13 +76,16 @@ def main() -> None:
     pool = render_batch(words, rng) * 2.0 - 1.0  # latents in [-1, 1]
     print(f"rendered {len(words)} images {IMAGE_SHAPE} in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    net = GlyphsFlowNet(channels=args.channels, max_len=MAX_LEN)
+    net = GlyphsFlowNet(channels=args.channels, max_len=MAX_LEN, layout_dim=args.layout_dim)
     step = 0
     if args.init is not None:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        net.load_state_dict(load_file(str(args.init)))
+        missing, unexpected = net.load_state_dict(load_file(str(args.init)), strict=False)
+        if unexpected or any(not key.startswith("layout_") for key in missing):
+            raise SystemExit(f"{args.init} does not fit this network: missing {missing}, unexpected {unexpected}")
+        # a checkpoint without the layout map: the map's convolutions start at zero (same function)
         with safe_open(str(args.init), "pt") as handle:
             step = int((handle.metadata() or {}).get("step", 0))
         print(f"continuing from {args.init} at step {step}", flush=True)

@@ -108,6 +108,13 @@ def test_bench_reports_every_field_and_interleaves(tmp_path):
     assert report["backend_defaults"] is True and report["algorithms"]["treegrpo"]["lr"] == 1e-4  # digits' lr
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["thresholds"] == report["thresholds"] and len(saved["thresholds"]) == 2
+    assert saved["threshold_on"] == "heldout"  # the held-out evaluator, not the trained-on classifier
+    base = saved["base"]["heldout"]
+    best = max(saved["algorithms"][n]["curve"][-1]["heldout"] for n in ("grpo", "treegrpo"))
+    assert saved["thresholds"] == pytest.approx([base + 0.5 * (best - base), base + 0.9 * (best - base)])
+    assert set(saved["sample_grids"]) == {"base", "grpo", "treegrpo"}
+    assert all((tmp_path / path).stat().st_size > 100 for path in saved["sample_grids"].values())
+    assert set(saved["speedup_vs_grpo_nfe"]) == {"grpo", "treegrpo"}
     assert (tmp_path / "bench.png").stat().st_size > 1000
     for name in ("grpo", "treegrpo"):
         entry = saved["algorithms"][name]
@@ -130,5 +137,21 @@ def test_first_crossing_interpolates_every_clock():
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "nfe": 0, "iteration": 0, "reward": 0.5},
              {"seconds": 10.0, "cpu_seconds": 20.0, "nfe": 100, "iteration": 4, "reward": 0.7},
              {"seconds": 20.0, "cpu_seconds": 40.0, "nfe": 200, "iteration": 8, "reward": 0.9}]
-    assert first_crossing(curve, 0.8) == pytest.approx({"seconds": 15.0, "cpu_seconds": 30.0, "nfe": 150.0, "iteration": 6.0})
+    crossing = first_crossing(curve, 0.8)
+    assert {k: crossing[k] for k in ("seconds", "cpu_seconds", "nfe", "iteration")} == pytest.approx(
+        {"seconds": 15.0, "cpu_seconds": 30.0, "nfe": 150.0, "iteration": 6.0})
+    assert crossing["reward"] == 0.9  # the figures of the evaluation that crossed
     assert first_crossing(curve, 0.95) is None
+
+
+def test_a_crossing_counts_only_at_matched_fidelity():
+    curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "nfe": 0, "iteration": 0, "heldout": 0.3, "precision": 0.8},
+             {"seconds": 10.0, "cpu_seconds": 10.0, "nfe": 100, "iteration": 4, "heldout": 0.7, "precision": 0.4},  # off the data
+             {"seconds": 20.0, "cpu_seconds": 20.0, "nfe": 200, "iteration": 8, "heldout": 0.6, "precision": 0.79},
+             {"seconds": 30.0, "cpu_seconds": 30.0, "nfe": 300, "iteration": 12, "heldout": 0.8, "precision": 0.85}]
+    assert first_crossing(curve, 0.5, "heldout")["nfe"] == pytest.approx(50.0)  # no guard: the hacked evaluation counts
+    guarded = first_crossing(curve, 0.5, "heldout", min_precision=0.78)
+    assert guarded["nfe"] == 200.0 and guarded["precision"] == 0.79  # previous evaluation was above: no interpolation
+    late = first_crossing(curve, 0.7, "heldout", min_precision=0.78)
+    assert late["nfe"] == pytest.approx(250.0) and late["heldout"] == 0.8
+    assert first_crossing(curve, 0.7, "heldout", min_precision=0.9) is None
