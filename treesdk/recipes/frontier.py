@@ -35,19 +35,20 @@ def _nft_losses() -> list:
     return [
         # NVlabs/DiffusionNFT config/nft.py _get_config: config.beta=1.0, decay_type=1 (flat 0, uprate 0.001,
         # uphold 0.5); config/base.py: train.adv_clip_max=5, train.timestep_fraction=0.99
-        NFTSpec(beta=1.0, adv_clip=5.0, fraction=0.99, old_flat=0, old_uprate=0.001, old_uphold=0.5),
+        # scripts/train_nft_sd3.py samples with the "old" adapter (set_adapter("old") around pipeline_with_logprob)
+        NFTSpec(beta=1.0, adv_clip=5.0, fraction=0.99, old_flat=0, old_uprate=0.001, old_uphold=0.5, sample_old=True),
         VelocityKLSpec(weight=1e-4, to="reference"),  # config/nft.py (sd3): train.beta=0.0001, ||v - v_ref||^2
     ]
 
 
 def diffusionnft() -> Recipe:
     """DiffusionNFT (Zheng et al., arXiv 2509.16117; NVlabs/DiffusionNFT ``config/nft.py``, SD3.5-M):
-    24 deterministic ODE samples per prompt (CFG-free), the NFT objective on the clean samples at 9 of
-    the 10 grid sigmas, old policy a lagging average of the weights, velocity KL 1e-4 to the base.
+    24 deterministic ODE samples per prompt (CFG-free) drawn with the old policy, the NFT objective on
+    the clean samples at 9 of the 10 grid sigmas, old policy a lagging average of the weights (it
+    samples and gives ``v_old``), velocity KL 1e-4 to the base.
 
-    The reference samples with a second-order DPM solver (``sample.solver="dpm2"``) and with the old
-    policy itself; here the sampler is the backend's Euler ODE with the live weights, and the old
-    policy serves as ``v_old`` only (equal to the sampling weights while its decay is 0).
+    The reference samples with a second-order DPM solver (``sample.solver="dpm2"``); here the sampler
+    is the backend's Euler ODE.
     """
     return Recipe(
         name="diffusionnft",
@@ -70,7 +71,8 @@ def _awm_losses() -> list:
         AWMSpec(weighting="ghuber", power=0.25, clip_range=1.0, adv_clip=5.0, advantage_max=1.0, count=6, fraction=0.9),
         VelocityKLSpec(weight=1e-3, to="reference"),  # train.beta=0.001, kl_weight='Uniform'
         # ema_beta=1, kl_ema_weight='Uniform', kl_ema_decay=0.3, kl_ema_decay_type='linear' (min(0.3, 0.001 step))
-        VelocityKLSpec(weight=1.0, to="old", old_flat=0, old_uprate=0.001, old_uphold=0.3),
+        # train.off_policy=False: the forest is sampled with the live weights, the EMA is the KL anchor only
+        VelocityKLSpec(weight=1.0, to="old", old_flat=0, old_uprate=0.001, old_uphold=0.3, sample_old=False),
     ]
 
 
@@ -78,7 +80,8 @@ def awm() -> Recipe:
     """AWM, advantage-weighted matching (Xue et al., arXiv 2509.25050; scxue/advantage_weighted_matching
     ``config/dgx_awm.py`` ``geneval_sd3_no_cfg_1node``, SD3.5-M): 24 ODE samples per prompt
     (``sde_frac=0``), the weighted flow-matching surrogate at 6 stratified grid sigmas, velocity KL
-    to the base (1e-3) and to a lagging average of the weights (1.0).
+    to the base (1e-3) and to a lagging average of the weights (1.0); sampled with the live weights
+    (``train.off_policy=False``).
 
     The reference samples with an SA-solver (``use_sa_solver=True``); here the backend's Euler ODE.
     """
