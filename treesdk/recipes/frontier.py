@@ -24,6 +24,7 @@ from treesdk.recipes.recipe import (
     NoiseSpec,
     ODESpec,
     OptimSpec,
+    PruneSpec,
     RandomWindow,
     Recipe,
     TreeBackupSpec,
@@ -134,13 +135,24 @@ def branchgrpo() -> Recipe:
 
     BranchGRPO scales the split steps' noise but keeps the unscaled std in their log-prob; here a
     split step is an SDE step at noise level ``4 * 0.3`` with its own consistent log-prob. Pruning
-    is off in the released script (``DEPTH_PRUNING=""``, ``WIDTH_PRUNING_MODE=0``) and not offered.
+    (``tree.prune``) carries the script's slide settings but is off as there (``DEPTH_PRUNING=""``,
+    ``WIDTH_PRUNING_MODE=0``): set ``tree.prune.depths`` (e.g. ``[15, 16, 17, 18]``) or
+    ``tree.prune.width``. The mixed ODE/SDE tree (``--mix_ode_sde_tree --mix_sde_window_size 4``) is
+    ``tree.sde_steps: [0, 1, 2, 3]``. ``--timestep_fraction 0.6`` is passed but unused by the tree
+    trainer (``train_branchgrpo_flux.py`` trains every stored edge), so it has no counterpart.
     """
     splits = [0, 3, 6, 9]  # TREE_SPLIT_POINTS="0,3,6,9"
     return Recipe(
         name="branchgrpo",
         steps=20,  # --sampling_steps 20
-        tree=TreeSpec(k=2, d=4, roots=1, split_steps=splits, sde_outside_window=True),  # 2^4 = 16 = --num_generations 16
+        tree=TreeSpec(
+            k=2, d=4, roots=1, split_steps=splits, sde_outside_window=True,  # 2^4 = 16 = --num_generations 16
+            sde_steps=None,  # MIX_ODE_SDE_TREE="false": SDE on every step
+            # DEPTH_PRUNING="" (off), DEPTH_PRUNING_SLIDE=true, DEPTH_PRUNING_SLIDE_INTERVAL=30,
+            # DEPTH_PRUNING_STOP_DEPTH=9; WIDTH_PRUNING_MODE="0" (off), --width_pruning_ratio 0.5 (default);
+            # --pruning_step_ratio 1.0 (default: prune all along)
+            prune=PruneSpec(depths=[], slide_every=30, stop_depth=9, width=0, width_ratio=0.5, until=1.0),
+        ),
         window=FixedWindow(start=0),
         noise=NoiseSpec(kind="constant", level=0.3, branch_scale=4.0),  # --eta 0.3; TREE_SPLIT_NOISE_SCALE=4.0
         sde=DanceSDESpec(),  # flux_step(..., sde_solver=True)

@@ -122,8 +122,9 @@ def _recipe_frontier(recipe: Any, start: int) -> list[int]:
 
 def _stored_steps(recipe: Any, start: int) -> list[int]:
     """Steps whose transitions the sampler stores: the branching steps, or every step with SDE outside."""
-    branch = _branching(recipe, start)
-    return [i for i in range(recipe.steps) if i in branch or recipe.tree.sde_outside_window]
+    branch, t = _branching(recipe, start), recipe.tree
+    sde = getattr(t, "sde_steps", None)
+    return [i for i in range(recipe.steps) if i in branch or (t.sde_outside_window and (sde is None or i in sde))]
 
 
 def _forward_path(recipe: Any) -> tuple[int, int] | None:
@@ -159,10 +160,25 @@ def _groups(num_prompts: int, minibatches: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n) if base + (1 if i < extra else 0)]
 
 
-def iteration_calls(recipe: Any, prompts: int, start: int, needs_reference: bool = False, iteration: int = 0) -> CallCounts:
+def _pruned(recipe: Any, rows: list[int], steps: list[int], prompts: int, iteration: int, iters: int) -> list[int]:
+    """Trained rows per stored layer after ``tree.prune`` at 1-based ``iteration`` (:func:`treesdk.pruning.kept_rows`)."""
+    from treesdk.pruning import kept_rows
+
+    spec = getattr(recipe.tree, "prune", None)
+    if spec is None or not spec.enabled:
+        return rows
+    depths, width, last = spec.plan(recipe, max(iteration, 1), iters)
+    return kept_rows(rows, steps, depths=depths, width=width, ratio=spec.width_ratio, last_split=last, prompts=prompts,
+                     leaves_per_prompt=recipe.tree.leaves_per_prompt)
+
+
+def iteration_calls(recipe: Any, prompts: int, start: int, needs_reference: bool = False, iteration: int = 0,
+                    iters: int = 1) -> CallCounts:
     """Exact calls and rows of one iteration on ``prompts`` prompts (one rank) with window ``start``.
 
-    Edge path: the trained steps' parents, ``nfe_reference`` as many when ``needs_reference``. Forward
+    Edge path: the trained steps' parents (less those ``tree.prune`` drops at 1-based ``iteration`` of
+    ``iters``; under width pruning the calls assume even shares per layer), ``nfe_reference`` as many
+    when ``needs_reference``. Forward
     path (clean-leaf terms): every leaf at each training slot, in calls of ``train_chunk`` rows per
     minibatch group; ``nfe_reference`` its old-policy and reference forwards (``needs_reference`` unused).
     """
@@ -182,9 +198,11 @@ def iteration_calls(recipe: Any, prompts: int, start: int, needs_reference: bool
                                        for g in _groups(prompts, recipe.optim.minibatches))
         return CallCounts(iteration, start, nfe_s, calls_s, nfe_t, calls_t, nfe_t * no_grad, leaves)
     trained = _trained_steps(recipe, start)
-    per_pass_rows = sum(frontier[i] * prompts for i in trained)
-    per_pass_calls = sum(math.ceil(frontier[i] * g / train_chunk) for g in _groups(prompts, recipe.optim.minibatches)
-                         for i in trained)
+    groups = _groups(prompts, recipe.optim.minibatches)
+    kept = _pruned(recipe, [frontier[i] * prompts for i in trained], trained, prompts, iteration, iters)
+    per_pass_rows = sum(kept)
+    # a group of g prompts holds g / prompts of each layer's kept rows (even shares under width pruning)
+    per_pass_calls = sum(-(-(r * g) // (prompts * train_chunk)) for g in groups for r in kept)
     nfe_t = per_pass_rows * passes if trained else 0
     return CallCounts(iteration, start, nfe_s, calls_s, nfe_t, per_pass_calls * passes if trained else 0,
                       nfe_t if needs_reference else 0, leaves)
@@ -354,7 +372,7 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
     rows = []
     for it in range(iters):
         start = recipe.window_start(it, seed)
-        counts = [iteration_calls(recipe, n, start, needs_reference, it + 1) for n in per_rank]
+        counts = [iteration_calls(recipe, n, start, needs_reference, it + 1, iters) for n in per_rank]
         total = CallCounts(it + 1, start, *(sum(getattr(c, f) for c in counts) for f in
                                             ("nfe_sampling", "calls_sampling", "nfe_training", "calls_training",
                                              "nfe_reference", "leaves")))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from treesdk.interfaces import RewardModel, VelocityModel
-from treesdk.recipes import Recipe, load_recipe, parts
+from treesdk.recipes import Recipe, load_recipe, parts, prune_edges
 from treesdk.reward_scoring import sample_and_score
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective
@@ -252,7 +252,7 @@ class Trainer:
         hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
 
         # 3. advantages on the edges, then 4. the policy update
-        targets = p("advantages", self.estimator, forest, scores, self.weights)
+        targets = prune_edges(recipe, forest, p("advantages", self.estimator, forest, scores, self.weights), self.iteration, self.iters)
         o = recipe.optim
         self._update_began_at = self._optimizer_steps
         stats = p(
