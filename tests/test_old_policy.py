@@ -124,3 +124,6 @@ def test_a_checkpoint_without_an_old_policy_restarts_it_from_the_weights(tmp_pat
     assert all(torch.equal(o, p.detach().float()) for o, p in zip(trainer.old_policy.shadow, trainer.params))
     with pytest.raises(treesdk.errors.UserError, match="old policy holds 1 tensors"):
         trainer.old_policy.load_state_dict({"old.0": torch.zeros(1)})
+    wrong = {f"old.{i}": torch.zeros(3, 1, 2) for i in range(len(trainer.params))}
+    with pytest.raises(treesdk.errors.UserError, match="has shape"):
+        trainer.old_policy.load_state_dict(wrong)

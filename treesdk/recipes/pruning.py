@@ -27,8 +27,9 @@ class PruneSpec(Part):
                                                   "--depth_pruning_slide_interval)")
     stop_depth: int | None = Field(None, ge=0, description="the slide stops when the shallowest pruned depth reaches it "
                                                            "(None: the last split step)")
-    width: Literal[0, 1, 2] = Field(0, description="width pruning after the last split: 0 off, 1 best per chain, "
-                                                    "2 best and worst per prompt (--width_pruning_mode)")
+    width: Literal[0, 1, 2] = Field(0, description="width pruning after the last split step (trees with "
+                                                    "tree.split_steps): 0 off, 1 best per chain, 2 best and worst per "
+                                                    "prompt (--width_pruning_mode)")
     width_ratio: float = Field(0.5, gt=0, le=1, description="fraction of those edges kept (--width_pruning_ratio)")
     until: float = Field(1.0, ge=0, le=1, description="prune during this fraction of the run's iterations "
                                                      "(--pruning_step_ratio)")

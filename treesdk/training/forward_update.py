@@ -70,6 +70,9 @@ class OldPolicy:
                 raise UserError(f"the checkpoint's old policy holds {len(keys)} tensors, the model has "
                                 f"{len(self.shadow)} trainable parameters: it was written by another model or recipe")
             for key, old in zip(keys, self.shadow):
+                if tuple(tensors[key].shape) != tuple(old.shape):
+                    raise UserError(f"the checkpoint's old policy tensor {key} has shape {tuple(tensors[key].shape)}, "
+                                    f"the parameter {tuple(old.shape)}: it was written by another model or LoRA rank")
                 old.copy_(tensors[key].to(dtype=old.dtype, device=old.device))
         self.steps = int(tensors["old.steps"].flatten()[0]) if "old.steps" in tensors else 0
         return True
