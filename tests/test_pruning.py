@@ -109,3 +109,22 @@ def test_sde_steps_make_the_other_non_branching_steps_ode():
     assert plan_run(recipe, None, batch=2)["nfe_training"] == sum(layer.num_parents for layer in forest.layers)
     with pytest.raises(ValueError, match="sde_outside_window"):
         _recipe(**{"tree.sde_steps": [1], "tree.sde_outside_window": False})
+
+
+def test_depthwise_advantages_equal_branchgrpo_per_depth_normalisation():
+    """compute_node_rewards_from_leaves + compute_hierarchical_advantages_by_depth, re-derived in
+    float64 on one split-step forest: a node's reward is the mean raw reward of its leaves, and the
+    nodes of one tree at one depth are standardised with the unbiased std (0 when it is below 1e-6)."""
+    recipe = _recipe()
+    forest, targets = _forest_and_targets(recipe)
+    raw = targets.leaf_rewards.double()
+    for li, layer in enumerate(forest.layers):
+        below = layer.leaves_below  # leaves under each child of this layer, children in leaf order
+        child_reward = raw.view(-1, below).mean(dim=1)  # [N * k]
+        child_prompt = layer.parent_prompt.repeat_interleave(layer.k)
+        for p in range(forest.num_prompts):
+            values = child_reward[child_prompt == p]
+            std = values.std() if len(values) > 1 else torch.tensor(0.0, dtype=torch.float64)
+            expected = torch.zeros_like(values) if std < 1e-6 else ((values - values.mean()) / (std + 1e-8)).clamp(-5, 5)
+            got = targets.advantages[li].view(-1)[child_prompt == p].double()
+            assert torch.allclose(got, expected, atol=1e-5), (li, p)
