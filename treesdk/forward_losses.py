@@ -217,11 +217,14 @@ class ForwardTerm(LossTerm):
     ``needs_old_velocity`` / ``needs_reference``: the update computes ``v_old`` (old policy, one
     no-grad forward) / ``v_ref`` (adapter off, one no-grad forward) per sample. A term that fixes the
     training noise levels sets ``sigmas`` (``"grid-permutation"`` or ``"stratified"``), ``fraction``
-    and ``count``; ``old_schedule`` is the old policy's decay when it needs one.
+    and ``count``; ``old_schedule`` is the old policy's decay when it needs one;
+    ``samples_with_old``: the forest is sampled with the old policy's weights, not the live ones
+    (DiffusionNFT samples with its ``old`` adapter; AWM with the live weights, ``off_policy=False``).
     """
 
     consumes = "clean-leaves"
     needs_old_velocity: bool = False
+    samples_with_old: bool = False
     sigmas: str | None = None
     fraction: float = 1.0
     count: int = 1
@@ -239,10 +242,11 @@ class NFTLoss(ForwardTerm):
     needs_old_velocity = True
 
     def __init__(self, beta: float = 1.0, adv_clip: float = 5.0, fraction: float = 0.99,
-                 old_schedule: OldPolicySchedule | None = None) -> None:
+                 old_schedule: OldPolicySchedule | None = None, samples_with_old: bool = True) -> None:
         if beta <= 0:
             raise ValueError(f"NFT beta must be > 0, got {beta}")
         self.beta, self.adv_clip = float(beta), float(adv_clip)
+        self.samples_with_old = bool(samples_with_old)
         self.sigmas, self.fraction = "grid-permutation", float(fraction)
         self.old_schedule = old_schedule or OldPolicySchedule()
 
@@ -279,10 +283,14 @@ class VelocityKL(ForwardTerm):
 
     name = "velocity-kl"
 
-    def __init__(self, to: str = "reference", old_schedule: OldPolicySchedule | None = None) -> None:
+    def __init__(self, to: str = "reference", old_schedule: OldPolicySchedule | None = None,
+                 samples_with_old: bool = False) -> None:
         if to not in ("reference", "old"):
             raise ValueError(f"velocity KL anchor must be 'reference' or 'old', got {to!r}")
+        if samples_with_old and to != "old":
+            raise ValueError("velocity KL: sample_old needs the old policy as the anchor (to='old')")
         self.to = to
+        self.samples_with_old = bool(samples_with_old)
         self.needs_reference = to == "reference"
         self.needs_old_velocity = to == "old"
         self.old_schedule = old_schedule if to == "old" else None

@@ -325,12 +325,15 @@ class EdgeAdvantages:
     the edge and term ``m`` carries leaf ``m``'s advantage (each root-to-leaf path is a trajectory).
     ``clip_rewards`` are the raw (weighted) rewards used by reward-adaptive clipping.
     ``leaf_advantages`` ``[P * L]`` and ``leaf_rewards`` ``[P * L]`` are kept for metrics and SFT.
+    ``trained``: per layer ``[N]`` bool, the parents whose edges the update trains (None: all;
+    BranchGRPO's pruning, :mod:`treesdk.pruning`).
     """
 
     advantages: list[Tensor]
     clip_rewards: list[Tensor]
     leaf_advantages: Tensor
     leaf_rewards: Tensor
+    trained: list[Tensor] | None = None
 
 
 class AdvantageEstimator(ABC):

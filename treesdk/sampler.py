@@ -91,6 +91,7 @@ def sample_forest(
     progress: Callable[[int, int], None] | None = None,
     mean_std: SDEFamily = SDE_FAMILIES["flow-sde"],
     split_steps: Sequence[int] | None = None,
+    sde_steps: Sequence[int] | None = None,
 ) -> Forest:
     """Sample the forest of all ``prompts`` and return it with every trainable edge.
 
@@ -112,6 +113,8 @@ def sample_forest(
             these steps (depth = position in the list) instead of at the ``depth`` consecutive steps
             from ``window_start``; needs ``depth == len(split_steps)``; ``window_start`` is ignored
             (the forest records the first split step).
+        sde_steps: with ``sde_outside_window``, only these non-branching steps take SDE steps (the
+            others ODE; BranchGRPO's mixed ODE/SDE tree); None: every one.
 
     Returns:
         :class:`Forest` with ``nfe`` = number of velocity evaluations (rows), which equals
@@ -137,6 +140,7 @@ def sample_forest(
         raise TypeError(f"mean_std must be a treesdk.sde.SDEFamily, got {mean_std!r}; wrap a transition function "
                         "as SDEFamily(name, mean_std)")
     logp_of = mean_std.log_prob
+    sde_at = set(int(s) for s in sde_steps) if sde_steps is not None else None
 
     num_prompts = len(prompts)
     cond = model.encode(list(prompts)) if cond is None else cond
@@ -156,7 +160,7 @@ def sample_forest(
         nfe += x.shape[0]
         in_window = (i in splits) if splits is not None else window_start <= i < window_start + depth
         at_depth = splits.index(i) if splits is not None and in_window else i - window_start
-        if not in_window and not sde_outside_window:
+        if not in_window and not (sde_outside_window and (sde_at is None or i in sde_at)):
             x = ode_step(x, v, sigma, sigma_next)
         else:
             branch = k if in_window else 1
@@ -237,6 +241,7 @@ def sample_forest_for_recipe(
         progress=progress,
         mean_std=mean_std,
         split_steps=splits,
+        sde_steps=getattr(tree, "sde_steps", None),
     )
 
 

@@ -353,6 +353,8 @@ def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
 
 
 def _json(value: Any) -> Any:
+    if isinstance(value, BaseModel):  # a nested part setting (tree.prune)
+        return value.model_dump(mode="json")
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -13,4 +13,6 @@ from treesdk.recipes.recipe import *  # noqa: F403 - the part specs and Recipe
 from treesdk.recipes.recipe import __all__ as _recipe_names
 from treesdk.recipes import forward_parts as _forward_parts  # noqa: F401 - declares nft, awm, velocity-kl
 
-__all__ = [*_recipe_names, "RecipeError", "apply_overrides", "load_recipe", "read_recipe_file"]
+from treesdk.recipes.pruning import prune_edges
+
+__all__ = [*_recipe_names, "RecipeError", "apply_overrides", "load_recipe", "prune_edges", "read_recipe_file"]

@@ -21,7 +21,8 @@ from treesdk.recipes.parts import Part, PartDecl, declare
 class _OldPolicyFields(Part):
     old_flat: int = Field(0, ge=0, description="old policy: optimiser steps before its decay starts to grow")
     old_uprate: float = Field(0.0, ge=0, le=1, description="old policy: decay growth per optimiser step")
-    old_uphold: float = Field(0.0, ge=0, lt=1, description="old policy: largest decay (0 = the sampling weights)")
+    old_uphold: float = Field(0.0, ge=0, lt=1, description="old policy: largest decay (0 = the last iteration's weights)")
+    sample_old: bool = Field(False, description="sample the forest with the old policy's weights instead of the live ones")
 
     def schedule(self) -> OldPolicySchedule:
         return OldPolicySchedule(self.old_flat, self.old_uprate, self.old_uphold)
@@ -38,6 +39,7 @@ class NFTSpec(_OldPolicyFields):
     beta: float = Field(1.0, gt=0, le=10, description="implicit-policy mix b (DiffusionNFT config.beta)")
     adv_clip: float = Field(5.0, gt=0, description="advantage clip c: maps A to r in [0, 1] and scales the loss")
     fraction: float = Field(0.99, gt=0, le=1, description="fraction of the T grid sigmas trained per leaf")
+    sample_old: bool = Field(True, description="sample the forest with the old policy (DiffusionNFT's 'old' adapter)")
 
 
 class AWMSpec(Part):
@@ -66,10 +68,10 @@ class VelocityKLSpec(_OldPolicyFields):
 
 
 for _decl in (
-    PartDecl("loss", NFTSpec, build=lambda s: NFTLoss(s.beta, s.adv_clip, s.fraction, s.schedule())),
+    PartDecl("loss", NFTSpec, build=lambda s: NFTLoss(s.beta, s.adv_clip, s.fraction, s.schedule(), s.sample_old)),
     PartDecl("loss", AWMSpec, build=lambda s: AWMLoss(s.weighting, s.power, s.clip_range, s.adv_clip, s.advantage_max,
                                                       s.count, s.fraction)),
-    PartDecl("loss", VelocityKLSpec, build=lambda s: VelocityKL(s.to, s.schedule())),
+    PartDecl("loss", VelocityKLSpec, build=lambda s: VelocityKL(s.to, s.schedule(), s.sample_old)),
 ):
     declare(_decl)
 

@@ -24,6 +24,7 @@ from treesdk.recipes.recipe import (
     NoiseSpec,
     ODESpec,
     OptimSpec,
+    PruneSpec,
     RandomWindow,
     Recipe,
     TreeBackupSpec,
@@ -35,19 +36,20 @@ def _nft_losses() -> list:
     return [
         # NVlabs/DiffusionNFT config/nft.py _get_config: config.beta=1.0, decay_type=1 (flat 0, uprate 0.001,
         # uphold 0.5); config/base.py: train.adv_clip_max=5, train.timestep_fraction=0.99
-        NFTSpec(beta=1.0, adv_clip=5.0, fraction=0.99, old_flat=0, old_uprate=0.001, old_uphold=0.5),
+        # scripts/train_nft_sd3.py samples with the "old" adapter (set_adapter("old") around pipeline_with_logprob)
+        NFTSpec(beta=1.0, adv_clip=5.0, fraction=0.99, old_flat=0, old_uprate=0.001, old_uphold=0.5, sample_old=True),
         VelocityKLSpec(weight=1e-4, to="reference"),  # config/nft.py (sd3): train.beta=0.0001, ||v - v_ref||^2
     ]
 
 
 def diffusionnft() -> Recipe:
     """DiffusionNFT (Zheng et al., arXiv 2509.16117; NVlabs/DiffusionNFT ``config/nft.py``, SD3.5-M):
-    24 deterministic ODE samples per prompt (CFG-free), the NFT objective on the clean samples at 9 of
-    the 10 grid sigmas, old policy a lagging average of the weights, velocity KL 1e-4 to the base.
+    24 deterministic ODE samples per prompt (CFG-free) drawn with the old policy, the NFT objective on
+    the clean samples at 9 of the 10 grid sigmas, old policy a lagging average of the weights (it
+    samples and gives ``v_old``), velocity KL 1e-4 to the base.
 
-    The reference samples with a second-order DPM solver (``sample.solver="dpm2"``) and with the old
-    policy itself; here the sampler is the backend's Euler ODE with the live weights, and the old
-    policy serves as ``v_old`` only (equal to the sampling weights while its decay is 0).
+    The reference samples with a second-order DPM solver (``sample.solver="dpm2"``); here the sampler
+    is the backend's Euler ODE.
     """
     return Recipe(
         name="diffusionnft",
@@ -70,7 +72,8 @@ def _awm_losses() -> list:
         AWMSpec(weighting="ghuber", power=0.25, clip_range=1.0, adv_clip=5.0, advantage_max=1.0, count=6, fraction=0.9),
         VelocityKLSpec(weight=1e-3, to="reference"),  # train.beta=0.001, kl_weight='Uniform'
         # ema_beta=1, kl_ema_weight='Uniform', kl_ema_decay=0.3, kl_ema_decay_type='linear' (min(0.3, 0.001 step))
-        VelocityKLSpec(weight=1.0, to="old", old_flat=0, old_uprate=0.001, old_uphold=0.3),
+        # train.off_policy=False: the forest is sampled with the live weights, the EMA is the KL anchor only
+        VelocityKLSpec(weight=1.0, to="old", old_flat=0, old_uprate=0.001, old_uphold=0.3, sample_old=False),
     ]
 
 
@@ -78,7 +81,8 @@ def awm() -> Recipe:
     """AWM, advantage-weighted matching (Xue et al., arXiv 2509.25050; scxue/advantage_weighted_matching
     ``config/dgx_awm.py`` ``geneval_sd3_no_cfg_1node``, SD3.5-M): 24 ODE samples per prompt
     (``sde_frac=0``), the weighted flow-matching surrogate at 6 stratified grid sigmas, velocity KL
-    to the base (1e-3) and to a lagging average of the weights (1.0).
+    to the base (1e-3) and to a lagging average of the weights (1.0); sampled with the live weights
+    (``train.off_policy=False``).
 
     The reference samples with an SA-solver (``use_sa_solver=True``); here the backend's Euler ODE.
     """
@@ -131,13 +135,24 @@ def branchgrpo() -> Recipe:
 
     BranchGRPO scales the split steps' noise but keeps the unscaled std in their log-prob; here a
     split step is an SDE step at noise level ``4 * 0.3`` with its own consistent log-prob. Pruning
-    is off in the released script (``DEPTH_PRUNING=""``, ``WIDTH_PRUNING_MODE=0``) and not offered.
+    (``tree.prune``) carries the script's slide settings but is off as there (``DEPTH_PRUNING=""``,
+    ``WIDTH_PRUNING_MODE=0``): set ``tree.prune.depths`` (e.g. ``[15, 16, 17, 18]``) or
+    ``tree.prune.width``. The mixed ODE/SDE tree (``--mix_ode_sde_tree --mix_sde_window_size 4``) is
+    ``tree.sde_steps: [0, 1, 2, 3]``. ``--timestep_fraction 0.6`` is passed but unused by the tree
+    trainer (``train_branchgrpo_flux.py`` trains every stored edge), so it has no counterpart.
     """
     splits = [0, 3, 6, 9]  # TREE_SPLIT_POINTS="0,3,6,9"
     return Recipe(
         name="branchgrpo",
         steps=20,  # --sampling_steps 20
-        tree=TreeSpec(k=2, d=4, roots=1, split_steps=splits, sde_outside_window=True),  # 2^4 = 16 = --num_generations 16
+        tree=TreeSpec(
+            k=2, d=4, roots=1, split_steps=splits, sde_outside_window=True,  # 2^4 = 16 = --num_generations 16
+            sde_steps=None,  # MIX_ODE_SDE_TREE="false": SDE on every step
+            # DEPTH_PRUNING="" (off), DEPTH_PRUNING_SLIDE=true, DEPTH_PRUNING_SLIDE_INTERVAL=30,
+            # DEPTH_PRUNING_STOP_DEPTH=9; WIDTH_PRUNING_MODE="0" (off), --width_pruning_ratio 0.5 (default);
+            # --pruning_step_ratio 1.0 (default: prune all along)
+            prune=PruneSpec(depths=[], slide_every=30, stop_depth=9, width=0, width_ratio=0.5, until=1.0),
+        ),
         window=FixedWindow(start=0),
         noise=NoiseSpec(kind="constant", level=0.3, branch_scale=4.0),  # --eta 0.3; TREE_SPLIT_NOISE_SCALE=4.0
         sde=DanceSDESpec(),  # flux_step(..., sde_solver=True)

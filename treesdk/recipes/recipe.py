@@ -20,6 +20,7 @@ from pydantic import BeforeValidator, Field, SerializeAsAny, WithJsonSchema, mod
 from treesdk.advantages import DepthwiseAdvantage, GroupAdvantage, TreeBackupAdvantage
 from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.recipes.parts import Part, PartDecl, declare, parts, validate_part
+from treesdk.recipes.pruning import PruneSpec
 from treesdk.recipes.windows import FixedWindow, RandomWindow, SlidingWindow, WindowSpec
 from treesdk.sampler import nfe_per_tree  # noqa: F401 - re-exported (treesdk.recipes.nfe_per_tree)
 from treesdk.sde import SDE_FAMILIES
@@ -58,6 +59,10 @@ class TreeSpec(Part):
     split_steps: list[int] | None = Field(
         None, description="branch points (Flow-GRPO-Fast, BranchGRPO): branch k ways at exactly these steps "
                           "(d of them) instead of in a window of d consecutive steps; the window part is then unused")
+    sde_steps: list[int] | None = Field(
+        None, description="with sde_outside_window: only these non-branching steps are SDE (trained), the others ODE "
+                          "(BranchGRPO's mixed ODE/SDE tree); None: all of them")
+    prune: PruneSpec | None = Field(None, description="BranchGRPO's depth / width pruning of the trained edges")
 
     @property
     def leaves_per_prompt(self) -> int:
@@ -71,6 +76,13 @@ class TreeSpec(Part):
             if len(self.split_steps) != self.d:
                 raise ValueError(f"tree.split_steps has {len(self.split_steps)} steps but tree.d = {self.d}; "
                                  "set d to the number of split steps")
+        return self
+
+    @model_validator(mode="after")
+    def _sde_steps_need_sde_outside(self) -> TreeSpec:
+        if self.sde_steps is not None and (not self.sde_outside_window or any(i < 0 for i in self.sde_steps)):
+            raise ValueError(f"tree.sde_steps {self.sde_steps} picks SDE steps among the non-branching ones: it needs "
+                             "tree.sde_outside_window: true and steps >= 0")
         return self
 
     @model_validator(mode="after")
@@ -398,6 +410,7 @@ __all__ = [
     "LayerTuningSpec",
     "NoiseSpec",
     "OptimSpec",
+    "PruneSpec",
     "RandomWindow",
     "Recipe",
     "SlidingWindow",

@@ -15,15 +15,18 @@ counted: ``nfe_training`` the forwards with gradient, ``nfe_reference`` the no-g
 old and the reference policies (``nfe_old`` and ``nfe_ref`` among the metrics).
 
 The old policy is a float32 copy of the trainable weights, moved after every iteration by its decay
-schedule (:class:`treesdk.forward_losses.OldPolicySchedule`); with decay 0 it is the weights that
-sampled the iteration. The copy lives on the loss term across iterations; it is not written into
-checkpoints, so a resumed run restarts it from the resumed weights.
+schedule (:class:`treesdk.forward_losses.OldPolicySchedule`); with decay 0 it is the weights before
+the iteration's update. The trainer takes it with :func:`behaviour_policy` (one object per run, kept
+on the loss term that asked for it), samples the forest with its weights swapped in when a term says
+so (:func:`sampling_weights`; DiffusionNFT does) and writes it into checkpoints
+(:meth:`OldPolicy.state_dict`, keys ``old.*``), so a resumed run continues the same old policy.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,14 +38,44 @@ from treesdk.training.update_stats import UpdateStats
 
 
 class OldPolicy:
-    """A float32 copy of ``params`` (the old / behaviour policy) and its decay schedule."""
+    """A float32 copy of ``params`` (the old / behaviour policy) and its decay schedule.
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], schedule: OldPolicySchedule) -> None:
+    ``samples``: the forest is sampled with these weights (:func:`sampling_weights`)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], schedule: OldPolicySchedule, samples: bool = False) -> None:
         self.params = list(params)
         self.schedule = schedule
+        self.samples = bool(samples)
         self.steps = 0  # optimiser steps taken while this copy was kept
         with torch.no_grad():
             self.shadow = [p.detach().float().clone() for p in self.params]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Checkpoint tensors: ``old.<position>`` the copy (float32, in ``params`` order) and
+        ``old.steps`` the optimiser steps its schedule has counted."""
+        out = {f"old.{i}": t for i, t in enumerate(self.shadow)}
+        out["old.steps"] = torch.tensor([self.steps], dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, tensors: Mapping[str, Tensor]) -> bool:
+        """Restore :meth:`state_dict` from checkpoint tensors; returns whether they held an old policy.
+        Without ``old.*`` keys (a checkpoint of a run without one) the copy restarts from the live weights."""
+        keys = sorted((k for k in tensors if k.startswith("old.") and k != "old.steps"), key=lambda k: int(k.split(".", 1)[1]))
+        with torch.no_grad():
+            if not keys:
+                for old, p in zip(self.shadow, self.params):
+                    old.copy_(p.detach().float())
+                return False
+            if len(keys) != len(self.shadow):
+                raise UserError(f"the checkpoint's old policy holds {len(keys)} tensors, the model has "
+                                f"{len(self.shadow)} trainable parameters: it was written by another model or recipe")
+            for key, old in zip(keys, self.shadow):
+                if tuple(tensors[key].shape) != tuple(old.shape):
+                    raise UserError(f"the checkpoint's old policy tensor {key} has shape {tuple(tensors[key].shape)}, "
+                                    f"the parameter {tuple(old.shape)}: it was written by another model or LoRA rank")
+                old.copy_(tensors[key].to(dtype=old.dtype, device=old.device))
+        self.steps = int(tensors["old.steps"].flatten()[0]) if "old.steps" in tensors else 0
+        return True
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -80,6 +113,40 @@ def forward_terms(terms: Sequence[tuple[LossTerm, float]]) -> bool:
     return False
 
 
+def behaviour_policy(terms: Sequence[tuple[LossTerm, float]], params: Sequence[torch.nn.Parameter]) -> OldPolicy | None:
+    """The run's old policy over ``params`` (None when no term of the recipe uses one): created on the
+    first call and kept on the first term that uses it, so the trainer and every update share it."""
+    return _old_policy(terms, params)
+
+
+@contextlib.contextmanager
+def sampling_weights(old: OldPolicy | None) -> Iterator[bool]:
+    """Inside the block the parameters hold the weights the forest is sampled with: the old policy's
+    when it has ``samples`` set, else the live ones (nothing changes). Yields whether they were swapped."""
+    if old is None or not old.samples:
+        yield False
+        return
+    with old.swapped_in():
+        yield True
+
+
+def old_policy_tensors(old: OldPolicy | None, fsdp: Any = None) -> dict[str, Tensor]:
+    """Checkpoint tensors of the old policy (``old.*``; empty without one), gathered into full tensors
+    under FSDP (``fsdp``: a :class:`treesdk.training.fsdp.FullyShardedTraining`; every rank calls this)."""
+    if old is None:
+        return {}
+    tensors = old.state_dict()
+    return fsdp.full_tensors(tensors) if fsdp is not None else tensors
+
+
+def restore_old_policy(old: OldPolicy | None, tensors: Mapping[str, Tensor], fsdp: Any = None) -> None:
+    """Load :func:`old_policy_tensors` of a checkpoint into ``old`` (cut into this rank's shards under
+    FSDP); a checkpoint without them restarts the old policy from the loaded weights."""
+    if old is None:
+        return
+    old.load_state_dict(fsdp.shard_like(tensors, old.state_dict()) if fsdp is not None else tensors)
+
+
 def _old_policy(terms: Sequence[tuple[LossTerm, float]], params: Sequence[torch.nn.Parameter]) -> OldPolicy | None:
     wanting = [t for t, _ in terms if getattr(t, "needs_old_velocity", False)]
     if not wanting:
@@ -91,7 +158,8 @@ def _old_policy(terms: Sequence[tuple[LossTerm, float]], params: Sequence[torch.
     holder = wanting[0]
     old = getattr(holder, "_old_policy", None)
     if old is None or [p.data_ptr() for p in old.params] != [p.data_ptr() for p in params]:
-        old = OldPolicy(params, next(iter(schedules)) if schedules else OldPolicySchedule())
+        samples = any(getattr(t, "samples_with_old", False) for t in wanting)
+        old = OldPolicy(params, next(iter(schedules)) if schedules else OldPolicySchedule(), samples)
         holder._old_policy = old  # type: ignore[attr-defined]
     return old
 

@@ -95,20 +95,62 @@ class CallCounts:
     leaves: int
 
 
-def _frontier(steps: int, start: int, depth: int, k: int, roots: int) -> list[int]:
-    """Nodes per prompt at each step (before the step is taken), as the sampler's frontier."""
+def _branching(recipe: Any, start: int) -> set[int]:
+    """Steps at which every node branches ``k`` ways: ``tree.split_steps`` when set (Flow-GRPO-Fast,
+    BranchGRPO), else the window ``[start, start + d)``."""
+    t = recipe.tree
+    splits = getattr(t, "split_steps", None)
+    return set(splits) if splits is not None else set(range(start, start + t.d))
+
+
+def _frontier(steps: int, start: int, depth: int, k: int, roots: int, splits: Any = None) -> list[int]:
+    """Nodes per prompt at each step (before the step is taken), as the sampler's frontier; ``splits``
+    (a set of steps) replaces the window ``[start, start + depth)``."""
+    branch = set(splits) if splits is not None else set(range(start, start + depth))
     sizes, nodes = [], roots
     for i in range(steps):
         sizes.append(nodes)
-        if start <= i < start + depth:
+        if i in branch:
             nodes *= k
     return sizes
 
 
+def _recipe_frontier(recipe: Any, start: int) -> list[int]:
+    t = recipe.tree
+    return _frontier(recipe.steps, start, t.d, t.k, t.roots, _branching(recipe, start))
+
+
+def _stored_steps(recipe: Any, start: int) -> list[int]:
+    """Steps whose transitions the sampler stores: the branching steps, or every step with SDE outside."""
+    branch, t = _branching(recipe, start), recipe.tree
+    sde = getattr(t, "sde_steps", None)
+    return [i for i in range(recipe.steps) if i in branch or (t.sde_outside_window and (sde is None or i in sde))]
+
+
+def _forward_path(recipe: Any) -> tuple[int, int] | None:
+    """``(training slots per leaf, no-grad forwards per slot and leaf)`` when the recipe's loss terms
+    train on clean leaves (:mod:`treesdk.training.forward_update`: one ``v_theta`` per leaf and slot,
+    plus ``v_old`` and/or ``v_ref``); None for the edge path."""
+    from treesdk.recipes.parts import build
+
+    terms = [build("loss", spec) for spec in recipe.losses]
+    if not terms or any(getattr(term, "consumes", "edges") != "clean-leaves" for term in terms):
+        return None
+    slots = 0
+    for term in terms:
+        if getattr(term, "sigmas", None) == "grid-permutation":  # forward_losses.grid_permutation_sigmas
+            slots = max(1, int(recipe.steps * term.fraction))
+            break
+        if getattr(term, "sigmas", None) == "stratified":  # forward_losses.stratified_grid_sigmas
+            slots = int(term.count)
+            break
+    extra = int(any(getattr(t, "needs_old_velocity", False) for t in terms)) + int(any(t.needs_reference for t in terms))
+    return slots, extra
+
+
 def _trained_steps(recipe: Any, start: int) -> list[int]:
-    """Steps whose transitions are stored (and trained): the window, or every step with SDE outside."""
-    d = recipe.tree.d
-    return [i for i in range(recipe.steps) if start <= i < start + d or recipe.tree.sde_outside_window]
+    """Steps whose transitions are trained: the stored ones on the edge path, none on the forward path."""
+    return [] if _forward_path(recipe) is not None else _stored_steps(recipe, start)
 
 
 def _groups(num_prompts: int, minibatches: int) -> list[int]:
@@ -118,20 +160,50 @@ def _groups(num_prompts: int, minibatches: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n) if base + (1 if i < extra else 0)]
 
 
-def iteration_calls(recipe: Any, prompts: int, start: int, needs_reference: bool = False, iteration: int = 0) -> CallCounts:
-    """Exact calls and rows of one iteration on ``prompts`` prompts (one rank) with window ``start``."""
+def _pruned(recipe: Any, rows: list[int], steps: list[int], prompts: int, iteration: int, iters: int) -> list[int]:
+    """Trained rows per stored layer after ``tree.prune`` at 1-based ``iteration`` (:func:`treesdk.pruning.kept_rows`)."""
+    from treesdk.pruning import kept_rows
+
+    spec = getattr(recipe.tree, "prune", None)
+    if spec is None or not spec.enabled:
+        return rows
+    depths, width, last = spec.plan(recipe, max(iteration, 1), iters)
+    return kept_rows(rows, steps, depths=depths, width=width, ratio=spec.width_ratio, last_split=last, prompts=prompts,
+                     leaves_per_prompt=recipe.tree.leaves_per_prompt)
+
+
+def iteration_calls(recipe: Any, prompts: int, start: int, needs_reference: bool = False, iteration: int = 0,
+                    iters: int = 1) -> CallCounts:
+    """Exact calls and rows of one iteration on ``prompts`` prompts (one rank) with window ``start``.
+
+    Edge path: the trained steps' parents (less those ``tree.prune`` drops at 1-based ``iteration`` of
+    ``iters``; under width pruning the calls assume even shares per layer), ``nfe_reference`` as many
+    when ``needs_reference``. Forward
+    path (clean-leaf terms): every leaf at each training slot, in calls of ``train_chunk`` rows per
+    minibatch group; ``nfe_reference`` its old-policy and reference forwards (``needs_reference`` unused).
+    """
     t = recipe.tree
-    frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
+    frontier = _recipe_frontier(recipe, start)
     chunk, train_chunk = recipe.chunk, recipe.training_chunk
     nfe_s = sum(n * prompts for n in frontier)
     calls_s = sum(math.ceil(n * prompts / chunk) for n in frontier)
-    trained = _trained_steps(recipe, start)
-    per_pass_rows = sum(frontier[i] * prompts for i in trained)
-    per_pass_calls = sum(math.ceil(frontier[i] * g / train_chunk) for g in _groups(prompts, recipe.optim.minibatches)
-                         for i in trained)
     passes = recipe.optim.passes
+    leaves_per_prompt = t.roots * t.k**t.d
+    leaves = prompts * leaves_per_prompt
+    forward = _forward_path(recipe)
+    if forward is not None:
+        slots, no_grad = forward
+        nfe_t = passes * slots * leaves
+        calls_t = passes * slots * sum(math.ceil(g * leaves_per_prompt / train_chunk)
+                                       for g in _groups(prompts, recipe.optim.minibatches))
+        return CallCounts(iteration, start, nfe_s, calls_s, nfe_t, calls_t, nfe_t * no_grad, leaves)
+    trained = _trained_steps(recipe, start)
+    groups = _groups(prompts, recipe.optim.minibatches)
+    kept = _pruned(recipe, [frontier[i] * prompts for i in trained], trained, prompts, iteration, iters)
+    per_pass_rows = sum(kept)
+    # a group of g prompts holds g / prompts of each layer's kept rows (even shares under width pruning)
+    per_pass_calls = sum(-(-(r * g) // (prompts * train_chunk)) for g in groups for r in kept)
     nfe_t = per_pass_rows * passes if trained else 0
-    leaves = prompts * t.roots * t.k**t.d
     return CallCounts(iteration, start, nfe_s, calls_s, nfe_t, per_pass_calls * passes if trained else 0,
                       nfe_t if needs_reference else 0, leaves)
 
@@ -155,6 +227,7 @@ class MemoryPlan:
     peak_decode: int
     peak: int
     notes: list[str] = field(default_factory=list)
+    old_policy: int = 0  # forward-process recipes with v_old: the old policy's copy and its swap buffer
 
 
 def _tree_bytes(recipe: Any, facts: ModelFacts, resolution: int, start: int) -> int:
@@ -163,11 +236,12 @@ def _tree_bytes(recipe: Any, facts: ModelFacts, resolution: int, start: int) -> 
     keeps one tensor for both); the leaves when an ODE tail made them new tensors."""
     t = recipe.tree
     elems = facts.latent_elements(resolution)
-    frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
-    trained = set(_trained_steps(recipe, start))
+    frontier = _recipe_frontier(recipe, start)
+    trained = set(_stored_steps(recipe, start))
+    branch = _branching(recipe, start)
     total = 0
     for i in sorted(trained):
-        k = t.k if start <= i < start + t.d else 1
+        k = t.k if i in branch else 1
         parents = frontier[i]
         total += 4 * (parents * elems * (1 + k) + parents * k)  # velocity, children, log-probs
         if i - 1 not in trained:
@@ -225,6 +299,8 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
 
     t = recipe.tree
     start = max(0, recipe.steps - t.d)  # what is stored does not depend on the start: ODE outside the window
+    if getattr(t, "split_steps", None):
+        start = t.split_steps[0]
     trees = _tree_bytes(recipe, facts, resolution, start) * prompts
     cond = _cond_bytes(facts, b) * prompts
     states = trees + cond
@@ -233,10 +309,14 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     per_token = activation_bytes_per_token(facts, lora=bool(lora_rank), dtype_bytes=b,
                                            gradient_checkpointing=gradient_checkpointing)
     cfg_rows = 2 if facts.cfg else 1
-    frontier = _frontier(recipe.steps, start, t.d, t.k, t.roots)
+    frontier = _recipe_frontier(recipe, start)
     group = max(_groups(prompts, recipe.optim.minibatches))
     trained = _trained_steps(recipe, start)
-    train_rows = min(recipe.training_chunk, max(frontier[i] * group for i in trained)) if trained else 0
+    forward = _forward_path(recipe)
+    if forward is not None:  # the forward path trains on the leaves of a minibatch group, train_chunk at a time
+        train_rows = min(recipe.training_chunk, group * t.roots * t.k**t.d) if forward[0] else 0
+    else:
+        train_rows = min(recipe.training_chunk, max(frontier[i] * group for i in trained)) if trained else 0
     sample_rows = min(recipe.chunk, max(frontier) * prompts)
     act_train = int(train_rows * cfg_rows * tokens * facts.hidden * per_token)
     act_sample = int(sample_rows * cfg_rows * tokens * facts.hidden * SAMPLING_WORKING_SET * b)
@@ -244,18 +324,31 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
     decode_rows = min(recipe.decoding_chunk, leaves)
     decode = decode_rows * resolution * resolution * DECODE_WORKING_SET * b
 
+    # the old policy (forward-process terms that use v_old): a float32 copy of the trainable weights, and
+    # while it is swapped in (sampling with it, each v_old call) a copy of the live ones in their dtype
+    old_policy = trainable * 4 + trainable * train_bytes if forward is not None and _uses_old(recipe) else 0
     resident = weights_t + weights_te + weights_vae + trainable_b
-    peak_train = resident + grads + optim + states + act_train
-    peak_sample = resident + optim + states + act_sample
-    peak_decode = resident + optim + states + decode
+    peak_train = resident + grads + optim + states + act_train + old_policy
+    peak_sample = resident + optim + states + act_sample + old_policy
+    peak_decode = resident + optim + states + decode + old_policy
     notes = []
+    if old_policy:
+        notes.append(f"the old policy's copy of the trainable weights and the swap buffer: {old_policy / GIB:.2f} GiB "
+                     "(counted in every peak)")
     if not per_token:
         notes.append(f"no activation table for family {facts.family!r}: activations not estimated")
     if decode > act_train:
         notes.append(f"decoding {decode_rows} leaves at once is the largest transient; decode in smaller chunks "
                      "(--set decode_chunk=N)")
     return MemoryPlan(weights_t, weights_te, weights_vae, trainable_b, grads, optim, states, act_train, act_sample,
-                      decode, peak_train, peak_sample, peak_decode, max(peak_train, peak_sample, peak_decode), notes)
+                      decode, peak_train, peak_sample, peak_decode, max(peak_train, peak_sample, peak_decode), notes,
+                      old_policy=old_policy)
+
+
+def _uses_old(recipe: Any) -> bool:
+    from treesdk.recipes.parts import build
+
+    return any(getattr(build("loss", spec), "needs_old_velocity", False) for spec in recipe.losses)
 
 
 def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: int = 1, iters: int = 1, seed: int = 0,
@@ -279,7 +372,7 @@ def plan_run(recipe: Any, facts: ModelFacts | None, *, batch: int, world_size: i
     rows = []
     for it in range(iters):
         start = recipe.window_start(it, seed)
-        counts = [iteration_calls(recipe, n, start, needs_reference, it + 1) for n in per_rank]
+        counts = [iteration_calls(recipe, n, start, needs_reference, it + 1, iters) for n in per_rank]
         total = CallCounts(it + 1, start, *(sum(getattr(c, f) for c in counts) for f in
                                             ("nfe_sampling", "calls_sampling", "nfe_training", "calls_training",
                                              "nfe_reference", "leaves")))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from treesdk.interfaces import RewardModel, VelocityModel
-from treesdk.recipes import Recipe, load_recipe, parts
+from treesdk.recipes import Recipe, load_recipe, parts, prune_edges
 from treesdk.reward_scoring import sample_and_score
 from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from treesdk.training.collective import Collective
@@ -38,6 +38,7 @@ from treesdk.training.config import RunConfig
 from treesdk.training.distributed import restart_count
 from treesdk.evaluation import evaluate
 from treesdk.training.export import default_export_name, export_run
+from treesdk.training.forward_update import behaviour_policy, old_policy_tensors, restore_old_policy, sampling_weights
 from treesdk.training.metadata import export_metadata
 from treesdk.training.loggers import Loggers, build_loggers, parse_report_to
 from treesdk.training.batches import iteration_prompts, slot_seed
@@ -155,6 +156,7 @@ class Trainer:
         if not self.params:
             raise ValueError(f"backend {backend.name!r} has no trainable parameters")
         self.optimization = Optimization(self.params, self.recipe.optim, iters, self.ema_config)
+        self.old_policy = behaviour_policy(self.loss_terms, self.params)  # forward-process recipes: v_old, sampling
         self.optimizer = self.optimization.optimizer
         # steps taken, and the count when the running update began: are the weights the last iteration's?
         self._optimizer_steps = 0
@@ -242,14 +244,15 @@ class Trainer:
         # stops here, before any update; I/O-bound rewards score each group of trees while the next is sampled)
         progress = (lambda i, n: self.on_step("sampling", i, n)) if self.on_step else None
         cond = p("encode", self.backend.encode, prompts)
-        forest, scores, t1 = sample_and_score(self.backend, recipe, prompts, seeds, start, cond, self.rewards,
-                                                   mean_std=self.mean_std, progress=progress, phase=self._phase, run=p)
+        with sampling_weights(self.old_policy):  # the old policy's weights where the recipe samples with them
+            forest, scores, t1 = sample_and_score(self.backend, recipe, prompts, seeds, start, cond, self.rewards,
+                                                  mean_std=self.mean_std, progress=progress, phase=self._phase, run=p)
         t2, opt = time.perf_counter(), self.optimization
         self._phase("optimizer", 0, opt.steps_per_iteration)  # then once per optimiser step:
         hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
 
         # 3. advantages on the edges, then 4. the policy update
-        targets = p("advantages", self.estimator, forest, scores, self.weights)
+        targets = prune_edges(recipe, forest, p("advantages", self.estimator, forest, scores, self.weights), self.iteration, self.iters)
         o = recipe.optim
         self._update_began_at = self._optimizer_steps
         stats = p(
@@ -299,13 +302,14 @@ class Trainer:
             return
         trainable: Any = self.backend.trainable_state_dict()
         optim: Any = self.optimizer
+        old = old_policy_tensors(self.old_policy, fsdp)  # forward-process recipes' old policy, "old.*"
         if fsdp is not None:
             trainable = fsdp.full_tensors(trainable)
             optim = fsdp.full_optimizer_state(self.optimizer)
         if main:
             state = {"recipe": self.recipe.model_dump(mode="json"), "eval_before": self.run.eval_before, "backend": self.backend.name}
             save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints,
-                            extra=self.optimization.checkpoint_tensors())
+                            extra={**self.optimization.checkpoint_tensors(), **old})
         self._last_checkpoint = self.iteration
 
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
@@ -414,7 +418,8 @@ class Trainer:
         self.backend.load_trainable_state_dict(trainable)
         self.optimizer.load_state_dict(optim_state)
         restore_rng_state(state.pop("rng", {}))
-        self.optimization.load_checkpoint_tensors(state.pop("extra", {}))
+        self.optimization.load_checkpoint_tensors(extra := state.pop("extra", {}))
+        restore_old_policy(self.old_policy, extra, c.fsdp)
         self.iteration = int(state["iteration"])
         self._last_checkpoint = self.iteration
         self.run.eval_before = state.get("eval_before", {})

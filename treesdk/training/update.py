@@ -50,9 +50,13 @@ def sft_targets(forest: Forest, leaf_rewards: Tensor) -> list[Tensor]:
     return targets
 
 
-def _parent_rows(forest: Forest, prompts: Tensor) -> list[Tensor]:
-    """Per layer, indices of the parents that belong to ``prompts`` (in layer order)."""
-    return [torch.isin(layer.parent_prompt.cpu(), prompts).nonzero().flatten() for layer in forest.layers]
+def _parent_rows(forest: Forest, prompts: Tensor, trained: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """Per layer, indices of the parents that belong to ``prompts`` (in layer order), only the
+    ``trained`` ones when a mask per layer is given (pruning)."""
+    rows = [torch.isin(layer.parent_prompt.cpu(), prompts) for layer in forest.layers]
+    if trained is not None:
+        rows = [r & m.cpu() for r, m in zip(rows, trained)]
+    return [r.nonzero().flatten() for r in rows]
 
 
 def policy_update(
@@ -92,7 +96,7 @@ def policy_update(
         for _ in range(passes):
             for group in groups:
                 optimizer.zero_grad(set_to_none=True)
-                rows_per_layer = _parent_rows(forest, group)
+                rows_per_layer = _parent_rows(forest, group, targets.trained)
                 layers_used = sum(1 for rows in rows_per_layer if len(rows))
                 for li, (layer, rows) in enumerate(zip(forest.layers, rows_per_layer)):
                     for part in iter_chunks(len(rows), chunk):
