@@ -279,7 +279,7 @@ for _decl in (
     PartDecl("sde", FlowSDESpec, build=lambda spec: SDE_FAMILIES["flow-sde"]),
     PartDecl("sde", DanceSDESpec, build=lambda spec: SDE_FAMILIES["dance-sde"]),
     PartDecl("sde", CPSSpec, build=lambda spec: SDE_FAMILIES["cps"]),
-    PartDecl("sde", ODESpec, build=lambda spec: SDE_FAMILIES["ode"], node="ode-family"),  # "ode" is the outside-window step node
+    PartDecl("sde", ODESpec, build=lambda spec: SDE_FAMILIES["ode"]),
     PartDecl("advantage", GroupAdvantage, node="group-advantage"),  # estimators and loss terms are their own runtime objects
     PartDecl("advantage", TreeBackupAdvantage),
     PartDecl("advantage", DepthwiseAdvantage, node="depthwise-advantage"),
