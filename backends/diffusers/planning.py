@@ -113,7 +113,7 @@ def family_facts(cls: type[FamilyAdapter], model: str | Path | None, text_tokens
     index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     sizes = cls.planner_sizes(config, vae, index, adapter)
     return ModelFacts(
-        name=folder.name, family=cls.planner_architecture or cls.family, config=dict(config),
+        name=folder.name, family=cls.family, activations=cls.activation_table, config=dict(config),
         transformer_parameters=sum(math.prod(shape) for shape in stored.values()), transformer_buffers=buffers,
         linears=linears_from_shapes(stored), lora_targets=tuple(cls.lora_targets),
         text_encoder_parameters=sum(safetensors_elements(folder / n) for n in cls.text_encoder_names if (folder / n).is_dir()),
