@@ -171,8 +171,8 @@ def resolve_checkpoint(model: str | os.PathLike | None, default_repo: str, compo
 
     ``model`` is an existing folder (used as is), a hub repo id looked up in the local HF cache
     (:func:`treesdk.hub_cache.hub_snapshot`, never a download; ``None`` means ``default_repo``),
-    or anything else (an error). The folder is checked with :func:`check_layout` either way. Returns ``(folder, source)`` with
-    ``source`` the path or ``"hf-cache:<repo id>"``.
+    or anything else (an error). The folder is checked with :func:`check_layout` either way.
+    Returns ``(folder, source)`` with ``source`` the path or ``"hf-cache:<repo id>"``.
     """
     name = default_repo if model is None else os.fspath(model)
     path = Path(name).expanduser()

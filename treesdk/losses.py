@@ -1,7 +1,7 @@
 """Loss terms composed by recipes (a recipe is a list of weighted terms).
 
-Each term is one class: a recipe part (:class:`~treesdk.part.RuntimePart`, its fields validated once by
-pydantic, ``weight`` its weight in the recipe) and the callable the trainer runs. Each returns its
+Each term is one class: a recipe part (:class:`~treesdk.part.RuntimePart`, its fields validated
+once by pydantic, ``weight`` its weight in the recipe) and the callable the trainer runs. Each returns its
 **mean over the elements of one chunk** (parents of one layer) and metrics; the trainer averages
 over each layer's chunks and then over layers (Flow-GRPO's convention of a per-timestep mean
 accumulated over timesteps), so every layer weighs the same.
