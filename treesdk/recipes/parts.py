@@ -31,8 +31,8 @@ log-prob averaged over elements unless the family gives its own ``log_prob``::
 
     declare(PartDecl("sde", DanceSDE, build=lambda spec: SDEFamily("dance-sde", dance_mean_std)))
 
-A loss term or an estimator is one class, its own spec and runtime object: a :class:`Part` that is
-also a :class:`treesdk.interfaces.LossTerm` (its weight is its ``weight`` field) or a
+A loss term or an estimator is one class, its own spec and runtime object: a :class:`RuntimePart`
+that is also a :class:`treesdk.interfaces.LossTerm` (its weight is its ``weight`` field) or a
 :class:`treesdk.interfaces.AdvantageEstimator`, declared without a builder
 (``PartDecl("loss", ClippedSurrogate)``); a spec that builds a separate object declares its builder.
 A third-party package points an entry point at its :class:`PartDecl`::
@@ -55,7 +55,7 @@ from pydantic import BaseModel, ValidationError
 
 from treesdk import registry
 from treesdk.interfaces import AdvantageEstimator, LossTerm
-from treesdk.part import Part
+from treesdk.part import Part, RuntimePart
 from treesdk.sde import SDEFamily
 from treesdk.validation import validation_problems
 
@@ -226,4 +226,5 @@ def build(slot: str, spec: BaseModel) -> Any:
     return built
 
 
-__all__ = ["Part", "PartDecl", "SLOTS", "Slot", "build", "declare", "lookup", "parts", "plugin_errors", "source", "validate_part"]
+__all__ = ["Part", "PartDecl", "RuntimePart", "SLOTS", "Slot", "build", "declare", "lookup", "parts", "plugin_errors",
+           "source", "validate_part"]
