@@ -1,7 +1,7 @@
 """The training plumbing of the generic diffusers backend (:mod:`treesdk_backends.diffusers`).
 
 * Finding a checkpoint: a local folder in the Hugging Face hub layout, or a repo id resolved in the
-  local HF cache with ``local_files_only=True``. Weights are never downloaded; a missing or partial
+  local HF cache (:mod:`treesdk.hub_cache`). Weights are never downloaded; a missing or partial
   checkpoint raises :class:`CheckpointNotFoundError` naming the missing part, the expected layout and
   how to provide it.
 * LoRA through peft, as diffusers' training scripts do it (``transformer.add_adapter(LoraConfig)``,
@@ -31,6 +31,7 @@ from torch import Tensor
 from treesdk.errors import StateDictMismatchError
 from treesdk.state_dicts import diff_state_dicts
 from treesdk.dtypes import parse_dtype as _parse_dtype
+from treesdk.hub_cache import hub_repo_folder, hub_snapshot
 from treesdk.interfaces import VelocityModel
 
 from .export_layouts import DiffusersTransformerLayout
@@ -168,27 +169,21 @@ def resolve_checkpoint(model: str | os.PathLike | None, default_repo: str, compo
                        what: str) -> tuple[Path, str]:
     """Local folder for ``model`` and a description of where it came from.
 
-    ``model`` is an existing folder (used as is), a hub repo id looked up in the local HF cache with
-    ``local_files_only=True`` (``None`` means ``default_repo``), or anything else (an error). The
-    folder is checked with :func:`check_layout` either way. Returns ``(folder, source)`` with
-    ``source`` the path or ``"hf-cache:<repo id>"``.
+    ``model`` is an existing folder (used as is), a hub repo id looked up in the local HF cache
+    (:func:`treesdk.hub_cache.hub_snapshot`, never a download; ``None`` means ``default_repo``),
+    or anything else (an error). The folder is checked with :func:`check_layout` either way.
+    Returns ``(folder, source)`` with ``source`` the path or ``"hf-cache:<repo id>"``.
     """
     name = default_repo if model is None else os.fspath(model)
     path = Path(name).expanduser()
     if path.exists() or not _REPO_ID.match(name) or name.startswith((".", "/", "~")):
         return check_layout(path, components, default_repo, what), str(path)
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError as exc:  # pragma: no cover - huggingface_hub comes with diffusers
-        raise CheckpointNotFoundError(f"cannot look up {name!r} in the HF cache: {exc}") from exc
-    try:
-        folder = snapshot_download(name, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError and friends, reported plainly
+    folder = hub_snapshot(name)
+    if folder is None:
         raise CheckpointNotFoundError(
-            f"{what} repo {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and no folder "
-            f"of that name exists ({type(exc).__name__}); {_layout_text(components)}.\n" + _how_to_provide(name)
-        ) from exc
+            f"{what} repo {name!r} is not in the local Hugging Face cache ({hub_repo_folder(name)}) and no "
+            f"folder of that name exists; {_layout_text(components)}.\n" + _how_to_provide(name)
+        )
     return check_layout(folder, components, name, what), f"hf-cache:{name}"
 
 

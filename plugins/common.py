@@ -2,7 +2,7 @@
 tensor preprocessing that reproduces the official (PIL-based) processors on float tensors.
 
 Nothing here downloads: a checkpoint is a local path or an entry already in the local Hugging Face
-cache (looked up with ``local_files_only=True``). A missing one raises :class:`FileNotFoundError`
+cache (:mod:`treesdk.hub_cache`). A missing one raises :class:`FileNotFoundError`
 naming what was looked for and how to provide it. :class:`WeightsStatus` (``file_status``,
 ``pretrained_dir_status``) runs the same lookups as presence checks, for ``treesdk plugins``.
 """
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from treesdk.dtypes import parse_dtype
+from treesdk.hub_cache import hub_cache_root, hub_file, hub_repo_folder, hub_snapshot, is_repo_id
 from treesdk.state_dicts import diff_state_dicts
 
 #: OpenAI CLIP normalisation, used by CLIP, open_clip, BLIP (ImageReward), HPS, PickScore.
@@ -66,22 +67,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def _hf_offline_hint(repo_id: str) -> str:
     return (
         f"download it once on a machine with network access with `hf download {repo_id}` "
-        f"(it lands in the Hugging Face cache, HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) "
-        "or pass a local path"
+        f"(it lands in the Hugging Face cache, {hub_cache_root()}) or pass a local path"
     )
 
 
 def hf_cache_folder(repo_id: str) -> str:
     """The local Hugging Face cache folder of model ``repo_id`` (where offline lookups read; may not exist)."""
-    from huggingface_hub import constants
-
-    return str(Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}")
+    return str(hub_repo_folder(repo_id))
 
 
 def resolve_pretrained_dir(name_or_path: str | os.PathLike[str], what: str, option: str) -> Path:
     """A ``save_pretrained`` folder: a local directory, or a repo id found in the local HF cache.
 
-    Never downloads (``local_files_only=True``). ``what`` describes the expected content for the
+    Never downloads (:func:`treesdk.hub_cache.hub_snapshot`). ``what`` describes the expected content for the
     error message, ``option`` is the constructor keyword the user sets to change it.
     """
     path = Path(os.path.expanduser(str(name_or_path)))
@@ -97,19 +95,16 @@ def resolve_pretrained_dir(name_or_path: str | os.PathLike[str], what: str, opti
     repo_id = str(name_or_path)
     if not is_repo_id(repo_id):
         raise FileNotFoundError(f"{option}={repo_id!r}: no such directory; expected {what} (a save_pretrained folder or a Hugging Face repo id in the local cache)")
-    from huggingface_hub import snapshot_download
-
-    failure: Exception | None = None
-    for candidate in (repo_id, *REPO_ALIASES.get(repo_id, ())):  # the hub's old and new names cache apart
-        try:
-            return Path(snapshot_download(candidate, local_files_only=True))
-        except Exception as exc:  # noqa: BLE001 - every failure here means "not available offline"
-            failure = failure or exc
-    names = " or ".join(repr(c) for c in (repo_id, *REPO_ALIASES.get(repo_id, ())))
+    candidates = (repo_id, *REPO_ALIASES.get(repo_id, ()))  # the hub's old and new names cache apart
+    for candidate in candidates:
+        found = hub_snapshot(candidate)
+        if found is not None:
+            return found
+    names = " or ".join(repr(c) for c in candidates)
     raise FileNotFoundError(
         f"{option}={repo_id!r}: not a local directory and not in the local Hugging Face cache as {names} "
-        f"({type(failure).__name__}); expected {what}; {_hf_offline_hint(repo_id)}"
-    ) from failure
+        f"({' or '.join(hf_cache_folder(c) for c in candidates)}); expected {what}; {_hf_offline_hint(repo_id)}"
+    )
 
 
 #: repo ids the hub renamed: a cache filled under either name is found (``bert-base-uncased`` is
@@ -120,18 +115,13 @@ REPO_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def is_repo_id(name: str) -> bool:
-    """``owner/name`` or a legacy single-segment id (``bert-base-uncased``), not a path."""
-    return name.count("/") <= 1 and bool(name) and not name.startswith((".", "/", "~")) and not name.endswith("/")
-
-
 def locate_file(
     path_or_name: str | os.PathLike[str] | None, *, filename: str, repo_id: str | None
 ) -> tuple[Path | None, list[str]]:
     """The lookup of :func:`resolve_file` without raising: ``(path or None, places looked at)``.
 
     Order: ``path_or_name`` if given (a file, or a folder holding ``filename``); else ``filename``
-    of ``repo_id`` in the local HF cache (``local_files_only=True``); else ``$TREESDK_WEIGHTS/filename``.
+    of ``repo_id`` in the local HF cache (:func:`treesdk.hub_cache.hub_file`); else ``$TREESDK_WEIGHTS/filename``.
     Only checks presence: nothing is read or loaded.
     """
     if path_or_name is not None:
@@ -141,12 +131,10 @@ def locate_file(
         return (path if path.is_file() else None), [str(path)]
     looked: list[str] = []
     if repo_id is not None:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return Path(hf_hub_download(repo_id, filename, local_files_only=True)), looked
-        except Exception as exc:  # noqa: BLE001 - every failure here means "not available offline"
-            looked.append(f"{filename} of {repo_id} in the local Hugging Face cache {hf_cache_folder(repo_id)} ({type(exc).__name__})")
+        cached = hub_file(repo_id, filename)
+        if cached is not None:
+            return cached, looked
+        looked.append(f"{filename} of {repo_id} in the local Hugging Face cache {hf_cache_folder(repo_id)}")
     weights_dir = os.environ.get("TREESDK_WEIGHTS")
     if weights_dir:
         candidate = Path(weights_dir) / filename

@@ -131,13 +131,12 @@ def test_part_nodes_validate_their_widgets(pack):
 
 def test_recipe_node_assembles_and_checks_a_recipe(pack):
     m = pack.NODE_CLASS_MAPPINGS
-    (tree,) = m["TreesdkTree"]().run(k=2, d=3, roots=1, max_leaves=64)
+    (tree,) = m["TreesdkTree"]().run(k=2, d=3, roots=1, max_leaves=64, sde_outside_window=True)
     (adv,) = m["TreesdkTreeBackup"]().run()
     (clip,) = m["TreesdkClippedSurrogate"]().run(clip="reward-adaptive")
     (sft,) = m["TreesdkLayertuningSft"]().run(weight=0.1)
-    (sde,) = m["TreesdkFlowGrpoSde"]().run()
     recipe_node = m["TreesdkRecipe"]()
-    (recipe,) = recipe_node.run(name="h", steps=10, chunk=64, tree=tree, advantage=adv, losses_1=clip, losses_2=sft, outside=sde)
+    (recipe,) = recipe_node.run(name="h", steps=10, chunk=64, tree=tree, advantage=adv, losses_1=clip, losses_2=sft)
     assert [loss.kind for loss in recipe.losses] == ["clipped-surrogate", "layertuning-sft"] and recipe.tree.sde_outside_window
     with pytest.raises(ValueError, match="exceeds steps"):
         recipe_node.run(name="h", steps=2, chunk=64, tree=tree, advantage=adv, losses_1=clip)

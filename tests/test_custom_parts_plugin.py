@@ -50,7 +50,8 @@ def test_recipe_validates_the_plugin_parts_by_their_own_spec(custom_parts):
     assert type(recipe.losses[1]).__module__ == "treesdk_custom_parts"
     with pytest.raises(RecipeError, match="weight"):
         load_recipe(custom_parts, **{"losses.1.weight": -1.0})
-    assert parts.lookup("advantage", "rank").spec.__name__ == "RankAdvantageSpec"
+    assert parts.lookup("advantage", "rank").spec.__name__ == "RankAdvantage"  # one class: spec and estimator
+    assert parts.build("advantage", recipe.advantage) is recipe.advantage
 
 
 def test_rank_estimator_centres_ranks_per_prompt(custom_parts):

@@ -136,3 +136,11 @@ def test_dry_run_plans_every_tiny_family_with_the_sizes_of_the_loaded_model(name
     assert lora_parameters(facts.linears, 2, facts.lora_targets) == sum(p.numel() for p in backend.trainable_parameters())
     assert facts.transformer_buffers == sum(b.numel() for n, b in backend.transformer.named_buffers() if n in stored)
     assert facts.latent_elements(resolution) == math.prod(backend.latent_shape)
+    # without flags the plan is of the run the folder's defaults (treesdk_defaults.json) describe, as loading applies them
+    plain = runner.invoke(app, ["train", "--backend", "diffusers", "--model", str(folder), "--steps", "4", "--k", "2",
+                                "--d", "2", "--batch", "2", "--dry-run", "--json"])
+    assert plain.exit_code == 0, plain.output
+    model, defaults = json.loads(plain.output)["model"], family.backend_defaults
+    assert model["resolution"] == defaults["resolution"] and model["transformer_parameters"] == base
+    if "max_sequence_length" in defaults:  # SD3 attends over its 77 CLIP tokens too
+        assert defaults["max_sequence_length"] <= model["text_tokens"] <= defaults["max_sequence_length"] + 77

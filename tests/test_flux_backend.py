@@ -411,6 +411,7 @@ def test_repo_id_resolves_from_the_local_hf_cache(tiny_flux_path, tmp_path, monk
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # treesdk.hub_cache reads the environment first
     backend = make("tiny-org/tiny-flux")
     assert backend.describe()["model"] == "hf-cache:tiny-org/tiny-flux"
     assert backend.model_path == repo_dir / "snapshots" / commit

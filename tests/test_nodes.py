@@ -87,7 +87,8 @@ def test_every_part_kind_has_a_node():
     assert outputs["WINDOW"] == {"fixed-window", "sliding-window", "random-window"}
     assert outputs["ADVANTAGE"] == {"group-advantage", "tree-backup", "depthwise-advantage"}
     assert outputs["LOSS"] == {"clipped-surrogate", "layertuning-sft", "kl", "nft", "awm", "velocity-kl"}
-    assert outputs["STEP"] == {"ode", "flow-grpo-sde"}
+    assert outputs["SDE"] == {"flow-sde", "dance-sde", "cps", "ode"}  # named by the nested recipe's sde kinds
+    assert "STEP" not in outputs  # the steps outside the window are the tree's sde_outside_window
     assert {"TREE", "NOISE", "OPTIM", "RECIPE", "IMAGE", "MODEL"} <= set(outputs)
 
 
@@ -99,10 +100,9 @@ def test_fields_carry_bounds_choices_and_descriptions():
     assert eps.description == "clip range (fixed)"
     k = {f.name: f for f in nodes.get_node("tree").fields()}["k"]
     assert (k.widget, k.minimum, k.maximum, k.required) == ("INT", 1, 64, False)
-    hidden = nodes.get_node("tree")
-    assert "sde_outside_window" not in hidden.field_names()
-    with pytest.raises(nodes.NodeInputError, match="outside"):
-        hidden.validate({"sde_outside_window": True})
+    tree = nodes.get_node("tree")  # the nested recipe's tree fields, sde_outside_window included
+    assert {"sde_outside_window", "outside_noise_level"} <= set(tree.field_names())
+    assert tree.validate({"sde_outside_window": True, "outside_noise_level": 0.5}).sde_outside_window
 
 
 def test_whole_node_checks_name_the_fields_involved():

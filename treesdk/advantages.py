@@ -17,17 +17,25 @@ the weighted sum is taken (as both TreeGRPO and Dynamic-TreeRPO do). Edges then 
 
 Under ``path`` attribution (Dynamic-TreeRPO eq. 9) every edge carries the advantages of *all*
 leaves below it, one loss term per root-to-leaf path.
+
+Each estimator is one class: a recipe part (:class:`~treesdk.part.RuntimePart`, its fields validated
+once by pydantic) and the callable the trainer runs.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from .interfaces import AdvantageEstimator, EdgeAdvantages, Forest
+from .part import RuntimePart
+
+_STD = Field("population", description="population std (Flow-GRPO) or unbiased std (DanceGRPO, BranchGRPO)")
 
 
 def normalised_leaf_advantages(
@@ -66,19 +74,14 @@ def weighted_leaf_advantages(
 
 
 class _LeafNormalising(AdvantageEstimator):
-    def __init__(
-        self, attribution: str = "edge", global_std: bool = False, clip: float | None = None, eps: float = 1e-4,
-        std: str = "population",
-    ) -> None:
-        if attribution not in ("edge", "path"):
-            raise ValueError(f"attribution must be 'edge' or 'path', got {attribution!r}")
-        if std not in ("population", "unbiased"):
-            raise ValueError(f"std must be 'population' or 'unbiased', got {std!r}")
-        self.attribution = attribution
-        self.global_std = global_std
-        self.clip = clip
-        self.eps = eps
-        self.unbiased = std == "unbiased"
+    """What every estimator here shares. It declares no field (a pydantic model would put a base's
+    fields first): each estimator declares its own, ``attribution`` (``edge``/``path``),
+    ``global_std``, ``clip`` (None or > 0), ``eps`` and ``std`` (``population``/``unbiased``) among them."""
+
+    @property
+    def unbiased(self) -> bool:
+        """Whether leaves are normalised by the unbiased std (``std="unbiased"``)."""
+        return self.std == "unbiased"
 
     def _leaves(self, forest: Forest, rewards: Mapping[str, Tensor], weights: Mapping[str, float]) -> tuple[Tensor, Tensor]:
         n_leaves = forest.leaves.shape[0]
@@ -111,8 +114,19 @@ class _LeafNormalising(AdvantageEstimator):
         return EdgeAdvantages(advantages, clip_rewards, leaf_adv, leaf_raw)
 
 
-class GroupAdvantage(_LeafNormalising):
-    """Group-normalised advantages; an edge gets the mean of the leaves below it (edge attribution)."""
+class GroupAdvantage(RuntimePart, _LeafNormalising):
+    """Group-normalised leaf advantage ``(r - mean_prompt) / (std + eps)``; every edge gets the mean
+    advantage of the leaves below it (for non-branching trajectories: the trajectory's advantage).
+    Flow-GRPO: population std, eps 1e-4; DanceGRPO/MixGRPO: unbiased std, eps 1e-8."""
+
+    label: ClassVar[str] = "group advantage"
+
+    kind: Literal["group"] = "group"
+    attribution: Literal["edge", "path"] = Field("edge", description="edge: one value per edge; path: one per root-to-leaf path")
+    global_std: bool = Field(False, description="normalise by the std over all leaves of the batch, not per prompt")
+    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
+    eps: float = Field(1e-4, gt=0, description="added to the std")
+    std: Literal["population", "unbiased"] = _STD
 
     def _edge_values(self, forest: Forest, leaf_adv: Tensor) -> list[Tensor]:
         return [
@@ -121,23 +135,9 @@ class GroupAdvantage(_LeafNormalising):
         ]
 
 
-class TreeBackupAdvantage(_LeafNormalising):
-    """TreeGRPO reward backup: an internal edge gets ``sum_c w_c A_c`` over its child edges, ``w`` the
-    softmax of sibling log-probs at ``temperature`` (``backup="softmax"``, the paper) or uniform
-    (``backup="mean"``).
-
-    Log-probs are averaged over latent elements, so siblings' values are close and the softmax is
-    near-uniform at temperature 1; lower temperatures weight the more likely child more.
-    """
-
-    def __init__(self, temperature: float = 1.0, backup: str = "softmax", **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if backup not in ("softmax", "mean"):
-            raise ValueError(f"backup must be 'softmax' or 'mean', got {backup!r}")
-        self.temperature = temperature
-        self.backup = backup
+class _BackingUp(_LeafNormalising):
+    """The TreeGRPO backup shared by :class:`TreeBackupAdvantage` and :class:`DepthwiseAdvantage`
+    (their fields add ``temperature`` and ``backup``: ``softmax``/``mean``)."""
 
     def _weights(self, layer) -> Tensor:  # noqa: ANN001 - a TreeLayer
         if self.backup == "mean":
@@ -158,18 +158,45 @@ class TreeBackupAdvantage(_LeafNormalising):
         return child_adv
 
 
-class DepthwiseAdvantage(TreeBackupAdvantage):
-    """BranchGRPO: back up leaf values (``mean`` or ``softmax``), then re-standardise the values of
-    each prompt's nodes at every depth: ``(x - mean) / (unbiased std + depth_eps)``, 0 where the std is
-    below ``1e-6`` (one node per depth, or all equal). Edge attribution only; ``clip`` applies to
-    leaves and to the re-standardised values."""
+class TreeBackupAdvantage(RuntimePart, _BackingUp):
+    """TreeGRPO backup: leaf advantages as :class:`GroupAdvantage`, then each internal edge gets
+    ``sum_c w_c * A_c`` over its child edges: ``w = softmax(logp_c / temperature)`` of the stored
+    behaviour log-probs (``backup=softmax``, the paper) or ``1/k`` (``backup=mean``).
 
-    def __init__(self, depth_eps: float = 1e-8, **kwargs: object) -> None:
-        kwargs.setdefault("backup", "mean")
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        if self.attribution != "edge":
-            raise ValueError("the depthwise estimator gives one advantage per edge: attribution must be 'edge'")
-        self.depth_eps = depth_eps
+    Log-probs are averaged over latent elements, so they differ little between siblings and the
+    softmax is near-uniform at temperature 1 (close to the plain mean). A smaller temperature
+    sharpens it toward the most likely child; a larger one makes it exactly uniform.
+    """
+
+    label: ClassVar[str] = "tree backup"
+
+    kind: Literal["tree-backup"] = "tree-backup"
+    attribution: Literal["edge", "path"] = Field("edge", description="edge (TreeGRPO) or path (Dynamic-TreeRPO eq. 9)")
+    backup: Literal["softmax", "mean"] = Field("softmax", description="softmax over sibling log-probs, or the plain mean")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature over sibling log-probs")
+    global_std: bool = Field(False, description="normalise by the std over all leaves of the batch")
+    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
+    eps: float = Field(1e-4, gt=0, description="added to the std")
+    std: Literal["population", "unbiased"] = _STD
+
+
+class DepthwiseAdvantage(RuntimePart, _BackingUp):
+    """BranchGRPO: the tree backup (``mean`` or ``softmax``), then at every depth the values of each
+    prompt's nodes are re-standardised, ``(x - mean) / (unbiased std + depth_eps)`` (0 where the std
+    is below 1e-6); one advantage per edge. ``clip`` applies to leaves and to the re-standardised
+    values."""
+
+    label: ClassVar[str] = "depthwise"
+
+    kind: Literal["depthwise"] = "depthwise"
+    attribution: Literal["edge"] = Field("edge", description="one advantage per edge")
+    backup: Literal["softmax", "mean"] = Field("mean", description="how leaf values are backed up before re-standardising")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature (backup=softmax)")
+    depth_eps: float = Field(1e-8, gt=0, description="added to each depth's std")
+    global_std: bool = Field(False, description="normalise leaves by the std over the batch")
+    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
+    eps: float = Field(1e-8, gt=0, description="added to the leaves' std")
+    std: Literal["population", "unbiased"] = Field("unbiased", description="std of the leaf normalisation")
 
     def _child_values(self, child_adv: Tensor, num_prompts: int) -> Tensor:
         per_prompt = child_adv.reshape(num_prompts, -1)

@@ -389,13 +389,13 @@ class LossTerm(ABC):
     the whole iteration. It also returns metrics (floats) summed by the trainer with the same weights.
     """
 
-    name: str = "loss"
+    name: ClassVar[str] = "loss"
     #: set when the term needs ``EdgeBatch.ref_mean`` (one extra no-grad forward with the adapter off)
-    needs_reference: bool = False
+    needs_reference: ClassVar[bool] = False
     #: set when the term needs ``EdgeBatch.sft_target``
-    needs_sft_target: bool = False
+    needs_sft_target: ClassVar[bool] = False
     #: set when the term needs ``EdgeBatch.old_mean`` (the behaviour policy's SDE mean, no extra forward)
-    needs_old_mean: bool = False
+    needs_old_mean: ClassVar[bool] = False
 
     @abstractmethod
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:

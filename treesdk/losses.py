@@ -1,19 +1,25 @@
-"""Loss terms composed by recipes (a recipe is a list of ``(term, weight)``).
+"""Loss terms composed by recipes (a recipe is a list of weighted terms).
 
-Each term returns its **mean over the elements of one chunk** (parents of one layer) and metrics;
-the trainer averages over each layer's chunks and then over layers (Flow-GRPO's convention of a
-per-timestep mean accumulated over timesteps), so every layer weighs the same.
+Each term is one class: a recipe part (:class:`~treesdk.part.RuntimePart`, its fields validated
+once by pydantic, ``weight`` its weight in the recipe) and the callable the trainer runs. Each returns its
+**mean over the elements of one chunk** (parents of one layer) and metrics; the trainer averages
+over each layer's chunks and then over layers (Flow-GRPO's convention of a per-timestep mean
+accumulated over timesteps), so every layer weighs the same.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from .interfaces import EdgeBatch, LossTerm
+from .part import RuntimePart
 
 
-class ClippedSurrogate(LossTerm):
+class ClippedSurrogate(RuntimePart, LossTerm):
     """PPO clipped surrogate ``-min(rho A, clip(rho, 1 - e_lo, 1 + e_hi) A)``, ``rho = exp(logp_new - logp_old)``.
 
     Modes: ``fixed`` (``e_lo = e_hi = eps``), ``asymmetric`` (``eps_low``, ``eps_high``),
@@ -33,17 +39,23 @@ class ClippedSurrogate(LossTerm):
     is the plain ratio, bit for bit.
     """
 
-    name = "surrogate"
+    name: ClassVar[str] = "surrogate"
+    label: ClassVar[str] = "clipped surrogate"
+    positional: ClassVar[tuple[str, ...]] = ("clip", "eps", "eps_low", "eps_high", "eta", "guard")
 
-    def __init__(
-        self, clip: str = "fixed", eps: float = 1e-4, eps_low: float = 1e-4, eps_high: float = 1e-4, eta: float = 1.0,
-        guard: bool = False,
-    ) -> None:
-        if clip not in ("fixed", "asymmetric", "reward-adaptive"):
-            raise ValueError(f"clip must be fixed, asymmetric or reward-adaptive; got {clip!r}")
-        self.clip, self.eps, self.eps_low, self.eps_high, self.eta = clip, eps, eps_low, eps_high, eta
-        self.guard = bool(guard)
-        self.needs_old_mean = self.guard
+    kind: Literal["clipped-surrogate"] = "clipped-surrogate"
+    weight: float = Field(1.0, ge=0, description="weight of this term")
+    clip: Literal["fixed", "asymmetric", "reward-adaptive"] = "fixed"
+    eps: float = Field(1e-4, gt=0, le=1, description="clip range (fixed)")
+    eps_low: float = Field(1e-4, gt=0, le=1, description="lower clip range / adaptive minimum")
+    eps_high: float = Field(1e-4, gt=0, le=1, description="upper clip range / adaptive maximum")
+    eta: float = Field(1.0, ge=0, description="reward-adaptive decay rate")
+    guard: bool = Field(False, description="GRPO-Guard: normalise the log-ratio by the step's std and remove its "
+                                           "mean-shift drift (ratio normalisation + per-step re-weighting)")
+
+    @property
+    def needs_old_mean(self) -> bool:  # type: ignore[override] - GRPO-Guard reads the behaviour mean
+        return self.guard
 
     def log_ratio(self, batch: EdgeBatch) -> Tensor:
         """``[N, k, 1]`` log-ratio: plain, or GRPO-Guard's normalised one (class docstring)."""
@@ -87,13 +99,17 @@ class ClippedSurrogate(LossTerm):
         return loss, metrics
 
 
-class LayerTuningSFT(LossTerm):
+class LayerTuningSFT(RuntimePart, LossTerm):
     """LayerTuning-RL SFT (Dynamic-TreeRPO): ``mean ||v_theta(node) - v*||^2`` over the chunk's
     parents and latent elements; ``v*`` the detached velocity of the node on the best leaf's path at
-    the same layer (``EdgeBatch.sft_target``)."""
+    the same layer (``EdgeBatch.sft_target``); times ``weight`` (lambda) in a recipe."""
 
-    name = "sft"
-    needs_sft_target = True
+    name: ClassVar[str] = "sft"
+    label: ClassVar[str] = "LayerTuning SFT"
+    needs_sft_target: ClassVar[bool] = True
+
+    kind: Literal["layertuning-sft"] = "layertuning-sft"
+    weight: float = Field(0.1, ge=0, description="lambda")
 
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:
         if batch.sft_target is None:
@@ -102,8 +118,9 @@ class LayerTuningSFT(LossTerm):
         return loss, {"sft_mse": float(loss.detach())}
 
 
-class KLToReference(LossTerm):
-    """KL between the current and the reference policy's SDE transition, two named forms:
+class KLToReference(RuntimePart, LossTerm):
+    """KL between the current and the reference policy's SDE transition (the reference obtained by
+    disabling the adapter), times ``weight`` (beta) in a recipe; two named forms:
 
     * ``flow-grpo`` (default): Flow-GRPO's ``||mean_theta - mean_ref||^2 / (2 std_t^2)``, ``std_t`` the
       SDE's std *without* ``sqrt(-dt)`` (``EdgeBatch.kl_std``), so Flow-GRPO's beta values carry over;
@@ -114,13 +131,14 @@ class KLToReference(LossTerm):
     Both averaged over latent elements and parents.
     """
 
-    name = "kl"
-    needs_reference = True
+    name: ClassVar[str] = "kl"
+    label: ClassVar[str] = "KL"
+    positional: ClassVar[tuple[str, ...]] = ("form",)
+    needs_reference: ClassVar[bool] = True
 
-    def __init__(self, form: str = "flow-grpo") -> None:
-        if form not in ("flow-grpo", "transition"):
-            raise ValueError(f"KL form must be 'flow-grpo' or 'transition', got {form!r}")
-        self.form = form
+    kind: Literal["kl"] = "kl"
+    weight: float = Field(0.004, ge=0, description="beta")
+    form: Literal["flow-grpo", "transition"] = Field("flow-grpo", description="flow-grpo (divide by std_t^2) or transition (by (std_t^2 (-dt)))")
 
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:
         if batch.new_mean is None or batch.ref_mean is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from treesdk import registry
 
-__all__ = ["Linear", "ModelFacts", "linears_from_shapes", "lora_parameters", "model_facts", "read_json"]
+__all__ = ["ActivationTable", "Linear", "ModelFacts", "linears_from_shapes", "lora_parameters", "model_facts", "read_json"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,34 @@ class Linear:
         return self.fan_in * self.fan_out + (self.fan_out if self.bias else 0)
 
 
+@dataclass(frozen=True)
+class ActivationTable:
+    """Activation memory of one architecture's transformer blocks, as its family measured it: bytes
+    per token per hidden unit of one row (the planner multiplies by rows x tokens x hidden width).
+
+    Keys name a block kind (:attr:`ModelFacts.blocks`), the training mode (``"lora"`` / ``"full"``)
+    and the element size (4: float32, 2: 16-bit).
+
+    Attributes:
+        saved: ``(kind, mode, bytes) ->`` saved by one block of the stack's interior in a training forward.
+        first_block: ``(kind, bytes) ->`` the first block under LoRA (its inputs need no gradient).
+        outside: ``(mode, bytes) ->`` saved outside the blocks (embedders, final norm and projection).
+        backward_workspace: ``kind ->`` transient bytes while that block back-propagates, float32
+            (half in 16-bit).
+    """
+
+    saved: Mapping[tuple[str, str, int], float]
+    first_block: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    outside: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    backward_workspace: Mapping[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class ModelFacts:
     """What the planner needs to know about a model (counts in parameters/elements, not bytes).
 
-    ``family``: the architecture whose activation tables apply (:mod:`treesdk.training.plan`;
-    ``"flux"``, ``"sd3"``) or the family's own name when it has none (activations then are not
-    estimated). ``text_tokens``: tokens of the text stream the transformer attends over (FLUX: T5
+    ``family``: the model family. ``activations``: the family's :class:`ActivationTable` for
+    :attr:`blocks`, or None (activations then are not estimated). ``text_tokens``: tokens of the text stream the transformer attends over (FLUX: T5
     length; SD3: 77 CLIP + T5 length). ``px_per_token``: pixels per image token along a side (VAE
     factor times patch size). ``frames``: latent frames of a video model (1 for images). ``cfg``:
     classifier-free guidance doubles every velocity row. ``lora_targets``: the backend's default
@@ -64,6 +85,7 @@ class ModelFacts:
     single_blocks: int = 0
     #: the block types in order, by the type that decides their activation memory
     blocks: list[str] = field(default_factory=list)
+    activations: ActivationTable | None = None
     text_tokens: int = 0
     text_dim: int = 0
     pooled_dim: int = 0

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from treesdk.model_facts import ModelFacts
+from treesdk.model_facts import ActivationTable, ModelFacts
 
 __all__ = ["FamilyAdapter", "calculate_shift"]
 
@@ -91,9 +91,9 @@ class FamilyAdapter:
     parity_atol: ClassVar[float] = 1e-5
     batch_atol: ClassVar[float] = 1e-5
 
-    #: dry-run planner (:mod:`treesdk_backends.diffusers.planning`): the architecture whose
-    #: activation tables apply (``"flux"``, ``"sd3"``; empty: none, activations not estimated)
-    planner_architecture: ClassVar[str] = ""
+    #: dry-run planner (:mod:`treesdk_backends.diffusers.planning`): the family's measured
+    #: activation memory per block kind (None: activations are not estimated)
+    activation_table: ClassVar[ActivationTable | None] = None
     #: keys of the transformer's files that are persistent buffers, not parameters
     planner_buffers: ClassVar[tuple[str, ...]] = ()
     #: models the planner sizes without a folder: name -> (transformer config, text encoder

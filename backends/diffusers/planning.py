@@ -5,8 +5,9 @@ reads only headers and configs, the same for every family: the transformer's par
 layers from its safetensors headers (less the keys the family names persistent buffers), the text
 encoders and the VAE by element count, the geometry from ``transformer/config.json`` and
 ``vae/config.json`` (:func:`generic_sizes`; a family overrides
-:meth:`FamilyAdapter.planner_sizes` where its pipeline differs). Text length and CFG come from the
-family's options as the backend would apply them (``max_sequence_length``, ``guidance_scale``).
+:meth:`FamilyAdapter.planner_sizes` where its pipeline differs). Text length, CFG and the default
+resolution come from the family's options as the backend would apply them (``max_sequence_length``,
+``guidance_scale``; the folder's ``treesdk_defaults.json`` fills what the caller did not give).
 Without a folder, a family sizes the models of its ``known_models`` table from their configs
 (FLUX.1-dev, SD3.5: :mod:`treesdk_backends.diffusers.sizes`).
 
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from treesdk.model_facts import ModelFacts, linears_from_shapes, read_json
 from treesdk.state_dicts import read_header, safetensors_elements
+
+from .folder_defaults import read_folder_defaults
 
 if TYPE_CHECKING:
     from .adapter import FamilyAdapter
@@ -87,8 +90,10 @@ def family_facts(cls: type[FamilyAdapter], model: str | Path | None, text_tokens
                  options: Mapping[str, Any]) -> ModelFacts:
     """Size facts of ``model`` (a pipeline folder, a name in ``cls.known_models``, or None: the
     family's ``default_known_model``) for the family ``cls``; ``ValueError`` naming what is missing."""
-    adapter = planner_adapter(cls, {**options, **({"max_sequence_length": text_tokens} if text_tokens else {})})
     folder = Path(model).expanduser() if model is not None else None
+    defaults = read_folder_defaults(folder) if folder is not None and folder.is_dir() else {}
+    options = {**{k: v for k, v in defaults.items() if k != "resolution"}, **options}  # as the backend applies them
+    adapter = planner_adapter(cls, {**options, **({"max_sequence_length": text_tokens} if text_tokens else {})})
     if folder is None or not folder.is_dir():
         name = str(model) if model is not None and str(model) in cls.known_models else cls.default_known_model
         if name is None or name not in cls.known_models:
@@ -108,10 +113,11 @@ def family_facts(cls: type[FamilyAdapter], model: str | Path | None, text_tokens
     index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     sizes = cls.planner_sizes(config, vae, index, adapter)
     return ModelFacts(
-        name=folder.name, family=cls.planner_architecture or cls.family, config=dict(config),
+        name=folder.name, family=cls.family, activations=cls.activation_table, config=dict(config),
         transformer_parameters=sum(math.prod(shape) for shape in stored.values()), transformer_buffers=buffers,
         linears=linears_from_shapes(stored), lora_targets=tuple(cls.lora_targets),
         text_encoder_parameters=sum(safetensors_elements(folder / n) for n in cls.text_encoder_names if (folder / n).is_dir()),
         vae_parameters=safetensors_elements(folder / "vae") if (folder / "vae").is_dir() else 0,
-        source=str(folder), **sizes,
+        source=str(folder), **sizes, **({"default_resolution": int(defaults["resolution"])}
+                                        if isinstance(defaults.get("resolution"), int) else {}),
     )

@@ -1,19 +1,22 @@
-"""Size tables of the FLUX.1 and SD3 transformers, for the dry-run planner without a checkpoint folder.
+"""Size and activation tables of the FLUX.1 and SD3 transformers, for the dry-run planner.
 
 The linear layers (for LoRA sizes) and parameter counts of diffusers' ``FluxTransformer2DModel`` and
 ``SD3Transformer2DModel`` computed from a transformer config, the block kinds that decide their
 activation memory, and the configs of the known checkpoints (FLUX.1-dev, SD3.5 medium and large);
 the tests check every count against the models diffusers builds. With a folder, the planner reads
-the folder instead (:mod:`treesdk_backends.diffusers.planning`).
+the folder instead (:mod:`treesdk_backends.diffusers.planning`). The activation tables
+(:data:`FLUX_ACTIVATIONS`, :data:`SD3_ACTIVATIONS`) are what the two families declare
+(``FamilyAdapter.activation_table``) for the planner's memory estimate.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from treesdk.model_facts import Linear, ModelFacts
+from treesdk.model_facts import ActivationTable, Linear, ModelFacts
 
-__all__ = ["FLUX_MODELS", "SD3_MODELS", "block_kinds", "known_facts", "transformer_linears"]
+__all__ = ["FLUX_ACTIVATIONS", "FLUX_MODELS", "SD3_ACTIVATIONS", "SD3_MODELS", "block_kinds", "known_facts",
+           "transformer_linears"]
 
 
 def _flux_linears(c: dict[str, Any]) -> tuple[list[Linear], int]:
@@ -132,6 +135,43 @@ SD3_MODELS: dict[str, tuple[dict[str, Any], int, int]] = {
 }
 
 
+# activation tables (bytes per token per hidden unit; keys: block kind of :func:`block_kinds`, "lora"/"full",
+# element bytes). ``saved``: measured with autograd's saved-tensor hooks, each saved storage counted
+# once for the block that saved it (``python benchmarks/realwidth.py saved``: diffusers 0.42, default
+# LoRA targets, CPU, the block in the interior of a stack; the same per hidden unit at SD3.5-medium
+# and -large width). ``first_block``: the first block under LoRA saves less (its inputs come from
+# frozen embedders and need no gradient; SD3.5's second attention has no LoRA target and saves
+# nothing in block 0). ``outside``: the embedders, final norm and projection. ``backward_workspace``:
+# transient while the last block back-propagates (activation gradients; on a CPU also the attention
+# backward), float32, fitted on the real-width bed (docs/performance.md: measured training increment
+# minus saved activations and gradients): FLUX single from the k=2, d=3 run (checked: k=3, d=3 and
+# the checkpointing run); SD3 (one value for every block kind) from an earlier SD3.5-medium bed,
+# checked on the SD3.5-medium and -large beds; FLUX double is not reached by any bed run (the single
+# block decides both maxima), an upper bound.
+FLUX_ACTIVATIONS = ActivationTable(
+    saved={("double", "lora", 4): 72.31, ("double", "lora", 2): 64.26,
+           ("single", "lora", 4): 48.18, ("single", "lora", 2): 38.17,
+           ("double", "full", 4): 96.19, ("double", "full", 2): 56.14,
+           ("single", "full", 4): 84.12, ("single", "full", 2): 50.11},
+    first_block={("double", 4): 68.63, ("double", 2): 62.59, ("single", 4): 28.51, ("single", 2): 28.50},
+    outside={("lora", 4): 4.01, ("lora", 2): 2.00, ("full", 4): 10.29, ("full", 2): 5.15},
+    backward_workspace={"double": 20.0, "single": 52.0},
+)
+SD3_ACTIVATIONS = ActivationTable(
+    saved={("joint", "lora", 4): 56.41, ("joint", "lora", 2): 48.35,
+           ("joint_dual", "lora", 4): 67.01, ("joint_dual", "lora", 2): 57.20,
+           ("joint_last", "lora", 4): 45.04, ("joint_last", "lora", 2): 40.40,
+           ("joint", "full", 4): 100.32, ("joint", "full", 2): 58.25,
+           ("joint_dual", "full", 4): 117.81, ("joint_dual", "full", 2): 70.52,
+           ("joint_last", "full", 4): 70.87, ("joint_last", "full", 2): 43.53},
+    first_block={("joint", 4): 52.39, ("joint", 2): 46.34, ("joint_dual", 4): 52.47, ("joint_dual", 2): 46.41,
+                 ("joint_last", 4): 41.02, ("joint_last", 2): 38.39},
+    outside={("lora", 4): 1.75, ("lora", 2): 0.87, ("full", 4): 11.37, ("full", 2): 5.69},
+    backward_workspace={"joint": 35.0, "joint_dual": 35.0, "joint_last": 35.0},
+)
+_ACTIVATIONS = {"flux": FLUX_ACTIVATIONS, "sd3": SD3_ACTIVATIONS}
+
+
 def known_facts(family: str, name: str, table: tuple[dict[str, Any], int, int], text_tokens: int | None, cfg: bool,
                 lora_targets: tuple[str, ...], source: str = "table") -> ModelFacts:
     """Facts of a known ``flux`` or ``sd3`` checkpoint ``name`` from its ``table`` entry (transformer
@@ -155,4 +195,5 @@ def known_facts(family: str, name: str, table: tuple[dict[str, Any], int, int], 
         text_tokens=tokens, text_dim=int(config.get("joint_attention_dim", 4096)), pooled_dim=pooled,
         latent_channels=channels, px_per_token=px, vae_factor=8, default_resolution=1024, cfg=cfg,
         lora_targets=tuple(lora_targets), text_encoder_parameters=text_params, vae_parameters=vae_params, source=source,
+        activations=_ACTIVATIONS[family],
     )

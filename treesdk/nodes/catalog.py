@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -17,8 +16,8 @@ from treesdk import registry
 from treesdk.nodes.options import plugin_node
 from treesdk.nodes.spec import Connection, NodeSpec, plain_text
 from treesdk.recipes import parts
-from treesdk.recipes.parts import Part, PartDecl
-from treesdk.recipes.recipe import Recipe, TreeSpec
+from treesdk.recipes.parts import PartDecl
+from treesdk.recipes.recipe import Recipe
 
 #: what each output type carries
 OUTPUT_TYPES: dict[str, str] = {
@@ -26,7 +25,6 @@ OUTPUT_TYPES: dict[str, str] = {
     "WINDOW": "branching-window schedule (FixedWindow / SlidingWindow / RandomWindow)",
     "NOISE": "noise schedule of the window's SDE steps (NoiseSpec)",
     "SDE": "SDE step family of the stochastic steps (flow-sde, dance-sde, cps, ode, or a treesdk.sde plugin)",
-    "STEP": "sampler step used outside the window (ODE or Flow-GRPO SDE)",
     "ADVANTAGE": "advantage estimator (group, tree-backup, or a treesdk.estimators plugin)",
     "LOSS": "weighted loss term (clipped-surrogate, layertuning-sft, kl, or a treesdk.losses plugin)",
     "OPTIM": "optimiser settings (OptimSpec)",
@@ -43,25 +41,6 @@ OUTPUT_TYPES: dict[str, str] = {
 # ----------------------------------------------------------------------------------------------
 # input models that are not recipe parts
 
-
-class ODEStep(Part):
-    """Deterministic Euler step ``x + (s_next - s) v`` outside the window (no trained edges there)."""
-
-    kind: Literal["ode"] = "ode"
-
-
-class FlowGRPOSDEStep(Part):
-    """Flow-GRPO SDE step outside the window (GRPO / DanceGRPO): one stochastic, trained, non-branching
-    step per node, ``std = a sqrt(s / (1 - s))``."""
-
-    kind: Literal["flow-grpo-sde"] = "flow-grpo-sde"
-    noise_level: float | None = Field(
-        None, gt=0, le=10, description="noise level a of these steps (default: the noise schedule's level)"
-    )
-
-
-#: the step types a recipe may use outside its branching window
-StepSpec = Union[ODEStep, FlowGRPOSDEStep]
 
 #: Recipe fields a recipe node sets itself; the others come from connections
 RecipeSettings = create_model(
@@ -114,20 +93,15 @@ RECIPE_CONNECTIONS: tuple[Connection, ...] = (
     Connection("window", "WINDOW", False, "window schedule (default: fixed, start 0)"),
     Connection("noise", "NOISE", False, "noise schedule of the window's SDE steps (default: constant 0.7)"),
     Connection("sde", "SDE", False, "SDE step family of every stochastic step (default: flow-sde)"),
-    Connection("outside", "STEP", False, "step outside the window: ode (default) or flow-grpo-sde (GRPO)"),
     Connection("advantage", "ADVANTAGE", True, "advantage estimator"),
     Connection("losses", "LOSS", True, "loss terms, summed with their weights", many=True),
     Connection("optim", "OPTIM", False, "optimiser settings (default: AdamW lr 1e-4)"),
 )
 
-_OUTSIDE_HIDDEN = "is set by the recipe's `outside` step node (ode or flow-grpo-sde), not by the tree node"
-
-
 def part_node(decl: PartDecl, source: str = "treesdk") -> NodeSpec:
     """The node of one declared recipe part: its spec's fields are the node's inputs, ``kind`` fixed."""
     slot = parts.SLOTS[decl.slot]
     fixed = {"kind": decl.name} if "kind" in decl.spec.model_fields and decl.kind is None else {}
-    hidden = {"sde_outside_window": _OUTSIDE_HIDDEN, "outside_noise_level": _OUTSIDE_HIDDEN} if decl.spec is TreeSpec else {}
     return NodeSpec(
         type=decl.node_type,
         inputs=decl.spec,
@@ -135,15 +109,7 @@ def part_node(decl: PartDecl, source: str = "treesdk") -> NodeSpec:
         description=plain_text(inspect.cleandoc(decl.spec.__doc__ or "").replace("\n", " ")),
         category=f"treesdk/recipe/{slot.category}",
         fixed=fixed,
-        hidden=hidden,
         source=source,
-    )
-
-
-def _outside_step(spec: type[Part], name: str) -> NodeSpec:
-    return NodeSpec(
-        type=name, inputs=spec, outputs=(("step", "STEP"),), fixed={"kind": name}, category="treesdk/recipe/sde",
-        description=plain_text(inspect.cleandoc(spec.__doc__ or "").replace("\n", " ")),
     )
 
 
@@ -153,9 +119,6 @@ def part_nodes(plugins: bool = False) -> list[NodeSpec]:
     for slot in parts.SLOTS:
         for decl in parts.parts(slot, plugins=plugins).values():
             nodes.append(part_node(decl, parts.source(decl)))
-        if slot == "sde":
-            nodes += [_outside_step(ODEStep, "ode"),
-                      _outside_step(FlowGRPOSDEStep, "flow-grpo-sde")]
     return nodes
 
 
@@ -272,14 +235,11 @@ def get_node(type_name: str) -> NodeSpec:
 
 
 __all__ = [
-    "FlowGRPOSDEStep",
     "LoadLoraSpec",
-    "ODEStep",
     "OUTPUT_TYPES",
     "RECIPE_CONNECTIONS",
     "RecipeSettings",
     "ScoreSpec",
-    "StepSpec",
     "TreeSearchSpec",
     "all_nodes",
     "builtin_nodes",

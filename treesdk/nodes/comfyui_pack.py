@@ -43,7 +43,6 @@ import treesdk
 from treesdk._version import __version__
 
 from treesdk.nodes.catalog import all_nodes, get_node
-from treesdk.nodes.graph import apply_outside_step
 from treesdk.nodes.spec import NodeInputError, NodeSpec, comfy_type
 from treesdk.recipes.recipe import Recipe
 from treesdk.rewards import score_images
@@ -237,7 +236,7 @@ def _recipe(settings: Any, parts: Mapping[str, Any]) -> Any:
     data: dict[str, Any] = settings.model_dump(mode="json")
     for name, value in parts.items():
         data[name] = [v.model_dump(mode="json") for v in value] if isinstance(value, list) else value.model_dump(mode="json")
-    return Recipe.model_validate(apply_outside_step(data))
+    return Recipe.model_validate(data)
 
 
 def tree_search(backend: Any, reward: Any, spec: Any, tree: Any = None, noise: Any = None) -> tuple[Tensor, str]:

@@ -17,10 +17,18 @@ A graph file (YAML or JSON) has two sections::
       losses: [clip, {node: sft, weight: 0.1}]   # a loss entry may override the node's weight
 
 Slots (:data:`treesdk.nodes.catalog.RECIPE_CONNECTIONS`): ``tree`` (TREE), ``window`` (WINDOW), ``noise``
-(NOISE), ``sde`` (SDE: the step family, default ``flow-sde``), ``outside`` (STEP: ``ode`` or ``flow-grpo-sde``, the step taken outside the branching
-window), ``advantage`` (ADVANTAGE), ``losses`` (a list of LOSS), ``optim`` (OPTIM); ``tree``,
-``advantage`` and ``losses`` are required, the rest default as :class:`treesdk.recipes.Recipe` does.
-A slot may also hold an inline node (``window: {type: fixed-window, inputs: {start: 2}}``).
+(NOISE), ``sde`` (SDE: the step family of every stochastic step, default ``flow-sde``), ``advantage``
+(ADVANTAGE), ``losses`` (a list of LOSS), ``optim`` (OPTIM); ``tree``, ``advantage`` and ``losses``
+are required, the rest default as :class:`treesdk.recipes.Recipe` does. A slot may also hold an
+inline node (``window: {type: fixed-window, inputs: {start: 2}}``).
+
+The graph compiles to the nested recipe and uses its names: a part node's inputs are the fields of
+the nested part (the steps outside the window are the tree node's ``sde_outside_window`` and
+``outside_noise_level``, as ``tree.sde_outside_window`` in a nested file; they use the recipe's
+``sde`` family), and an SDE-family node is named by its ``kind`` (``flow-sde``, ``dance-sde``,
+``cps``, ``ode``). The older spellings, a recipe ``outside`` slot holding an ``ode`` or
+``flow-grpo-sde`` step node and the node type ``ode-family``, still load, with a ``FutureWarning``
+naming the new spelling (:func:`upgrade_graph`).
 
 Validation collects every problem before failing, and each message names the node and the field:
 unknown node types, bad inputs (types, bounds, choices), dangling connections, nodes of the wrong
@@ -32,7 +40,9 @@ for reference) are validated too.
 
 from __future__ import annotations
 
+import copy
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +50,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from treesdk.errors import RecipeError
-from treesdk.nodes.catalog import RECIPE_CONNECTIONS, FlowGRPOSDEStep, ODEStep, all_nodes, builtin_nodes, part_nodes
+from treesdk.nodes.catalog import RECIPE_CONNECTIONS, all_nodes, builtin_nodes, part_nodes
 from treesdk.nodes.spec import NodeInputError, NodeSpec, validation_problems
 from treesdk.recipes.recipe import Recipe
 from treesdk.safe_load import excerpt
@@ -106,6 +116,7 @@ def parse_graph(data: Mapping[str, Any], source: str = "<graph>") -> Graph:
     problems: list[Problem] = []
     if not isinstance(data, Mapping):
         raise GraphError(source, [Problem("recipe", "-", f"a graph must be a mapping, got {type(data).__name__}")])
+    data = upgrade_graph(data, source)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             problems.append(Problem("recipe", str(key), f"unknown top-level key; expected {', '.join(TOP_LEVEL_KEYS)}"))
@@ -170,7 +181,6 @@ def parse_graph(data: Mapping[str, Any], source: str = "<graph>") -> Graph:
                 connections[slot] = resolved[0]
                 recipe_data[slot] = resolved[1].model_dump(mode="json")
 
-    apply_outside_step(recipe_data)
     if problems:
         raise GraphError(source, problems)
     try:
@@ -180,14 +190,51 @@ def parse_graph(data: Mapping[str, Any], source: str = "<graph>") -> Graph:
     return Graph(nodes=nodes, recipe=recipe, connections=connections)
 
 
-def apply_outside_step(recipe_data: dict[str, Any]) -> dict[str, Any]:
-    """Fold the ``outside`` step (a dumped ODEStep / FlowGRPOSDEStep) into the tree part, in place:
-    the nested :class:`Recipe` keeps it as ``tree.sde_outside_window`` / ``tree.outside_noise_level``."""
-    outside = recipe_data.pop("outside", None)
-    if isinstance(recipe_data.get("tree"), dict) and outside is not None:
-        recipe_data["tree"]["sde_outside_window"] = outside["kind"] == "flow-grpo-sde"
-        recipe_data["tree"]["outside_noise_level"] = outside.get("noise_level")
-    return recipe_data
+#: old node type -> the name it has now (the nested recipe's ``sde.kind``)
+RENAMED_TYPES = {"ode-family": "ode"}
+#: node types the old ``outside`` slot took: is the step stochastic (``tree.sde_outside_window``)?
+_OUTSIDE_TYPES = {"ode": False, "flow-grpo-sde": True}
+
+
+def upgrade_graph(data: Mapping[str, Any], source: str = "<graph>") -> Mapping[str, Any]:
+    """``data`` in the current vocabulary (a copy when anything changed; ``FutureWarning`` per old
+    spelling): node type ``ode-family`` becomes ``ode``; a recipe ``outside`` slot (an ``ode`` or
+    ``flow-grpo-sde`` node, named or inline) becomes the tree node's ``sde_outside_window`` and
+    ``outside_noise_level`` inputs, and its node is dropped when nothing else refers to it. Shapes
+    this cannot read are left for :func:`parse_graph` to report."""
+    nodes, section = data.get("nodes"), data.get("recipe")
+    if not isinstance(nodes, Mapping) or not isinstance(section, Mapping):
+        return data
+    out: dict[str, Any] = copy.deepcopy(dict(data))
+    nodes, section = out["nodes"], out["recipe"]
+    changed = False
+    inline = [v for value in section.values() for v in (value if isinstance(value, list) else [value]) if isinstance(v, dict)]
+    for node in [*nodes.values(), *inline]:
+        if isinstance(node, dict) and node.get("type") in RENAMED_TYPES:
+            old, node["type"] = node["type"], RENAMED_TYPES[node["type"]]
+            warnings.warn(f"{source}: node type {old!r} is now {node['type']!r} (the recipe's sde kind)", FutureWarning, stacklevel=3)
+            changed = True
+    outside = section.get("outside")
+    step = nodes.get(outside) if isinstance(outside, str) else outside
+    if isinstance(step, dict) and step.get("type") in _OUTSIDE_TYPES:
+        tree = nodes.get(section["tree"]) if isinstance(section.get("tree"), str) else section.get("tree")
+        if isinstance(tree, dict) and isinstance(tree.get("inputs") or {}, Mapping):
+            del section["outside"]
+            tree["inputs"] = dict(tree.get("inputs") or {})
+            tree["inputs"]["sde_outside_window"] = _OUTSIDE_TYPES[step["type"]]
+            level = (step.get("inputs") or {}).get("noise_level") if isinstance(step.get("inputs") or {}, Mapping) else None
+            if level is not None:
+                tree["inputs"]["outside_noise_level"] = level
+            used = [v for k, v in section.items() for v in (v if isinstance(v, list) else [v])]
+            if isinstance(outside, str) and outside not in used:
+                del nodes[outside]
+            warnings.warn(f"{source}: recipe `outside` ({step['type']} node) is the old spelling; set the tree node's "
+                          f"inputs sde_outside_window: {str(_OUTSIDE_TYPES[step['type']]).lower()}"
+                          + (f" and outside_noise_level: {level}" if level is not None else "")
+                          + " (tree.sde_outside_window of the nested recipe; the steps use the recipe's sde family)",
+                          FutureWarning, stacklevel=3)
+            changed = True
+    return out if changed else data
 
 
 def _known_nodes(raw_nodes: Mapping[str, Any], section: Mapping[str, Any]) -> dict[str, NodeSpec]:
@@ -344,8 +391,6 @@ def recipe_to_graph(recipe: Recipe) -> dict[str, Any]:
     section["window"] = add("window", recipe.window)
     section["noise"] = add("noise", recipe.noise)
     section["sde"] = add("sde", recipe.sde)
-    outside = FlowGRPOSDEStep(noise_level=tree.outside_noise_level) if tree.sde_outside_window else ODEStep()
-    section["outside"] = add("outside", outside)
     section["advantage"] = add("advantage", recipe.advantage)
     section["losses"] = [add(loss.kind, loss) for loss in recipe.losses]
     section["optim"] = add("optim", recipe.optim)
@@ -362,8 +407,8 @@ __all__ = [
     "Graph",
     "GraphError",
     "Problem",
-    "apply_outside_step",
     "compile_graph",
     "parse_graph",
     "recipe_to_graph",
+    "upgrade_graph",
 ]

@@ -183,9 +183,3 @@ def tree_nft() -> Recipe:
 def tree_awm() -> Recipe:
     """Hybrid: the AWM objective (``awm``) on the leaves of a TreeGRPO-style tree."""
     return _tree(awm(), "tree-awm")
-
-
-PRESETS = {
-    "diffusionnft": diffusionnft, "awm": awm, "grpo-guard": grpo_guard, "flow-grpo-fast": flow_grpo_fast,
-    "branchgrpo": branchgrpo, "tree-nft": tree_nft, "tree-awm": tree_awm,
-}

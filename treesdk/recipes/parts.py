@@ -1,7 +1,8 @@
-"""The registry of recipe parts: every part kind is declared once, as its pydantic spec and its builder.
+"""The registry of recipe parts: every part kind is declared once, as its pydantic spec (and its builder, if any).
 
 A recipe is assembled from parts in seven slots. Each slot has kinds, keyed by the spec's ``kind``
-field; each kind is one :class:`PartDecl` (spec class + builder):
+field; each kind is one :class:`PartDecl` (spec class, and a builder where the spec is not itself
+the runtime object):
 
 ========== ======== ================================================== ===========================
 slot       output   built-in kinds                                     third-party entry points
@@ -30,8 +31,10 @@ log-prob averaged over elements unless the family gives its own ``log_prob``::
 
     declare(PartDecl("sde", DanceSDE, build=lambda spec: SDEFamily("dance-sde", dance_mean_std)))
 
-A loss term's builder returns a :class:`treesdk.interfaces.LossTerm` (its weight is the spec's
-``weight`` field); an estimator's builder returns a :class:`treesdk.interfaces.AdvantageEstimator`.
+A loss term or an estimator is one class, its own spec and runtime object: a :class:`RuntimePart`
+that is also a :class:`treesdk.interfaces.LossTerm` (its weight is its ``weight`` field) or a
+:class:`treesdk.interfaces.AdvantageEstimator`, declared without a builder
+(``PartDecl("loss", ClippedSurrogate)``); a spec that builds a separate object declares its builder.
 A third-party package points an entry point at its :class:`PartDecl`::
 
     [project.entry-points."treesdk.losses"]
@@ -48,17 +51,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from treesdk import registry
+from treesdk.interfaces import AdvantageEstimator, LossTerm
+from treesdk.part import Part, RuntimePart
 from treesdk.sde import SDEFamily
 from treesdk.validation import validation_problems
-
-
-class Part(BaseModel):
-    """Base of every recipe part: unknown fields are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,9 @@ class PartDecl:
         slot: a key of :data:`SLOTS`.
         spec: the pydantic model of the part's inputs; its ``kind`` field (a one-value ``Literal``)
             is the kind's name, unless ``kind`` is given.
-        build: ``spec instance -> runtime object`` (None: the part is plain data read by the trainer).
+        build: ``spec instance -> runtime object``; None when the spec is its own runtime object
+            (a :class:`~treesdk.interfaces.LossTerm` or :class:`~treesdk.interfaces.AdvantageEstimator`
+            that is also a :class:`Part`) or plain data read by the trainer (tree, window, noise, optim).
         node: the node type name in graph files and listings (default: the kind).
         kind: the kind's name when the spec has no one-value ``kind`` field.
     """
@@ -215,6 +216,8 @@ def build(slot: str, spec: BaseModel) -> Any:
     """The runtime object of a part (an estimator, a loss term, an :class:`~treesdk.sde.SDEFamily`)."""
     decl = lookup(slot, str(getattr(spec, "kind")))
     if decl.build is None:
+        if isinstance(spec, (LossTerm, AdvantageEstimator)):
+            return spec  # the part is its own runtime object
         raise ValueError(f"{slot} kind {decl.name!r} is plain data; it has no builder")
     built = decl.build(spec)
     if slot == "sde" and not isinstance(built, SDEFamily):
@@ -223,4 +226,5 @@ def build(slot: str, spec: BaseModel) -> Any:
     return built
 
 
-__all__ = ["Part", "PartDecl", "SLOTS", "Slot", "build", "declare", "lookup", "parts", "plugin_errors", "source", "validate_part"]
+__all__ = ["Part", "PartDecl", "RuntimePart", "SLOTS", "Slot", "build", "declare", "lookup", "parts", "plugin_errors",
+           "source", "validate_part"]

@@ -175,103 +175,15 @@ class ODESpec(Part):
 
 
 # ----------------------------------------------------------------------------------------------
-# advantage estimators
+# advantage estimators and loss terms: each class is its own part (spec and runtime object), in
+# treesdk.advantages and treesdk.losses; the *Spec names are the recipe-side names of the same classes
 
-
-_STD = Field("population", description="population std (Flow-GRPO) or unbiased std (DanceGRPO, BranchGRPO)")
-
-
-class GroupAdvantageSpec(Part):
-    """Group-normalised leaf advantage ``(r - mean_prompt) / (std + eps)``; every edge gets the mean
-    advantage of the leaves below it (for non-branching trajectories: the trajectory's advantage).
-    Flow-GRPO: population std, eps 1e-4; DanceGRPO/MixGRPO: unbiased std, eps 1e-8."""
-
-    kind: Literal["group"] = "group"
-    attribution: Literal["edge", "path"] = Field("edge", description="edge: one value per edge; path: one per root-to-leaf path")
-    global_std: bool = Field(False, description="normalise by the std over all leaves of the batch, not per prompt")
-    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
-    eps: float = Field(1e-4, gt=0, description="added to the std")
-    std: Literal["population", "unbiased"] = _STD
-
-
-class TreeBackupSpec(Part):
-    """TreeGRPO backup: leaf advantages as :class:`GroupAdvantageSpec`, then each internal edge gets
-    ``sum_c w_c * A_c`` over its child edges: ``w = softmax(logp_c / temperature)`` of the stored
-    behaviour log-probs (``backup=softmax``, the paper) or ``1/k`` (``backup=mean``).
-
-    Log-probs are averaged over latent elements, so they differ little between siblings and the
-    softmax is near-uniform at temperature 1 (close to the plain mean). A smaller temperature
-    sharpens it toward the most likely child; a larger one makes it exactly uniform.
-    """
-
-    kind: Literal["tree-backup"] = "tree-backup"
-    attribution: Literal["edge", "path"] = Field("edge", description="edge (TreeGRPO) or path (Dynamic-TreeRPO eq. 9)")
-    backup: Literal["softmax", "mean"] = Field("softmax", description="softmax over sibling log-probs, or the plain mean")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature over sibling log-probs")
-    global_std: bool = Field(False, description="normalise by the std over all leaves of the batch")
-    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
-    eps: float = Field(1e-4, gt=0, description="added to the std")
-    std: Literal["population", "unbiased"] = _STD
-
-
-class DepthwiseSpec(Part):
-    """BranchGRPO: the tree backup (``mean`` or ``softmax``), then at every depth the values of each
-    prompt's nodes are re-standardised, ``(x - mean) / (unbiased std + depth_eps)`` (0 where the std
-    is below 1e-6); one advantage per edge."""
-
-    kind: Literal["depthwise"] = "depthwise"
-    attribution: Literal["edge"] = Field("edge", description="one advantage per edge")
-    backup: Literal["softmax", "mean"] = Field("mean", description="how leaf values are backed up before re-standardising")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature (backup=softmax)")
-    depth_eps: float = Field(1e-8, gt=0, description="added to each depth's std")
-    global_std: bool = Field(False, description="normalise leaves by the std over the batch")
-    clip: float | None = Field(None, gt=0, description="clip advantages to [-clip, clip]")
-    eps: float = Field(1e-8, gt=0, description="added to the leaves' std")
-    std: Literal["population", "unbiased"] = Field("unbiased", description="std of the leaf normalisation")
-
-
-# ----------------------------------------------------------------------------------------------
-# loss terms
-
-
-class ClippedSurrogateSpec(Part):
-    """PPO clipped surrogate ``-min(rho A, clip(rho, 1 - e_lo, 1 + e_hi) A)``.
-
-    ``clip``: ``fixed`` uses ``eps`` both sides; ``asymmetric`` uses ``eps_low``/``eps_high``;
-    ``reward-adaptive`` uses ``e = eps_low + (eps_high - eps_low) * exp(-eta * R)`` on both sides,
-    ``R`` the raw reward of the path's leaf (best leaf below the edge under edge attribution).
-    """
-
-    kind: Literal["clipped-surrogate"] = "clipped-surrogate"
-    weight: float = Field(1.0, ge=0, description="weight of this term")
-    clip: Literal["fixed", "asymmetric", "reward-adaptive"] = "fixed"
-    eps: float = Field(1e-4, gt=0, le=1, description="clip range (fixed)")
-    eps_low: float = Field(1e-4, gt=0, le=1, description="lower clip range / adaptive minimum")
-    eps_high: float = Field(1e-4, gt=0, le=1, description="upper clip range / adaptive maximum")
-    eta: float = Field(1.0, ge=0, description="reward-adaptive decay rate")
-    guard: bool = Field(False, description="GRPO-Guard: normalise the log-ratio by the step's std and remove its "
-                                           "mean-shift drift (ratio normalisation + per-step re-weighting)")
-
-
-class LayerTuningSpec(Part):
-    """LayerTuning-RL SFT: per tree layer, MSE of every node's velocity to the detached velocity of
-    the node on the best leaf's path at that layer, times ``weight`` (lambda)."""
-
-    kind: Literal["layertuning-sft"] = "layertuning-sft"
-    weight: float = Field(0.1, ge=0, description="lambda")
-
-
-class KLSpec(Part):
-    """KL to the base policy, the reference obtained by disabling the adapter; times ``weight`` (beta).
-
-    ``form``: ``flow-grpo`` (Flow-GRPO's ``||mean_theta - mean_ref||^2 / (2 std_t^2)``, ``std_t``
-    without ``sqrt(-dt)``) or ``transition`` (the exact KL of the Gaussian transitions, the former
-    divided by ``-dt``). Averaged over latent elements.
-    """
-
-    kind: Literal["kl"] = "kl"
-    weight: float = Field(0.004, ge=0, description="beta")
-    form: Literal["flow-grpo", "transition"] = Field("flow-grpo", description="flow-grpo (divide by std_t^2) or transition (by (std_t^2 (-dt)))")
+GroupAdvantageSpec = GroupAdvantage
+TreeBackupSpec = TreeBackupAdvantage
+DepthwiseSpec = DepthwiseAdvantage
+ClippedSurrogateSpec = ClippedSurrogate
+LayerTuningSpec = LayerTuningSFT
+KLSpec = KLToReference
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,11 +279,7 @@ class Recipe(Part):
 
 
 # ----------------------------------------------------------------------------------------------
-# the built-in parts, declared once (spec + builder); see treesdk.recipes.parts
-
-
-def _leaf_options(spec: Any) -> dict[str, Any]:
-    return dict(attribution=spec.attribution, global_std=spec.global_std, clip=spec.clip, eps=spec.eps, std=spec.std)
+# the built-in parts, declared once; see treesdk.recipes.parts
 
 
 for _decl in (
@@ -383,16 +291,13 @@ for _decl in (
     PartDecl("sde", FlowSDESpec, build=lambda spec: SDE_FAMILIES["flow-sde"]),
     PartDecl("sde", DanceSDESpec, build=lambda spec: SDE_FAMILIES["dance-sde"]),
     PartDecl("sde", CPSSpec, build=lambda spec: SDE_FAMILIES["cps"]),
-    PartDecl("sde", ODESpec, build=lambda spec: SDE_FAMILIES["ode"], node="ode-family"),  # "ode" is the outside-window step node
-    PartDecl("advantage", GroupAdvantageSpec, build=lambda spec: GroupAdvantage(**_leaf_options(spec)), node="group-advantage"),
-    PartDecl("advantage", TreeBackupSpec,
-             build=lambda spec: TreeBackupAdvantage(temperature=spec.temperature, backup=spec.backup, **_leaf_options(spec))),
-    PartDecl("advantage", DepthwiseSpec, node="depthwise-advantage",
-             build=lambda spec: DepthwiseAdvantage(temperature=spec.temperature, backup=spec.backup, depth_eps=spec.depth_eps,
-                                                   **_leaf_options(spec))),
-    PartDecl("loss", ClippedSurrogateSpec, build=lambda s: ClippedSurrogate(s.clip, s.eps, s.eps_low, s.eps_high, s.eta, s.guard)),
-    PartDecl("loss", LayerTuningSpec, build=lambda spec: LayerTuningSFT()),
-    PartDecl("loss", KLSpec, build=lambda spec: KLToReference(spec.form)),
+    PartDecl("sde", ODESpec, build=lambda spec: SDE_FAMILIES["ode"]),
+    PartDecl("advantage", GroupAdvantage, node="group-advantage"),  # estimators and loss terms are their own runtime objects
+    PartDecl("advantage", TreeBackupAdvantage),
+    PartDecl("advantage", DepthwiseAdvantage, node="depthwise-advantage"),
+    PartDecl("loss", ClippedSurrogate),
+    PartDecl("loss", LayerTuningSFT),
+    PartDecl("loss", KLToReference),
     PartDecl("optim", OptimSpec, node="adamw", kind="adamw"),
 ):
     declare(_decl)

@@ -42,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from treesdk.recipes import Recipe, RecipeError, load_recipe
 from treesdk.training.loggers import parse_report_to
 from treesdk.training.optimization import EMAConfig
-from treesdk.safe_load import excerpt, read_json_file, read_mapping_file
+from treesdk.safe_load import read_json_file, read_mapping_file
+from treesdk.validation import validation_message
 
 
 class _Section(BaseModel):
@@ -274,13 +275,8 @@ def run_config_from_data(data: Mapping[str, Any], source: str = "<config>",
     try:
         return RunConfig.model_validate(dict(data))
     except ValidationError as exc:
-        lines = [f"invalid run file {source!r}:" if source != "<command line>" else "invalid command line:"]
-        for item in exc.errors():
-            loc = ".".join(str(p) for p in item["loc"]) or "(run)"
-            loc = (flags or {}).get(loc, loc)
-            got = "" if isinstance(item.get("input"), (dict, list)) else f" (got {excerpt(item.get('input'))})"
-            lines.append(f"  {loc}: {item['msg'].removeprefix('Value error, ')}{got}")
-        raise RunConfigError("\n".join(lines)) from None
+        header = f"invalid run file {source!r}:" if source != "<command line>" else "invalid command line:"
+        raise RunConfigError(validation_message(header, exc, whole="(run)", rename=flags)) from None
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from treesdk.hub_cache import hub_repo_id_of
+
 #: export formats that get a card (what the Hub hosts: LoRA adapters and diffusers pipelines)
 CARD_FORMATS = ("lora", "diffusers")
 #: the first line of every card treesdk writes (an existing README.md without it is never overwritten)
@@ -29,9 +31,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def hub_repo_id(base: str) -> str | None:
     """``org/name`` when ``base`` is a Hub repo id or a path inside a local HF cache snapshot
     (``.../models--org--name/snapshots/<hash>``); None for other local paths."""
-    match = re.search(r"models--([^/]+?)--([^/]+)", base)
-    if match:
-        return f"{match.group(1)}/{match.group(2)}"
+    cached = hub_repo_id_of(base)
+    if cached:
+        return cached
     if _HUB_ID.match(base) and not Path(base).exists():
         return base
     return None

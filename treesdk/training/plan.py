@@ -12,9 +12,8 @@ Two parts:
 * **Memory per rank** (an estimate, in bytes): weights, trainable parameters, gradients, AdamW
   state, tree states, saved activations of the largest training call, and the VAE decode of one
   chunk. Parameter counts are exact (:mod:`treesdk.model_facts`); activation bytes per token per
-  hidden unit per block were measured with autograd's saved-tensor hooks on diffusers' FLUX and SD3.5
-  blocks at real width (``python benchmarks/realwidth.py saved``; see ``docs/performance.md``) and are
-  checked there against measured peaks.
+  hidden unit per block come from the family's activation table (``ModelFacts.activations``: FLUX's
+  and SD3.5's are in :mod:`treesdk_backends.diffusers.sizes`, measured as that module says).
 
 Tree states (what :func:`sample_forest` keeps per trained layer, float32): parents, the ``k``
 children of each, the parents' velocity and the children's log-probs, plus the leaves and the
@@ -37,44 +36,6 @@ __all__ = ["CallCounts", "MemoryPlan", "iteration_calls", "plan_memory", "plan_r
 DTYPE_BYTES = {name: dtype.itemsize for name, dtype in DTYPES.items()}  # bytes per element, by name
 GIB = 2**30
 
-#: saved activation bytes per token per hidden unit of one block in a training forward, by (family,
-#: block kind, "lora"/"full", element bytes); the kinds are :func:`treesdk_backends.diffusers.sizes.block_kinds`.
-#: Measured with autograd's saved-tensor hooks, each saved storage counted once for the block that saved
-#: it (``python benchmarks/realwidth.py saved``: diffusers 0.42, default LoRA targets, CPU, the block in
-#: the interior of a stack; the same per hidden unit at SD3.5-medium and -large width)
-ACTIVATION_BYTES = {
-    ("flux", "double", "lora", 4): 72.31, ("flux", "double", "lora", 2): 64.26,
-    ("flux", "single", "lora", 4): 48.18, ("flux", "single", "lora", 2): 38.17,
-    ("flux", "double", "full", 4): 96.19, ("flux", "double", "full", 2): 56.14,
-    ("flux", "single", "full", 4): 84.12, ("flux", "single", "full", 2): 50.11,
-    ("sd3", "joint", "lora", 4): 56.41, ("sd3", "joint", "lora", 2): 48.35,
-    ("sd3", "joint_dual", "lora", 4): 67.01, ("sd3", "joint_dual", "lora", 2): 57.20,
-    ("sd3", "joint_last", "lora", 4): 45.04, ("sd3", "joint_last", "lora", 2): 40.40,
-    ("sd3", "joint", "full", 4): 100.32, ("sd3", "joint", "full", 2): 58.25,
-    ("sd3", "joint_dual", "full", 4): 117.81, ("sd3", "joint_dual", "full", 2): 70.52,
-    ("sd3", "joint_last", "full", 4): 70.87, ("sd3", "joint_last", "full", 2): 43.53,
-}
-#: the first block under LoRA saves less: its inputs come from frozen embedders and need no gradient,
-#: so what it computes from them alone is not kept (SD3.5's second attention has no LoRA target and
-#: saves nothing in block 0). (family, kind, element bytes) -> bytes per token per hidden unit, measured
-FIRST_BLOCK_BYTES = {
-    ("flux", "double", 4): 68.63, ("flux", "double", 2): 62.59,
-    ("flux", "single", 4): 28.51, ("flux", "single", 2): 28.50,
-    ("sd3", "joint", 4): 52.39, ("sd3", "joint", 2): 46.34, ("sd3", "joint_dual", 4): 52.47,
-    ("sd3", "joint_dual", 2): 46.41, ("sd3", "joint_last", 4): 41.02, ("sd3", "joint_last", 2): 38.39,
-}
-#: saved outside the blocks (embedders, final norm and projection), (family, mode, element bytes), measured
-OUTSIDE_BYTES = {("flux", "lora", 4): 4.01, ("flux", "lora", 2): 2.00, ("flux", "full", 4): 10.29,
-                 ("flux", "full", 2): 5.15, ("sd3", "lora", 4): 1.75, ("sd3", "lora", 2): 0.87,
-                 ("sd3", "full", 4): 11.37, ("sd3", "full", 2): 5.69}
-#: transient bytes per token per hidden unit while the last block back-propagates (activation gradients;
-#: on a CPU also the attention backward), float32; half in 16-bit. Fitted on the real-width bed
-#: (docs/performance.md: measured training increment minus saved activations and gradients): FLUX
-#: single from the k=2, d=3 run (checked: k=3, d=3 and the checkpointing run); SD3 (one value for
-#: every block kind) from an earlier SD3.5-medium bed, checked on the SD3.5-medium and -large beds;
-#: FLUX double is not reached by any bed run (the single block decides both maxima), an upper bound
-BACKWARD_WORKSPACE = {("flux", "double"): 20.0, ("flux", "single"): 52.0, ("sd3", "joint"): 35.0,
-                      ("sd3", "joint_dual"): 35.0, ("sd3", "joint_last"): 35.0}
 #: no-grad forward working set, bytes per token per hidden unit per element size (one block live)
 SAMPLING_WORKING_SET = 16
 #: VAE decoder working set per output pixel (bytes / element size): ~6 live maps of 128 channels
@@ -260,24 +221,26 @@ def activation_bytes_per_token(facts: ModelFacts, *, lora: bool, dtype_bytes: in
                                gradient_checkpointing: bool = False) -> float:
     """Peak bytes per token per hidden unit of one row's training forward + backward.
 
-    Without checkpointing every block's activations are saved (:data:`ACTIVATION_BYTES` per kind, the
-    first block's from :data:`FIRST_BLOCK_BYTES` under LoRA, plus :data:`OUTSIDE_BYTES`) and the
-    backward starts in the last block (its :data:`BACKWARD_WORKSPACE`). With checkpointing only the
-    blocks' inputs are kept and one block is recomputed and back-propagated at a time (the largest).
-    0.0 for a family without tables.
+    From the family's :class:`~treesdk.model_facts.ActivationTable` (``facts.activations``): without
+    checkpointing every block's activations are saved (``saved`` per kind, the first block's from
+    ``first_block`` under LoRA, plus ``outside``) and the backward starts in the last block (its
+    ``backward_workspace``). With checkpointing only the blocks' inputs are kept and one block is
+    recomputed and back-propagated at a time (the largest). 0.0 for a family without a table.
     """
-    b = dtype_bytes
+    b, table = dtype_bytes, facts.activations
     mode, key_b = ("lora" if lora else "full"), (4 if b == 4 else 2)
     kinds = facts.blocks
-    saved = [ACTIVATION_BYTES.get((facts.family, kind, mode, key_b), 0.0) for kind in kinds]
-    if not kinds or not all(saved):
+    if table is None or not kinds:
         return 0.0
-    work = {kind: BACKWARD_WORKSPACE.get((facts.family, kind), 0.0) * b / 4 for kind in kinds}
-    outside = OUTSIDE_BYTES.get((facts.family, mode, key_b), 0.0)
+    saved = [table.saved.get((kind, mode, key_b), 0.0) for kind in kinds]
+    if not all(saved):
+        return 0.0
+    work = {kind: table.backward_workspace.get(kind, 0.0) * b / 4 for kind in kinds}
+    outside = table.outside.get((mode, key_b), 0.0)
     if gradient_checkpointing:
         return (len(kinds) + 1) * b + outside + max(s + work[kind] for s, kind in zip(saved, kinds))
     if lora:
-        saved[0] = FIRST_BLOCK_BYTES.get((facts.family, kinds[0], key_b), saved[0])
+        saved[0] = table.first_block.get((kinds[0], key_b), saved[0])
     return outside + sum(saved) + work[kinds[-1]]
 
 

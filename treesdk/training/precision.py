@@ -24,17 +24,22 @@ from typing import Any
 
 import torch
 
-#: ``--precision`` values and their autocast dtypes (None: no autocast)
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from treesdk.dtypes import parse_dtype
+
+#: ``--precision`` values and their dtypes (fp32: no autocast); the other names of these dtypes in
+#: the one dtype table (:data:`treesdk.dtypes.DTYPES`: ``bfloat16``, ``float16``, ...) are accepted too
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_precision(name: str | None) -> torch.dtype | None:
-    """``fp32|bf16|fp16`` (also ``no``, ``float32``, ``bfloat16``, ``float16``) -> autocast dtype or None."""
-    aliases = {"no": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-    key = aliases.get(str(name).lower(), str(name).lower()) if name is not None else "fp32"
-    if key not in PRECISIONS:
-        raise ValueError(f"--precision {name!r}: expected one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[key]
+    """``fp32|bf16|fp16`` (also ``no`` and the dtype names of :mod:`treesdk.dtypes`) -> autocast dtype or None."""
+    if name is None or str(name).lower() == "no":
+        return None
+    try:
+        dtype = parse_dtype(str(name), allowed=PRECISIONS.values())
+    except ValueError:
+        raise ValueError(f"--precision {name!r}: expected one of {', '.join(PRECISIONS)}") from None
+    return None if dtype == torch.float32 else dtype
 
 
 def default_precision(environ: Mapping[str, str] | None = None) -> str:

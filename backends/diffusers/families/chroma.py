@@ -30,7 +30,7 @@ class ChromaAdapter(FluxAdapter):
     components = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
     text_encoder_names = ("text_encoder",)
     single_file_layout = "chroma"  # the BFL-style layout ComfyUI's Chroma model loads
-    planner_architecture = ""  # FLUX.1's activation tables were measured with its modulation layers
+    activation_table = None  # FLUX.1's table was measured with its modulation layers, which Chroma lacks
     known_models = {}
     default_known_model = None
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from treesdk.model_facts import ModelFacts
 
 from ..adapter import FamilyAdapter
-from ..sizes import FLUX_MODELS, block_kinds, known_facts
+from ..sizes import FLUX_ACTIVATIONS, FLUX_MODELS, block_kinds, known_facts
 
 __all__ = ["FluxAdapter", "FLUX_COMPONENTS", "FLUX_LORA_TARGETS", "has_guidance_embedding", "pack_latents", "unpack_latents", "image_ids"]
 
@@ -77,7 +77,7 @@ class FluxAdapter(FamilyAdapter):
     text_encoder_names = ("text_encoder", "text_encoder_2")
     lora_targets = FLUX_LORA_TARGETS
     single_file_layout = "flux"
-    planner_architecture = "flux"
+    activation_table = FLUX_ACTIVATIONS
     known_models = FLUX_MODELS
     default_known_model = "FLUX.1-dev"
 

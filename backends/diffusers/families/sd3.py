@@ -15,7 +15,7 @@ from torch import Tensor
 from treesdk.model_facts import ModelFacts
 
 from ..adapter import FamilyAdapter
-from ..sizes import SD3_MODELS, block_kinds, known_facts
+from ..sizes import SD3_ACTIVATIONS, SD3_MODELS, block_kinds, known_facts
 
 __all__ = ["SD3Adapter", "SD3_COMPONENTS", "SD3_LORA_TARGETS"]
 
@@ -39,7 +39,7 @@ class SD3Adapter(FamilyAdapter):
     components = SD3_COMPONENTS
     lora_targets = SD3_LORA_TARGETS
     single_file_layout = "sd3"
-    planner_architecture = "sd3"
+    activation_table = SD3_ACTIVATIONS
     planner_buffers = ("pos_embed.pos_embed",)
     known_models = SD3_MODELS
     default_known_model = "SD3.5-medium"

@@ -1,4 +1,5 @@
-"""Two third-party recipe parts, each declared once (pydantic spec + builder) as a ``PartDecl``:
+"""Two third-party recipe parts, each one class (its pydantic fields are the recipe spec, its
+``__call__`` what the trainer runs: a ``RuntimePart``) declared once as a ``PartDecl``:
 
 * loss term ``logratio-penalty``: ``0.5 * mean((logp_new - logp_old)^2)`` over the chunk's edges, a
   quadratic estimate of the KL from the behaviour policy (log-probs are treesdk's: Gaussian
@@ -14,27 +15,25 @@ A recipe uses them by kind, like the built-ins (``advantage: {kind: rank}``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from treesdk.interfaces import AdvantageEstimator, EdgeAdvantages, EdgeBatch, Forest, LossTerm
-from treesdk.recipes.parts import Part, PartDecl
+from treesdk.recipes.parts import PartDecl, RuntimePart
 
-__all__ = ["LOGRATIO_PENALTY", "RANK_ADVANTAGE", "LogRatioPenalty", "LogRatioPenaltySpec", "RankAdvantage", "RankAdvantageSpec"]
+__all__ = ["LOGRATIO_PENALTY", "RANK_ADVANTAGE", "LogRatioPenalty", "RankAdvantage"]
 
 
-class LogRatioPenaltySpec(Part):
+class LogRatioPenalty(RuntimePart, LossTerm):
     """Quadratic penalty ``0.5 * mean((logp_new - logp_old)^2)`` keeping the policy near the behaviour policy."""
+
+    name: ClassVar[str] = "logratio_penalty"
 
     kind: Literal["logratio-penalty"] = "logratio-penalty"
     weight: float = Field(0.1, ge=0, description="weight of this term")
-
-
-class LogRatioPenalty(LossTerm):
-    name = "logratio_penalty"
 
     def __call__(self, batch: EdgeBatch) -> tuple[Tensor, dict[str, float]]:
         log_ratio = (batch.new_log_probs - batch.old_log_probs).float()
@@ -42,13 +41,11 @@ class LogRatioPenalty(LossTerm):
         return loss, {"logratio_penalty": float(loss.detach())}
 
 
-class RankAdvantageSpec(Part):
+class RankAdvantage(RuntimePart, AdvantageEstimator):
     """Centred reward ranks per prompt, scaled to [-1, 1]; an edge gets the mean of the leaves below it."""
 
     kind: Literal["rank"] = "rank"
 
-
-class RankAdvantage(AdvantageEstimator):
     def __call__(self, forest: Forest, rewards: Mapping[str, Tensor], weights: Mapping[str, float]) -> EdgeAdvantages:
         leaves = forest.leaves_per_prompt
         half = max((leaves - 1) / 2.0, 1.0)
@@ -67,5 +64,6 @@ class RankAdvantage(AdvantageEstimator):
         return EdgeAdvantages(advantages, clip_rewards, adv, raw)
 
 
-LOGRATIO_PENALTY = PartDecl("loss", LogRatioPenaltySpec, build=lambda spec: LogRatioPenalty())
-RANK_ADVANTAGE = PartDecl("advantage", RankAdvantageSpec, build=lambda spec: RankAdvantage())
+#: no builder: each part is its own runtime object
+LOGRATIO_PENALTY = PartDecl("loss", LogRatioPenalty)
+RANK_ADVANTAGE = PartDecl("advantage", RankAdvantage)
