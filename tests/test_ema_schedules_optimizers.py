@@ -192,6 +192,7 @@ def test_optimization_combines_optimizer_schedule_and_ema():
     params = _params()
     opt = Optimization(params, spec, iters=4, ema=EMAConfig(decay=0.5, warmup=False, use="eval"))
     assert isinstance(opt.optimizer, torch.optim.SGD)
+    opt.ema.attach(opt.optimizer)  # the trainer calls ema.step() itself after each optimiser step
     opt.start(0)
     lrs = []
     for _ in range(4):

@@ -19,6 +19,7 @@ import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from treesdk.training.distributed import launched_by_torchrun
 
@@ -72,12 +73,7 @@ def torchrun_argv(
 
     Raises ValueError for combinations torchrun cannot run (several nodes without an endpoint).
     """
-    if nproc_per_node < 1:
-        raise ValueError(f"--nproc-per-node {nproc_per_node}: need at least 1 process per node")
-    if nnodes < 1:
-        raise ValueError(f"--nnodes {nnodes}: need at least 1 node")
-    if max_restarts < 0:
-        raise ValueError(f"--max-restarts {max_restarts}: must be 0 or more")
+    _check(nproc_per_node, nnodes, max_restarts)
     args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
     if nnodes == 1 and rdzv_endpoint is None:
         args.append("--standalone")
@@ -101,6 +97,21 @@ def torchrun_argv(
     # "--" keeps torchrun's parser off the worker's flags (argparse would reject e.g. ``--d`` as an
     # ambiguous abbreviation of its own ``--duplicate-*`` options); the CLI accepts a leading "--" too
     return [*args, "-m", module, "--", *worker_args]
+
+
+def check_launch(settings: Any) -> None:
+    """The launcher settings of a run that is not launched from here (one process, or a torchrun
+    worker): the values alone, as :func:`torchrun_argv` checks them (``settings``: a ``LaunchConfig``)."""
+    _check(settings.nproc_per_node, settings.nnodes, settings.max_restarts)
+
+
+def _check(nproc_per_node: int, nnodes: int, max_restarts: int) -> None:
+    if nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node {nproc_per_node}: need at least 1 process per node")
+    if nnodes < 1:
+        raise ValueError(f"--nnodes {nnodes}: need at least 1 node")
+    if max_restarts < 0:
+        raise ValueError(f"--max-restarts {max_restarts}: must be 0 or more")
 
 
 def launch(argv: Sequence[str]) -> int:
