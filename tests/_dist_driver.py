@@ -43,7 +43,7 @@ from analytic import BrightnessReward, MixtureFlow
 
 from treesdk.training import distributed
 from treesdk.recipes import load_recipe
-from treesdk.training.trainer import train
+from treesdk import train
 
 RECIPE = {"steps": 6, "tree.d": 3, "optim.lr": 0.05, "optim.minibatches": 2, "optim.grad_clip": 1.0}
 PROMPTS = ["a", "b", "c", "d", "e", "f"]

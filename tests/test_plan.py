@@ -16,7 +16,7 @@ from diffusers_fixtures import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, single
 from treesdk.model_facts import lora_parameters, model_facts
 from treesdk.training.plan import plan_memory, plan_run
 from treesdk.recipes import load_recipe
-from treesdk.training.trainer import train
+from treesdk import train
 
 
 @pytest.fixture(autouse=True, scope="module")

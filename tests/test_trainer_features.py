@@ -14,7 +14,7 @@ import treesdk
 from treesdk.training.checkpoint import load_checkpoint
 from treesdk.recipes import load_recipe
 from treesdk.training.schedules import lr_factor
-from treesdk.training.trainer import train
+from treesdk import train
 
 REWARDS = {"brightness": BrightnessReward()}
 

@@ -32,9 +32,9 @@ from treesdk.training.export import export_run
 from treesdk.training.plan import plan_run
 from treesdk.training.precision import default_precision
 from treesdk.training.runs import load_trained_backend, option_names
-from treesdk.training.session import run_training
+from treesdk.training.session import run_training, train
 from treesdk.training.settings import Setting, run_settings
-from treesdk.training.trainer import Run, Trainer, train
+from treesdk.training.trainer import Run, Trainer
 
 
 def load_backend(name: str, **options: Any) -> VelocityModel:

@@ -44,6 +44,8 @@ from treesdk.training.collective import Collective
 from treesdk.training.config import RunConfig, read_run_config
 from treesdk.training.metrics import Run
 from treesdk.training.run_folders import check_out_dir, claim_run_dir, config_changes, default_run_dir, refuse_changed_config
+from treesdk.training.runs import build_run_parts, option_names, parts_from_objects, precheck_run_config
+from treesdk.training.trainer import Trainer
 
 _log = logging.getLogger("treesdk")
 
@@ -165,8 +167,6 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
     from treesdk.training.optimization import accumulation_summary
     from treesdk.training.precision import cpu_defaults
     from treesdk.training.progress import TrainProgress, print_profile, print_summary
-    from treesdk.training.runs import build_run_parts, option_names, precheck_run_config
-    from treesdk.training.trainer import Trainer
 
     show: Callable[[str], None] = (console.print if console is not None else _log_line) if ctx.is_main else _quiet
     if out is not None and ctx.is_main and not os.environ.get(LAUNCHED_ENV):
@@ -263,4 +263,34 @@ def _quiet(text: str) -> None:  # noqa: ARG001 - ranks other than 0 show nothing
     return None
 
 
-__all__ = ["LAUNCHED_ENV", "LaunchFailed", "run_training"]
+def train(config: RunConfig | Any, *args: Any, out_dir: str | Path | None = None, resume: bool = False,
+          collective: Collective | None = None, callbacks: Sequence[Callback] = (),
+          on_step: Callable[[str, int, int], None] | None = None, **kwargs: Any) -> Run:
+    """Train a run: ``train(RunConfig(...), out_dir=..., resume=..., callbacks=[...])``.
+
+    A :class:`RunConfig` takes the one run path (:func:`treesdk.training.session.run_training`,
+    which ``treesdk train`` takes too: launcher, run folder, process group, resume checks); its
+    keywords are ``out_dir``, ``resume``, ``collective``, ``callbacks``, ``on_step`` and those of
+    ``run_training`` (``allow_config_change``, ``console``).
+
+    The parts form ``train(recipe, backend, rewards, prompts, **settings)`` takes parts already
+    built and the settings as keywords (:func:`treesdk.training.runs.parts_from_objects`), for
+    scripts and tests; it runs :meth:`Trainer.fit` in this process with ``collective``.
+    ``on_step`` (both forms) receives the phases inside each iteration, e.g.
+    :class:`treesdk.training.progress.TrainProgress`.
+    """
+    if isinstance(config, RunConfig):
+        unknown = sorted(set(kwargs) - {"allow_config_change", "console"})
+        if args or unknown:
+            raise TypeError(f"train(RunConfig) takes out_dir, resume, collective, callbacks, on_step, allow_config_change "
+                            f"and console only; got {unknown or args}")
+        return run_training(config, out_dir, resume=resume, collective=collective, callbacks=callbacks, on_step=on_step,
+                            **kwargs)
+    on_iteration = kwargs.pop("on_iteration", None)
+    callbacks = [*callbacks, *([on_iteration] if on_iteration else [])]
+    backend, rewards, prompts = args
+    built = parts_from_objects(backend, config, rewards, prompts, **kwargs)
+    return Trainer(built, out_dir, collective=collective, callbacks=callbacks, on_step=on_step).fit(resume)
+
+
+__all__ = ["LAUNCHED_ENV", "LaunchFailed", "run_training", "train"]

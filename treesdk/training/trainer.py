@@ -4,7 +4,7 @@
 loop in pieces a user can drive from Python: :meth:`Trainer.step` (one iteration, the loop a
 newcomer reads in five minutes), :meth:`Trainer.checkpoint`, :meth:`Trainer.evaluate` and
 :meth:`Trainer.finish` (evaluate, export). :meth:`Trainer.fit` runs them all with stop handling;
-:func:`train` is the one-call form (``treesdk.train(RunConfig(...))``).
+:func:`treesdk.train` (:mod:`treesdk.training.session`) is the one-call form around it.
 
 Every part comes from the recipe through the registry of parts (estimator, loss terms, SDE family);
 there is no ``if algo == ...`` here. Randomness is a pure function of ``(seed, iteration, slot)``:
@@ -47,7 +47,7 @@ from treesdk.training.model_card import write_model_card
 from treesdk.training.optimization import Optimization, StepCalls
 from treesdk.training.profiling import PhaseProfiler
 from treesdk.training.run_folders import RunLock, check_out_dir
-from treesdk.training.runs import RunParts, build_run_parts, parts_from_objects
+from treesdk.training.runs import RunParts, build_run_parts
 from treesdk.training.update import policy_update
 from treesdk.images import make_grid, save_grid
 
@@ -387,36 +387,4 @@ class Trainer:
         self.run.eval_before = state.get("eval_before", {})
 
 
-def train(config: RunConfig | Recipe | str, *args: Any, out_dir: str | Path | None = None, resume: bool = False,
-          collective: Collective | None = None, callbacks: Sequence[Callback] = (),
-          on_step: Callable[[str, int, int], None] | None = None, **kwargs: Any) -> Run:
-    """Train a run: ``train(RunConfig(...), out_dir=..., resume=..., callbacks=[...])``.
-
-    A :class:`RunConfig` takes the one run path (:func:`treesdk.training.session.run_training`,
-    which ``treesdk train`` takes too: launcher, run folder, process group, resume checks); its
-    keywords are ``out_dir``, ``resume``, ``collective``, ``callbacks``, ``on_step`` and those of
-    ``run_training`` (``allow_config_change``, ``console``).
-
-    The parts form ``train(recipe, backend, rewards, prompts, **settings)`` takes parts already
-    built and the settings as keywords (:func:`treesdk.training.runs.parts_from_objects`), for
-    scripts and tests; it runs :meth:`Trainer.fit` in this process with ``collective``.
-    ``on_step`` (both forms) receives the phases inside each iteration, e.g.
-    :class:`treesdk.training.progress.TrainProgress`.
-    """
-    if isinstance(config, RunConfig):
-        from treesdk.training.session import run_training
-
-        unknown = sorted(set(kwargs) - {"allow_config_change", "console"})
-        if args or unknown:
-            raise TypeError(f"train(RunConfig) takes out_dir, resume, collective, callbacks, on_step, allow_config_change "
-                            f"and console only; got {unknown or args}")
-        return run_training(config, out_dir, resume=resume, collective=collective, callbacks=callbacks, on_step=on_step,
-                            **kwargs)
-    on_iteration = kwargs.pop("on_iteration", None)
-    callbacks = [*callbacks, *([on_iteration] if on_iteration else [])]
-    backend, rewards, prompts = args
-    built = parts_from_objects(backend, config, rewards, prompts, **kwargs)
-    return Trainer(built, out_dir, collective=collective, callbacks=callbacks, on_step=on_step).fit(resume)
-
-
-__all__ = ["Callback", "Run", "Trainer", "iteration_prompts", "slot_seed", "train"]
+__all__ = ["Callback", "Run", "Trainer", "iteration_prompts", "slot_seed"]
