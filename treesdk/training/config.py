@@ -255,6 +255,25 @@ class RunConfig(_Section):
         overrides = {**({} if is_file else dict(recipe_defaults or {})), **self.overrides}
         return load_recipe(recipe, **overrides)
 
+    def check_recipe(self, default_recipe: str | Mapping[str, Any] | None = None) -> None:
+        """Check the recipe before the backend loads (its scale defaults are not known yet): a recipe
+        file or mapping completely, a preset's name and the paths of the overrides; an override value
+        the backend's defaults may still change is judged by :meth:`resolve_recipe` once it loads."""
+        from treesdk.errors import UserError
+
+        recipe = self.recipe if self.recipe is not None else default_recipe
+        if isinstance(recipe, Recipe):
+            return
+        if isinstance(recipe, Mapping) or (isinstance(recipe, str) and Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}):
+            self.resolve_recipe({}, default_recipe)
+            return
+        try:
+            self.resolve_recipe({}, default_recipe)  # an unknown preset or a bad override path fails here
+        except UserError:
+            raise
+        except ValueError:  # a value the backend's defaults may still change: judged after it loads
+            pass
+
     def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str]) -> RunConfig:
         """This config with the recipe inline (no overrides left) and the rewards named explicitly:
         what ``config.json`` stores."""

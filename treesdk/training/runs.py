@@ -136,8 +136,6 @@ def precheck_run_config(config: RunConfig) -> None:
     prompts, the option keys of the rewards named, the backend's option keys, and the recipe (fully
     for a recipe file, the paths of the overrides for a preset, whose values the backend's scale
     defaults may still change)."""
-    from treesdk.errors import UserError
-
     if config.prompts.items is not None or config.prompts.file is not None:
         config.prompts.load([])
     factory = registry.load("backend", config.backend.name)
@@ -146,17 +144,7 @@ def precheck_run_config(config: RunConfig) -> None:
     for name, reward in named.items():
         options = {**config.reward_options.get(name, {}), **reward.options}
         registry.check_options("reward", name, registry.load("reward", name), options, f"--reward-opt {name}:KEY")
-    default_recipe = getattr(factory, "default_recipe", None)  # a class attribute: no model is loaded
-    recipe = config.recipe if config.recipe is not None else default_recipe
-    if isinstance(recipe, Mapping) or (isinstance(recipe, str) and Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}):
-        config.resolve_recipe({}, default_recipe)
-    elif isinstance(recipe, str) or recipe is None:
-        try:
-            config.resolve_recipe({}, default_recipe)  # an unknown preset or a bad override path fails here
-        except UserError:
-            raise
-        except ValueError:  # a value the backend's defaults may still change: judged after it loads
-            pass
+    config.check_recipe(getattr(factory, "default_recipe", None))  # a class attribute: no model is loaded
 
 
 # ---------------------------------------------------------------------------------------------
