@@ -13,7 +13,7 @@ user's checkpoint (``treesdk.load_backend("flux", model=PATH)``). Nothing is dow
     python benchmarks/realwidth.py saved --family flux --double 1 --single 0          # activation table
 
 ``saved`` prints the bytes autograd keeps for backward per token per hidden unit (saved-tensor
-hooks, parameters excluded): the numbers :data:`treesdk.training.plan.ACTIVATION_BYTES` holds.
+hooks, parameters excluded): the numbers :data:`treesdk.training.loop.plan.ACTIVATION_BYTES` holds.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def build(family: str, variant: str, double: int, single: int, out: Path, seed: 
 
 
 def block_kind(family: str, block: torch.nn.Module) -> str:
-    """The planner's block type of one diffusers block (``treesdk.training.plan.ACTIVATION_BYTES`` keys):
+    """The planner's block type of one diffusers block (``treesdk.training.loop.plan.ACTIVATION_BYTES`` keys):
     FLUX ``double`` / ``single``; SD3 ``joint``, ``joint_dual`` (SD3.5's second attention) or
     ``joint_last`` (``context_pre_only``: no context feed-forward, diffusers' last block)."""
     if family == "flux":

@@ -23,9 +23,9 @@ from _dist_common import (
     straight_two_rank_run,
 )
 
-from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
-from treesdk.training.distributed import reduce_metric_rows
-from treesdk.training.launch import rendezvous_id, torchrun_argv
+from treesdk.training.run_folder.checkpoint import list_checkpoints, load_checkpoint
+from treesdk.training.parallel.distributed import reduce_metric_rows
+from treesdk.training.parallel.launch import rendezvous_id, torchrun_argv
 
 
 @pytest.fixture(scope="module")

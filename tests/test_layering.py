@@ -109,8 +109,8 @@ def imports(module: str, top_level_only: bool) -> set[str]:
 def test_the_import_reader_sees_every_kind_of_import():
     """The reader finds imports in functions, methods, try and with blocks, and skips TYPE_CHECKING."""
     assert "treesdk.recipes.parts" in imports("treesdk.nodes.catalog", top_level_only=True)
-    assert "treesdk.safe_load" in imports("treesdk.training.runs", top_level_only=False)  # in a function
-    assert "treesdk.safe_load" not in imports("treesdk.training.runs", top_level_only=True)
+    assert "treesdk.safe_load" in imports("treesdk.training.loop.runs", top_level_only=False)  # in a function
+    assert "treesdk.safe_load" not in imports("treesdk.training.loop.runs", top_level_only=True)
     assert "treesdk_cli.common" in imports("treesdk_cli.tiny", top_level_only=True)  # a relative import
     assert "treesdk_backends.tiny" in imports("treesdk_cli.tiny", top_level_only=False)  # inside try, in a function
     assert {"treesdk_cli.train", "treesdk_cli.flags"} <= set(ALL_MODULES)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import treesdk
 from treesdk.recipes import load_recipe
-from treesdk.training.profiling import PHASES, PhaseProfiler
+from treesdk.training.run_folder.profiling import PHASES, PhaseProfiler
 from treesdk import train
 from treesdk_cli.main import app
 

@@ -26,15 +26,15 @@ from treesdk import registry, sde
 from treesdk._version import __version__
 from treesdk.interfaces import AdvantageEstimator, LossTerm, RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe
-from treesdk.training.collective import Collective
+from treesdk.training.parallel.collective import Collective
 from treesdk.training.config import RunConfig, is_run_file_data, read_config_file, run_config_from_data
-from treesdk.training.export import export_run
-from treesdk.training.plan import plan_run
-from treesdk.training.precision import default_precision
-from treesdk.training.runs import load_trained_backend, option_names
-from treesdk.training.session import run_training, train
+from treesdk.training.exporting.export import export_run
+from treesdk.training.loop.plan import plan_run
+from treesdk.training.loop.precision import default_precision
+from treesdk.training.loop.runs import load_trained_backend, option_names
+from treesdk.training.loop.session import run_training, train
 from treesdk.training.settings import Setting, run_settings
-from treesdk.training.trainer import Run, Trainer
+from treesdk.training.loop.trainer import Run, Trainer
 
 
 def load_backend(name: str, **options: Any) -> VelocityModel:

@@ -44,7 +44,7 @@ class Linear:
 class ModelFacts:
     """What the planner needs to know about a model (counts in parameters/elements, not bytes).
 
-    ``family``: the architecture whose activation tables apply (:mod:`treesdk.training.plan`;
+    ``family``: the architecture whose activation tables apply (:mod:`treesdk.training.loop.plan`;
     ``"flux"``, ``"sd3"``) or the family's own name when it has none (activations then are not
     estimated). ``text_tokens``: tokens of the text stream the transformer attends over (FLUX: T5
     length; SD3: 77 CLIP + T5 length). ``px_per_token``: pixels per image token along a side (VAE

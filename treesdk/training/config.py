@@ -40,8 +40,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from treesdk.recipes import Recipe, RecipeError, load_recipe
-from treesdk.training.loggers import parse_report_to
-from treesdk.training.optimization import EMAConfig
+from treesdk.training.run_folder.loggers import parse_report_to
+from treesdk.training.optimisation.optimization import EMAConfig
 from treesdk.safe_load import excerpt, read_json_file, read_mapping_file
 
 
@@ -79,7 +79,7 @@ class RewardConfig(_Section):
 
 class PromptsConfig(_Section):
     """Where the training prompts come from: an inline list or a file / datasets folder
-    (:func:`treesdk.training.prompts.load_prompts`); neither: the backend's default prompts."""
+    (:func:`treesdk.training.loop.prompts.load_prompts`); neither: the backend's default prompts."""
 
     items: list[str] | None = Field(None, description="the prompts")
     file: str | None = Field(None, description="prompts: text file (one per line), CSV/TSV, JSONL, JSON, parquet or a "
@@ -99,7 +99,7 @@ class PromptsConfig(_Section):
                 raise ValueError("prompts.items holds no prompt")
             return prompts
         if self.file is not None:
-            from treesdk.training.prompts import load_prompts
+            from treesdk.training.loop.prompts import load_prompts
 
             return load_prompts(self.file, self.column, self.split)
         return list(default)
@@ -119,7 +119,7 @@ class ExportConfig(_Section):
 
 class LaunchConfig(_Section):
     """Processes of the run (``treesdk train`` starts torchrun when more than one is asked for).
-    The values are checked together, with the flag names, by :func:`treesdk.training.launch.torchrun_argv`;
+    The values are checked together, with the flag names, by :func:`treesdk.training.parallel.launch.torchrun_argv`;
     a worker records the processes it ran with (``nproc_per_node`` x ``nnodes``)."""
 
     nproc_per_node: int = Field(1, description="processes (GPUs) per node; >1 launches through torchrun",
@@ -137,7 +137,7 @@ class LaunchConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    """Loggers (:mod:`treesdk.training.loggers`) and evaluations during training."""
+    """Loggers (:mod:`treesdk.training.run_folder.loggers`) and evaluations during training."""
 
     report_to: list[str] = Field(default_factory=lambda: ["jsonl", "tensorboard"],
                                  description="loggers: jsonl, tensorboard, wandb (a list or 'a,b'; 'none': none)",
@@ -203,7 +203,7 @@ class RunConfig(_Section):
     @field_validator("precision")
     @classmethod
     def _known_precision(cls, value: str) -> str:
-        from treesdk.training.precision import parse_precision
+        from treesdk.training.loop.precision import parse_precision
 
         parse_precision(value)  # a one-line error naming the valid values
         return value

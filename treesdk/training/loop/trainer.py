@@ -4,7 +4,7 @@
 loop in pieces a user can drive from Python: :meth:`Trainer.step` (one iteration, the loop a
 newcomer reads in five minutes), :meth:`Trainer.checkpoint`, :meth:`Trainer.evaluate` and
 :meth:`Trainer.finish` (evaluate, export). :meth:`Trainer.fit` runs them all with stop handling;
-:func:`treesdk.train` (:mod:`treesdk.training.session`) is the one-call form around it.
+:func:`treesdk.train` (:mod:`treesdk.training.loop.session`) is the one-call form around it.
 
 Every part comes from the recipe through the registry of parts (estimator, loss terms, SDE family);
 there is no ``if algo == ...`` here. Randomness is a pure function of ``(seed, iteration, slot)``:
@@ -17,7 +17,7 @@ Run folder::
     metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
     tb/, wandb/        TensorBoard events (scalars, grids, reward histograms), wandb files (--report-to)
     samples/           start.png / iter_N.png (--eval-every) / end.png grids of the evaluation set
-    checkpoints/       iter_NNNNNN/ (see treesdk.training.checkpoint)
+    checkpoints/       iter_NNNNNN/ (see treesdk.training.run_folder.checkpoint)
     export/            the exported policy
 """
 
@@ -33,22 +33,22 @@ from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe
 from treesdk.recipes import parts as parts_registry
 from treesdk.reward_scoring import sample_and_score
-from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
-from treesdk.training.collective import Collective
+from treesdk.training.run_folder.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from treesdk.training.parallel.collective import Collective
 from treesdk.training.config import RunConfig
-from treesdk.training.distributed import restart_count
+from treesdk.training.parallel.distributed import restart_count
 from treesdk.evaluation import evaluate
-from treesdk.training.export import default_export_name, export_run
-from treesdk.training.metadata import export_metadata
-from treesdk.training.loggers import Loggers, build_loggers, parse_report_to
-from treesdk.training.batches import iteration_prompts, slot_seed
-from treesdk.training.metrics import Run, StopRequest
-from treesdk.training.model_card import write_model_card
-from treesdk.training.optimization import Optimization, StepCalls
-from treesdk.training.profiling import PhaseProfiler
-from treesdk.training.run_folders import RunLock, check_out_dir
-from treesdk.training.runs import RunParts, build_run_parts
-from treesdk.training.update import policy_update
+from treesdk.training.exporting.export import default_export_name, export_run
+from treesdk.training.exporting.metadata import export_metadata
+from treesdk.training.run_folder.loggers import Loggers, build_loggers, parse_report_to
+from treesdk.training.loop.batches import iteration_prompts, slot_seed
+from treesdk.training.loop.metrics import Run, StopRequest
+from treesdk.training.exporting.model_card import write_model_card
+from treesdk.training.optimisation.optimization import Optimization, StepCalls
+from treesdk.training.run_folder.profiling import PhaseProfiler
+from treesdk.training.run_folder.run_folders import RunLock, check_out_dir
+from treesdk.training.loop.runs import RunParts, build_run_parts
+from treesdk.training.loop.update import policy_update
 from treesdk.images import make_grid, save_grid
 
 _log = logging.getLogger("treesdk")
@@ -63,7 +63,7 @@ class Trainer:
     :meth:`step`, :meth:`checkpoint` and :meth:`finish` yourself.
 
     Args:
-        parts: the run's parts (:class:`~treesdk.training.runs.RunParts`: backend, rewards, prompts,
+        parts: the run's parts (:class:`~treesdk.training.loop.runs.RunParts`: backend, rewards, prompts,
             evaluation set, export format) and its resolved :class:`RunConfig` (``parts.config``),
             which holds every setting: ``batch`` prompts (trees) per iteration over all ranks, rank
             ``r`` owning slots ``r, r + world_size, ...``; ``iters`` in all (a resumed run continues
@@ -73,8 +73,8 @@ class Trainer:
             backend's ``fsdp_modules()`` before the optimiser is built.
         callbacks: called with each iteration's metrics row; one returning True stops the run after the
             iteration (checkpoint written), as SIGINT/SIGTERM do.
-        on_step: ``on_step(phase, done, total)`` for progress displays (:mod:`treesdk.training.progress`).
-    Optimiser, lr schedule and accumulation: the recipe's ``optim`` (:mod:`treesdk.training.optimization`).
+        on_step: ``on_step(phase, done, total)`` for progress displays (:mod:`treesdk.training.run_folder.progress`).
+    Optimiser, lr schedule and accumulation: the recipe's ``optim`` (:mod:`treesdk.training.optimisation.optimization`).
     """
 
     def __init__(
@@ -160,8 +160,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         on_step: Callable[[str, int, int], None] | None = None,
     ) -> Trainer:
-        """A trainer over parts built by :func:`treesdk.training.runs.build_run_parts` (or
-        :func:`~treesdk.training.runs.parts_from_objects`): the constructor."""
+        """A trainer over parts built by :func:`treesdk.training.loop.runs.build_run_parts` (or
+        :func:`~treesdk.training.loop.runs.parts_from_objects`): the constructor."""
         return cls(built, out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
 
     # -- the run, step by step -------------------------------------------------------------------
@@ -169,7 +169,7 @@ class Trainer:
     def start(self, resume: bool = False, *, check_folder: bool = True) -> None:
         """Prepare the run folder: resume from its newest checkpoint, or write ``config.json`` and
         score the evaluation set before training. ``check_folder=False``: the caller checked it
-        (:func:`~treesdk.training.run_folders.check_out_dir`), as :func:`treesdk.train` does."""
+        (:func:`~treesdk.training.run_folder.run_folders.check_out_dir`), as :func:`treesdk.train` does."""
         out, main = self.out, self.collective.is_main
         if out is not None and main:
             if check_folder:

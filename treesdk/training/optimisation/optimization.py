@@ -1,10 +1,10 @@
 """The optimiser of a run with its learning-rate schedule and EMA, as the trainer uses them.
 
 :class:`Optimization` builds the optimiser named in the recipe (``optim.optimizer``, see
-:mod:`treesdk.training.optimizers`), an lr schedule stepped once per iteration (``optim.lr_schedule``,
-``optim.lr_warmup``, ``optim.lr_min_factor``; :mod:`treesdk.training.schedules`) and, when
+:mod:`treesdk.training.optimisation.optimizers`), an lr schedule stepped once per iteration (``optim.lr_schedule``,
+``optim.lr_warmup``, ``optim.lr_min_factor``; :mod:`treesdk.training.optimisation.schedules`) and, when
 ``EMAConfig.decay > 0``, an EMA of the trainable weights updated after optimiser steps
-(:mod:`treesdk.training.ema`). Its checkpoint tensors (``ema.*``) make a resumed run continue the same
+(:mod:`treesdk.training.optimisation.ema`). Its checkpoint tensors (``ema.*``) make a resumed run continue the same
 average; the schedule needs no state (it is a function of the iteration).
 
 Gradient accumulation is explicit in the recipe: each iteration runs ``optim.passes x
@@ -23,9 +23,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .ema import EMA
-from .optimizers import build_optimizer
-from .schedules import build_lr_scheduler
+from treesdk.training.optimisation.ema import EMA
+from treesdk.training.optimisation.optimizers import build_optimizer
+from treesdk.training.optimisation.schedules import build_lr_scheduler
 
 
 class EMAConfig(BaseModel):

@@ -11,7 +11,7 @@ from typing import Any
 
 from treesdk import registry
 from treesdk.interfaces import RewardModel, VelocityModel
-from treesdk.training.checkpoint import latest_checkpoint, load_checkpoint
+from treesdk.training.run_folder.checkpoint import latest_checkpoint, load_checkpoint
 from treesdk.training.config import RewardConfig, RunConfig, read_run_config
 
 
@@ -45,7 +45,7 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
     """Load the backend (unless given; wrapped for ``config.precision``), resolve the recipe with the
     backend's scale defaults, and load the rewards (the backend's defaults when the config names
     none), prompts and eval set."""
-    from treesdk.training.precision import with_precision
+    from treesdk.training.loop.precision import with_precision
 
     if backend is None:
         factory = registry.load("backend", config.backend.name)
@@ -245,7 +245,7 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
     trainable, _, state = load_checkpoint(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, **option_overrides)
     backend.load_trainable_state_dict(trainable)
-    from treesdk.training.optimization import load_ema_weights
+    from treesdk.training.optimisation.optimization import load_ema_weights
 
     state.pop("extra", None)
     state["ema"] = load_ema_weights(backend, config.ema, ckpt, "eval")  # the weights the run evaluated

@@ -5,21 +5,21 @@
 
 1. **the launcher decision**: a run asking for several processes, nodes or restarts
    (``launch.nproc_per_node``/``nnodes``/``max_restarts``) from a process that is not yet a torchrun
-   worker is handed to torchrun here (:func:`treesdk.training.launch.torchrun_argv`, computed once):
+   worker is handed to torchrun here (:func:`treesdk.training.parallel.launch.torchrun_argv`, computed once):
    the configuration goes to a temporary run file and every worker runs
    ``python -m treesdk train --config FILE --out RUN``, which comes back to this function;
 2. **the run folder**: ``--resume`` needs one; a given folder is checked (new runs need an empty one,
-   :func:`~treesdk.training.run_folders.check_out_dir`) once, by the process that starts the run;
-   without one rank 0 claims ``runs/<recipe>-<time>`` (:func:`~treesdk.training.run_folders.claim_run_dir`);
-3. **the process group** (:func:`~treesdk.training.distributed.init_distributed`; a single process
+   :func:`~treesdk.training.run_folder.run_folders.check_out_dir`) once, by the process that starts the run;
+   without one rank 0 claims ``runs/<recipe>-<time>`` (:func:`~treesdk.training.run_folder.run_folders.claim_run_dir`);
+3. **the process group** (:func:`~treesdk.training.parallel.distributed.init_distributed`; a single process
    outside torchrun), left again at the end;
 4. **checks before any model loads** (prompts, option keys, the recipe's overrides), then the CPU
    defaults (threads, float32 weights) and one device per rank;
-5. **the parts** (:func:`~treesdk.training.runs.build_run_parts`: backend, recipe resolved once,
+5. **the parts** (:func:`~treesdk.training.loop.runs.build_run_parts`: backend, recipe resolved once,
    rewards, prompts), the FSDP check, and on resume the stored configuration compared with this one
    (refused when it changed, unless ``allow_config_change``: then the old one is kept beside it);
 6. **rank 0's weights on every rank**, the resume decision of a torchrun restart, then
-   :meth:`Trainer.fit <treesdk.training.trainer.Trainer.fit>`.
+   :meth:`Trainer.fit <treesdk.training.loop.trainer.Trainer.fit>`.
 
 What is shown goes to ``console`` (a rich console: the command line passes its own, with live
 progress and the end table) or, when it is None (the Python API's default), to the ``treesdk``
@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from treesdk.errors import UserError
-from treesdk.training import distributed, launch
-from treesdk.training.collective import Collective
+from treesdk.training.parallel import distributed
+from treesdk.training.parallel import launch
+from treesdk.training.parallel.collective import Collective
 from treesdk.training.config import RunConfig, read_run_config
-from treesdk.training.metrics import Run
-from treesdk.training.run_folders import check_out_dir, claim_run_dir, config_changes, default_run_dir, refuse_changed_config
-from treesdk.training.runs import build_run_parts, option_names, parts_from_objects, precheck_run_config
-from treesdk.training.trainer import Trainer
+from treesdk.training.loop.metrics import Run
+from treesdk.training.run_folder.run_folders import check_out_dir, claim_run_dir, config_changes, default_run_dir, refuse_changed_config
+from treesdk.training.loop.runs import build_run_parts, option_names, parts_from_objects, precheck_run_config
+from treesdk.training.loop.trainer import Trainer
 
 _log = logging.getLogger("treesdk")
 
@@ -75,7 +76,7 @@ def run_training(
     console: Any = None,
 ) -> Run:
     """Run ``config`` to the end (or a stop request) in ``out`` (None: a new ``runs/<recipe>-<time>``);
-    returns the :class:`~treesdk.training.metrics.Run` (``run.exit_code``: 0, or 130/143 when a signal
+    returns the :class:`~treesdk.training.loop.metrics.Run` (``run.exit_code``: 0, or 130/143 when a signal
     stopped it after its checkpoint).
 
     ``resume`` continues the run in ``out`` from its newest checkpoint (the configuration must be
@@ -164,9 +165,9 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
            callbacks: Sequence[Callback], on_step: Callable[[str, int, int], None] | None, console: Any) -> Run:
     """The run in this process (rank ``ctx.rank`` of ``ctx.world_size``). Everything that can be
     checked without the model is checked first, so a bad input fails at once and writes nothing."""
-    from treesdk.training.optimization import accumulation_summary
-    from treesdk.training.precision import cpu_defaults
-    from treesdk.training.progress import TrainProgress, print_profile, print_summary
+    from treesdk.training.optimisation.optimization import accumulation_summary
+    from treesdk.training.loop.precision import cpu_defaults
+    from treesdk.training.run_folder.progress import TrainProgress, print_profile, print_summary
 
     show: Callable[[str], None] = (console.print if console is not None else _log_line) if ctx.is_main else _quiet
     if out is not None and ctx.is_main and not os.environ.get(LAUNCHED_ENV):
@@ -268,16 +269,16 @@ def train(config: RunConfig | Any, *args: Any, out_dir: str | Path | None = None
           on_step: Callable[[str, int, int], None] | None = None, **kwargs: Any) -> Run:
     """Train a run: ``train(RunConfig(...), out_dir=..., resume=..., callbacks=[...])``.
 
-    A :class:`RunConfig` takes the one run path (:func:`treesdk.training.session.run_training`,
+    A :class:`RunConfig` takes the one run path (:func:`treesdk.training.loop.session.run_training`,
     which ``treesdk train`` takes too: launcher, run folder, process group, resume checks); its
     keywords are ``out_dir``, ``resume``, ``collective``, ``callbacks``, ``on_step`` and those of
     ``run_training`` (``allow_config_change``, ``console``).
 
     The parts form ``train(recipe, backend, rewards, prompts, **settings)`` takes parts already
-    built and the settings as keywords (:func:`treesdk.training.runs.parts_from_objects`), for
+    built and the settings as keywords (:func:`treesdk.training.loop.runs.parts_from_objects`), for
     scripts and tests; it runs :meth:`Trainer.fit` in this process with ``collective``.
     ``on_step`` (both forms) receives the phases inside each iteration, e.g.
-    :class:`treesdk.training.progress.TrainProgress`.
+    :class:`treesdk.training.run_folder.progress.TrainProgress`.
     """
     if isinstance(config, RunConfig):
         unknown = sorted(set(kwargs) - {"allow_config_change", "console"})

@@ -2,7 +2,7 @@
 
 A run asking for ``launch.nproc_per_node`` N (``treesdk train --nproc-per-node N [--nnodes M
 --rdzv-endpoint HOST:PORT] [--max-restarts R]``, or the same RunConfig given to
-:func:`treesdk.train`) is handed to torchrun by :func:`treesdk.training.session.run_training`: every
+:func:`treesdk.train`) is handed to torchrun by :func:`treesdk.training.loop.session.run_training`: every
 worker runs ``python -m treesdk train --config RUN_FILE --out RUN``, under torchrun, which this
 process then *is* (``torch.distributed.run.main`` runs in-process, so SIGINT/SIGTERM sent to it
 reach torchrun's agent, which forwards them to every worker). Running
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from treesdk.training.distributed import launched_by_torchrun
+from treesdk.training.parallel.distributed import launched_by_torchrun
 
 
 def needs_launch(nproc_per_node: int, nnodes: int, max_restarts: int) -> bool:

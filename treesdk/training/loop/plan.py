@@ -3,7 +3,7 @@
 Two parts:
 
 * **Call counts** (exact): velocity calls and rows per iteration in sampling and training, from the
-  recipe alone, following :func:`treesdk.sampler.sample_forest` and :func:`treesdk.training.update.policy_update`
+  recipe alone, following :func:`treesdk.sampler.sample_forest` and :func:`treesdk.training.loop.update.policy_update`
   step by step (frontier sizes, chunking by ``recipe.chunk``, minibatch groups, passes), for every
   iteration's window start (``recipe.window_start(iteration, seed)``). A *row* is one latent through
   :meth:`VelocityModel.velocity` (what ``metrics.jsonl`` counts as ``nfe_sampling``/``nfe_training``);
