@@ -18,7 +18,7 @@ import argparse
 import json
 
 from treesdk.model_facts import model_facts
-from treesdk.training.plan import GIB, iteration_calls, plan_memory
+from treesdk.training.loop.plan import GIB, iteration_calls, plan_memory
 from treesdk.recipes import load_recipe
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -62,7 +62,7 @@ MEMORY_ROWS = [
 
 
 def memory_table(decode_chunk: int = 4, trees: int = 2, lora_rank: int = 16) -> str:
-    """Peak memory per GPU (GiB, :func:`treesdk.training.plan.plan_memory`) of :data:`MEMORY_ROWS` as a
+    """Peak memory per GPU (GiB, :func:`treesdk.training.loop.plan.plan_memory`) of :data:`MEMORY_ROWS` as a
     markdown table: bf16, LoRA, text encoders offloaded, ``trees`` trees per rank, T = 10."""
     lines = ["| model | px | k, d | checkpointing | train_chunk | decode_chunk | weights (transformer) | "
              "activations (training call) | peak training | peak decode | peak |", "|---" * 11 + "|"]

@@ -15,7 +15,7 @@ The overhead ratio of a phase is its time over the bare time of its rows; the it
 in the process's CPU seconds (on a shared CPU the latter is the one to trust). Encode, decode,
 reward and checkpoint are reported beside it: they are work no transformer row does.
 
-It also prints the dry-run memory estimate (:mod:`treesdk.training.plan`) next to the measured peaks.
+It also prints the dry-run memory estimate (:mod:`treesdk.training.loop.plan`) next to the measured peaks.
 
     # CPU (the figures in docs/performance.md): FLUX width, 1 + 1 blocks, 256 px, T5 512 tokens
     MALLOC_MMAP_THRESHOLD_=65536 OMP_NUM_THREADS=1 python benchmarks/profile_iteration.py --k 2 --d 3
@@ -48,11 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 class Meter:
     """Seconds (wall and the process's CPU) and peak memory (GiB) per named phase, measured with
-    :class:`treesdk.training.profiling.MemoryProbe` (the probe of ``treesdk train --profile``): on
+    :class:`treesdk.training.run_folder.profiling.MemoryProbe` (the probe of ``treesdk train --profile``): on
     CUDA the device is synchronised before and after each phase and its peak allocation reset."""
 
     def __init__(self, device: torch.device) -> None:
-        from treesdk.training.profiling import MemoryProbe
+        from treesdk.training.run_folder.profiling import MemoryProbe
 
         self.device = device
         self.probe = MemoryProbe(device)
@@ -211,14 +211,14 @@ def load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> dict:
     import treesdk
-    from treesdk.training.checkpoint import save_checkpoint
+    from treesdk.training.run_folder.checkpoint import save_checkpoint
     from treesdk.evaluation import decode_chunked
     from treesdk.recipes.parts import build
     from treesdk.model_facts import model_facts
-    from treesdk.training.plan import plan_memory, plan_run
+    from treesdk.training.loop.plan import plan_memory, plan_run
     from treesdk.rewards import score_images
     from treesdk.sampler import sample_forest_for_recipe
-    from treesdk.training.update import policy_update
+    from treesdk.training.loop.update import policy_update
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -95,7 +95,7 @@ def in_process_run(out_dir: Path | None = None, iters: int = 4, resume: bool = F
     from _dist_driver import PROMPTS, build_recipe
     from analytic import BrightnessReward, MixtureFlow
 
-    from treesdk.training.trainer import train
+    from treesdk import train
 
     model = model or MixtureFlow()
     if record is not None:

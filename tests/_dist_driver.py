@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from analytic import BrightnessReward, MixtureFlow
 
-from treesdk.training import distributed
+from treesdk.training.parallel import distributed
 from treesdk.recipes import load_recipe
-from treesdk.training.trainer import train
+from treesdk import train
 
 RECIPE = {"steps": 6, "tree.d": 3, "optim.lr": 0.05, "optim.minibatches": 2, "optim.grad_clip": 1.0}
 PROMPTS = ["a", "b", "c", "d", "e", "f"]
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             model.velocity = recording  # type: ignore[method-assign]
 
         if args.stall_checkpoint_at is not None and ctx.is_main:
-            from treesdk.training import checkpoint
+            from treesdk.training.run_folder import checkpoint
 
             real_save = checkpoint.atomic_save_safetensors
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         start_offset = [0]
         if resume and args.out is not None:
-            from treesdk.training.checkpoint import list_checkpoints
+            from treesdk.training.run_folder.checkpoint import list_checkpoints
 
             found = list_checkpoints(args.out) if ctx.is_main else []
             start_offset[0] = ctx.broadcast_object(int(found[-1].name.split("_")[1]) if found else 0)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stop_requested() -> bool:
-    """Whether the trainer's SIGTERM handler (``treesdk.training.metrics.StopRequest``) has fired."""
+    """Whether the trainer's SIGTERM handler (``treesdk.training.loop.metrics.StopRequest``) has fired."""
     handler = signal.getsignal(signal.SIGTERM)
     return bool(getattr(getattr(handler, "__self__", None), "requested", False))
 

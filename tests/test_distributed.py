@@ -23,9 +23,9 @@ from _dist_common import (
     straight_two_rank_run,
 )
 
-from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
-from treesdk.training.distributed import reduce_metric_rows
-from treesdk.training.launch import rendezvous_id, strip_launch_flags, torchrun_argv
+from treesdk.training.run_folder.checkpoint import list_checkpoints, load_checkpoint
+from treesdk.training.parallel.distributed import reduce_metric_rows
+from treesdk.training.parallel.launch import rendezvous_id, torchrun_argv
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,7 @@ def test_reduce_metric_rows_keeps_integers_and_tolerates_missing_keys():
 
 
 def test_launcher_command_lines():
-    worker = strip_launch_flags(["train", "--nproc-per-node", "8", "--d", "3", "--nnodes=2", "--max-restarts", "2",
-                                 "--rdzv-endpoint", "n0:29500", "--node-rank", "1", "--out", "runs/x"])
-    assert worker == ["train", "--d", "3", "--out", "runs/x"]
+    worker = ["train", "--config", "run.json", "--out", "runs/x"]
     one = torchrun_argv(worker, nproc_per_node=8)
     assert one == ["--nproc-per-node=8", "--nnodes=1", "--max-restarts=0", "--standalone", "-m", "treesdk", "--", *worker]
     multi = torchrun_argv(worker, nproc_per_node=8, nnodes=2, rdzv_endpoint="n0:29500", max_restarts=3, run_dir="runs/x")

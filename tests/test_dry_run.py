@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from diffusers_fixtures import TINY_RESOLUTION, tiny_flux_path  # noqa: F401 - pytest fixture
-from treesdk.training.plan import plan_run
+from treesdk.training.loop.plan import plan_run
 from treesdk.recipes import load_recipe
 from treesdk_cli.main import app
 

@@ -1,4 +1,4 @@
-"""EMA of the trainable weights, lr schedules and the optimiser choice (treesdk.training.ema / schedules / optimizers)."""
+"""EMA of the trainable weights, lr schedules and the optimiser choice (treesdk.training.optimisation.ema / schedules / optimizers)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from treesdk.training.ema import EMA
-from treesdk.training.optimizers import OPTIMIZERS, build_optimizer
-from treesdk.training.schedules import build_lr_scheduler, lr_factor
+from treesdk.training.optimisation.ema import EMA
+from treesdk.training.optimisation.optimizers import OPTIMIZERS, build_optimizer
+from treesdk.training.optimisation.schedules import build_lr_scheduler, lr_factor
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -185,13 +185,14 @@ def test_adamw_8bit_without_bitsandbytes_and_unknown_names_are_one_line_errors()
 def test_optimization_combines_optimizer_schedule_and_ema():
     from types import SimpleNamespace
 
-    from treesdk.training.optimization import EMAConfig, Optimization, accumulation_summary
+    from treesdk.training.optimisation.optimization import EMAConfig, Optimization, accumulation_summary
 
     spec = SimpleNamespace(optimizer="sgd", lr=0.1, betas=(0.0, 0.999), weight_decay=0.0, eps=1e-8, passes=1,
                            minibatches=2, lr_schedule="linear", lr_warmup=1, lr_min_factor=0.0)
     params = _params()
     opt = Optimization(params, spec, iters=4, ema=EMAConfig(decay=0.5, warmup=False, use="eval"))
     assert isinstance(opt.optimizer, torch.optim.SGD)
+    opt.ema.attach(opt.optimizer)  # the trainer calls ema.step() itself after each optimiser step
     opt.start(0)
     lrs = []
     for _ in range(4):

@@ -26,7 +26,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 import treesdk  # noqa: E402
 from treesdk.export_files import check_file  # noqa: E402
-from treesdk.training.export import export_run  # noqa: E402
+from treesdk.training.exporting.export import export_run  # noqa: E402
 from treesdk.interfaces import RewardModel  # noqa: E402
 from treesdk_backends import keymaps  # noqa: E402
 from treesdk_backends.diffusers_export import merged_state_dict  # noqa: E402
@@ -342,7 +342,7 @@ def test_full_finetune_run_refuses_lora_and_leaves_files(trained, tmp_path):
     backend = treesdk.load_backend("flux", **options)
     with torch.no_grad():
         backend.transformer.proj_out.weight.add_(0.01)
-    from treesdk.training.checkpoint import save_checkpoint
+    from treesdk.training.run_folder.checkpoint import save_checkpoint
 
     run = tmp_path / "full"
     run.mkdir()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import treesdk
 from treesdk.export_files import check_file
-from treesdk.training.export import export_run
+from treesdk.training.exporting.export import export_run
 from treesdk.interfaces import RewardModel
 from treesdk_backends.digits import DigitsBackend, DigitsFlowNet, save_digits_checkpoint
 from treesdk_cli.main import app

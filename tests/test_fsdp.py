@@ -29,8 +29,8 @@ from _dist_common import TESTS, env
 from analytic import MixtureFlow
 from safetensors.torch import load_file
 
-from treesdk.training.checkpoint import load_checkpoint
-from treesdk.training.distributed import DistributedContext, FullyShardedTraining
+from treesdk.training.run_folder.checkpoint import load_checkpoint
+from treesdk.training.parallel.distributed import DistributedContext, FullyShardedTraining
 
 FSDP_ATOL = 2e-6
 ARGS = ["train", "--backend", "digits", "--steps", "4", "--k", "2", "--d", "2", "--batch", "2", "--lr", "0.01",

@@ -67,7 +67,7 @@ def test_an_unknown_backend_option_in_a_run_folder_is_one_line_everywhere(finish
     config = json.loads((finished / "config.json").read_text())
     config["backend"]["options"] = {"nosuch": 1}
     (finished / "config.json").write_text(json.dumps(config))
-    from treesdk.training.runs import load_trained_backend
+    from treesdk.training.loop.runs import load_trained_backend
 
     with pytest.raises(ValueError, match="config.json backend.options.*'nosuch'.*its options are"):
         load_trained_backend(finished)  # what export, sample and eval call
@@ -157,7 +157,7 @@ def test_an_input_beyond_a_tiny_models_tables_is_one_line_before_any_folder(fami
 def test_a_second_ctrl_c_keeps_the_finished_iteration(plugins):
     """Ctrl-C twice in iteration 2 (the second stops at once): iteration 1 had finished but had no
     checkpoint (``--checkpoint-every 0``) and was lost; now it is checkpointed on the way out."""
-    from treesdk.training.checkpoint import list_checkpoints
+    from treesdk.training.run_folder.checkpoint import list_checkpoints
 
     result = train(plugins, "--reward", "interrupts-twice", "--iters", "5", "--out", plugins / "run")
     out = failed(result, code=130)
@@ -173,8 +173,8 @@ def test_ctrl_c_twice_while_a_checkpoint_is_written_lets_it_finish(plugins, monk
     import os
     import signal
 
-    from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
-    from treesdk.training.trainer import Trainer
+    from treesdk.training.run_folder.checkpoint import list_checkpoints, load_checkpoint
+    from treesdk.training.loop.trainer import Trainer
 
     write = Trainer.checkpoint
 
@@ -221,7 +221,7 @@ def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_previous_checkpo
     import errno
     import os
 
-    import treesdk.training.checkpoint as checkpoint
+    import treesdk.training.run_folder.checkpoint as checkpoint
 
     write, calls = checkpoint.atomic_save_safetensors, []
 
@@ -290,7 +290,7 @@ def test_odd_diffusers_folders_are_one_line_and_remote_code_never_runs(tmp_path)
 def test_an_export_into_the_runs_checkpoints_is_refused_and_the_checkpoint_stays_whole(tmp_path):
     """``export RUN --out RUN/checkpoints/iter_000001/trainable.safetensors`` overwrote the weights
     it read, and the run had no intact checkpoint afterwards."""
-    from treesdk.training.checkpoint import load_checkpoint
+    from treesdk.training.run_folder.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     ok = invoke("train", "--iters", "1", "--batch", "2", "--steps", "4", "--out", run)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
+from treesdk.training.run_folder.checkpoint import list_checkpoints, load_checkpoint
 from treesdk_cli.main import app
 
 runner = CliRunner()
@@ -108,7 +108,7 @@ def test_no_intact_checkpoint_is_one_error_naming_each(run):
 
 def _poison(run):
     """Make the newest checkpoint hold NaN weights with a consistent checksum: a diverged run."""
-    from treesdk.training.checkpoint import file_record
+    from treesdk.training.run_folder.checkpoint import file_record
 
     folder = newest(run)
     state = load_file(str(folder / "trainable.safetensors"))

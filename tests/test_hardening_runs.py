@@ -16,8 +16,8 @@ import pytest
 from _hardening_plugins import fake_distribution
 from typer.testing import CliRunner
 
-from treesdk.training.checkpoint import list_checkpoints
-from treesdk.training.run_folders import claim_run_dir, sanitize_run_name
+from treesdk.training.run_folder.checkpoint import list_checkpoints
+from treesdk.training.run_folder.run_folders import claim_run_dir, sanitize_run_name
 from treesdk_cli.main import app
 
 TESTS = Path(__file__).parent
@@ -49,7 +49,7 @@ def test_a_signal_stopped_run_checkpoints_and_exits_non_zero(plugins):
     """Class 3: SIGINT/SIGTERM finish the iteration, write its checkpoint, and exit 130/143, so
     ``treesdk train && treesdk export`` does not export an unfinished run. The signal lands inside
     iteration 1 by construction: the reward waits for the test between two files."""
-    from treesdk.training.trainer import Run
+    from treesdk.training.loop.trainer import Run
 
     assert Run(None, 1, interrupted=True, stop_signal=signal.SIGTERM).exit_code == 143
     assert Run(None, 1, interrupted=True, stop_signal=None).exit_code == 143  # stopped on another rank's signal
@@ -112,7 +112,7 @@ def test_a_run_folder_belongs_to_one_run(plugins, finished):
     """Class 1: ``--out`` of an existing run without ``--resume`` is refused before anything is
     loaded or written; so is a second live run on the folder (its lock), while a lock left by a
     dead process is taken over."""
-    from treesdk.training.run_folders import LOCK_NAME
+    from treesdk.training.run_folder.run_folders import LOCK_NAME
 
     before = snapshot(finished)
     out = failed(train(plugins, "--reward", "brightness", "--iters", "2", "--out", str(finished)))
@@ -178,7 +178,7 @@ def test_metrics_are_strict_json_and_rewritten_atomically(plugins, finished, mon
     """Class 2/3: a resume that fails while dropping the lines past its checkpoint leaves
     metrics.jsonl whole; a torn last line (a kill mid-append) is dropped; NaN/inf are written as null."""
     import treesdk.io
-    from treesdk.training.loggers import JsonlLogger  # metrics.jsonl (treesdk.training.loggers)
+    from treesdk.training.run_folder.loggers import JsonlLogger  # metrics.jsonl (treesdk.training.run_folder.loggers)
 
     metrics = finished / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"iteration": 3, "loss": 1.0}\n{"iteration": 4, "lo')

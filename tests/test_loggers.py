@@ -1,5 +1,5 @@
-"""Loggers (treesdk.training.loggers): jsonl cut on resume, TensorBoard scalars/images/histograms read back,
-wandb in offline mode, --report-to parsing; and the live progress display (treesdk.training.progress)."""
+"""Loggers (treesdk.training.run_folder.loggers): jsonl cut on resume, TensorBoard scalars/images/histograms read back,
+wandb in offline mode, --report-to parsing; and the live progress display (treesdk.training.run_folder.progress)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from treesdk.training.loggers import build_loggers, parse_report_to, wandb_mode
+from treesdk.training.run_folder.loggers import build_loggers, parse_report_to, wandb_mode
 
 
 def test_report_to_parsing_and_closest_first_errors():
@@ -73,7 +73,7 @@ def test_wandb_mode_defaults_offline_without_a_key(tmp_path):
 def test_progress_shows_phases_inside_the_iteration():
     from rich.console import Console
 
-    from treesdk.training.progress import TrainProgress
+    from treesdk.training.run_folder.progress import TrainProgress
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=140)
@@ -96,7 +96,7 @@ def test_summary_table_lists_before_after_and_change():
 
     from rich.console import Console
 
-    from treesdk.training.progress import print_summary
+    from treesdk.training.run_folder.progress import print_summary
 
     run = SimpleNamespace(iterations=3, eval_before={"digit_mean": 0.5}, eval_after={"digit_mean": 0.75},
                           out_dir="runs/x", exported=["runs/x/export/a.safetensors"], interrupted=False)

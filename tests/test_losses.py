@@ -9,7 +9,7 @@ from analytic import MixtureFlow
 from treesdk.interfaces import EdgeBatch
 from treesdk.losses import ClippedSurrogate, KLToReference, LayerTuningSFT
 from treesdk.sampler import sample_forest
-from treesdk.training.update import sft_targets
+from treesdk.training.loop.update import sft_targets
 
 
 def batch(new_lp, old_lp, adv, rewards=None, **kw):

@@ -1,4 +1,4 @@
-"""Model cards (treesdk.training.model_card), full pipeline folders and export dtypes (treesdk.pipeline_folder).
+"""Model cards (treesdk.training.exporting.model_card), full pipeline folders and export dtypes (treesdk.pipeline_folder).
 
 The pipeline test builds the tiny random FLUX / SD3 pipelines of ``diffusers_fixtures`` on disk,
 writes a trained transformer into a full pipeline folder and loads it with
@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from treesdk.training.model_card import MARKER, hub_repo_id, model_card, write_model_card
+from treesdk.training.exporting.model_card import MARKER, hub_repo_id, model_card, write_model_card
 from treesdk.pipeline_folder import cast_safetensors, parse_export_dtype
 
 META = {

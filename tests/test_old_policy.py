@@ -9,10 +9,10 @@ import torch
 import treesdk
 from treesdk.sampler import sample_forest_for_recipe
 from treesdk.training import trainer as trainer_module
-from treesdk.training.batches import iteration_prompts, slot_seed
-from treesdk.training.checkpoint import latest_checkpoint, load_checkpoint, verify_checkpoint
-from treesdk.training.forward_update import sampling_weights
-from treesdk.training.trainer import Trainer
+from treesdk.training.loop.batches import iteration_prompts, slot_seed
+from treesdk.training.run_folder.checkpoint import latest_checkpoint, load_checkpoint, verify_checkpoint
+from treesdk.training.loop.forward_update import sampling_weights
+from treesdk.training.loop.trainer import Trainer
 
 PROMPTS = ["a handwritten digit 3", "a handwritten digit 7"]
 

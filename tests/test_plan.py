@@ -1,4 +1,4 @@
-"""``treesdk.training.plan``: the dry-run plan's call counts equal the calls a real run makes (digits, tiny
+"""``treesdk.training.loop.plan``: the dry-run plan's call counts equal the calls a real run makes (digits, tiny
 FLUX), its parameter counts equal diffusers' models, its memory estimate moves the right way."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import treesdk
 from diffusers_fixtures import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, single_thread, tiny_flux_path  # noqa: F401
 from treesdk.model_facts import lora_parameters, model_facts
-from treesdk.training.plan import plan_memory, plan_run
+from treesdk.training.loop.plan import plan_memory, plan_run
 from treesdk.recipes import load_recipe
-from treesdk.training.trainer import train
+from treesdk import train
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,7 @@ import torch
 import treesdk
 from treesdk.model_facts import model_facts
 from treesdk.sampler import nfe_split_tree
-from treesdk.training.plan import plan_memory, plan_run
+from treesdk.training.loop.plan import plan_memory, plan_run
 
 NEW = ["diffusionnft", "awm", "grpo-guard", "flow-grpo-fast", "branchgrpo", "tree-nft", "tree-awm"]
 

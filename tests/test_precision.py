@@ -1,4 +1,4 @@
-"""--precision (autocast with the weights dtype kept) and CPU defaults (treesdk.training.precision)."""
+"""--precision (autocast with the weights dtype kept) and CPU defaults (treesdk.training.loop.precision)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import treesdk
-from treesdk.training.precision import Autocast, cpu_defaults, cpu_threads, parse_precision, with_precision
+from treesdk.training.loop.precision import Autocast, cpu_defaults, cpu_threads, parse_precision, with_precision
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_cpu_defaults_pick_threads_and_fp32_with_a_note(monkeypatch):
 
 
 def test_cpu_threads_leave_out_the_cpus_other_processes_keep_busy(monkeypatch):
-    import treesdk.training.precision as precision
+    import treesdk.training.loop.precision as precision
 
     monkeypatch.setattr(precision, "_available_cpus", lambda: 8)
     assert cpu_threads(1, {}, load=0.2) == 8
@@ -81,7 +81,7 @@ def test_cpu_threads_leave_out_the_cpus_other_processes_keep_busy(monkeypatch):
 
 
 def test_accelerate_mixed_precision_is_the_default_precision():
-    from treesdk.training.precision import default_precision
+    from treesdk.training.loop.precision import default_precision
 
     assert default_precision({"ACCELERATE_MIXED_PRECISION": "bf16"}) == "bf16"
     assert default_precision({"ACCELERATE_MIXED_PRECISION": "no"}) == "fp32"

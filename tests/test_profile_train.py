@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import treesdk
 from treesdk.recipes import load_recipe
-from treesdk.training.profiling import PHASES, PhaseProfiler
-from treesdk.training.trainer import train
+from treesdk.training.run_folder.profiling import PHASES, PhaseProfiler
+from treesdk import train
 from treesdk_cli.main import app
 
 runner = CliRunner()

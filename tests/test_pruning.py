@@ -10,7 +10,7 @@ from treesdk.pruning import active_depths, pruning_on
 from treesdk.recipes import prune_edges
 from treesdk.recipes.parts import build
 from treesdk.sampler import sample_forest_for_recipe
-from treesdk.training.plan import plan_run
+from treesdk.training.loop.plan import plan_run
 
 PROMPTS = ["a handwritten digit 3", "a handwritten digit 7"]
 

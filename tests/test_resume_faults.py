@@ -31,7 +31,7 @@ from _dist_common import (
     torchrun_cmd,
 )
 
-from treesdk.training.checkpoint import list_checkpoints, load_checkpoint
+from treesdk.training.run_folder.checkpoint import list_checkpoints, load_checkpoint
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:

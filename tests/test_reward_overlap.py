@@ -24,8 +24,8 @@ from treesdk.interfaces import RewardModel
 from treesdk.reward_scoring import RewardScoringError, sample_and_score
 from treesdk.rewards import NonFiniteRewardError
 from treesdk.sampler import sample_forest_for_recipe
-from treesdk.training.batches import slot_seed
-from treesdk.training.checkpoint import list_checkpoints
+from treesdk.training.loop.batches import slot_seed
+from treesdk.training.run_folder.checkpoint import list_checkpoints
 from treesdk_cli.main import app
 from treesdk_plugins.reward_server import create_app
 

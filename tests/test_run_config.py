@@ -13,7 +13,7 @@ import treesdk
 from treesdk import RunConfig, Trainer
 from treesdk.recipes import Recipe
 from treesdk.training.config import RunConfigError, is_run_file_data, read_run_config, run_config_from_data
-from treesdk.training.runs import load_trained_backend
+from treesdk.training.loop.runs import load_trained_backend
 from treesdk_cli.main import app
 
 SMALL = {"tree.k": 2, "tree.d": 2, "steps": 4}
@@ -110,7 +110,7 @@ def test_trainer_steps_can_be_driven_by_hand():
 
 
 def test_an_unset_recipe_is_the_backends_default_recipe():
-    from treesdk.training.runs import precheck_run_config
+    from treesdk.training.loop.runs import precheck_run_config
     from treesdk_backends.digits import DigitsBackend
 
     digits = DigitsBackend.default_recipe

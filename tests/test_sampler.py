@@ -9,7 +9,7 @@ from treesdk.losses import ClippedSurrogate
 from treesdk.recipes import nfe_per_tree
 from treesdk.sampler import sample_forest
 from treesdk.sde import get_sde_family
-from treesdk.training.update import policy_update
+from treesdk.training.loop.update import policy_update
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 from analytic import BrightnessReward, MixtureFlow
 from treesdk.recipes import load_recipe
 from treesdk.rewards import NonFiniteRewardError
-from treesdk.training.trainer import train
+from treesdk import train
 
 
 def recipe(name="treegrpo", **kw):

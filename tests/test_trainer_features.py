@@ -11,10 +11,10 @@ from analytic import BrightnessReward, MixtureFlow
 from safetensors.torch import load_file
 
 import treesdk
-from treesdk.training.checkpoint import load_checkpoint
+from treesdk.training.run_folder.checkpoint import load_checkpoint
 from treesdk.recipes import load_recipe
-from treesdk.training.schedules import lr_factor
-from treesdk.training.trainer import train
+from treesdk.training.optimisation.schedules import lr_factor
+from treesdk import train
 
 REWARDS = {"brightness": BrightnessReward()}
 
@@ -96,8 +96,8 @@ def test_digits_export_holds_the_ema_weights_when_asked(tmp_path):
 
 
 def test_treesdk_export_and_sample_use_the_ema_weights_as_the_run_did(tmp_path):
-    from treesdk.training.export import export_run
-    from treesdk.training.runs import load_trained_backend
+    from treesdk.training.exporting.export import export_run
+    from treesdk.training.loop.runs import load_trained_backend
 
     backend = treesdk.load_backend("digits")
     r = load_recipe("treegrpo", **{**backend.recipe_defaults(), "tree.d": 2, "steps": 4})

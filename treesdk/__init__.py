@@ -2,7 +2,11 @@
 
 Public surface (stable): :func:`load_backend`, :func:`load_reward`, :func:`load_algorithm`,
 :class:`RunConfig`, :func:`train`, :class:`Trainer`, the interfaces in :mod:`treesdk.interfaces`
-and the SDE math in :mod:`treesdk.sde`.
+and the SDE math in :mod:`treesdk.sde`. What ``treesdk train`` is built from is public too:
+:func:`run_training` (the one run path, which :func:`train` takes), :func:`run_settings` (every
+setting with its flag, help and panel, read from ``RunConfig``), and the run-file readers
+:func:`read_config_file`, :func:`is_run_file_data`, :func:`run_config_from_data`, with
+:func:`option_names` (a plugin's keyword options) and :func:`default_precision`.
 
 Layers, each importing only the ones below it:
 
@@ -22,12 +26,15 @@ from treesdk import registry, sde
 from treesdk._version import __version__
 from treesdk.interfaces import AdvantageEstimator, LossTerm, RewardModel, VelocityModel
 from treesdk.recipes import Recipe, load_recipe
-from treesdk.training.collective import Collective
-from treesdk.training.config import RunConfig
-from treesdk.training.export import export_run
-from treesdk.training.plan import plan_run
-from treesdk.training.runs import load_trained_backend
-from treesdk.training.trainer import Run, Trainer, train
+from treesdk.training.parallel.collective import Collective
+from treesdk.training.config import RunConfig, is_run_file_data, read_config_file, run_config_from_data
+from treesdk.training.exporting.export import export_run
+from treesdk.training.loop.plan import plan_run
+from treesdk.training.loop.precision import default_precision
+from treesdk.training.loop.runs import load_trained_backend, option_names
+from treesdk.training.loop.session import run_training, train
+from treesdk.training.settings import Setting, run_settings
+from treesdk.training.loop.trainer import Run, Trainer
 
 
 def load_backend(name: str, **options: Any) -> VelocityModel:
@@ -64,6 +71,7 @@ __all__ = [
     "RewardModel",
     "Run",
     "RunConfig",
+    "Setting",
     "Trainer",
     "VelocityModel",
     "load_algorithm",
@@ -74,6 +82,13 @@ __all__ = [
     "export_run",
     "load_trained_backend",
     "plan_run",
+    "default_precision",
+    "is_run_file_data",
+    "option_names",
+    "read_config_file",
+    "run_config_from_data",
+    "run_settings",
+    "run_training",
     "train",
     "__version__",
 ]

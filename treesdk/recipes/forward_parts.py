@@ -3,7 +3,7 @@ velocity KL), declared in the same registry as the other loss terms (slot ``loss
 
 Their builders return :class:`treesdk.forward_losses.ForwardTerm` objects (``consumes =
 "clean-leaves"``); a recipe whose losses are all such terms is trained by
-:mod:`treesdk.training.forward_update` on the leaves' clean latents, whatever sampled them. The
+:mod:`treesdk.training.loop.forward_update` on the leaves' clean latents, whatever sampled them. The
 formulas, in the library's conventions (sigma 1 = noise, ``v = noise - x0``, means over elements),
 are in :mod:`treesdk.forward_losses` and ``docs/forward_process.md``.
 """

@@ -192,7 +192,7 @@ KLSpec = KLToReference
 
 class OptimSpec(Part):
     """The optimiser, its lr schedule over the run, and the update schedule of one iteration
-    (``passes x minibatches`` optimiser steps; see :mod:`treesdk.training.optimization`)."""
+    (``passes x minibatches`` optimiser steps; see :mod:`treesdk.training.optimisation.optimization`)."""
 
     optimizer: Literal["adamw", "adamw-8bit", "adafactor", "sgd"] = Field(
         "adamw", description="optimiser: adamw, adamw-8bit (bitsandbytes), adafactor, sgd (momentum betas[0])")

@@ -1,1 +1,3 @@
-"""Training: the run configuration, the trainer, the policy update, checkpoints, distributed runs, export."""
+"""Training: the run configuration (``config``, ``settings``, ``legacy``) and, by concern, ``loop``
+(the run path, the trainer, the update), ``optimisation``, ``parallel``, ``run_folder`` and
+``exporting``."""

@@ -40,10 +40,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from treesdk.recipes import Recipe, RecipeError, load_recipe
-from treesdk.training.loggers import parse_report_to
-from treesdk.training.optimization import EMAConfig
-from treesdk.safe_load import read_json_file, read_mapping_file
+from treesdk.training.run_folder.loggers import parse_report_to
+from treesdk.training.optimisation.optimization import EMAConfig
+from treesdk.safe_load import excerpt, read_json_file, read_mapping_file
 from treesdk.validation import validation_message
+
+
+def cli(panel: str, flag: str, *aliases: str, kind: str | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """``json_schema_extra`` of a field ``treesdk train`` exposes: its help panel, its flag (and
+    short aliases), and for a field whose flag is not a plain value its ``kind``: ``"str"`` (one
+    string the field's validator parses, e.g. ``jsonl,tensorboard``) or ``"repeat"`` (a repeatable
+    flag whose items the command line parses, e.g. ``--reward NAME=WEIGHT``). The field's
+    description is the flag's help (:mod:`treesdk.training.settings`)."""
+    return {"cli": {"panel": panel, "flags": (flag, *aliases), "kind": kind, "metavar": metavar}}
 
 
 class _Section(BaseModel):
@@ -54,8 +63,10 @@ class _Section(BaseModel):
 class BackendConfig(_Section):
     """The velocity model: a registered backend name and its constructor options."""
 
-    name: str = Field("digits", description="backend (entry point in treesdk.backends)")
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword options, e.g. model, resolution, lora_rank")
+    name: str = Field("digits", description="velocity-model backend (entry point in treesdk.backends)",
+                      json_schema_extra=cli("model", "--backend"))
+    options: dict[str, Any] = Field(default_factory=dict, description="backend option KEY=VALUE, e.g. lora_rank=32",
+                                    json_schema_extra=cli("model", "--backend-opt", kind="repeat", metavar="KEY=VALUE"))
     describe: dict[str, Any] = Field(default_factory=dict, description="facts the loaded backend reported (written by the "
                                      "trainer; fill options the run was not given explicitly when it is rebuilt)")
 
@@ -69,12 +80,15 @@ class RewardConfig(_Section):
 
 class PromptsConfig(_Section):
     """Where the training prompts come from: an inline list or a file / datasets folder
-    (:func:`treesdk.training.prompts.load_prompts`); neither: the backend's default prompts."""
+    (:func:`treesdk.training.loop.prompts.load_prompts`); neither: the backend's default prompts."""
 
     items: list[str] | None = Field(None, description="the prompts")
-    file: str | None = Field(None, description="text (one per line), CSV/TSV, JSONL, JSON, parquet file or datasets folder")
-    column: str | None = Field(None, description="column/field of the file (default: prompt, caption or text)")
-    split: str | None = Field(None, description="split of a datasets folder (default: train)")
+    file: str | None = Field(None, description="prompts: text file (one per line), CSV/TSV, JSONL, JSON, parquet or a "
+                             "datasets folder (default: the backend's prompts)", json_schema_extra=cli("prompts", "--prompts"))
+    column: str | None = Field(None, description="column/field of --prompts (default: prompt, caption or text)",
+                               json_schema_extra=cli("prompts", "--prompt-column"))
+    split: str | None = Field(None, description="split of a datasets folder given to --prompts (default: train)",
+                              json_schema_extra=cli("prompts", "--prompt-split"))
 
     def load(self, default: list[str]) -> list[str]:
         """The prompts (``default`` when none are configured)."""
@@ -86,43 +100,55 @@ class PromptsConfig(_Section):
                 raise ValueError("prompts.items holds no prompt")
             return prompts
         if self.file is not None:
-            from treesdk.training.prompts import load_prompts
+            from treesdk.training.loop.prompts import load_prompts
 
             return load_prompts(self.file, self.column, self.split)
         return list(default)
 
 
 class CheckpointConfig(_Section):
-    every: int = Field(0, ge=0, description="iterations between checkpoints (0: only at the end)")
-    keep: int = Field(3, ge=1, description="newest checkpoints kept")
+    every: int = Field(0, ge=0, description="iterations between checkpoints (0: only at the end)",
+                       json_schema_extra=cli("logging", "--checkpoint-every"))
+    keep: int = Field(3, ge=1, description="newest checkpoints kept in the run folder",
+                      json_schema_extra=cli("logging", "--keep-checkpoints"))
 
 
 class ExportConfig(_Section):
-    format: str | None = Field(None, description="format exported at the end; None: the backend's default; 'none': no export")
+    format: str | None = Field(None, description="format exported at the end (default: the backend's; 'none': no export)",
+                               json_schema_extra=cli("export", "--export-format"))
 
 
 class LaunchConfig(_Section):
     """Processes of the run (``treesdk train`` starts torchrun when more than one is asked for).
-    The values are checked together, with the flag names, by :func:`treesdk.training.launch.torchrun_argv`;
+    The values are checked together, with the flag names, by :func:`treesdk.training.parallel.launch.torchrun_argv`;
     a worker records the processes it ran with (``nproc_per_node`` x ``nnodes``)."""
 
-    nproc_per_node: int = Field(1, description="processes (GPUs) per node")
-    nnodes: int = Field(1, description="number of nodes")
-    node_rank: int | None = Field(None, description="this node's rank (static rendezvous)")
-    rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous")
-    max_restarts: int = Field(0, description="torchrun restarts after a worker failure")
-    fsdp: bool = Field(False, description="shard a full fine-tune over the ranks with FSDP2")
+    nproc_per_node: int = Field(1, description="processes (GPUs) per node; >1 launches through torchrun",
+                                json_schema_extra=cli("distributed", "--nproc-per-node"))
+    nnodes: int = Field(1, description="number of nodes (run the same command on each)",
+                        json_schema_extra=cli("distributed", "--nnodes"))
+    node_rank: int | None = Field(None, description="this node's rank 0..nnodes-1 (static rendezvous; default: c10d assigns)",
+                                  json_schema_extra=cli("distributed", "--node-rank"))
+    rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous (first node), for --nnodes > 1",
+                                      json_schema_extra=cli("distributed", "--rdzv-endpoint"))
+    max_restarts: int = Field(0, description="torchrun restarts after a worker failure; each resumes from the last checkpoint",
+                              json_schema_extra=cli("distributed", "--max-restarts"))
+    fsdp: bool = Field(False, description="shard a full fine-tune over the ranks with FSDP2 fully_shard (not for LoRA)",
+                       json_schema_extra=cli("distributed", "--fsdp"))
 
 
 class LoggingConfig(_Section):
-    """Loggers (:mod:`treesdk.training.loggers`) and evaluations during training."""
+    """Loggers (:mod:`treesdk.training.run_folder.loggers`) and evaluations during training."""
 
     report_to: list[str] = Field(default_factory=lambda: ["jsonl", "tensorboard"],
-                                 description="loggers: jsonl, tensorboard, wandb (a list or 'a,b'; 'none': none)")
+                                 description="loggers: jsonl, tensorboard, wandb (a list or 'a,b'; 'none': none)",
+                                 json_schema_extra=cli("logging", "--report-to", kind="str", metavar="A,B"))
     tensorboard: bool = Field(True, description="False drops tensorboard from report_to")
-    eval_every: int = Field(0, ge=0, description="evaluate every N iterations too (0: before and after only)")
+    eval_every: int = Field(0, ge=0, description="evaluate every N iterations too: samples/iter_N.png and logger images "
+                            "(0: before and after only)", json_schema_extra=cli("logging", "--eval-every"))
     profile: bool = Field(False, description="seconds and peak memory per phase in metrics.jsonl (\"profile\") and a "
-                                              "table at the end; on CUDA it synchronises at every phase edge")
+                                              "table at the end; on CUDA it synchronises at every phase edge",
+                          json_schema_extra=cli("logging", "--profile"))
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -135,23 +161,37 @@ class RunConfig(_Section):
 
     backend: BackendConfig = Field(default_factory=BackendConfig)
     recipe: Recipe | str | None = Field(
-        None, description="a preset name, a recipe file, or the recipe (unset: the backend's default_recipe, treegrpo unless it names another)")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted recipe overrides")
-    rewards: dict[str, RewardConfig] = Field(default_factory=dict, description="training rewards (empty: the backend's)")
-    eval_rewards: dict[str, RewardConfig] | None = Field(None, description="held-out rewards (None: the backend's)")
+        None, description="preset (grpo, mixgrpo, treegrpo, dynamic-treerpo, ...), a recipe file, or the recipe (unset: "
+        "the backend's default_recipe; digits: treegrpo-kl, others: treegrpo)",
+        json_schema_extra=cli("algorithm", "--algo", kind="str"))
+    overrides: dict[str, Any] = Field(default_factory=dict, description="recipe override DOTTED.KEY=VALUE, e.g. noise.level=0.8",
+                                      json_schema_extra=cli("algorithm", "--set", kind="repeat", metavar="KEY=VALUE"))
+    rewards: dict[str, RewardConfig] = Field(default_factory=dict, description="training reward NAME or NAME=WEIGHT "
+                                             "(default: the backend's)",
+                                             json_schema_extra=cli("rewards", "--reward", kind="repeat", metavar="NAME[=W]"))
+    eval_rewards: dict[str, RewardConfig] | None = Field(
+        None, description="held-out reward scored only at evaluation (default: the backend's)",
+        json_schema_extra=cli("rewards", "--eval-reward", kind="repeat", metavar="NAME"))
     reward_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="options by reward name, for rewards the backend picks by default")
+        default_factory=dict, description="reward option NAME:KEY=VALUE, e.g. hpsv2.1:checkpoint=/p/HPS_v2.1_compressed.pt",
+        json_schema_extra=cli("rewards", "--reward-opt", kind="repeat", metavar="NAME:KEY=VALUE"))
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    batch: int = Field(8, ge=1, description="prompts (trees) per iteration, over all ranks")
-    iters: int = Field(60, ge=1, description="total iterations of the run")
-    seed: int = Field(0, ge=0, description="seed of prompt order, windows and tree noise")
-    device: str | None = Field(None, description="torch device of backend and rewards (None: the backend's)")
-    dtype: str | None = Field(None, description="backend precision, e.g. bfloat16 (None: the backend's)")
+    batch: int = Field(8, ge=1, description="prompts (trees) per iteration, over all ranks",
+                       json_schema_extra=cli("optimisation", "--batch"))
+    iters: int = Field(60, ge=1, description="total iterations of the run", json_schema_extra=cli("optimisation", "--iters"))
+    seed: int = Field(0, ge=0, description="seed of prompt order, windows and tree noise",
+                      json_schema_extra=cli("algorithm", "--seed"))
+    device: str | None = Field(None, description="torch device of backend and rewards (cpu, cuda, cuda:1; default: the backend's)",
+                               json_schema_extra=cli("model", "--device"))
+    dtype: str | None = Field(None, description="weights dtype: float32, bfloat16, float16 (default: the backend's; CPU float32)",
+                              json_schema_extra=cli("model", "--dtype"))
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    precision: str = Field("fp32", description="compute precision: fp32, or bf16/fp16 autocast (weights keep dtype)")
+    precision: str = Field("fp32", description="compute precision: fp32, or bf16/fp16 autocast around the model (weights "
+                           "keep --dtype; the command line's default follows accelerate's ACCELERATE_MIXED_PRECISION)",
+                           json_schema_extra=cli("model", "--precision"))
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of the trainable weights (decay 0: off)")
 
     @field_validator("device")
@@ -164,7 +204,7 @@ class RunConfig(_Section):
     @field_validator("precision")
     @classmethod
     def _known_precision(cls, value: str) -> str:
-        from treesdk.training.precision import parse_precision
+        from treesdk.training.loop.precision import parse_precision
 
         parse_precision(value)  # a one-line error naming the valid values
         return value
@@ -215,6 +255,25 @@ class RunConfig(_Section):
         is_file = Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}
         overrides = {**({} if is_file else dict(recipe_defaults or {})), **self.overrides}
         return load_recipe(recipe, **overrides)
+
+    def check_recipe(self, default_recipe: str | Mapping[str, Any] | None = None) -> None:
+        """Check the recipe before the backend loads (its scale defaults are not known yet): a recipe
+        file or mapping completely, a preset's name and the paths of the overrides; an override value
+        the backend's defaults may still change is judged by :meth:`resolve_recipe` once it loads."""
+        from treesdk.errors import UserError
+
+        recipe = self.recipe if self.recipe is not None else default_recipe
+        if isinstance(recipe, Recipe):
+            return
+        if isinstance(recipe, Mapping) or (isinstance(recipe, str) and Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}):
+            self.resolve_recipe({}, default_recipe)
+            return
+        try:
+            self.resolve_recipe({}, default_recipe)  # an unknown preset or a bad override path fails here
+        except UserError:
+            raise
+        except ValueError:  # a value the backend's defaults may still change: judged after it loads
+            pass
 
     def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str]) -> RunConfig:
         """This config with the recipe inline (no overrides left) and the rewards named explicitly:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import strict_json_line, truncate_jsonl
-from ..suggest import unknown_name_message
+from treesdk.io import strict_json_line, truncate_jsonl
+from treesdk.suggest import unknown_name_message
 
 #: logger names understood by :func:`build_loggers`
 LOGGERS = ("jsonl", "tensorboard", "wandb")

@@ -3,7 +3,7 @@
 Two parts:
 
 * **Call counts** (exact): velocity calls and rows per iteration in sampling and training, from the
-  recipe alone, following :func:`treesdk.sampler.sample_forest` and :func:`treesdk.training.update.policy_update`
+  recipe alone, following :func:`treesdk.sampler.sample_forest` and :func:`treesdk.training.loop.update.policy_update`
   step by step (frontier sizes, chunking by ``recipe.chunk``, minibatch groups, passes), for every
   iteration's window start (``recipe.window_start(iteration, seed)``). A *row* is one latent through
   :meth:`VelocityModel.velocity` (what ``metrics.jsonl`` counts as ``nfe_sampling``/``nfe_training``);
@@ -90,7 +90,7 @@ def _stored_steps(recipe: Any, start: int) -> list[int]:
 
 def _forward_path(recipe: Any) -> tuple[int, int] | None:
     """``(training slots per leaf, no-grad forwards per slot and leaf)`` when the recipe's loss terms
-    train on clean leaves (:mod:`treesdk.training.forward_update`: one ``v_theta`` per leaf and slot,
+    train on clean leaves (:mod:`treesdk.training.loop.forward_update`: one ``v_theta`` per leaf and slot,
     plus ``v_old`` and/or ``v_ref``); None for the edge path."""
     from treesdk.recipes.parts import build
 

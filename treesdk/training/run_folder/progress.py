@@ -110,3 +110,13 @@ def print_summary(run: Any, console: Console | None = None) -> None:
                       + (f" (exit code {code})" if code else "") + "[/]")
     exported = getattr(run, "exported", None)
     console.print(f"run folder: {run.out_dir}" + (f"; exported: {', '.join(exported)}" if exported else ""))
+
+
+def print_profile(rows: list[tuple[str, float, float, float]], console: Console | None = None) -> None:
+    """``--profile``: one row per phase (mean seconds per iteration, share of the profiled time, peak GiB)."""
+    table = Table(title="profile: per phase, mean over the iterations (metrics.jsonl \"profile\" per iteration)")
+    for column in ("phase", "mean s", "share %", "peak GiB"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase, seconds, share, peak in rows:
+        table.add_row(phase, f"{seconds:.3f}", f"{share:.1f}", f"{peak:.2f}")
+    (console or Console()).print(table)

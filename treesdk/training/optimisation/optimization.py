@@ -1,10 +1,10 @@
 """The optimiser of a run with its learning-rate schedule and EMA, as the trainer uses them.
 
 :class:`Optimization` builds the optimiser named in the recipe (``optim.optimizer``, see
-:mod:`treesdk.training.optimizers`), an lr schedule stepped once per iteration (``optim.lr_schedule``,
-``optim.lr_warmup``, ``optim.lr_min_factor``; :mod:`treesdk.training.schedules`) and, when
+:mod:`treesdk.training.optimisation.optimizers`), an lr schedule stepped once per iteration (``optim.lr_schedule``,
+``optim.lr_warmup``, ``optim.lr_min_factor``; :mod:`treesdk.training.optimisation.schedules`) and, when
 ``EMAConfig.decay > 0``, an EMA of the trainable weights updated after optimiser steps
-(:mod:`treesdk.training.ema`). Its checkpoint tensors (``ema.*``) make a resumed run continue the same
+(:mod:`treesdk.training.optimisation.ema`). Its checkpoint tensors (``ema.*``) make a resumed run continue the same
 average; the schedule needs no state (it is a function of the iteration).
 
 Gradient accumulation is explicit in the recipe: each iteration runs ``optim.passes x
@@ -23,9 +23,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .ema import EMA
-from .optimizers import build_optimizer
-from .schedules import build_lr_scheduler
+from treesdk.training.optimisation.ema import EMA
+from treesdk.training.optimisation.optimizers import build_optimizer
+from treesdk.training.optimisation.schedules import build_lr_scheduler
 
 
 class EMAConfig(BaseModel):
@@ -33,11 +33,14 @@ class EMAConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    decay: float = Field(0.0, ge=0, lt=1, description="EMA decay per update; 0 = no EMA (e.g. 0.99 or 0.999)")
-    every: int = Field(1, ge=1, description="optimiser steps between EMA updates")
+    decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trainable weights with this decay per update, e.g. 0.999 "
+                         "(0: no EMA)", json_schema_extra={"cli": {"panel": "optimisation", "flags": ("--ema-decay",)}})
+    every: int = Field(1, ge=1, description="optimiser steps between EMA updates",
+                       json_schema_extra={"cli": {"panel": "optimisation", "flags": ("--ema-every",)}})
     warmup: bool = Field(True, description="decay ramp min(decay, (1 + n) / (10 + n)) as diffusers' EMAModel")
     use: Literal["eval+export", "eval", "export", "none"] = Field(
-        "eval+export", description="where the averaged weights replace the live ones: evaluations, the export, both, neither")
+        "eval+export", description="where the averaged weights replace the live ones: eval+export, eval, export, none",
+        json_schema_extra={"cli": {"panel": "optimisation", "flags": ("--ema-use",), "kind": "str"}})
     device: str | None = Field(None, description="device of the average (None: beside the weights; 'cpu' saves accelerator memory)")
 
     @property
@@ -49,8 +52,9 @@ class Optimization:
     """Optimiser + lr schedule + optional EMA over ``params``.
 
     Call :meth:`start` once the optimiser state is loaded (a resumed run) or right away (a new one),
-    :meth:`end_iteration` after each iteration's update, and use :meth:`weights_for` around
-    evaluations and exports.
+    ``ema.step()`` after each optimiser step (the trainer's ``optimizer_step``: nothing is hooked
+    onto the optimiser), :meth:`end_iteration` after each iteration's update, and use
+    :meth:`weights_for` around evaluations and exports.
     """
 
     def __init__(self, params: Sequence[torch.nn.Parameter], optim: Any, iters: int, ema: EMAConfig | None = None) -> None:
@@ -63,13 +67,8 @@ class Optimization:
         self.ema: EMA | None = None
         if self.ema_config.enabled:
             c = self.ema_config
-            self.ema = EMA(self.params, decay=c.decay, every=c.every, warmup=c.warmup, device=c.device).attach(self.optimizer)
+            self.ema = EMA(self.params, decay=c.decay, every=c.every, warmup=c.warmup, device=c.device)
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
-        self.steps_done = 0  # optimiser steps of the current iteration (for progress displays)
-        self.optimizer.register_step_post_hook(lambda *_: self._count())
-
-    def _count(self) -> None:
-        self.steps_done += 1
 
     @property
     def steps_per_iteration(self) -> int:
@@ -94,7 +93,6 @@ class Optimization:
             self.start(0)
         assert self.scheduler is not None
         self.scheduler.step()
-        self.steps_done = 0
         return used
 
     # -- EMA use and checkpoints --------------------------------------------------------------
@@ -123,6 +121,20 @@ class Optimization:
             with torch.no_grad():
                 for avg, p in zip(self.ema.shadow, self.params):
                     avg.copy_(p.detach().to(device=avg.device, dtype=torch.float32))
+
+
+class StepCalls:
+    """What an update needs of an optimiser, ``zero_grad()`` and ``step()``, with ``step`` being
+    ``step_fn`` (the trainer's optimiser step with its companions)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, step_fn: Any) -> None:
+        self.optimizer, self._step = optimizer, step_fn
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self._step()
 
 
 def checkpoint_ema(checkpoint: str | Path) -> dict[str, torch.Tensor]:

@@ -260,7 +260,7 @@ def save_checkpoint(
     """Write checkpoint ``iteration`` atomically and keep only the newest ``keep``.
 
     ``optimizer`` is the optimiser or its (full, unsharded) ``state_dict()``, e.g. one gathered
-    under FSDP by :meth:`treesdk.training.distributed.FullyShardedTraining.full_optimizer_state`. ``extra``
+    under FSDP by :meth:`treesdk.training.parallel.distributed.FullyShardedTraining.full_optimizer_state`. ``extra``
     tensors (e.g. the EMA's ``ema.*``) are stored beside the optimiser state and come back in
     ``state["extra"]`` from :func:`load_checkpoint`."""
     final = checkpoint_dir(run_dir, iteration)

@@ -1,5 +1,5 @@
 """What a run leaves behind (:class:`Run`) and the stop request around the training loop (metrics
-files and loggers: :mod:`treesdk.training.loggers`)."""
+files and loggers: :mod:`treesdk.training.run_folder.loggers`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 loop in pieces a user can drive from Python: :meth:`Trainer.step` (one iteration, the loop a
 newcomer reads in five minutes), :meth:`Trainer.checkpoint`, :meth:`Trainer.evaluate` and
 :meth:`Trainer.finish` (evaluate, export). :meth:`Trainer.fit` runs them all with stop handling;
-:func:`train` is the one-call form (``treesdk.train(RunConfig(...))``).
+:func:`treesdk.train` (:mod:`treesdk.training.loop.session`) is the one-call form around it.
 
 Every part comes from the recipe through the registry of parts (estimator, loss terms, SDE family);
 there is no ``if algo == ...`` here. Randomness is a pure function of ``(seed, iteration, slot)``:
@@ -17,7 +17,7 @@ Run folder::
     metrics.jsonl      one JSON line per iteration (and per evaluation, with "eval": true)
     tb/, wandb/        TensorBoard events (scalars, grids, reward histograms), wandb files (--report-to)
     samples/           start.png / iter_N.png (--eval-every) / end.png grids of the evaluation set
-    checkpoints/       iter_NNNNNN/ (see treesdk.training.checkpoint)
+    checkpoints/       iter_NNNNNN/ (see treesdk.training.run_folder.checkpoint)
     export/            the exported policy
 """
 
@@ -30,25 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from treesdk.interfaces import RewardModel, VelocityModel
-from treesdk.recipes import Recipe, load_recipe, parts, prune_edges
+from treesdk.recipes import Recipe, prune_edges
+from treesdk.recipes import parts as parts_registry
 from treesdk.reward_scoring import sample_and_score
-from treesdk.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
-from treesdk.training.collective import Collective
+from treesdk.training.run_folder.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from treesdk.training.parallel.collective import Collective
 from treesdk.training.config import RunConfig
-from treesdk.training.distributed import restart_count
+from treesdk.training.parallel.distributed import restart_count
 from treesdk.evaluation import evaluate
-from treesdk.training.export import default_export_name, export_run
-from treesdk.training.forward_update import behaviour_policy, old_policy_tensors, restore_old_policy, sampling_weights
-from treesdk.training.metadata import export_metadata
-from treesdk.training.loggers import Loggers, build_loggers, parse_report_to
-from treesdk.training.batches import iteration_prompts, slot_seed
-from treesdk.training.metrics import Run, StopRequest
-from treesdk.training.model_card import write_model_card
-from treesdk.training.optimization import EMAConfig, Optimization
-from treesdk.training.profiling import PhaseProfiler
-from treesdk.training.run_folders import RunLock, check_out_dir
-from treesdk.training.runs import RunParts, build_run_parts, check_parts
-from treesdk.training.update import policy_update
+from treesdk.training.exporting.export import default_export_name, export_run
+from treesdk.training.exporting.metadata import export_metadata
+from treesdk.training.loop.forward_update import behaviour_policy, old_policy_tensors, restore_old_policy, sampling_weights
+from treesdk.training.run_folder.loggers import Loggers, build_loggers, parse_report_to
+from treesdk.training.loop.batches import iteration_prompts, slot_seed
+from treesdk.training.loop.metrics import Run, StopRequest
+from treesdk.training.exporting.model_card import write_model_card
+from treesdk.training.optimisation.optimization import Optimization, StepCalls
+from treesdk.training.run_folder.profiling import PhaseProfiler
+from treesdk.training.run_folder.run_folders import RunLock, check_out_dir
+from treesdk.training.loop.runs import RunParts, build_run_parts
+from treesdk.training.loop.update import policy_update
 from treesdk.images import make_grid, save_grid
 
 _log = logging.getLogger("treesdk")
@@ -59,111 +60,77 @@ Callback = Callable[[dict[str, Any]], Any]
 
 class Trainer:
     """One training run, in steps. Build it from a :class:`RunConfig` (:meth:`from_config`) or from
-    parts already built (the constructor), then :meth:`fit`, or drive :meth:`start`, :meth:`step`,
-    :meth:`checkpoint` and :meth:`finish` yourself.
+    parts already built (:meth:`from_parts`), then :meth:`fit`, or drive :meth:`start`,
+    :meth:`step`, :meth:`checkpoint` and :meth:`finish` yourself.
 
     Args:
-        backend: the policy; recipe: a Recipe, a preset name or a recipe file.
-        rewards: training rewards by name; ``weights`` their weights (default 1 each).
-        prompts: training prompts; ``batch`` of them (trees) per iteration over all ranks, rank
-            ``r`` owning slots ``r, r + world_size, ...``.
-        iters: total iterations of the run (a resumed run continues up to this number).
+        parts: the run's parts (:class:`~treesdk.training.loop.runs.RunParts`: backend, rewards, prompts,
+            evaluation set, export format) and its resolved :class:`RunConfig` (``parts.config``),
+            which holds every setting: ``batch`` prompts (trees) per iteration over all ranks, rank
+            ``r`` owning slots ``r, r + world_size, ...``; ``iters`` in all (a resumed run continues
+            up to this number); checkpoints, EMA, loggers, evaluations, profiling.
         out_dir: run folder (None: nothing is written).
-        eval_prompts, eval_seeds: fixed evaluation set, scored before and after training by
-            ``rewards`` and ``eval_rewards`` (held-out).
-        checkpoint_every: iterations between checkpoints (0: only at the end); ``keep_checkpoints`` kept.
-        export_format: export the policy into ``out_dir/export`` at the end (e.g. ``"lora"``).
-        config: the run's configuration, stored as ``config.json`` (default: one describing these
-            parts, with ``backend_options``, the options the backend was loaded with, so that
-            export/sample/eval can rebuild it).
         collective: the distributed calls (default: a single process); its ``fsdp`` shards the
             backend's ``fsdp_modules()`` before the optimiser is built.
         callbacks: called with each iteration's metrics row; one returning True stops the run after the
             iteration (checkpoint written), as SIGINT/SIGTERM do.
-        on_step: ``on_step(phase, done, total)`` for progress displays (:mod:`treesdk.training.progress`).
-        ema, report_to, eval_every: EMA (:class:`~treesdk.training.optimization.EMAConfig`), loggers
-            (:mod:`treesdk.training.loggers`), evaluations every N iterations (0: before/after only).
-    Optimiser, lr schedule and accumulation: the recipe's ``optim`` (:mod:`treesdk.training.optimization`).
+        on_step: ``on_step(phase, done, total)`` for progress displays (:mod:`treesdk.training.run_folder.progress`).
+    Optimiser, lr schedule and accumulation: the recipe's ``optim`` (:mod:`treesdk.training.optimisation.optimization`).
     """
 
     def __init__(
         self,
-        backend: VelocityModel,
-        recipe: Recipe | str,
-        rewards: Mapping[str, RewardModel],
-        prompts: Sequence[str],
-        *,
-        weights: Mapping[str, float] | None = None,
-        iters: int = 10,
-        batch: int = 4,
-        seed: int = 0,
+        parts: RunParts,
         out_dir: str | Path | None = None,
-        eval_prompts: Sequence[str] | None = None,
-        eval_seeds: Sequence[int] | None = None,
-        eval_rewards: Mapping[str, RewardModel] | None = None,
-        checkpoint_every: int = 0,
-        keep_checkpoints: int = 3,
-        export_format: str | None = None,
-        config: RunConfig | None = None,
-        backend_options: Mapping[str, Any] | None = None,
+        *,
         collective: Collective | None = None,
         callbacks: Sequence[Callback] = (),
         on_step: Callable[[str, int, int], None] | None = None,
-        tensorboard: bool = True,
-        ema: EMAConfig | Mapping[str, Any] | None = None,
-        report_to: str | Sequence[str] | None = None,
-        eval_every: int = 0,
-        profile: bool = False,
     ) -> None:
-        check_parts(prompts, rewards, weights)
-        self.recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
-        self.backend, self.rewards, self.prompts = backend, dict(rewards), list(prompts)
-        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
-        self.iters, self.batch, self.seed = iters, batch, seed
+        self.parts = parts
+        self.config = config = parts.config
+        if not isinstance(config.recipe, Recipe):
+            raise ValueError("Trainer needs the resolved recipe in parts.config (build the parts with build_run_parts)")
+        self.recipe: Recipe = config.recipe
+        self.backend, self.rewards, self.prompts = parts.backend, dict(parts.rewards), list(parts.prompts)
+        self.weights = {name: float(r.weight) for name, r in config.rewards.items() if name in self.rewards}
+        self.iters, self.batch, self.seed = config.iters, config.batch, config.seed
         self.collective = collective or Collective()
         world = self.collective.world_size
         if not self.prompts:
             raise ValueError("no training prompts")
-        if batch < world:
-            raise ValueError(f"--batch {batch} is smaller than the number of ranks {world}: every rank needs a tree")
-        if self.collective.fsdp is not None and batch % world:
-            raise ValueError(f"--fsdp needs --batch divisible by the number of ranks ({batch} % {world} != 0): "
+        if self.batch < world:
+            raise ValueError(f"--batch {self.batch} is smaller than the number of ranks {world}: every rank needs a tree")
+        if self.collective.fsdp is not None and self.batch % world:
+            raise ValueError(f"--fsdp needs --batch divisible by the number of ranks ({self.batch} % {world} != 0): "
                              "every FSDP forward is a collective, so every rank must sample the same number of trees")
         self.out = Path(out_dir) if out_dir is not None else None
-        self.eval_prompts = list(eval_prompts or [])
-        self.eval_seeds = list(eval_seeds) if eval_seeds is not None else list(range(len(self.eval_prompts)))
-        self.eval_rewards = {**self.rewards, **(eval_rewards or {})}
-        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
-        self.export_format = export_format
-        self.callbacks, self.on_step, self.eval_every = list(callbacks), on_step, int(eval_every)
-        self.report_to = [n for n in parse_report_to(report_to) if tensorboard or n != "tensorboard"]
-        self.ema_config = ema if isinstance(ema, EMAConfig) else EMAConfig(**dict(ema or {}))
-        self.config = config or RunConfig(
-            backend={"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
-            recipe=self.recipe, rewards=self.weights, eval_rewards=sorted(eval_rewards or {}), batch=batch,
-            iters=iters, seed=seed, ema=self.ema_config, logging={"report_to": self.report_to, "eval_every": eval_every},
-        )
+        self.eval_prompts, self.eval_seeds = list(parts.eval_prompts), list(parts.eval_seeds)
+        self.eval_rewards = {**self.rewards, **parts.eval_reward_models}
+        self.export_format = parts.export_format
+        self.callbacks, self.on_step = list(callbacks), on_step
+        logging_ = config.logging
+        self.report_to = [n for n in logging_.report_to if logging_.tensorboard or n != "tensorboard"]
+        self.ema_config = config.ema
         if self.ema_config.enabled and self.collective.fsdp is not None:
             raise ValueError("--ema-decay with --fsdp is not supported yet (the average would be sharded); drop one of them")
 
         # the parts, built from the recipe through the registry
         if self.collective.fsdp is not None:
-            self.collective.fsdp.shard(backend)
-        self.estimator = parts.build("advantage", self.recipe.advantage)
-        self.loss_terms = [(parts.build("loss", spec), float(spec.weight)) for spec in self.recipe.losses]
-        self.mean_std = parts.build("sde", self.recipe.sde)
-        self.params = backend.trainable_parameters()
+            self.collective.fsdp.shard(self.backend)
+        self.estimator = parts_registry.build("advantage", self.recipe.advantage)
+        self.loss_terms = [(parts_registry.build("loss", spec), float(spec.weight)) for spec in self.recipe.losses]
+        self.mean_std = parts_registry.build("sde", self.recipe.sde)
+        self.params = self.backend.trainable_parameters()
         if not self.params:
-            raise ValueError(f"backend {backend.name!r} has no trainable parameters")
-        self.optimization = Optimization(self.params, self.recipe.optim, iters, self.ema_config)
+            raise ValueError(f"backend {self.backend.name!r} has no trainable parameters")
+        self.optimization = Optimization(self.params, self.recipe.optim, self.iters, self.ema_config)
         self.old_policy = behaviour_policy(self.loss_terms, self.params)  # forward-process recipes: v_old, sampling
         self.optimizer = self.optimization.optimizer
-        # steps taken, and the count when the running update began: are the weights the last iteration's?
+        self.profiler = PhaseProfiler(self.backend.device, enabled=logging_.profile)  # seconds, peak memory per phase
+        # optimiser steps taken, and the count when the running update began: are the weights the last iteration's?
         self._optimizer_steps = 0
         self._update_began_at: int | None = None
-        self.optimizer.register_step_post_hook(self._count_step)
-        self.profiler = PhaseProfiler(backend.device, enabled=profile)  # --profile: seconds, peak memory per phase
-        self.profiler.attach_optimizer(self.optimizer)
         self._last_checkpoint = 0
 
         self.iteration = 0
@@ -183,7 +150,7 @@ class Trainer:
     ) -> Trainer:
         """Build every part a :class:`RunConfig` names: the backend, the recipe (resolved with the
         backend's scale defaults), rewards, prompts and the evaluation set."""
-        return cls.from_parts(build_run_parts(config), out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
+        return cls(build_run_parts(config), out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
 
     @classmethod
     def from_parts(
@@ -195,27 +162,20 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         on_step: Callable[[str, int, int], None] | None = None,
     ) -> Trainer:
-        """A trainer over parts built by :func:`treesdk.training.runs.build_run_parts`."""
-        config = built.config
-        return cls(
-            built.backend, built.config.recipe, built.rewards, built.prompts,
-            weights={n: r.weight for n, r in built.config.rewards.items()},
-            iters=config.iters, batch=config.batch, seed=config.seed, out_dir=out_dir,
-            eval_prompts=built.eval_prompts, eval_seeds=built.eval_seeds, eval_rewards=built.eval_reward_models,
-            checkpoint_every=config.checkpoint.every, keep_checkpoints=config.checkpoint.keep,
-            export_format=built.export_format, config=built.config, collective=collective,
-            callbacks=callbacks, on_step=on_step, tensorboard=config.logging.tensorboard, ema=config.ema,
-            report_to=config.logging.report_to, eval_every=config.logging.eval_every, profile=config.logging.profile,
-        )
+        """A trainer over parts built by :func:`treesdk.training.loop.runs.build_run_parts` (or
+        :func:`~treesdk.training.loop.runs.parts_from_objects`): the constructor."""
+        return cls(built, out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
 
     # -- the run, step by step -------------------------------------------------------------------
 
-    def start(self, resume: bool = False) -> None:
+    def start(self, resume: bool = False, *, check_folder: bool = True) -> None:
         """Prepare the run folder: resume from its newest checkpoint, or write ``config.json`` and
-        score the evaluation set before training."""
+        score the evaluation set before training. ``check_folder=False``: the caller checked it
+        (:func:`~treesdk.training.run_folder.run_folders.check_out_dir`), as :func:`treesdk.train` does."""
         out, main = self.out, self.collective.is_main
         if out is not None and main:
-            check_out_dir(out, resume, restarted=restart_count() > 0)  # a folder holds one run
+            if check_folder:
+                check_out_dir(out, resume, restarted=restart_count() > 0)  # a folder holds one run
             for sub in ("samples", "checkpoints", "export"):
                 (out / sub).mkdir(parents=True, exist_ok=True)
         if resume:
@@ -247,22 +207,21 @@ class Trainer:
         with sampling_weights(self.old_policy):  # the old policy's weights where the recipe samples with them
             forest, scores, t1 = sample_and_score(self.backend, recipe, prompts, seeds, start, cond, self.rewards,
                                                   mean_std=self.mean_std, progress=progress, phase=self._phase, run=p)
-        t2, opt = time.perf_counter(), self.optimization
-        self._phase("optimizer", 0, opt.steps_per_iteration)  # then once per optimiser step:
-        hook = self.optimizer.register_step_post_hook(lambda *_: self._phase("optimizer", opt.steps_done, opt.steps_per_iteration))
+        t2 = time.perf_counter()
 
-        # 3. advantages on the edges, then 4. the policy update
+        # 3. advantages on the edges, then 4. the policy update: its optimiser steps are
+        # self.optimizer_step (the step and its companions, in order)
         targets = prune_edges(recipe, forest, p("advantages", self.estimator, forest, scores, self.weights), self.iteration, self.iters)
         o = recipe.optim
         self._update_began_at = self._optimizer_steps
+        self._phase("optimizer", 0, self.optimization.steps_per_iteration)
         stats = p(
-            "training", policy_update, self.backend, forest, targets, self.loss_terms, self.optimizer, self.params,
-            passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk, grad_clip=o.grad_clip,
+            "training", policy_update, self.backend, forest, targets, self.loss_terms, StepCalls(self.optimizer, self.optimizer_step),
+            self.params, passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk, grad_clip=o.grad_clip,
             reduce_gradients=c.reduce_gradients if c.world_size > 1 else None)
         t3 = time.perf_counter()
-        hook.remove()
         self.iteration += 1
-        lr_used = opt.end_iteration()
+        lr_used = self.optimization.end_iteration()  # 5. the lr schedule, stepped once per iteration
         self._update_began_at = None
 
         raw = targets.leaf_rewards
@@ -293,6 +252,16 @@ class Trainer:
                 self._stop_requested = True
         return row
 
+    def optimizer_step(self) -> None:
+        """One optimiser step and its companions, in this order: the step (timed as the
+        ``optimizer`` phase under ``--profile``), the EMA update (every ``ema.every``-th step), the
+        step count (the live weights are no longer the last iteration's), the progress display."""
+        self.profiler.run("optimizer", self.optimizer.step)
+        if self.optimization.ema is not None:
+            self.optimization.ema.step()
+        self._optimizer_steps += 1
+        self._phase("optimizer", self._optimizer_steps - (self._update_began_at or 0), self.optimization.steps_per_iteration)
+
     def checkpoint(self) -> None:
         """Write a checkpoint of the current iteration (rank 0 writes; under FSDP every rank gathers)."""
         if self.out is None:
@@ -308,7 +277,7 @@ class Trainer:
             optim = fsdp.full_optimizer_state(self.optimizer)
         if main:
             state = {"recipe": self.recipe.model_dump(mode="json"), "eval_before": self.run.eval_before, "backend": self.backend.name}
-            save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.keep_checkpoints,
+            save_checkpoint(self.out, self.iteration, trainable, optim, state, keep=self.config.checkpoint.keep,
                             extra={**self.optimization.checkpoint_tensors(), **old})
         self._last_checkpoint = self.iteration
 
@@ -354,21 +323,22 @@ class Trainer:
         """Stop after the current iteration (with a checkpoint), as SIGINT/SIGTERM do."""
         self._stop_requested = True
 
-    def fit(self, resume: bool = False) -> Run:
+    def fit(self, resume: bool = False, *, check_folder: bool = True) -> Run:
         """Start (or resume), step until ``iters`` or a stop request, checkpoint, finish."""
         lock = RunLock(self.out) if self.out is not None and self.collective.is_main else None
         try:
             if lock is not None:
                 lock.acquire()  # one live run per folder
-            self.start(resume)
+            self.start(resume, check_folder=check_folder)
             with StopRequest() as signals:
                 stopping = self.collective.any_rank(signals.requested or self._stop_requested)
                 while self.iteration < self.iters and not stopping:
                     self.step()
-                    if self.eval_every and self.iteration % self.eval_every == 0 and self.iteration < self.iters:
+                    every = self.config.logging.eval_every
+                    if every and self.iteration % every == 0 and self.iteration < self.iters:
                         self.evaluate(f"iter_{self.iteration}")
                     stopping = self.collective.any_rank(signals.requested or self._stop_requested)
-                    due = self.checkpoint_every and self.iteration % self.checkpoint_every == 0
+                    due = self.config.checkpoint.every and self.iteration % self.config.checkpoint.every == 0
                     if due or stopping or self.iteration == self.iters:
                         with signals.deferred():  # a second signal waits for the checkpoint
                             self.profiler.run("checkpoint", self.checkpoint)
@@ -382,9 +352,6 @@ class Trainer:
             self.log.close()
             if lock is not None:
                 lock.release()
-
-    def _count_step(self, *args: Any) -> None:  # noqa: ARG002 - torch's optimizer step hook
-        self._optimizer_steps += 1
 
     def _checkpoint_on_failure(self) -> None:
         """After an error (NaN reward, full disk, dead rank, bug), checkpoint the last completed
@@ -425,25 +392,4 @@ class Trainer:
         self.run.eval_before = state.get("eval_before", {})
 
 
-def train(config: RunConfig | Recipe | str, *args: Any, out_dir: str | Path | None = None, resume: bool = False,
-          collective: Collective | None = None, callbacks: Sequence[Callback] = (),
-          on_step: Callable[[str, int, int], None] | None = None, **kwargs: Any) -> Run:
-    """Train a run: ``train(RunConfig(...), out_dir=..., resume=..., callbacks=[...])``.
-
-    The parts form ``train(recipe, backend, rewards, prompts, **options)`` takes parts already built
-    (the :class:`Trainer` constructor's arguments) and is kept for scripts and tests. ``on_step``
-    (both forms) receives the phases inside each iteration, e.g. :class:`treesdk.training.progress.TrainProgress`.
-    """
-    if isinstance(config, RunConfig):
-        if args or kwargs:
-            raise TypeError(f"train(RunConfig) takes out_dir, resume, collective and callbacks only; got {sorted(kwargs) or args}")
-        trainer = Trainer.from_config(config, out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
-    else:
-        on_iteration = kwargs.pop("on_iteration", None)
-        callbacks = [*callbacks, *([on_iteration] if on_iteration else [])]
-        trainer = Trainer(args[0], config, *args[1:], out_dir=out_dir, collective=collective, callbacks=callbacks,
-                          on_step=on_step, **kwargs)
-    return trainer.fit(resume)
-
-
-__all__ = ["Callback", "Run", "Trainer", "iteration_prompts", "slot_seed", "train"]
+__all__ = ["Callback", "Run", "Trainer", "iteration_prompts", "slot_seed"]

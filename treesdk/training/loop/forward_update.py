@@ -1,6 +1,6 @@
 """The forward-process update: train on the forest's clean leaves, not on its edges.
 
-Chosen by :func:`treesdk.training.update.policy_update` when the recipe's loss terms consume
+Chosen by :func:`treesdk.training.loop.update.policy_update` when the recipe's loss terms consume
 clean leaves (:class:`treesdk.forward_losses.ForwardTerm`, e.g. DiffusionNFT, AWM). Whatever
 sampled the leaves (ODE, a tree, a backend's solver), the update sees only each leaf's clean latent
 ``x0``, its prompt and its advantage (``EdgeAdvantages.leaf_advantages``):
@@ -34,7 +34,7 @@ from torch import Tensor
 from treesdk.errors import NonFiniteLossError, UserError
 from treesdk.forward_losses import CleanBatch, OldPolicySchedule, grid_permutation_sigmas, stratified_grid_sigmas
 from treesdk.interfaces import EdgeAdvantages, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
-from treesdk.training.update_stats import UpdateStats
+from treesdk.training.loop.update_stats import UpdateStats
 
 
 class OldPolicy:
@@ -132,7 +132,7 @@ def sampling_weights(old: OldPolicy | None) -> Iterator[bool]:
 
 def old_policy_tensors(old: OldPolicy | None, fsdp: Any = None) -> dict[str, Tensor]:
     """Checkpoint tensors of the old policy (``old.*``; empty without one), gathered into full tensors
-    under FSDP (``fsdp``: a :class:`treesdk.training.fsdp.FullyShardedTraining`; every rank calls this)."""
+    under FSDP (``fsdp``: a :class:`treesdk.training.parallel.fsdp.FullyShardedTraining`; every rank calls this)."""
     if old is None:
         return {}
     tensors = old.state_dict()

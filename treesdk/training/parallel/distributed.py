@@ -1,6 +1,6 @@
 """Training over several processes with ``torch.distributed``: one process (rank) per device.
 
-How the work is split (see :func:`treesdk.training.trainer.train`): ``--batch`` is global; rank ``r`` of
+How the work is split (see :func:`treesdk.training.loop.trainer.train`): ``--batch`` is global; rank ``r`` of
 ``W`` owns the batch slots ``r, r + W, ...`` and samples *whole trees* there, with the noise of
 slot ``s`` seeded by ``(seed, iteration, s)``. Seeds therefore belong to prompts and trees, never to
 ranks: no two ranks sample the same noise, and the number of ranks does not change what is sampled.
@@ -31,7 +31,7 @@ default :data:`DEFAULT_TIMEOUT_S`); a rank that dies makes the others fail that 
 when the peer's connection closes, at the latest after the timeout) and exit with a
 :class:`DistributedError` that says so, instead of hanging.
 
-FSDP (``--fsdp``, :class:`~treesdk.training.fsdp.FullyShardedTraining`): for full fine-tunes that do not fit one device,
+FSDP (``--fsdp``, :class:`~treesdk.training.parallel.fsdp.FullyShardedTraining`): for full fine-tunes that do not fit one device,
 the modules a backend names in :meth:`~treesdk.interfaces.VelocityModel.fsdp_modules` are wrapped
 with FSDP2 ``fully_shard`` (innermost first, the root last). Each rank then holds ``1/W`` of the
 trainable parameters, gradients and AdamW state; forwards all-gather a block's weights, backwards
@@ -57,9 +57,9 @@ import torch
 import torch.distributed as dist
 
 from treesdk.errors import DistributedError  # noqa: F401 - raised here, re-exported for callers
-from treesdk.training.checkpoint import list_checkpoints
-from treesdk.training.collective import Collective
-from treesdk.training.fsdp import FullyShardedTraining
+from treesdk.training.run_folder.checkpoint import list_checkpoints
+from treesdk.training.parallel.collective import Collective
+from treesdk.training.parallel.fsdp import FullyShardedTraining
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ def restart_count(environ: Mapping[str, str] | None = None) -> int:
 
 @dataclass
 class DistributedContext(Collective):
-    """This process's place in the job; the :class:`~treesdk.training.collective.Collective` the
+    """This process's place in the job; the :class:`~treesdk.training.parallel.collective.Collective` the
     trainer talks to (gradients, metrics, stop flags, broadcasts, FSDP).
 
     ``world_size == 1`` (no process group) is a valid context whose calls do nothing.

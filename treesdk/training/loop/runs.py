@@ -11,7 +11,7 @@ from typing import Any
 
 from treesdk import registry
 from treesdk.interfaces import RewardModel, VelocityModel
-from treesdk.training.checkpoint import latest_checkpoint, load_checkpoint
+from treesdk.training.run_folder.checkpoint import latest_checkpoint, load_checkpoint
 from treesdk.training.config import RewardConfig, RunConfig, read_run_config
 
 
@@ -45,7 +45,7 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
     """Load the backend (unless given; wrapped for ``config.precision``), resolve the recipe with the
     backend's scale defaults, and load the rewards (the backend's defaults when the config names
     none), prompts and eval set."""
-    from treesdk.training.precision import with_precision
+    from treesdk.training.loop.precision import with_precision
 
     if backend is None:
         factory = registry.load("backend", config.backend.name)
@@ -73,6 +73,49 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
     )
 
 
+def parts_from_objects(backend: VelocityModel, recipe: Any, rewards: Mapping[str, RewardModel], prompts: Any, *,
+                       weights: Mapping[str, float] | None = None, eval_prompts: Any = None, eval_seeds: Any = None,
+                       eval_rewards: Mapping[str, RewardModel] | None = None, backend_options: Mapping[str, Any] | None = None,
+                       **settings: Any) -> RunParts:
+    """:class:`RunParts` over objects already built (the parts form of :func:`treesdk.train`).
+
+    ``settings`` are named as RunConfig fields (``iters``, ``batch``, ``seed``, ``ema``, ...) or,
+    for the fields of a section, as their ``treesdk train`` flag (``checkpoint_every``,
+    ``keep_checkpoints``, ``export_format``, ``report_to``, ``eval_every``, ``profile``; see
+    :func:`treesdk.training.settings.run_settings`); the rest are RunConfig's defaults, but no
+    export unless ``export_format`` names one. ``backend_options`` are recorded in ``config.json``
+    (the options the backend was built with, so that export/sample/eval can rebuild it)."""
+    from treesdk.recipes import Recipe, load_recipe
+    from treesdk.training.settings import run_settings
+
+    check_parts(prompts, rewards, weights)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    weighted = {name: float((weights or {}).get(name, 1.0)) for name in rewards}
+    data: dict[str, Any] = {
+        "backend": {"name": backend.name, "options": dict(backend_options or {}), "describe": backend.describe()},
+        "recipe": recipe, "rewards": weighted, "eval_rewards": sorted(eval_rewards or {}), "export": {"format": None},
+    }
+    by_flag = {s.name: s.path for s in run_settings() if "." in s.path and not s.path.startswith(("backend.", "overrides."))}
+    for key, value in settings.items():
+        path = key if key in RunConfig.model_fields else by_flag.get(key)
+        if path is None:
+            raise TypeError(f"train(): unknown setting {key!r}; settings are RunConfig fields or "
+                            f"{', '.join(sorted(by_flag))}")
+        *sections, leaf = path.split(".")
+        target = data
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = value
+    config = RunConfig.model_validate(data)
+    eval_prompts = list(eval_prompts or [])
+    return RunParts(
+        config=config, backend=backend, rewards=dict(rewards), eval_reward_models=dict(eval_rewards or {}),
+        prompts=list(prompts), eval_prompts=eval_prompts,
+        eval_seeds=list(eval_seeds) if eval_seeds is not None else list(range(len(eval_prompts))),
+        export_format=config.export.format if config.export.format not in (None, "none") else None,
+    )
+
+
 def check_parts(prompts: Any, rewards: Mapping[str, Any], weights: Mapping[str, float] | None) -> None:
     """Python API arguments of a run: ``prompts`` a list (one string would be read character by
     character) and ``weights`` only for rewards that are passed."""
@@ -93,8 +136,6 @@ def precheck_run_config(config: RunConfig) -> None:
     prompts, the option keys of the rewards named, the backend's option keys, and the recipe (fully
     for a recipe file, the paths of the overrides for a preset, whose values the backend's scale
     defaults may still change)."""
-    from treesdk.errors import UserError
-
     if config.prompts.items is not None or config.prompts.file is not None:
         config.prompts.load([])
     factory = registry.load("backend", config.backend.name)
@@ -103,17 +144,7 @@ def precheck_run_config(config: RunConfig) -> None:
     for name, reward in named.items():
         options = {**config.reward_options.get(name, {}), **reward.options}
         registry.check_options("reward", name, registry.load("reward", name), options, f"--reward-opt {name}:KEY")
-    default_recipe = getattr(factory, "default_recipe", None)  # a class attribute: no model is loaded
-    recipe = config.recipe if config.recipe is not None else default_recipe
-    if isinstance(recipe, Mapping) or (isinstance(recipe, str) and Path(recipe).suffix.lower() in {".yaml", ".yml", ".json"}):
-        config.resolve_recipe({}, default_recipe)
-    elif isinstance(recipe, str) or recipe is None:
-        try:
-            config.resolve_recipe({}, default_recipe)  # an unknown preset or a bad override path fails here
-        except UserError:
-            raise
-        except ValueError:  # a value the backend's defaults may still change: judged after it loads
-            pass
+    config.check_recipe(getattr(factory, "default_recipe", None))  # a class attribute: no model is loaded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +173,22 @@ def accepted_options(factory: Callable[..., Any]) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     return set(params)
+
+
+def option_names(kind: str, name: str) -> set[str] | None:
+    """Keyword options the registered ``kind`` plugin ``name`` takes (None: any, or an unknown name,
+    which fails later with the registry's own message)."""
+    try:
+        factory = registry.load(kind, name)
+    except Exception:  # noqa: BLE001 - unknown or broken plugin: reported where it is loaded
+        return None
+    accepted = accepted_options(factory)
+    adapter = getattr(factory, "adapter_class", None)  # a diffusers family backend: **family_options
+    if accepted is None and adapter is not None:
+        named = {n for n, p in inspect.signature(factory).parameters.items() if p.kind is not p.VAR_KEYWORD}
+        family = accepted_options(adapter)
+        accepted = None if family is None else named | family
+    return None if accepted is None else accepted - {"self"}
 
 
 def backend_options(config: RunConfig, factory: Callable[..., Any]) -> dict[str, Any]:
@@ -198,7 +245,7 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
     trainable, _, state = load_checkpoint(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, **option_overrides)
     backend.load_trainable_state_dict(trainable)
-    from treesdk.training.optimization import load_ema_weights
+    from treesdk.training.optimisation.optimization import load_ema_weights
 
     state.pop("extra", None)
     state["ema"] = load_ema_weights(backend, config.ema, ckpt, "eval")  # the weights the run evaluated
@@ -206,4 +253,4 @@ def load_trained_backend(run_or_checkpoint: str | Path, **option_overrides: Any)
 
 
 __all__ = ["RunParts", "accepted_options", "backend_options", "build_run_parts", "find_checkpoint", "load_rewards",
-           "load_trained_backend", "rebuild_backend"]
+           "load_trained_backend", "option_names", "parts_from_objects", "rebuild_backend"]

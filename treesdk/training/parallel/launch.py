@@ -1,9 +1,11 @@
 """Launching ``treesdk train`` on several processes through torchrun (``torch.distributed.run``).
 
-``treesdk train --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT] [--max-restarts R] ...``
-re-invokes itself as ``python -m treesdk train ...`` (the same arguments minus the launcher flags)
-under torchrun, which this process then *is* (``torch.distributed.run.main`` runs in-process, so
-SIGINT/SIGTERM sent to it reach torchrun's agent, which forwards them to every worker). Running
+A run asking for ``launch.nproc_per_node`` N (``treesdk train --nproc-per-node N [--nnodes M
+--rdzv-endpoint HOST:PORT] [--max-restarts R]``, or the same RunConfig given to
+:func:`treesdk.train`) is handed to torchrun by :func:`treesdk.training.loop.session.run_training`: every
+worker runs ``python -m treesdk train --config RUN_FILE --out RUN``, under torchrun, which this
+process then *is* (``torch.distributed.run.main`` runs in-process, so SIGINT/SIGTERM sent to it
+reach torchrun's agent, which forwards them to every worker). Running
 ``torchrun --nproc-per-node N -m treesdk train ...`` by hand does the same.
 
 Rendezvous: one node uses ``--standalone`` (a free local port). Several nodes use the ``c10d``
@@ -19,33 +21,15 @@ import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from treesdk.training.distributed import launched_by_torchrun
-
-#: flags of ``treesdk train`` that belong to the launcher (all take a value)
-LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
+from treesdk.training.parallel.distributed import launched_by_torchrun
 
 
 def needs_launch(nproc_per_node: int, nnodes: int, max_restarts: int) -> bool:
-    """Whether ``treesdk train`` must start torchrun (it is not already a torchrun worker and more
+    """Whether the run must start torchrun (it is not already a torchrun worker and more
     than one process, more than one node, or restarts were asked for)."""
     return not launched_by_torchrun() and (nproc_per_node > 1 or nnodes > 1 or max_restarts > 0)
-
-
-def strip_launch_flags(argv: Sequence[str]) -> list[str]:
-    """``argv`` without the launcher flags (``--flag VALUE`` and ``--flag=VALUE`` forms)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in LAUNCH_FLAGS:
-            skip = "=" not in arg
-            continue
-        out.append(arg)
-    return out
 
 
 def rendezvous_id(run_dir: str | Path) -> str:
@@ -72,12 +56,7 @@ def torchrun_argv(
 
     Raises ValueError for combinations torchrun cannot run (several nodes without an endpoint).
     """
-    if nproc_per_node < 1:
-        raise ValueError(f"--nproc-per-node {nproc_per_node}: need at least 1 process per node")
-    if nnodes < 1:
-        raise ValueError(f"--nnodes {nnodes}: need at least 1 node")
-    if max_restarts < 0:
-        raise ValueError(f"--max-restarts {max_restarts}: must be 0 or more")
+    _check(nproc_per_node, nnodes, max_restarts)
     args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
     if nnodes == 1 and rdzv_endpoint is None:
         args.append("--standalone")
@@ -101,6 +80,21 @@ def torchrun_argv(
     # "--" keeps torchrun's parser off the worker's flags (argparse would reject e.g. ``--d`` as an
     # ambiguous abbreviation of its own ``--duplicate-*`` options); the CLI accepts a leading "--" too
     return [*args, "-m", module, "--", *worker_args]
+
+
+def check_launch(settings: Any) -> None:
+    """The launcher settings of a run that is not launched from here (one process, or a torchrun
+    worker): the values alone, as :func:`torchrun_argv` checks them (``settings``: a ``LaunchConfig``)."""
+    _check(settings.nproc_per_node, settings.nnodes, settings.max_restarts)
+
+
+def _check(nproc_per_node: int, nnodes: int, max_restarts: int) -> None:
+    if nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node {nproc_per_node}: need at least 1 process per node")
+    if nnodes < 1:
+        raise ValueError(f"--nnodes {nnodes}: need at least 1 node")
+    if max_restarts < 0:
+        raise ValueError(f"--max-restarts {max_restarts}: must be 0 or more")
 
 
 def launch(argv: Sequence[str]) -> int:

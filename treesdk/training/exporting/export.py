@@ -3,10 +3,10 @@
 :func:`export_run` rebuilds a run's backend from its ``config.json`` (a
 :class:`~treesdk.training.config.RunConfig`) with its latest (or a given) checkpoint and calls
 ``backend.export(fmt, out, metadata)``, with the ``treesdk.*`` metadata of
-:func:`treesdk.training.metadata.export_metadata`. Reading an exported file back
+:func:`treesdk.training.exporting.metadata.export_metadata`. Reading an exported file back
 (``treesdk export --check``) is :func:`treesdk.export_files.check_file`.
 
-Run folder layout read here (written by :mod:`treesdk.training.trainer` / :mod:`treesdk.training.checkpoint`)::
+Run folder layout read here (written by :mod:`treesdk.training.loop.trainer` / :mod:`treesdk.training.run_folder.checkpoint`)::
 
     RUN/config.json                                    the run's RunConfig
     RUN/checkpoints/iter_NNNNNN/trainable.safetensors  backend.trainable_state_dict()
@@ -24,8 +24,8 @@ from treesdk.io import unwritable_reason
 from treesdk.pipeline_folder import cast_safetensors, parse_export_dtype
 from treesdk.recipes import Recipe
 from treesdk.training.config import read_run_config
-from treesdk.training.metadata import export_metadata
-from treesdk.training.runs import backend_options, find_checkpoint, rebuild_backend
+from treesdk.training.exporting.metadata import export_metadata
+from treesdk.training.loop.runs import backend_options, find_checkpoint, rebuild_backend
 
 #: export formats the CLI offers (each backend lists what it supports in ``export_formats``)
 FORMATS = ("lora", "diffusers", "comfyui", "digits")
@@ -67,14 +67,14 @@ def export_run(
             dtype (None = as trained); see :func:`treesdk.pipeline_folder.cast_safetensors`.
 
     A run trained with EMA for export (``ema.use``) exports the checkpoint's EMA weights, as its
-    own end-of-run export did. A model card (:mod:`treesdk.training.model_card`) is written beside ``lora`` and ``diffusers``
+    own end-of-run export did. A model card (:mod:`treesdk.training.exporting.model_card`) is written beside ``lora`` and ``diffusers``
     exports: in the folder of the LoRA file, at the top of the pipeline folder.
 
     Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
     are untouched in every case.
     """
-    from treesdk.training.checkpoint import load_trainable, read_state
+    from treesdk.training.run_folder.checkpoint import load_trainable, read_state
 
     run, ckpt = find_checkpoint(run_or_checkpoint)
     config = read_run_config(run)
@@ -84,8 +84,8 @@ def export_run(
     formats = tuple(getattr(factory, "export_formats", ()))
     if fmt not in formats:
         raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
-    from .model_card import write_model_card
-    from .optimization import load_ema_weights
+    from treesdk.training.exporting.model_card import write_model_card
+    from treesdk.training.optimisation.optimization import load_ema_weights
 
     export_dtype = parse_export_dtype(dtype)
     target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)

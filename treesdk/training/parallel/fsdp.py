@@ -1,5 +1,5 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``) for full fine-tunes over several ranks; see
-:mod:`treesdk.training.distributed` for how the work is split."""
+:mod:`treesdk.training.parallel.distributed` for how the work is split."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 class ShardingContext(Protocol):
     """What FSDP needs of the distributed context that owns it
-    (:class:`~treesdk.training.distributed.DistributedContext`; named here, not imported: the
+    (:class:`~treesdk.training.parallel.distributed.DistributedContext`; named here, not imported: the
     context imports this module)."""
 
     device: torch.device
@@ -26,7 +26,7 @@ class ShardingContext(Protocol):
 
 class FullyShardedTraining:
     """FSDP2 (``torch.distributed.fsdp.fully_shard``) for a full fine-tune; the ``fsdp`` attribute
-    of a :class:`~treesdk.training.collective.Collective` (``DistributedContext.with_fsdp()``).
+    of a :class:`~treesdk.training.parallel.collective.Collective` (``DistributedContext.with_fsdp()``).
 
     * :meth:`shard` wraps ``backend.fsdp_modules()`` (innermost first, the root last) on a 1-D
       device mesh over all ranks. It must run before the optimiser is built (the trainer does

@@ -1,7 +1,7 @@
 """The trainer's one door to other processes: a :class:`Collective`.
 
 A single process uses the default :class:`Collective`, whose calls are identities. Several processes
-(``torchrun``) use :class:`treesdk.training.distributed.DistributedContext`, the same interface over
+(``torchrun``) use :class:`treesdk.training.parallel.distributed.DistributedContext`, the same interface over
 ``torch.distributed``. A user who runs treesdk under another launcher implements these five calls.
 """
 
@@ -21,7 +21,7 @@ class Collective:
     Attributes:
         rank, world_size: this process's rank and the number of ranks; rank ``r`` owns the batch
             slots ``r, r + world_size, ...``.
-        fsdp: a :class:`treesdk.training.fsdp.FullyShardedTraining` when the trainable modules are
+        fsdp: a :class:`treesdk.training.parallel.fsdp.FullyShardedTraining` when the trainable modules are
             sharded (full fine-tunes that do not fit one device), else None.
     """
 

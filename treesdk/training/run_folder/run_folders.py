@@ -69,7 +69,7 @@ def check_out_dir(out: str | Path, resume: bool, restarted: bool = False) -> Non
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder}: is a file, not a run folder")
     if resume:
-        from treesdk.training.checkpoint import list_checkpoints
+        from treesdk.training.run_folder.checkpoint import list_checkpoints
 
         if not (folder / "config.json").is_file():
             raise UserError(f"--resume: {folder} holds no run to continue (no config.json); drop --resume to start one there")

@@ -120,12 +120,6 @@ class PhaseProfiler:
         if self._open:  # the enclosing phase goes on
             self._open[-1].started = time.perf_counter()
 
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Time every ``optimizer.step`` as the ``optimizer`` phase (when enabled)."""
-        if self.enabled:
-            optimizer.register_step_pre_hook(lambda *_: self.begin("optimizer"))
-            optimizer.register_step_post_hook(lambda *_: self.end())
-
     def take(self) -> dict[str, dict[str, float]]:
         """The phases finished since the last call (one iteration's ``profile`` field), in :data:`PHASES`
         order: ``{phase: {"seconds": s, "peak_gib": GiB}}``."""

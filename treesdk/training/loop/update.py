@@ -21,8 +21,8 @@ from torch import Tensor
 
 from treesdk.errors import NonFiniteLossError  # noqa: F401 - raised here, re-exported for callers
 from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
-from treesdk.training.forward_update import forward_terms, forward_update
-from treesdk.training.update_stats import UpdateStats
+from treesdk.training.loop.forward_update import forward_terms, forward_update
+from treesdk.training.loop.update_stats import UpdateStats
 
 
 def sft_targets(forest: Forest, leaf_rewards: Tensor) -> list[Tensor]:

@@ -10,9 +10,9 @@ weights closely at the start instead of dragging the initial weights along for `
 steps; ``warmup=False`` uses ``decay`` from the first update.
 
 The shadow is kept in float32 (whatever the weights' dtype) on the parameters' device, or on
-``device`` when given (e.g. ``"cpu"`` to spare accelerator memory). :meth:`EMA.attach` hooks the
-update onto an optimiser (``register_step_post_hook``), so the training loop needs no change;
-:meth:`EMA.swapped_in` puts the averaged weights into the model for evaluation or export and
+``device`` when given (e.g. ``"cpu"`` to spare accelerator memory). The trainer calls
+:meth:`EMA.step` after each optimiser step (``Trainer.optimizer_step``); :meth:`EMA.attach` hooks
+it onto an optimiser instead, for loops of your own; :meth:`EMA.swapped_in` puts the averaged weights into the model for evaluation or export and
 restores the live weights afterwards. :meth:`EMA.state_dict` goes into checkpoints so that a
 resumed run continues the same average.
 """

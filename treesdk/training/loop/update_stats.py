@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class UpdateStats:
-    """What one call to :func:`treesdk.training.update.policy_update` did."""
+    """What one call to :func:`treesdk.training.loop.update.policy_update` did."""
 
     nfe_training: int = 0
     nfe_reference: int = 0

@@ -1,6 +1,6 @@
 """Which prompts and which noise an iteration uses: pure functions of ``(seed, iteration, slot)``,
 so a resumed run, or one split over ranks, samples exactly what an uninterrupted single-process run
-samples (:mod:`treesdk.training.trainer`)."""
+samples (:mod:`treesdk.training.loop.trainer`)."""
 
 from __future__ import annotations
 

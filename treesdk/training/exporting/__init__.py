@@ -1,0 +1,1 @@
+"""Exporting a trained policy: the export of a run folder, model cards, export metadata."""

@@ -1,0 +1,1 @@
+"""Several processes: the Collective interface, torch.distributed, FSDP, the torchrun launcher."""
