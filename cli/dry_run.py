@@ -50,7 +50,7 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
             no_sizes = str(exc)
     plan = treesdk.plan_run(
         recipe, facts, batch=config.batch, world_size=config.launch.nproc_per_node * config.launch.nnodes,
-        iters=max(config.iters, 1), seed=config.seed, resolution=options.get("resolution"),
+        iters=max(config.iters or getattr(registry.load("backend", backend), "default_iters", 60), 1), seed=config.seed, resolution=options.get("resolution"),
         dtype=str(options.get("dtype") or config.dtype or "bfloat16"), lora_rank=int(options.get("lora_rank", 16)),
         gradient_checkpointing=bool(options.get("gradient_checkpointing", False)),
         offload_text_encoders=bool(options.get("offload_text_encoders", False)), gpu_memory_gib=gpu_memory,

@@ -136,3 +136,17 @@ def test_two_glyphs_iterations_train_and_evaluate_with_both_engines(tmp_path):
         assert figures["precision"] is not None and figures["recall"] is not None
         assert 0.0 < figures["dark_fraction"] < 1.0 and figures["intensity_entropy"] > 0.0
     assert run.eval_before != run.eval_after  # the weights moved
+
+
+def test_an_unset_iters_is_the_backends_default_and_a_given_one_wins():
+    from treesdk.training.loop.runs import build_run_parts
+
+    from treesdk_backends.glyphs import GlyphsBackend
+    from treesdk_backends.digits import DigitsBackend
+
+    assert GlyphsBackend.default_iters < DigitsBackend.default_iters == 60
+    unset = treesdk.RunConfig.model_validate({"backend": {"name": "glyphs"}})
+    assert unset.iters is None
+    assert build_run_parts(unset).config.iters == GlyphsBackend.default_iters
+    given = treesdk.RunConfig.model_validate({"backend": {"name": "glyphs"}, "iters": 3})
+    assert build_run_parts(given).config.iters == 3

@@ -8,11 +8,17 @@ import torch
 
 import treesdk
 from treesdk.sampler import sample_forest_for_recipe
-from treesdk.training import trainer as trainer_module
+from treesdk.training.loop import trainer as trainer_module
 from treesdk.training.loop.batches import iteration_prompts, slot_seed
 from treesdk.training.run_folder.checkpoint import latest_checkpoint, load_checkpoint, verify_checkpoint
 from treesdk.training.loop.forward_update import sampling_weights
+from treesdk.training.loop.runs import parts_from_objects
 from treesdk.training.loop.trainer import Trainer
+
+
+def make_trainer(backend, recipe, rewards, prompts, out_dir=None, **settings):
+    """A Trainer over parts already built (the parts form of treesdk.train)."""
+    return Trainer(parts_from_objects(backend, recipe, rewards, prompts, **settings), out_dir)
 
 PROMPTS = ["a handwritten digit 3", "a handwritten digit 7"]
 
@@ -53,7 +59,7 @@ def _by_hand(trainer, backend, recipe, iteration):
 def test_diffusionnft_samples_iteration_two_with_the_old_weights(monkeypatch):
     torch.manual_seed(0)
     backend, recipe = _recipe()
-    trainer = Trainer(backend, recipe, _rewards(), PROMPTS, iters=2, batch=2, seed=0)
+    trainer = make_trainer(backend, recipe, _rewards(), PROMPTS, iters=2, batch=2, seed=0)
     assert trainer.old_policy is not None and trainer.old_policy.samples
     drawn = _forests(monkeypatch)
     trainer.start()
@@ -73,7 +79,7 @@ def test_diffusionnft_samples_iteration_two_with_the_old_weights(monkeypatch):
 def test_awm_samples_with_the_live_weights(monkeypatch):
     torch.manual_seed(0)
     backend, recipe = _recipe("awm", **{"losses.2.old_uprate": 0.5})
-    trainer = Trainer(backend, recipe, _rewards(), PROMPTS, iters=2, batch=2, seed=0)
+    trainer = make_trainer(backend, recipe, _rewards(), PROMPTS, iters=2, batch=2, seed=0)
     assert trainer.old_policy is not None and not trainer.old_policy.samples
     drawn = _forests(monkeypatch)
     trainer.start()
@@ -87,7 +93,7 @@ def test_awm_samples_with_the_live_weights(monkeypatch):
 
 def test_edge_recipes_have_no_old_policy():
     backend = treesdk.load_backend("digits")
-    trainer = Trainer(backend, treesdk.load_algorithm("grpo", **backend.recipe_defaults()), _rewards(), PROMPTS)
+    trainer = make_trainer(backend, treesdk.load_algorithm("grpo", **backend.recipe_defaults()), _rewards(), PROMPTS)
     assert trainer.old_policy is None
 
 
@@ -119,7 +125,7 @@ def test_diffusionnft_resumes_bit_for_bit_with_its_old_policy(tmp_path):
 def test_a_checkpoint_without_an_old_policy_restarts_it_from_the_weights(tmp_path):
     _train(tmp_path, 1)
     backend, recipe = _recipe()
-    trainer = Trainer(backend, recipe, _rewards(), PROMPTS, iters=2, batch=2, seed=0, out_dir=tmp_path)
+    trainer = make_trainer(backend, recipe, _rewards(), PROMPTS, iters=2, batch=2, seed=0, out_dir=tmp_path)
     assert trainer.old_policy.load_state_dict({}) is False
     assert all(torch.equal(o, p.detach().float()) for o, p in zip(trainer.old_policy.shadow, trainer.params))
     with pytest.raises(treesdk.errors.UserError, match="old policy holds 1 tensors"):

@@ -141,6 +141,9 @@ class ProductDefaults:
     #: name, to which :meth:`recipe_defaults` then apply, or a complete recipe mapping (nested form,
     #: taken as is, like a recipe file). A class attribute, so a run can be checked before loading.
     default_recipe: ClassVar[str | Mapping[str, Any]] = "treegrpo"
+    #: iterations of a run that does not set ``iters`` (sized so the default run is a few minutes
+    #: on the machine the backend is made for)
+    default_iters: ClassVar[int] = 60
 
     def default_prompts(self) -> list[str]:
         """Training prompts used when the user gives none."""

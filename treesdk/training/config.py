@@ -178,7 +178,8 @@ class RunConfig(_Section):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     batch: int = Field(8, ge=1, description="prompts (trees) per iteration, over all ranks",
                        json_schema_extra=cli("optimisation", "--batch"))
-    iters: int = Field(60, ge=1, description="total iterations of the run", json_schema_extra=cli("optimisation", "--iters"))
+    iters: int | None = Field(None, ge=1, description="total iterations of the run (unset: the backend's default_iters, 60 unless it names another)",
+                              json_schema_extra=cli("optimisation", "--iters"))
     seed: int = Field(0, ge=0, description="seed of prompt order, windows and tree noise",
                       json_schema_extra=cli("algorithm", "--seed"))
     device: str | None = Field(None, description="torch device of backend and rewards (cpu, cuda, cuda:1; default: the backend's)",
@@ -275,9 +276,9 @@ class RunConfig(_Section):
         except ValueError:  # a value the backend's defaults may still change: judged after it loads
             pass
 
-    def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str]) -> RunConfig:
-        """This config with the recipe inline (no overrides left) and the rewards named explicitly:
-        what ``config.json`` stores."""
+    def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str], default_iters: int = 60) -> RunConfig:
+        """This config with the recipe inline (no overrides left), the rewards named explicitly and
+        ``iters`` set (``default_iters`` when unset): what ``config.json`` stores."""
         unknown = sorted(set(self.reward_options) - {*rewards, *eval_rewards})
         if unknown:
             raise ValueError(f"reward options name {unknown}, which are not among the rewards used: {[*rewards, *eval_rewards]}")
@@ -293,6 +294,7 @@ class RunConfig(_Section):
             "reward_options": {},
             "rewards": {n: keep(n, self.rewards, float(w)) for n, w in rewards.items()},
             "eval_rewards": {n: keep(n, self.eval_rewards) for n in eval_rewards},
+            "iters": self.iters if self.iters is not None else int(default_iters),
         })
 
     def to_json(self) -> str:

@@ -57,7 +57,7 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
     if not weights:
         raise ValueError(f"backend {config.backend.name!r} has no default reward: name one with --reward NAME[=WEIGHT]")
     heldout = list(config.eval_rewards) if config.eval_rewards is not None else [r for r in vm.heldout_rewards() if r not in weights]
-    resolved = config.resolved(recipe, weights, heldout)
+    resolved = config.resolved(recipe, weights, heldout, getattr(backend, "default_iters", 60))
     resolved = resolved.model_copy(update={"backend": resolved.backend.model_copy(update={"describe": vm.describe()})})
     eval_prompts, eval_seeds = vm.eval_set()
     fmt = config.export.format or vm.default_export_format()
@@ -107,6 +107,8 @@ def parts_from_objects(backend: VelocityModel, recipe: Any, rewards: Mapping[str
             target = target.setdefault(section, {})
         target[leaf] = value
     config = RunConfig.model_validate(data)
+    if config.iters is None:
+        config = config.model_copy(update={"iters": int(getattr(backend, "default_iters", 60))})
     eval_prompts = list(eval_prompts or [])
     return RunParts(
         config=config, backend=backend, rewards=dict(rewards), eval_reward_models=dict(eval_rewards or {}),

@@ -189,7 +189,7 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
 
     weights = {n: r.weight for n, r in parts.config.rewards.items()}
     show(f"[bold]treesdk train[/] backend={vm.name} algo={recipe.name} T={recipe.steps} k={recipe.tree.k} "
-         f"d={recipe.tree.d} roots={recipe.tree.roots} batch={config.batch} iters={config.iters} rewards={weights} -> {run_dir}"
+         f"d={recipe.tree.d} roots={recipe.tree.roots} batch={config.batch} iters={parts.config.iters} rewards={weights} -> {run_dir}"
          + (f" ranks={ctx.world_size} ({ctx.backend})" if ctx.world_size > 1 else "")
          + (" fsdp" if fsdp and ctx.world_size > 1 else "") + (" (resuming)" if resume else "")
          + (f" precision={config.precision}" if config.precision != "fp32" else ""))
@@ -198,7 +198,7 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
          + (f", EMA decay {ema.decay:g} every {ema.every} step(s) for {ema.use}" if ema.enabled else "")
          + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.training_chunk)}[/]")
 
-    progress = TrainProgress(config.iters, console=console, enabled=ctx.is_main) if console is not None else None
+    progress = TrainProgress(parts.config.iters, console=console, enabled=ctx.is_main) if console is not None else None
     with progress if progress is not None else contextlib.nullcontext():
         steps = [f for f in (progress.on_step if progress else None, on_step) if f is not None]
         trainer = Trainer.from_parts(
