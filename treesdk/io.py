@@ -109,6 +109,26 @@ def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def make_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created, outermost first (for
+    :func:`remove_empty_folders` when the work they were made for fails)."""
+    target = Path(folder)
+    missing = [p for p in (target, *target.parents) if not p.exists()][::-1]
+    for path in missing:
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (as :func:`make_folders` returns them) that are still empty,
+    innermost first; folders that received anything are kept."""
+    for path in reversed(folders):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
 def folder_mode() -> int:
     """Permission bits of a new folder under the current umask (``mkdtemp`` would give 0700)."""
     return 0o777 & ~_current_umask()
@@ -117,15 +137,20 @@ def folder_mode() -> int:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Path], None]) -> Path:
     """Write ``data`` (bytes, or a callable that writes the given temp path) atomically to ``path``.
 
-    Raises ``OSError`` naming the path when the folder is missing or not writable; on any error the
-    temporary file is removed and an existing file at ``path`` is untouched.
+    Raises ``OSError`` naming the path when the folder is missing or not writable (an error about
+    the temporary file is raised again naming ``path``, same type and ``errno``); on any error, an
+    interrupt included, the temporary file is removed and an existing file at ``path`` is untouched.
+    A symlink at ``path`` is replaced by the new file: the file it pointed to is left as it was.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OSError(f"cannot write {target}: folder {folder} does not exist")
     remove_stale_temps(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
+    except OSError as exc:  # a read-only or full file system, no permission: name the file asked for
+        raise type(exc)(exc.errno, f"{exc.strerror or exc}", str(target)) from exc
     tmp = Path(tmp_name)
     try:
         if callable(data):
@@ -145,6 +170,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename == str(tmp) or exc.filename is None:  # name what was being written, not the temp file
+            raise type(exc)(exc.errno, f"{exc.strerror or exc}", str(target)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
