@@ -14,7 +14,6 @@ final gain any algorithm reached; pass them explicitly to compare across runs.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -197,9 +196,11 @@ def run_bench(
     report = _report(results, list(thresholds), base, steps=steps, batch=batch, seconds=seconds, interleave=interleave, task=task,
                      backend_defaults=backend_defaults)
     if out_dir is not None:
+        from treesdk.io import atomic_write_json
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(report, out / "bench.json")  # strict JSON: a non-finite value (--seconds inf) is null
         plot_curves(report, out / "bench.png")
     return report
 

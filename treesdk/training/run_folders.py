@@ -176,9 +176,13 @@ def _held_message(run_dir: Path, owner: list[str]) -> str:
 def refuse_live_run(run_dir: str | Path) -> None:
     """``UserError`` naming the pid (and host) of the live run that holds ``run_dir``, if any: a
     second ``train`` on a folder in use is refused before anything is read, loaded or written,
-    whether it would start a new run or ``--resume``."""
+    whether it would start a new run or ``--resume``. The lock of this very process (a trainer
+    checking the folder it has just locked) is not another run."""
+    import os
+    import socket
+
     owner = live_owner(run_dir)
-    if owner is not None:
+    if owner is not None and owner != [str(os.getpid()), socket.gethostname()]:  # not this process's own lock
         raise UserError(_held_message(Path(run_dir), owner))
 
 
