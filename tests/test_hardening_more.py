@@ -102,7 +102,8 @@ def run(digits_run, tmp_path, monkeypatch):
 
 def test_export_onto_a_symlink_replaces_the_link_and_never_the_file_it_points_to(run, tmp_path):
     """The documented behaviour: an existing file is replaced atomically; a symlink at --out is
-    replaced by the exported file, the file it pointed to (here outside the run) is left as it was."""
+    replaced by the exported file, the file it pointed to (here outside the run) is left as it was;
+    an existing file where a folder target goes (no suffix) is refused by name (was ``[Errno 17]``)."""
     outside = tmp_path / "elsewhere" / "precious.bin"
     outside.parent.mkdir()
     outside.write_bytes(b"precious")
@@ -111,6 +112,10 @@ def test_export_onto_a_symlink_replaces_the_link_and_never_the_file_it_points_to
     assert invoke("export", run, "--format", "digits", "--out", link).exit_code == 0
     assert not link.is_symlink() and link.stat().st_size > 1000
     assert outside.read_bytes() == b"precious"
+    plain = tmp_path / "plainfile"  # no suffix: a folder target, but a file is there ("[Errno 17] File exists")
+    plain.write_bytes(b"x")
+    out = failed(invoke("export", run, "--format", "digits", "--out", plain))
+    assert "an existing file without a suffix" in out and plain.read_bytes() == b"x", out
     existing = tmp_path / "existing.safetensors"
     existing.write_bytes(b"old")
     assert invoke("export", run, "--format", "digits", "--out", existing).exit_code == 0

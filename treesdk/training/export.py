@@ -90,6 +90,9 @@ def export_run(
     export_dtype = parse_export_dtype(dtype)
     target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)
     _check_not_inside_checkpoints(target, run)
+    if not target.suffix and target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target}: an existing file without a suffix, where a folder (or a .safetensors file) goes; "
+                         f"name the file with its suffix (e.g. {target}.safetensors) or a folder")
     _check_writable(target)
     if fmt == "lora" and backend_options(config, factory).get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
