@@ -38,7 +38,7 @@ def tiny(
     list_families: Annotated[bool, typer.Option("--list", help="print the family names, one per line")] = False,
     family: Annotated[str | None, typer.Option("--family", "-f", help="the family to build (see --list)")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="folder to write the pipeline to (new or empty)")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random weights")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="seed of the random weights")] = 0,
 ) -> None:
     """Build a tiny offline pipeline of a model family (for trying every command without a GPU or a download)."""
     with clean_errors():

@@ -89,6 +89,14 @@ main()
     assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(p.name for p in tmp_path.iterdir())
 
 
+def test_tiny_refuses_a_seed_torch_cannot_take_before_building(tmp_path):
+    """``tiny --seed 99999999999999999999`` built half the pipeline, then ended in torch's
+    "Overflow when unpacking long long"; the seed's range is now checked by the command line."""
+    out = failed(invoke("tiny", "--family", "flux", "--seed", str(2**64), "--out", tmp_path / "t"), code=2)
+    assert "--seed" in out
+    assert not (tmp_path / "t").exists() and not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- export targets
 
 
