@@ -150,7 +150,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
     except OSError as exc:  # a read-only or full file system, no permission: name the file asked for
-        raise type(exc)(exc.errno, f"{exc.strerror or exc}", str(target)) from exc
+        if exc.errno is not None and type(exc).__module__ == "builtins":
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     tmp = Path(tmp_name)
     try:
         if callable(data):
@@ -172,13 +174,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
             os.close(dir_fd)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.filename == str(tmp) or exc.filename is None:  # name what was being written, not the temp file
-            raise type(exc)(exc.errno, f"{exc.strerror or exc}", str(target)) from exc
+        if _about_the_temp_file(exc, tmp):  # name what was being written, not the temporary file
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def _about_the_temp_file(exc: OSError, tmp: Path) -> bool:
+    """True for a built-in ``OSError`` with an errno about the temporary file (or about no file:
+    a failed ``write``), which is raised again naming the target."""
+    return exc.errno is not None and type(exc).__module__ == "builtins" and exc.filename in (None, str(tmp))
 
 
 def atomic_save_safetensors(
