@@ -19,7 +19,7 @@ def bench_command(
     backend: Annotated[str, typer.Option(help="backend to compare on")] = "digits",
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id")] = None,
     algo: Annotated[Optional[list[str]], typer.Option(help="algorithm (preset or recipe file); repeatable")] = None,
-    seconds: Annotated[float, typer.Option(min=0.001, help="training wall-clock budget per algorithm (evaluation excluded)")] = 210.0,
+    seconds: Annotated[float, typer.Option(min=0.001, help="training wall-clock budget per algorithm (evaluation excluded; inf: none, --iters caps it, bench.json says null)")] = 210.0,
     iters: Annotated[int, typer.Option(min=1, help="iteration cap per algorithm")] = 10_000,
     eval_every: Annotated[int, typer.Option(min=1, help="iterations between evaluations on the fixed set")] = 5,
     batch: Annotated[int, typer.Option(min=1, help="prompts (trees) per iteration")] = 8,
@@ -43,6 +43,8 @@ def bench_command(
     seconds and velocity evaluations, and the diversity each keeps."""
     import treesdk
     from treesdk.io import check_writable_folder
+
+    from treesdk.recipes import load_recipe
 
     from .bench_runner import DEFAULT_ALGORITHMS, TASKS, run_bench
 
@@ -70,6 +72,8 @@ def bench_command(
         eval_prompts, eval_seeds = probe.eval_set()
         train_prompts = early_prompts or probe.default_prompts()
         names = list(algo) if algo else list(DEFAULT_ALGORITHMS)
+        for name in names:  # each recipe as the runner builds it: a recipe error is one line before any training
+            load_recipe(name, **{**(probe.recipe_defaults() if backend_defaults else {}), "steps": steps, **overrides})
         reward_options = {**{name: dict(opts) for name, opts in TASKS[task].items() if name in weights}, **reward_options}
         check_reward_options(reward_options, [*weights, *heldout_names])
         console.print(f"[bold]treesdk bench[/] {backend} ({task} task): {', '.join(names)}; {seconds:.0f} s each, T={steps}, "

@@ -23,7 +23,6 @@ beside ``bench.json`` (``samples/``).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -225,10 +224,12 @@ def run_bench(
                      precision_tolerance=precision_tolerance, steps=steps, batch=batch, seconds=seconds,
                      interleave=interleave, task=task, backend_defaults=backend_defaults)
     if out_dir is not None:
+        from treesdk.io import atomic_write_json
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         report["sample_grids"] = save_sample_grids(grids, out / "samples")
-        (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(report, out / "bench.json")  # strict JSON: a non-finite value (--seconds inf) is null
         plot_curves(report, out / "bench.png")
     return report
 

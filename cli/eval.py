@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from .stopping import stoppable
 from .common import prompt_seed_pairs, clean_errors, console, check_reward_options, load_rewards, parse_reward_options, read_prompts
 from .sample import load_policy
 
@@ -30,7 +31,7 @@ def eval_command(
     """Mean reward of deterministic samples on a fixed prompt/seed set, as a table and JSON."""
     from treesdk.evaluation import diversity_source, evaluate
 
-    with clean_errors():
+    with clean_errors(), stoppable("no result file was written (it is written whole, under a temporary name, then renamed)"):
         if json_out is not None:
             from treesdk.io import check_writable
 

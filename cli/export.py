@@ -5,6 +5,9 @@
 
 Errors (bad run folder, format the backend cannot write, no LoRA adapter, unwritable path) print
 one line and exit with code 1; ``--check`` exits 1 when a tensor does not map onto the base model.
+Ctrl-C, SIGTERM or SIGHUP during an export print ``interrupted (SIG...)`` and exit 130 / 143 / 129:
+files are written under temporary names and renamed, so the previous export stays whole and
+nothing half-written is left (:mod:`treesdk_cli.stopping`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Optional
 import typer
 
 from .common import clean_errors
+from .stopping import stoppable
 
 _FORMATS = ("lora", "diffusers", "comfyui", "digits")
 
@@ -52,7 +56,8 @@ def export(
         raise _fail("missing RUN_OR_CHECKPOINT (a run folder or checkpoint folder), or use --check FILE", 2)
     if fmt not in _FORMATS:
         raise _fail(f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", 2)
-    with clean_errors():
+    with clean_errors(), stoppable("no file was left half-written (each is written under a temporary name, then renamed); "
+                                            "an earlier export is as it was"):
         files = treesdk.export_run(run_or_checkpoint, fmt, out, device=device, dtype=dtype)
     for file in files:
         typer.echo(file)

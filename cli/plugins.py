@@ -3,7 +3,7 @@ it imports and, for rewards, whether their weights are on disk.
 
 Reads the entry-point groups through :func:`treesdk.registry.plugin_status`; a plugin that fails to
 import is listed with its error and never hides the others. ``--json`` prints a list of objects
-``{kind, name, value, distribution, version, ok, error}`` for scripts; reward objects also carry
+``{kind, name, value, distribution, version, ok, error}`` for scripts (strict JSON alone on stdout: what a plugin prints while it imports goes to stderr); reward objects also carry
 ``weights: {status, found, looked, detail}``.
 
 "ok" only means the module imports. The ``weights`` column says whether a reward's default weights
@@ -22,7 +22,10 @@ every backend and reward that imports, its constructor options (name, default, d
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import sys
 from typing import Annotated
 
 import typer
@@ -43,24 +46,15 @@ def plugins(
     unknown = [k for k in kinds if k not in GROUPS]
     if unknown:
         raise typer.BadParameter(f"unknown kind(s) {unknown}; expected one of {list(GROUPS)}", param_hint="--kind")
-    rows = plugin_status(kinds)
     if as_json:
-        payload = [
-            {
-                "kind": r.kind,
-                "name": r.name,
-                "value": r.value,
-                "distribution": r.distribution,
-                "version": r.version,
-                "ok": r.ok,
-                "error": r.error,
-                **({"weights": weights_info(r.name, r.ok)} if r.kind == "reward" else {}),
-                **({"options": plugin_options(r.kind, r.name)} if verbose and r.ok and r.kind in OPTION_KINDS else {}),
-            }
-            for r in rows
-        ]
-        typer.echo(json.dumps(payload, indent=2))
+        # stdout carries the JSON alone: what plugins print while they import (or while their
+        # weights and options are looked up) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            payload = json_payload(kinds, verbose)
+        typer.echo(json.dumps(json_safe(payload), indent=2, allow_nan=False))
         return
+    rows = plugin_status(kinds)
+
 
     from rich.console import Console
     from rich.table import Table
@@ -96,6 +90,36 @@ def plugins(
     failed = sum(not r.ok for r in rows)
     if failed:
         console.print(f"[yellow]{failed} plugin(s) failed to import; the others are usable.[/yellow]")
+
+
+def json_payload(kinds: tuple[str, ...], verbose: bool) -> list[dict[str, object]]:
+    """The ``--json`` list: one object per entry point (see the module docstring)."""
+    return [
+        {
+            "kind": r.kind,
+            "name": r.name,
+            "value": r.value,
+            "distribution": r.distribution,
+            "version": r.version,
+            "ok": r.ok,
+            "error": r.error,
+            **({"weights": weights_info(r.name, r.ok)} if r.kind == "reward" else {}),
+            **({"options": plugin_options(r.kind, r.name)} if verbose and r.ok and r.kind in OPTION_KINDS else {}),
+        }
+        for r in plugin_status(kinds)
+    ]
+
+
+def json_safe(value: object) -> object:
+    """``value`` as strict JSON can hold it: a non-finite float (an option defaulting to ``inf``)
+    becomes its name (``"inf"``), anything that is not a JSON type its ``str`` (a ``Path`` default)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 #: the ``weights`` column's cell for each status

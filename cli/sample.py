@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .stopping import stoppable
 from .common import backend_options, clean_errors, console, prompt_seed_pairs
 
 
@@ -42,7 +43,7 @@ def sample_command(
     from treesdk.io import check_writable
     from treesdk.sampler import sample_ode
 
-    with clean_errors():
+    with clean_errors(), stoppable("no image was written (images are written whole, under a temporary name, then renamed)"):
         image_format(out)  # checked before loading a model
         check_writable(out, "--out")
         policy = load_policy(run, backend, model, resolution, device, backend_opt)

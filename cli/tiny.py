@@ -5,6 +5,10 @@ DIR`` writes that family's tiny pipeline to DIR in the Hugging Face hub layout (
 weights, tokenizers trained on the fly; nothing is downloaded), ready for
 ``treesdk train --backend diffusers --model DIR``. The builders are
 :mod:`treesdk_backends.tiny`; they need the ``diffusers`` extra.
+
+The pipeline is built in a temporary folder beside DIR and renamed to DIR when complete: Ctrl-C,
+SIGTERM or SIGHUP while it builds remove the partial folder, print ``interrupted (SIG...)`` and exit
+130 / 143 / 129; DIR never holds half a pipeline.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import typer
 
 from treesdk.errors import UserError
 
+from treesdk.io import check_writable_folder
+
 from .common import clean_errors, console
+from .stopping import stoppable
 
 
 def _families() -> dict:
@@ -31,7 +38,7 @@ def tiny(
     list_families: Annotated[bool, typer.Option("--list", help="print the family names, one per line")] = False,
     family: Annotated[str | None, typer.Option("--family", "-f", help="the family to build (see --list)")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="folder to write the pipeline to (new or empty)")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random weights")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="seed of the random weights")] = 0,
 ) -> None:
     """Build a tiny offline pipeline of a model family (for trying every command without a GPU or a download)."""
     with clean_errors():
@@ -48,8 +55,10 @@ def tiny(
             raise ValueError(f"--family: unknown model family {family!r}; known: {', '.join(families)}")
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ValueError(f"--out: {out} exists and is not an empty folder; give a new or empty folder")
+        check_writable_folder(out.parent if str(out.parent) else Path("."), "--out")
         spec = families[family]
-        path = spec(out, seed=seed)
+        with stoppable(f"no pipeline was written to {out} (the partial one was removed)"):
+            path = spec(out, seed=seed)
         console.print(f"wrote a tiny {spec.pipeline} ({spec.description}) to {path}", highlight=False)
         console.print(f"try: {train_command(spec, path)}", highlight=False, soft_wrap=True)
 

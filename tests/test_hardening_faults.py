@@ -9,45 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from _hardening_plugins import fake_distribution
-from typer.testing import CliRunner
+from _hardening_common import MIXTURE, TESTS, failed, finished, invoke, plugins, runner, train  # noqa: F401 - fixtures
 
 from treesdk_cli.main import app
-
-TESTS = Path(__file__).parent
-runner = CliRunner()
-MIXTURE = ["--backend", "mixture", "--steps", "6", "--d", "3", "--batch", "2"]
-
-
-@pytest.fixture
-def plugins(tmp_path, monkeypatch):
-    site = fake_distribution(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "prompts.txt").write_text("a\nb\nc\n")
-    return tmp_path
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def train(tmp_path, *args):
-    return invoke("train", *MIXTURE, "--reward", "brightness", "--prompts", tmp_path / "prompts.txt", *args)
-
-
-def failed(result, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return " ".join(result.output.split())
-
-
-@pytest.fixture
-def finished(plugins):
-    result = train(plugins, "--iters", "2", "--out", plugins / "run")
-    assert result.exit_code == 0, result.output
-    return plugins / "run"
 
 
 def test_a_bogus_device_is_one_line_before_anything_is_written(plugins):

@@ -109,6 +109,26 @@ def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def make_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created, outermost first (for
+    :func:`remove_empty_folders` when the work they were made for fails)."""
+    target = Path(folder)
+    missing = [p for p in (target, *target.parents) if not p.exists()][::-1]
+    for path in missing:
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (as :func:`make_folders` returns them) that are still empty,
+    innermost first; folders that received anything are kept."""
+    for path in reversed(folders):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
 def folder_mode() -> int:
     """Permission bits of a new folder under the current umask (``mkdtemp`` would give 0700)."""
     return 0o777 & ~_current_umask()
@@ -117,15 +137,22 @@ def folder_mode() -> int:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Path], None]) -> Path:
     """Write ``data`` (bytes, or a callable that writes the given temp path) atomically to ``path``.
 
-    Raises ``OSError`` naming the path when the folder is missing or not writable; on any error the
-    temporary file is removed and an existing file at ``path`` is untouched.
+    Raises ``OSError`` naming the path when the folder is missing or not writable (an error about
+    the temporary file is raised again naming ``path``, same type and ``errno``); on any error, an
+    interrupt included, the temporary file is removed and an existing file at ``path`` is untouched.
+    A symlink at ``path`` is replaced by the new file: the file it pointed to is left as it was.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OSError(f"cannot write {target}: folder {folder} does not exist")
     remove_stale_temps(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
+    except OSError as exc:  # a read-only or full file system, no permission: name the file asked for
+        if exc.errno is not None and type(exc).__module__ == "builtins":
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     tmp = Path(tmp_name)
     try:
         if callable(data):
@@ -145,10 +172,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[Pat
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if _about_the_temp_file(exc, tmp):  # name what was being written, not the temporary file
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def _about_the_temp_file(exc: OSError, tmp: Path) -> bool:
+    """True for a built-in ``OSError`` with an errno about the temporary file (or about no file:
+    a failed ``write``), which is raised again naming the target."""
+    return exc.errno is not None and type(exc).__module__ == "builtins" and exc.filename in (None, str(tmp))
 
 
 def atomic_save_safetensors(

@@ -20,6 +20,8 @@ sample at the tiny size (height, width, text length, frames), which parity tests
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +89,34 @@ class TinyFamily:
         return {"resolution": height, **kwargs}
 
     def __call__(self, path: str | os.PathLike, seed: int = 0) -> Path:
+        """Build the pipeline into ``path`` (new, or an empty folder) and return it.
+
+        The folder is built under a temporary name beside ``path`` (``.NAME.PID.XXXX.tmp``) and
+        renamed to ``path`` once complete, so an error or an interrupt never leaves half a pipeline
+        there: the temporary folder is removed (one left by a killed process goes at the next build
+        of the same name)."""
+        from treesdk.io import folder_mode, remove_stale_temps, temp_prefix
+
         from ..diffusers.folder_defaults import write_folder_defaults
 
-        folder = Path(self.builder(path, seed=seed))
-        write_folder_defaults(folder, self.backend_defaults)
-        return folder
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(f"{target} exists and is not an empty folder; give a new or empty folder")
+        parent = target.parent if str(target.parent) else Path(".")
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=parent))
+        try:
+            os.chmod(tmp, folder_mode())  # mkdtemp's 0700 would hide the pipeline from other users
+            folder = Path(self.builder(tmp, seed=seed))
+            write_folder_defaults(folder, self.backend_defaults)
+            if target.is_dir():
+                target.rmdir()  # empty (checked above)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
 
 
 _SIZE = {"height": TINY_RESOLUTION, "width": TINY_RESOLUTION}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from treesdk.export_files import check_file  # noqa: F401 - the export API's reader, re-exported
 from treesdk import registry
-from treesdk.io import unwritable_reason
+from treesdk.io import make_folders, remove_empty_folders, unwritable_reason
 from treesdk.pipeline_folder import cast_safetensors, parse_export_dtype
 from treesdk.recipes import Recipe
 from treesdk.training.config import read_run_config
@@ -72,9 +72,12 @@ def export_run(
 
     Raises ``ValueError`` (format the backend cannot produce, no adapter for ``lora``),
     ``FileNotFoundError`` (no run/checkpoint) or ``OSError`` (unwritable ``out``); existing files
-    are untouched in every case.
+    are untouched in every case, an interrupt (``KeyboardInterrupt``) included: every file is
+    written to a temporary name and renamed, and the folders this call made are removed again
+    when they stayed empty. An existing file at ``out`` is replaced atomically; a symlink at
+    ``out`` is replaced by the exported file (the file it pointed to is left as it was).
     """
-    from treesdk.training.run_folder.checkpoint import load_trainable, read_state
+    from treesdk.training.run_folder.checkpoint import read_state
 
     run, ckpt = find_checkpoint(run_or_checkpoint)
     config = read_run_config(run)
@@ -84,18 +87,33 @@ def export_run(
     formats = tuple(getattr(factory, "export_formats", ()))
     if fmt not in formats:
         raise ValueError(f"backend {name!r} cannot export format {fmt!r}; it supports: {', '.join(formats) or 'nothing'}")
-    from treesdk.training.exporting.model_card import write_model_card
-    from treesdk.training.optimisation.optimization import load_ema_weights
-
     export_dtype = parse_export_dtype(dtype)
     target = Path(out).expanduser() if out is not None else run / "export" / default_export_name(fmt)
     _check_not_inside_checkpoints(target, run)
+    if not target.suffix and target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target}: an existing file without a suffix, where a folder (or a .safetensors file) goes; "
+                         f"name the file with its suffix (e.g. {target}.safetensors) or a folder")
     _check_writable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)  # created before the (slow) model load
-    if not target.suffix and not target.exists():
-        target.mkdir()  # a folder target: the backend writes into it (or replaces it atomically)
     if fmt == "lora" and backend_options(config, factory).get("lora_rank") == 0:
         raise ValueError(f"run {run} trained the whole model (no LoRA adapter); export 'diffusers' or 'comfyui' instead of 'lora'")
+    # folders made here (the target's parents; a folder target, which the backend writes into or
+    # replaces atomically) before the (slow) model load are removed again if the export fails or
+    # is interrupted and they stayed empty
+    created = make_folders(target if not target.suffix and not target.exists() else target.parent)
+    try:
+        return _export(run, ckpt, config, state, name, fmt, target, device, export_dtype)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+
+
+def _export(run: Path, ckpt: Path, config, state: dict, name: str, fmt: str, target: Path,  # noqa: ANN001 - a RunConfig
+            device: str | None, export_dtype) -> list[str]:  # noqa: ANN001 - a torch dtype or None
+    from treesdk.training.run_folder.checkpoint import load_trainable
+
+    from .model_card import write_model_card
+    from treesdk.training.optimisation.optimization import load_ema_weights
+
     trainable = load_trainable(ckpt)  # verified and finite before the (slow) model load
     backend = rebuild_backend(config, device=device)
     backend.load_trainable_state_dict(trainable)

@@ -7,6 +7,13 @@ the treesdk version, the files and how to load them.
 
 The facts come from an export's ``treesdk.*`` metadata (see :func:`treesdk.metadata.export_metadata`)
 plus, when known, the training rewards (a run's ``config.json`` ``"rewards"``).
+
+Every fact is text a user chose (a recipe's ``name``, a model path, a reward's name, the recipe's
+values), so each is written as data, never as markup: in table cells as a code span whose fence is
+longer than any backtick run inside, with ``|`` escaped and line breaks made spaces (a cell stays
+one cell of one row); in the heading with HTML and Markdown characters escaped; in the YAML front
+matter as quoted scalars unless plainly safe; in fenced blocks behind a fence longer than any
+backtick run of the content. A ``<script>`` in a recipe name is shown, never run or rendered.
 """
 
 from __future__ import annotations
@@ -39,6 +46,43 @@ def hub_repo_id(base: str) -> str | None:
     return None
 
 
+_PLAIN_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break and other control character made a space."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 or c in "\u2028\u2029\x85" else c for c in text)
+
+
+def _code(text: str) -> str:
+    """``text`` as an inline code span fit for a table cell: one line, ``|`` escaped, the fence
+    longer than any backtick run inside (CommonMark), padded when it starts or ends with one."""
+    text = _one_line(str(text)).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _plain(text: str) -> str:
+    """``text`` as literal Markdown text: one line, HTML (``<``, ``>``, ``&``) and Markdown characters escaped."""
+    text = _one_line(str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
+def _yaml_scalar(text: str) -> str:
+    """A YAML scalar: as it is when plainly safe (``treegrpo``), else double-quoted (JSON strings are YAML)."""
+    return text if _PLAIN_TAG.match(text) else json.dumps(text)
+
+
+def _fenced(lang: str, lines: Sequence[str]) -> list[str]:
+    """A fenced code block whose fence is longer than any backtick run in ``lines``."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + lang, *lines, fence]
+
+
 def model_card(metadata: Mapping[str, str], kind: str, files: Sequence[str] = (),
                rewards: Mapping[str, Any] | None = None) -> str:
     """The card text for an export of ``kind`` (``lora``, ``diffusers``, ``comfyui``, ...)."""
@@ -56,36 +100,36 @@ def model_card(metadata: Mapping[str, str], kind: str, files: Sequence[str] = ()
     if repo:
         front.append(f"base_model: {repo}")
     front += ["library_name: diffusers", "pipeline_tag: text-to-image", "tags:"]
-    front += [f"- {tag}" for tag in dict.fromkeys(tags)]
+    front += [f"- {_yaml_scalar(_one_line(tag))}" for tag in dict.fromkeys(tags)]
     front.append("---")
-    reward_text = ", ".join(f"`{k}` (weight {_weight(v):g})" for k, v in (rewards or {}).items()) or "not recorded"
+    reward_text = ", ".join(f"{_code(k)} (weight {_weight(v):g})" for k, v in (rewards or {}).items()) or "not recorded"
     names = [Path(f).name for f in files]
     body = [
         MARKER,
-        f"# {algorithm} post-training of {repo or Path(base).name or base}",
+        f"# {_plain(algorithm)} post-training of {_plain(repo or Path(base).name or base)}",
         "",
-        f"Trained with treesdk {version}: reinforcement learning of a "
+        f"Trained with treesdk {_plain(version)}: reinforcement learning of a "
         "flow-matching text-to-image model with tree-structured sampling.",
         "",
         "| | |",
         "|---|---|",
-        f"| base model | `{base}` |",
-        f"| backend | `{backend}` |",
-        f"| algorithm | `{algorithm}` |",
+        f"| base model | {_code(base)} |",
+        f"| backend | {_code(backend)} |",
+        f"| algorithm | {_code(algorithm)} |",
         f"| rewards | {reward_text} |",
-        f"| iterations | {iterations} |",
-        f"| export format | `{kind}` |",
+        f"| iterations | {_plain(iterations)} |",
+        f"| export format | {_code(kind)} |",
     ]
     if names:
-        body.append(f"| files | {', '.join(f'`{n}`' for n in names)} |")
-    body += ["", "## How to load", "", "```python", *_usage(kind, family, repo or base, names), "```"]
+        body.append(f"| files | {', '.join(_code(n) for n in names)} |")
+    body += ["", "## How to load", "", *_fenced("python", _usage(kind, family, repo or base, names))]
     recipe = metadata.get("treesdk.recipe")
     if recipe:
         try:
             pretty = json.dumps(json.loads(recipe), indent=2, sort_keys=True)
         except ValueError:
             pretty = recipe
-        body += ["", "## Recipe", "", "```json", pretty, "```"]
+        body += ["", "## Recipe", "", *_fenced("json", pretty.splitlines())]
     return "\n".join(front + body) + "\n"
 
 
@@ -135,5 +179,7 @@ def write_model_card(files: Sequence[str], kind: str, metadata: Mapping[str, str
         return None
     if target.exists() and MARKER not in target.read_text(errors="replace"):
         return None
-    target.write_text(model_card(metadata, kind, files, rewards))
+    from treesdk.io import atomic_write_bytes
+
+    atomic_write_bytes(target, model_card(metadata, kind, files, rewards).encode())  # an interrupt leaves the old card
     return target

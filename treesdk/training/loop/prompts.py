@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from treesdk.safe_load import MAX_PROMPT_BYTES, load_json, read_text
+from treesdk.safe_load import MAX_PROMPT_BYTES, excerpt, load_json, read_text
 
 #: column names tried, in order, when none is given
 DEFAULT_COLUMNS = ("prompt", "caption", "text", "prompts", "captions")
@@ -126,7 +126,12 @@ def _field(record: Any, column: str | None, where: str) -> Any:
             raise ValueError(f"--prompt-column {column!r}: {where} holds plain strings, not objects with fields")
         return record
     if isinstance(record, dict):
-        return record.get(pick_column(list(record), column, where))
+        name = pick_column(list(record), column, where)
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):  # a number or a list was dropped as "no prompt"
+            raise ValueError(f"{where}: its {name!r} is {type(value).__name__} {excerpt(value, 60)}, not text; "
+                             "prompts are strings (or name another field with --prompt-column)")
+        return value
     raise ValueError(f"{where}: expected a string or an object per prompt, found {type(record).__name__}")
 
 

@@ -194,11 +194,13 @@ def parse_report_to(report_to: str | Sequence[str] | None) -> list[str]:
     names = [n.strip().lower() for item in items for n in str(item).split(",") if n.strip()]
     if names in (["none"], []):
         return []
+    if "none" in names:
+        raise ValueError("'none' turns every logger off and cannot be combined with others; give it alone or drop it")
     if "all" in names:
         names = list(LOGGERS)
     for name in names:
         if name not in LOGGERS:
-            raise ValueError(f"--report-to: {unknown_name_message('logger', name, LOGGERS)}")
+            raise ValueError(f"{unknown_name_message('logger', name, LOGGERS)}; or 'none' alone")
     if "wandb" in names and importlib.util.find_spec("wandb") is None:  # fail before any model is loaded
         raise ValueError("--report-to wandb needs the wandb package: pip install wandb (or drop wandb from --report-to)")
     return list(dict.fromkeys(names))

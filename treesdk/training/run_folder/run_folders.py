@@ -1,7 +1,8 @@
 """Run folders are owned by one run: safe default names, no reuse, no silent change on resume.
 
 * A new run writes into a folder that does not exist or is empty; a folder holding anything else
-  is refused (:func:`check_out_dir`) unless ``--resume`` continues the run that is in it.
+  is refused (:func:`check_out_dir`) unless ``--resume`` continues the run that is in it; a folder
+  a live run holds (its :class:`RunLock`) is refused first, naming that run's pid.
 * ``--resume`` continues only the same configuration: :func:`config_changes` lists every field
   that differs from the stored ``config.json``; fields in :data:`HARMLESS_ON_RESUME` (how long to
   run, how often to checkpoint, ...) may change, any other change is refused.
@@ -68,6 +69,8 @@ def check_out_dir(out: str | Path, resume: bool, restarted: bool = False) -> Non
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder}: is a file, not a run folder")
+    if not restarted:
+        refuse_live_run(folder)
     if resume:
         from treesdk.training.run_folder.checkpoint import list_checkpoints
 
@@ -145,6 +148,44 @@ def refuse_changed_config(run_dir: str | Path, stored: Mapping[str, Any], new: M
 
 
 
+def live_owner(run_dir: str | Path) -> list[str] | None:
+    """``[pid, host]`` of the live run holding ``run_dir``'s lock, None when there is no lock or
+    its process is gone (a lock of another host counts as live: its process cannot be checked).
+    A lock just created and not yet written reads as ``["?"]``."""
+    import socket
+
+    from treesdk.io import process_alive
+
+    try:
+        owner = (Path(run_dir) / LOCK_NAME).read_text(errors="replace").split()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    pid = int(owner[0]) if owner and owner[0].isdigit() else -1
+    same_host = len(owner) > 1 and owner[1] == socket.gethostname()
+    if same_host and pid > 0 and not process_alive(pid):
+        return None
+    return owner[:2] or ["?"]
+
+
+def _held_message(run_dir: Path, owner: list[str]) -> str:
+    lock = run_dir / LOCK_NAME
+    return (f"--out {run_dir}: another treesdk run (pid {' on '.join(owner)}) is using this folder; wait for it "
+            f"to end, or stop it (kill -INT {owner[0]}: it checkpoints and exits), or delete {lock} if that run is gone")
+
+
+def refuse_live_run(run_dir: str | Path) -> None:
+    """``UserError`` naming the pid (and host) of the live run that holds ``run_dir``, if any: a
+    second ``train`` on a folder in use is refused before anything is read, loaded or written,
+    whether it would start a new run or ``--resume``. The lock of this very process (a trainer
+    checking the folder it has just locked) is not another run."""
+    import os
+    import socket
+
+    owner = live_owner(run_dir)
+    if owner is not None and owner != [str(os.getpid()), socket.gethostname()]:  # not this process's own lock
+        raise UserError(_held_message(Path(run_dir), owner))
+
+
 class RunLock:
     """``RUN/.treesdk-run.lock`` (holding the owner's pid and host), created with ``O_EXCL``: a
     second ``treesdk train`` (a new run or a ``--resume``) on the same folder while the first is
@@ -158,24 +199,17 @@ class RunLock:
         import os
         import socket
 
-        from treesdk.io import process_alive
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = f"{os.getpid()} {socket.gethostname()}\n"
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self.path.read_text(errors="replace").split()
-                pid = int(owner[0]) if owner and owner[0].isdigit() else -1
-                same_host = len(owner) > 1 and owner[1] == socket.gethostname()
-                if same_host and pid > 0 and not process_alive(pid):
+                owner = live_owner(self.path.parent)
+                if owner is None:
                     self.path.unlink(missing_ok=True)  # left by a killed run
                     continue
-                raise UserError(
-                    f"--out {self.path.parent}: another treesdk run (pid {' on '.join(owner[:2]) or '?'}) is using this "
-                    f"folder; wait for it to end (or delete {self.path} if that run is gone)"
-                ) from None
+                raise UserError(_held_message(self.path.parent, owner)) from None
             with os.fdopen(fd, "w") as handle:
                 handle.write(me)
             self.held = True
