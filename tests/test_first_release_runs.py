@@ -88,7 +88,7 @@ def test_a_01_flux_run_is_rebuilt_in_the_precision_and_lora_it_trained_with():
     today's default is float32): the dtype is carried, so resume/sample/eval use bf16 as 0.1 did."""
     from treesdk import registry
     from treesdk.training.config import read_config_file
-    from treesdk.training.loop.runs import backend_options
+    from treesdk.training.exporting.trained_policy import backend_options
 
     config = RunConfig.model_validate(read_config_file(DATA.parent / "first_release_flux_config.json"))
     assert config.dtype == "bfloat16" and config.backend.options == {"model": "/tmp/tinyflux", "resolution": 32}

@@ -31,7 +31,7 @@ def test_an_unknown_backend_option_in_a_run_folder_is_one_line_everywhere(finish
     config = json.loads((finished / "config.json").read_text())
     config["backend"]["options"] = {"nosuch": 1}
     (finished / "config.json").write_text(json.dumps(config))
-    from treesdk.training.loop.runs import load_trained_backend
+    from treesdk.training.exporting.trained_policy import load_trained_backend
 
     with pytest.raises(ValueError, match="config.json backend.options.*'nosuch'.*its options are"):
         load_trained_backend(finished)  # what export, sample and eval call

@@ -1,4 +1,4 @@
-"""Prompt sources (treesdk.training.loop.prompts): text, CSV/TSV, JSONL, JSON (HPDv2 styles), parquet, datasets folders."""
+"""Prompt sources (treesdk.training.prompts): text, CSV/TSV, JSONL, JSON (HPDv2 styles), parquet, datasets folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from treesdk.training.loop.prompts import load_prompts
+from treesdk.training.prompts import load_prompts
 
 PROMPTS = ["a red fox in snow", "the digit seven", "a lighthouse at dusk"]
 

@@ -13,7 +13,7 @@ import treesdk
 from treesdk import RunConfig, Trainer
 from treesdk.recipes import Recipe
 from treesdk.training.config import RunConfigError, is_run_file_data, read_run_config, run_config_from_data
-from treesdk.training.loop.runs import load_trained_backend
+from treesdk.training.exporting.trained_policy import load_trained_backend
 from treesdk_cli.main import app
 
 SMALL = {"tree.k": 2, "tree.d": 2, "steps": 4}

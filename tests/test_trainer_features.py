@@ -97,7 +97,7 @@ def test_digits_export_holds_the_ema_weights_when_asked(tmp_path):
 
 def test_treesdk_export_and_sample_use_the_ema_weights_as_the_run_did(tmp_path):
     from treesdk.training.exporting.export import export_run
-    from treesdk.training.loop.runs import load_trained_backend
+    from treesdk.training.exporting.trained_policy import load_trained_backend
 
     backend = treesdk.load_backend("digits")
     r = load_recipe("treegrpo", **{**backend.recipe_defaults(), "tree.d": 2, "steps": 4})

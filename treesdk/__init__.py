@@ -31,7 +31,8 @@ from treesdk.training.config import RunConfig, is_run_file_data, read_config_fil
 from treesdk.training.exporting.export import export_run
 from treesdk.training.loop.plan import plan_run
 from treesdk.training.loop.precision import default_precision
-from treesdk.training.loop.runs import load_trained_backend, option_names
+from treesdk.training.exporting.trained_policy import load_trained_backend
+from treesdk.training.loop.runs import option_names
 from treesdk.training.loop.session import run_training, train
 from treesdk.training.settings import Setting, run_settings
 from treesdk.training.loop.trainer import Run, Trainer

@@ -11,7 +11,7 @@ from collections.abc import Collection
 
 import torch
 
-__all__ = ["DTYPES", "dtype_bytes", "dtype_names", "parse_dtype"]
+__all__ = ["DTYPES", "PRECISIONS", "dtype_bytes", "dtype_names", "parse_dtype", "parse_precision"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -41,3 +41,19 @@ def parse_dtype(dtype: str | torch.dtype, what: str = "dtype", allowed: Collecti
 def dtype_bytes(dtype: str | torch.dtype) -> int:
     """Bytes per element of a dtype given by name or as a torch dtype."""
     return parse_dtype(dtype).itemsize
+
+
+#: ``--precision`` values and their dtypes (fp32: no autocast); the other names of these dtypes in
+#: the one dtype table (:data:`treesdk.dtypes.DTYPES`: ``bfloat16``, ``float16``, ...) are accepted too
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_precision(name: str | None) -> torch.dtype | None:
+    """``fp32|bf16|fp16`` (also ``no`` and the dtype names of :mod:`treesdk.dtypes`) -> autocast dtype or None."""
+    if name is None or str(name).lower() == "no":
+        return None
+    try:
+        dtype = parse_dtype(str(name), allowed=PRECISIONS.values())
+    except ValueError:
+        raise ValueError(f"--precision {name!r}: expected one of {', '.join(PRECISIONS)}") from None
+    return None if dtype == torch.float32 else dtype

@@ -80,7 +80,7 @@ class RewardConfig(_Section):
 
 class PromptsConfig(_Section):
     """Where the training prompts come from: an inline list or a file / datasets folder
-    (:func:`treesdk.training.loop.prompts.load_prompts`); neither: the backend's default prompts."""
+    (:func:`treesdk.training.prompts.load_prompts`); neither: the backend's default prompts."""
 
     items: list[str] | None = Field(None, description="the prompts")
     file: str | None = Field(None, description="prompts: text file (one per line), CSV/TSV, JSONL, JSON, parquet or a "
@@ -100,7 +100,7 @@ class PromptsConfig(_Section):
                 raise ValueError("prompts.items holds no prompt")
             return prompts
         if self.file is not None:
-            from treesdk.training.loop.prompts import load_prompts
+            from treesdk.training.prompts import load_prompts
 
             return load_prompts(self.file, self.column, self.split)
         return list(default)
@@ -205,7 +205,7 @@ class RunConfig(_Section):
     @field_validator("precision")
     @classmethod
     def _known_precision(cls, value: str) -> str:
-        from treesdk.training.loop.precision import parse_precision
+        from treesdk.dtypes import parse_precision
 
         parse_precision(value)  # a one-line error naming the valid values
         return value

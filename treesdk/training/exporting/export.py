@@ -25,7 +25,7 @@ from treesdk.pipeline_folder import cast_safetensors, parse_export_dtype
 from treesdk.recipes import Recipe
 from treesdk.training.config import read_run_config
 from treesdk.training.exporting.metadata import export_metadata
-from treesdk.training.loop.runs import backend_options, find_checkpoint, rebuild_backend
+from treesdk.training.exporting.trained_policy import backend_options, find_checkpoint, rebuild_backend
 
 #: export formats the CLI offers (each backend lists what it supports in ``export_formats``)
 FORMATS = ("lora", "diffusers", "comfyui", "digits")

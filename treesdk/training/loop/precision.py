@@ -24,23 +24,7 @@ from typing import Any
 
 import torch
 
-from treesdk.dtypes import parse_dtype
-
-#: ``--precision`` values and their dtypes (fp32: no autocast); the other names of these dtypes in
-#: the one dtype table (:data:`treesdk.dtypes.DTYPES`: ``bfloat16``, ``float16``, ...) are accepted too
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def parse_precision(name: str | None) -> torch.dtype | None:
-    """``fp32|bf16|fp16`` (also ``no`` and the dtype names of :mod:`treesdk.dtypes`) -> autocast dtype or None."""
-    if name is None or str(name).lower() == "no":
-        return None
-    try:
-        dtype = parse_dtype(str(name), allowed=PRECISIONS.values())
-    except ValueError:
-        raise ValueError(f"--precision {name!r}: expected one of {', '.join(PRECISIONS)}") from None
-    return None if dtype == torch.float32 else dtype
-
+from treesdk.dtypes import PRECISIONS, parse_dtype, parse_precision  # noqa: F401 - parse_precision re-exported
 
 def default_precision(environ: Mapping[str, str] | None = None) -> str:
     """``--precision`` when not given: accelerate's ``--mixed_precision`` (``ACCELERATE_MIXED_PRECISION``,
