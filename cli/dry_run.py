@@ -74,7 +74,7 @@ def print_plan(plan: dict[str, Any]) -> None:
     calls.add_row("sampling (no grad)", str(plan["nfe_sampling"]), str(plan["calls_sampling"]))
     calls.add_row("training (with grad)", str(plan["nfe_training"]), str(plan["calls_training"]))
     if plan["nfe_reference"]:
-        calls.add_row("reference (KL, no grad)", str(plan["nfe_reference"]), "-")
+        calls.add_row("reference and old policy (no grad)", str(plan["nfe_reference"]), "-")
     calls.add_row("leaves", f"{plan['leaves']} ({plan['leaves_per_prompt']} per prompt)", "")
     console.print(calls)
     if plan.get("memory") is None:

@@ -125,3 +125,9 @@ def test_an_unset_recipe_is_the_backends_default_recipe():
     precheck_run_config(RunConfig(overrides={"losses.1.weight": 0.01}))
     with pytest.raises(ValueError, match="losses"):
         precheck_run_config(RunConfig(recipe="treegrpo", overrides={"losses.1.weight": 0.01}))
+
+
+@pytest.mark.parametrize("key, value", [("resolution", 0), ("resolution", -5), ("max_sequence_length", 0), ("resolution", 2.5)])
+def test_a_size_that_is_not_positive_is_refused_before_any_model_loads(key, value):
+    with pytest.raises(ValueError, match="positive whole number"):
+        treesdk.RunConfig.model_validate({"backend": {"name": "digits", "options": {key: value}}})

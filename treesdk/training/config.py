@@ -60,6 +60,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+#: backend options that are sizes, by the flag that sets them: checked before any model loads
+POSITIVE_OPTIONS = {"resolution": "--resolution", "max_sequence_length": "--max-sequence-length"}
+
+
 class BackendConfig(_Section):
     """The velocity model: a registered backend name and its constructor options."""
 
@@ -69,6 +73,18 @@ class BackendConfig(_Section):
                                     json_schema_extra=cli("model", "--backend-opt", kind="repeat", metavar="KEY=VALUE"))
     describe: dict[str, Any] = Field(default_factory=dict, description="facts the loaded backend reported (written by the "
                                      "trainer; fill options the run was not given explicitly when it is rebuilt)")
+
+    @field_validator("options")
+    @classmethod
+    def _positive_sizes(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Sizes every backend reads the same way must be positive integers (a backend checks its own limits)."""
+        for key, flag in POSITIVE_OPTIONS.items():
+            value = options.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} must be a positive whole number, got {value!r}")
+        return options
 
 
 class RewardConfig(_Section):
