@@ -76,7 +76,8 @@ def bench_command(
             load_recipe(name, **{**(probe.recipe_defaults() if backend_defaults else {}), "steps": steps, **overrides})
         reward_options = {**{name: dict(opts) for name, opts in TASKS[task].items() if name in weights}, **reward_options}
         check_reward_options(reward_options, [*weights, *heldout_names])
-        console.print(f"[bold]treesdk bench[/] {backend} ({task} task): {', '.join(names)}; {seconds:.0f} s each, T={steps}, "
+        task_label = f" ({task} task)" if any(name in weights for name in TASKS[task]) else ""
+        console.print(f"[bold]treesdk bench[/] {backend}{task_label}: {', '.join(names)}; {seconds:.0f} s each, T={steps}, "
                       f"batch={batch}, {'interleaved' if interleave else 'one after another'}, "
                       f"{'the backend' + chr(39) + 's recipe defaults' if backend_defaults else 'the papers' + chr(39) + ' values'}")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
