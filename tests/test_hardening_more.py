@@ -361,3 +361,38 @@ def test_plugins_json_is_strict_json_alone_on_stdout(tmp_path, monkeypatch):
             assert chatty["options"]["scale"]["default"] == "inf"
         else:  # imported (and printing) on the first listing only
             assert "hello from chatty" in result.stderr
+
+
+def test_latents_that_cannot_fit_in_memory_are_refused_before_any_folder(tmp_path):
+    """`--batch 1000000000` used to be killed for memory (exit 137) with its run folder left behind."""
+    from treesdk_cli.main import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "huge"
+    result = CliRunner().invoke(app, ["train", "--batch", "1000000000", "--iters", "1", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "GiB of sampled latents" in result.output and "--batch 1000000000" in result.output
+    assert not out.exists()
+
+
+def test_the_sampling_memory_check_counts_the_planned_latents():
+    import treesdk
+    from treesdk.training.loop.sampling_memory import SamplingMemoryError, check_sampling_memory, sampled_latent_bytes
+
+    backend = treesdk.load_backend("digits")
+    recipe = treesdk.load_algorithm("grpo", steps=4)
+    needed, latents, elements = sampled_latent_bytes(backend, recipe, batch=2)
+    assert latents == 2 * 24 * 4 and elements == 64 and needed == latents * elements * 8  # 24 roots x 4 SDE steps
+    check_sampling_memory(backend, recipe, 2, available=needed)  # exactly enough: passes
+    with pytest.raises(SamplingMemoryError, match="lower --batch"):
+        check_sampling_memory(backend, recipe, 2, available=needed - 1)
+
+
+def test_a_warmup_longer_than_the_run_is_said(tmp_path):
+    from treesdk_cli.main import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["train", "--iters", "1", "--batch", "1", "--steps", "2", "--d", "1", "--lr-warmup", "5",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "warm-up (5 iterations) is not shorter than the run (1 iterations)" in " ".join(result.output.split())

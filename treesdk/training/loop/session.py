@@ -45,6 +45,7 @@ from treesdk.training.parallel.collective import Collective
 from treesdk.training.config import RunConfig, read_run_config
 from treesdk.training.loop.metrics import Run
 from treesdk.training.run_folder.run_folders import check_out_dir, claim_run_dir, config_changes, default_run_dir, refuse_changed_config
+from treesdk.training.loop.sampling_memory import check_sampling_memory
 from treesdk.training.loop.runs import build_run_parts, option_names, parts_from_objects, precheck_run_config
 from treesdk.training.loop.trainer import Trainer
 
@@ -176,6 +177,7 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
     config = _placed(ctx, config, show, cpu_defaults, option_names)
     parts = build_run_parts(config)
     vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
+    check_sampling_memory(vm, recipe, parts.config.batch, ctx.world_size)  # before the folder is claimed
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
         raise ValueError(f"backend {vm.name!r} does not support --fsdp (its fsdp_modules() returns None); drop --fsdp")
     if resume and ctx.is_main:
@@ -194,6 +196,9 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
          + (" fsdp" if fsdp and ctx.world_size > 1 else "") + (" (resuming)" if resume else "")
          + (f" precision={config.precision}" if config.precision != "fp32" else ""))
     o, ema = recipe.optim, config.ema
+    if o.lr_warmup >= parts.config.iters:
+        show(f"[yellow]note: the lr warm-up ({o.lr_warmup} iterations) is not shorter than the run ({parts.config.iters} "
+             f"iterations): the learning rate never reaches {o.lr:g}[/]")
     show(f"[dim]optimiser {o.optimizer} lr {o.lr:g} ({o.lr_schedule}, warm-up {o.lr_warmup})"
          + (f", EMA decay {ema.decay:g} every {ema.every} step(s) for {ema.use}" if ema.enabled else "")
          + f"; {accumulation_summary(o, config.batch, ctx.world_size, recipe.training_chunk)}[/]")
