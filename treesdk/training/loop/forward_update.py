@@ -34,6 +34,7 @@ from torch import Tensor
 from treesdk.errors import NonFiniteLossError, UserError
 from treesdk.forward_losses import CleanBatch, OldPolicySchedule, grid_permutation_sigmas, stratified_grid_sigmas
 from treesdk.interfaces import EdgeAdvantages, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+from treesdk.training.loop.gradient_step import minibatch_prompts, optimizer_step
 from treesdk.training.loop.update_stats import UpdateStats
 
 
@@ -199,7 +200,7 @@ def forward_update(
     x0_all = forest.leaves.detach().float()
     leaf_prompt = forest.leaf_prompt.to(x0_all.device)
     adv_all = targets.leaf_advantages.detach().float().to(x0_all.device)
-    groups = [g for g in torch.arange(forest.num_prompts).tensor_split(min(minibatches, forest.num_prompts)) if len(g)]
+    groups = minibatch_prompts(forest.num_prompts, minibatches)
     totals: dict[str, float] = {}
     weight_sum, n_old, n_ref = 0.0, 0, 0
     model.train_mode(True)
@@ -225,15 +226,7 @@ def forward_update(
                         weight_sum += scale
                         for key, value in metrics.items():
                             totals[key] = totals.get(key, 0.0) + value * scale
-                if reduce_gradients is not None:
-                    reduce_gradients(params)
-                if grad_clip is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                else:
-                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-                stats.grad_norm = float(norm)
-                optimizer.step()
-                stats.optimizer_steps += 1
+                optimizer_step(params, optimizer, stats, grad_clip, reduce_gradients)
     finally:
         model.train_mode(False)
         optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ from torch import Tensor
 from treesdk.errors import NonFiniteLossError  # noqa: F401 - raised here, re-exported for callers
 from treesdk.interfaces import EdgeAdvantages, EdgeBatch, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
 from treesdk.training.loop.forward_update import forward_terms, forward_update
+from treesdk.training.loop.gradient_step import minibatch_prompts, optimizer_step
 from treesdk.training.loop.update_stats import UpdateStats
 
 
@@ -88,7 +89,7 @@ def policy_update(
     need_old_mean = any(getattr(t, "needs_old_mean", False) for t, _ in terms)
     need_sft = any(t.needs_sft_target for t, _ in terms)
     sft = sft_targets(forest, targets.leaf_rewards) if need_sft else None
-    groups = [g for g in torch.arange(forest.num_prompts).tensor_split(min(minibatches, forest.num_prompts)) if len(g)]
+    groups = minibatch_prompts(forest.num_prompts, minibatches)
     totals: dict[str, float] = {}
     weight_sum = 0.0
     model.train_mode(True)
@@ -114,17 +115,7 @@ def policy_update(
                         weight_sum += scale
                         for key, value in metrics.items():
                             totals[key] = totals.get(key, 0.0) + value * scale
-                if reduce_gradients is not None:
-                    reduce_gradients(params)
-                if grad_clip is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                else:
-                    norm = torch.linalg.vector_norm(
-                        torch.stack([p.grad.norm() for p in params if p.grad is not None])
-                    )
-                stats.grad_norm = float(norm)
-                optimizer.step()
-                stats.optimizer_steps += 1
+                optimizer_step(params, optimizer, stats, grad_clip, reduce_gradients)
     finally:
         model.train_mode(False)
         optimizer.zero_grad(set_to_none=True)
