@@ -40,8 +40,10 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
         vm = treesdk.load_backend(backend, **{k: v for k, v in options.items() if k in ("model", "device")})
         defaults = dict(vm.recipe_defaults())
     from treesdk import registry
+    from treesdk.interfaces import DEFAULT_ITERS
 
-    recipe = config.resolve_recipe(defaults, getattr(registry.load("backend", backend), "default_recipe", None))
+    factory = registry.load("backend", backend)
+    recipe = config.resolve_recipe(defaults, getattr(factory, "default_recipe", None))
     facts, no_sizes = None, "a light backend: calls only"
     if not light:
         try:
@@ -50,7 +52,7 @@ def dry_run(config: Any, requested: bool, as_json: bool, gpu_memory: float | Non
             no_sizes = str(exc)
     plan = treesdk.plan_run(
         recipe, facts, batch=config.batch, world_size=config.launch.nproc_per_node * config.launch.nnodes,
-        iters=max(config.iters or getattr(registry.load("backend", backend), "default_iters", 60), 1), seed=config.seed, resolution=options.get("resolution"),
+        iters=max(config.iters or getattr(factory, "default_iters", DEFAULT_ITERS), 1), seed=config.seed, resolution=options.get("resolution"),
         dtype=str(options.get("dtype") or config.dtype or "bfloat16"), lora_rank=int(options.get("lora_rank", 16)),
         gradient_checkpointing=bool(options.get("gradient_checkpointing", False)),
         offload_text_encoders=bool(options.get("offload_text_encoders", False)), gpu_memory_gib=gpu_memory,

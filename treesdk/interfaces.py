@@ -127,6 +127,10 @@ class FlowModel(ABC):
         saying why in the others."""
         return None
 
+#: iterations of a run that sets none, for a backend that names no ``default_iters`` of its own
+DEFAULT_ITERS = 60
+
+
 class ProductDefaults:
     """What the product adds on top of a model, each with a working default: training prompts and
     rewards, the evaluation set, scale-dependent recipe overrides, run-config facts, export formats.
@@ -143,7 +147,7 @@ class ProductDefaults:
     default_recipe: ClassVar[str | Mapping[str, Any]] = "treegrpo"
     #: iterations of a run that does not set ``iters`` (sized so the default run is a few minutes
     #: on the machine the backend is made for)
-    default_iters: ClassVar[int] = 60
+    default_iters: ClassVar[int] = DEFAULT_ITERS
 
     def default_prompts(self) -> list[str]:
         """Training prompts used when the user gives none."""

@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from treesdk.interfaces import DEFAULT_ITERS
 from treesdk.recipes import Recipe, RecipeError, load_recipe
 from treesdk.training.run_folder.loggers import parse_report_to
 from treesdk.training.optimisation.optimization import EMAConfig
@@ -292,7 +293,7 @@ class RunConfig(_Section):
         except ValueError:  # a value the backend's defaults may still change: judged after it loads
             pass
 
-    def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str], default_iters: int = 60) -> RunConfig:
+    def resolved(self, recipe: Recipe, rewards: Mapping[str, float], eval_rewards: list[str], default_iters: int = DEFAULT_ITERS) -> RunConfig:
         """This config with the recipe inline (no overrides left), the rewards named explicitly and
         ``iters`` set (``default_iters`` when unset): what ``config.json`` stores."""
         unknown = sorted(set(self.reward_options) - {*rewards, *eval_rewards})

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from treesdk import registry
-from treesdk.interfaces import RewardModel, VelocityModel
+from treesdk.interfaces import DEFAULT_ITERS, RewardModel, VelocityModel
 from treesdk.training.config import RewardConfig, RunConfig
 from treesdk.training.exporting.trained_policy import (  # noqa: F401 - re-exported: the run machinery's readers
     accepted_options, backend_options, find_checkpoint, load_trained_backend, rebuild_backend)
@@ -57,7 +57,7 @@ def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> 
     if not weights:
         raise ValueError(f"backend {config.backend.name!r} has no default reward: name one with --reward NAME[=WEIGHT]")
     heldout = list(config.eval_rewards) if config.eval_rewards is not None else [r for r in vm.heldout_rewards() if r not in weights]
-    resolved = config.resolved(recipe, weights, heldout, getattr(backend, "default_iters", 60))
+    resolved = config.resolved(recipe, weights, heldout, getattr(backend, "default_iters", DEFAULT_ITERS))
     resolved = resolved.model_copy(update={"backend": resolved.backend.model_copy(update={"describe": vm.describe()})})
     eval_prompts, eval_seeds = vm.eval_set()
     fmt = config.export.format or vm.default_export_format()
@@ -108,7 +108,7 @@ def parts_from_objects(backend: VelocityModel, recipe: Any, rewards: Mapping[str
         target[leaf] = value
     config = RunConfig.model_validate(data)
     if config.iters is None:
-        config = config.model_copy(update={"iters": int(getattr(backend, "default_iters", 60))})
+        config = config.model_copy(update={"iters": int(getattr(backend, "default_iters", DEFAULT_ITERS))})
     eval_prompts = list(eval_prompts or [])
     return RunParts(
         config=config, backend=backend, rewards=dict(rewards), eval_reward_models=dict(eval_rewards or {}),

@@ -206,7 +206,7 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
     progress = TrainProgress(parts.config.iters, console=console, enabled=ctx.is_main) if console is not None else None
     with progress if progress is not None else contextlib.nullcontext():
         steps = [f for f in (progress.on_step if progress else None, on_step) if f is not None]
-        trainer = Trainer.from_parts(
+        trainer = Trainer(
             parts, run_dir, collective=ctx.with_fsdp(fsdp) if hasattr(ctx, "with_fsdp") else ctx,
             callbacks=[*([progress.on_iteration] if progress else []), *callbacks],
             on_step=(lambda phase, done, total: [f(phase, done, total) for f in steps]) if steps else None)

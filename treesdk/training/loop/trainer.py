@@ -60,7 +60,7 @@ Callback = Callable[[dict[str, Any]], Any]
 
 class Trainer:
     """One training run, in steps. Build it from a :class:`RunConfig` (:meth:`from_config`) or from
-    parts already built (:meth:`from_parts`), then :meth:`fit`, or drive :meth:`start`,
+    parts already built (the constructor, ``Trainer(parts)``), then :meth:`fit`, or drive :meth:`start`,
     :meth:`step`, :meth:`checkpoint` and :meth:`finish` yourself.
 
     Args:
@@ -151,20 +151,6 @@ class Trainer:
         """Build every part a :class:`RunConfig` names: the backend, the recipe (resolved with the
         backend's scale defaults), rewards, prompts and the evaluation set."""
         return cls(build_run_parts(config), out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
-
-    @classmethod
-    def from_parts(
-        cls,
-        built: RunParts,
-        out_dir: str | Path | None = None,
-        *,
-        collective: Collective | None = None,
-        callbacks: Sequence[Callback] = (),
-        on_step: Callable[[str, int, int], None] | None = None,
-    ) -> Trainer:
-        """A trainer over parts built by :func:`treesdk.training.loop.runs.build_run_parts` (or
-        :func:`~treesdk.training.loop.runs.parts_from_objects`): the constructor."""
-        return cls(built, out_dir, collective=collective, callbacks=callbacks, on_step=on_step)
 
     # -- the run, step by step -------------------------------------------------------------------
 
