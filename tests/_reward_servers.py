@@ -148,9 +148,10 @@ def faulty_app(faults: Faults) -> FastAPI:
 def openai_app(model: str = "judge-1") -> FastAPI:
     """An OpenAI-compatible chat server: answers "Yes" with log P(yes) = log(brightness of the image)
     (log P(no) = log(1 - brightness)) in ``top_logprobs``, or "Score: <10 * brightness>" without
-    ``logprobs``. Records the last request body in ``app.state.last``."""
+    ``logprobs``. Records every request body, in arrival order, in ``app.state.bodies`` (requests may
+    arrive concurrently, so their order need not be the images' order)."""
     app = FastAPI()
-    app.state.last = None
+    app.state.bodies = []
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -159,7 +160,7 @@ def openai_app(model: str = "judge-1") -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, Any]:
         body = await request.json()
-        app.state.last = body
+        app.state.bodies.append(body)
         if body.get("model") != model:
             raise HTTPException(status_code=404, detail=f"model {body.get('model')!r} not found")
         parts = body["messages"][0]["content"]

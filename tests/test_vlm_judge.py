@@ -39,14 +39,18 @@ def test_yes_no_judge_reads_p_yes_from_the_log_probs(judge_server):
     app, url = judge_server
     judge = treesdk.load_reward("vlm-judge", base_url=url, model="judge-1", question="Is this {prompt}? Answer Yes or No.",
                                 concurrency=3)
+    app.state.bodies.clear()
     images = images_of_brightness([0.2, 0.5, 0.9, 0.7])
     got = judge.score(images, ["a cat", "a dog", "a car", "a tree"])
     # the server answers log P(yes) = log b, log P(no) = log(1 - b), b the image's mean brightness
     want = [float(quantize(images[i]).double().mean()) for i in range(4)]
     assert got.tolist() == pytest.approx(want, abs=1e-5)
-    body = app.state.last
-    assert body["model"] == "judge-1" and body["logprobs"] is True and body["max_tokens"] == 1 and body["top_logprobs"] == 20
-    assert body["messages"][0]["content"][1]["text"] == "Is this a tree? Answer Yes or No."
+    bodies = app.state.bodies  # three requests in flight at once: arrival order is not the prompts' order
+    assert len(bodies) == 4
+    for body in bodies:
+        assert body["model"] == "judge-1" and body["logprobs"] is True and body["max_tokens"] == 1 and body["top_logprobs"] == 20
+    asked = sorted(body["messages"][0]["content"][1]["text"] for body in bodies)
+    assert asked == sorted(f"Is this {p}? Answer Yes or No." for p in ["a cat", "a dog", "a car", "a tree"])
     assert judge.io_bound
 
 
