@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stop_requested() -> bool:
-    """Whether the trainer's SIGTERM handler (``treesdk.training.loop.metrics.StopRequest``) has fired."""
+    """Whether the trainer's SIGTERM handler (``treesdk.training.loop.stop_request.StopRequest``) has fired."""
     handler = signal.getsignal(signal.SIGTERM)
     return bool(getattr(getattr(handler, "__self__", None), "requested", False))
 

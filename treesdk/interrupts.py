@@ -5,7 +5,7 @@ Python turns SIGINT into :class:`KeyboardInterrupt`, so ``finally`` blocks and t
 leaving temporary files behind and printing nothing. Inside :func:`stop_signals_raise` they raise
 :class:`Terminated` (a ``KeyboardInterrupt``) instead, so every signal that asks a command to stop
 unwinds it the same way. ``train`` has its own handling (finish the iteration, checkpoint, exit):
-:class:`treesdk.training.loop.metrics.StopRequest`.
+:class:`treesdk.training.loop.stop_request.StopRequest`.
 """
 
 from __future__ import annotations

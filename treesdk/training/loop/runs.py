@@ -41,14 +41,15 @@ def load_rewards(configs: Mapping[str, RewardConfig], device: str | None) -> dic
     return models
 
 
-def build_run_parts(config: RunConfig, backend: VelocityModel | None = None) -> RunParts:
+def build_run_parts(config: RunConfig, backend: VelocityModel | None = None, factory: Any = None) -> RunParts:
     """Load the backend (unless given; wrapped for ``config.precision``), resolve the recipe with the
     backend's scale defaults, and load the rewards (the backend's defaults when the config names
-    none), prompts and eval set."""
+    none), prompts and eval set. ``factory``: the backend's entry point when the caller has already
+    loaded it (the run path loads it once)."""
     from treesdk.training.loop.precision import with_precision
 
     if backend is None:
-        factory = registry.load("backend", config.backend.name)
+        factory = factory if factory is not None else registry.load("backend", config.backend.name)
         registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
         backend = factory(**config.backend_options())
     vm = with_precision(backend, config.precision)  # bf16/fp16: autocast around velocity and decode
@@ -133,14 +134,14 @@ def check_parts(prompts: Any, rewards: Mapping[str, Any], weights: Mapping[str, 
                         "give a weight for a reward that is passed in `rewards`")
 
 
-def precheck_run_config(config: RunConfig) -> None:
+def precheck_run_config(config: RunConfig, factory: Any = None) -> None:
     """Check what can be checked before any model loads (each error names the flag or file): the
     prompts, the option keys of the rewards named, the backend's option keys, and the recipe (fully
     for a recipe file, the paths of the overrides for a preset, whose values the backend's scale
-    defaults may still change)."""
+    defaults may still change). ``factory``: the backend's entry point, when already loaded."""
     if config.prompts.items is not None or config.prompts.file is not None:
         config.prompts.load([])
-    factory = registry.load("backend", config.backend.name)
+    factory = factory if factory is not None else registry.load("backend", config.backend.name)
     registry.check_options("backend", config.backend.name, factory, config.backend_options(), "--backend-opt")
     named = {**config.rewards, **(config.eval_rewards or {})}
     for name, reward in named.items():
@@ -156,6 +157,11 @@ def option_names(kind: str, name: str) -> set[str] | None:
         factory = registry.load(kind, name)
     except Exception:  # noqa: BLE001 - unknown or broken plugin: reported where it is loaded
         return None
+    return factory_option_names(factory)
+
+
+def factory_option_names(factory: Any) -> set[str] | None:
+    """Keyword options a loaded plugin factory takes (None: any); see :func:`option_names`."""
     accepted = accepted_options(factory)
     adapter = getattr(factory, "adapter_class", None)  # a diffusers family backend: **family_options
     if accepted is None and adapter is not None:
@@ -166,4 +172,4 @@ def option_names(kind: str, name: str) -> set[str] | None:
 
 
 __all__ = ["RunParts", "accepted_options", "backend_options", "build_run_parts", "find_checkpoint", "load_rewards",
-           "load_trained_backend", "option_names", "parts_from_objects", "rebuild_backend"]
+           "factory_option_names", "load_trained_backend", "option_names", "parts_from_objects", "rebuild_backend"]

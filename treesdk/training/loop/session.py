@@ -38,15 +38,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from treesdk import registry
 from treesdk.errors import UserError
 from treesdk.training.parallel import distributed
 from treesdk.training.parallel import launch
 from treesdk.training.parallel.collective import Collective
 from treesdk.training.config import RunConfig, read_run_config
-from treesdk.training.loop.metrics import Run
+from treesdk.training.loop.run_result import Run
 from treesdk.training.run_folder.run_folders import check_out_dir, claim_run_dir, config_changes, default_run_dir, refuse_changed_config
 from treesdk.training.loop.sampling_memory import check_sampling_memory
-from treesdk.training.loop.runs import build_run_parts, option_names, parts_from_objects, precheck_run_config
+from treesdk.training.loop.runs import build_run_parts, factory_option_names, parts_from_objects, precheck_run_config
 from treesdk.training.loop.trainer import Trainer
 
 _log = logging.getLogger("treesdk")
@@ -77,7 +78,7 @@ def run_training(
     console: Any = None,
 ) -> Run:
     """Run ``config`` to the end (or a stop request) in ``out`` (None: a new ``runs/<recipe>-<time>``);
-    returns the :class:`~treesdk.training.loop.metrics.Run` (``run.exit_code``: 0, or 130/143 when a signal
+    returns the :class:`~treesdk.training.loop.run_result.Run` (``run.exit_code``: 0, or 130/143 when a signal
     stopped it after its checkpoint).
 
     ``resume`` continues the run in ``out`` from its newest checkpoint (the configuration must be
@@ -173,9 +174,10 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
     show: Callable[[str], None] = (console.print if console is not None else _log_line) if ctx.is_main else _quiet
     if out is not None and ctx.is_main and not os.environ.get(LAUNCHED_ENV):
         check_out_dir(out, resume, restarted=distributed.restart_count() > 0)
-    precheck_run_config(config)
-    config = _placed(ctx, config, show, cpu_defaults, option_names)
-    parts = build_run_parts(config)
+    factory = registry.load("backend", config.backend.name)  # the backend's entry point, loaded once per run
+    precheck_run_config(config, factory)
+    config = _placed(ctx, config, show, cpu_defaults, factory_option_names(factory))
+    parts = build_run_parts(config, factory=factory)
     vm, recipe, fsdp = parts.backend, parts.config.recipe, config.launch.fsdp
     check_sampling_memory(vm, recipe, parts.config.batch, ctx.world_size)  # before the folder is claimed
     if fsdp and vm.fsdp_modules() is None:  # checked on one process too (raises for LoRA runs)
@@ -218,13 +220,14 @@ def _train(ctx: Any, config: RunConfig, out: Path | None, resume: bool, allow_co
     return run
 
 
-def _placed(ctx: Any, config: RunConfig, show: Callable[[str], None], cpu_defaults: Any, option_names: Any) -> RunConfig:
+def _placed(ctx: Any, config: RunConfig, show: Callable[[str], None], cpu_defaults: Any,
+            backend_options: set[str] | None) -> RunConfig:
     """``config`` on this process's device: the CPU defaults (threads; float32 weights when the
     backend takes a dtype and none is given), one GPU per rank, and the processes it runs on."""
     given = {"dtype": config.dtype} if config.dtype is not None else dict(
         {"dtype": config.backend.options["dtype"]} if "dtype" in config.backend.options else {})
     note = cpu_defaults(config.device or config.backend.options.get("device"), given,
-                        option_names("backend", config.backend.name), getattr(ctx, "local_world_size", 1))
+                        backend_options, getattr(ctx, "local_world_size", 1))
     if note:
         show(f"[dim]{note}[/]")
         if config.dtype is None and "dtype" not in config.backend.options and "dtype" in given:

@@ -43,7 +43,8 @@ from treesdk.training.exporting.metadata import export_metadata
 from treesdk.training.loop.forward_update import behaviour_policy, old_policy_tensors, restore_old_policy, sampling_weights
 from treesdk.training.run_folder.loggers import Loggers, build_loggers, parse_report_to
 from treesdk.training.loop.batches import iteration_prompts, slot_seed
-from treesdk.training.loop.metrics import Run, StopRequest
+from treesdk.training.loop.run_result import Run
+from treesdk.training.loop.stop_request import StopRequest
 from treesdk.training.exporting.model_card import write_model_card
 from treesdk.training.optimisation.optimization import Optimization, StepCalls
 from treesdk.training.run_folder.profiling import PhaseProfiler
