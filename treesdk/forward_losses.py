@@ -34,11 +34,14 @@ permutation of the sampling grid per sample, its first ``int(T * fraction)`` ent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from .interfaces import Cond, LossTerm
+from .part import RuntimePart
 
 __all__ = [
     "CleanBatch",
@@ -216,39 +219,68 @@ class ForwardTerm(LossTerm):
 
     ``needs_old_velocity`` / ``needs_reference``: the update computes ``v_old`` (old policy, one
     no-grad forward) / ``v_ref`` (adapter off, one no-grad forward) per sample. A term that fixes the
-    training noise levels sets ``sigmas`` (``"grid-permutation"`` or ``"stratified"``), ``fraction``
-    and ``count``; ``old_schedule`` is the old policy's decay when it needs one;
-    ``samples_with_old``: the forest is sampled with the old policy's weights, not the live ones
-    (DiffusionNFT samples with its ``old`` adapter; AWM with the live weights, ``off_policy=False``).
+    training noise levels sets ``sigmas`` (``"grid-permutation"``: reads the term's ``fraction``;
+    ``"stratified"``: its ``count`` and ``fraction``); ``old_schedule`` is the old policy's decay when
+    it needs one; ``samples_with_old``: the forest is sampled with the old policy's weights, not the
+    live ones (DiffusionNFT samples with its ``old`` adapter; AWM with the live weights,
+    ``off_policy=False``).
     """
 
-    consumes = "clean-leaves"
-    needs_old_velocity: bool = False
-    samples_with_old: bool = False
-    sigmas: str | None = None
-    fraction: float = 1.0
-    count: int = 1
-    old_schedule: OldPolicySchedule | None = None
+    consumes: ClassVar[str] = "clean-leaves"
+    needs_old_velocity: ClassVar[bool] = False
+    sigmas: ClassVar[str | None] = None
+
+    @property
+    def samples_with_old(self) -> bool:
+        return False
+
+    @property
+    def old_schedule(self) -> OldPolicySchedule | None:
+        return None
 
     def __call__(self, batch: CleanBatch) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
         raise NotImplementedError
 
 
-class NFTLoss(ForwardTerm):
-    """DiffusionNFT (module docstring): ``beta`` the implicit-policy mix, ``adv_clip`` the advantage
-    clip ``c`` that maps advantages to ``r`` and scales the loss."""
+class _OldPolicyFields(RuntimePart):
+    """The old (behaviour) policy's settings, shared by the terms that read ``v_old``."""
 
-    name = "nft"
-    needs_old_velocity = True
+    old_flat: int = Field(0, ge=0, description="old policy: optimiser steps before its decay starts to grow")
+    old_uprate: float = Field(0.0, ge=0, le=1, description="old policy: decay growth per optimiser step")
+    old_uphold: float = Field(0.0, ge=0, lt=1, description="old policy: largest decay (0 = the last iteration's weights)")
+    sample_old: bool = Field(False, description="sample the forest with the old policy's weights instead of the live ones")
 
-    def __init__(self, beta: float = 1.0, adv_clip: float = 5.0, fraction: float = 0.99,
-                 old_schedule: OldPolicySchedule | None = None, samples_with_old: bool = True) -> None:
-        if beta <= 0:
-            raise ValueError(f"NFT beta must be > 0, got {beta}")
-        self.beta, self.adv_clip = float(beta), float(adv_clip)
-        self.samples_with_old = bool(samples_with_old)
-        self.sigmas, self.fraction = "grid-permutation", float(fraction)
-        self.old_schedule = old_schedule or OldPolicySchedule()
+    @property
+    def schedule(self) -> OldPolicySchedule:
+        """The old policy's decay schedule from the ``old_*`` fields."""
+        return OldPolicySchedule(self.old_flat, self.old_uprate, self.old_uphold)
+
+
+class NFTLoss(_OldPolicyFields, ForwardTerm):
+    """DiffusionNFT (module docstring): ``r = clamp(A, -c, c) / (2c) + 1/2``; ``v+ = b v_theta + (1 - b)
+    v_old``, ``v- = (1 + b) v_old - b v_theta``; ``c * mean(r l(v+) / b + (1 - r) l(v-) / b)`` with ``l``
+    the adaptively weighted x0 error; trained at ``int(T * fraction)`` grid sigmas per leaf (a random
+    permutation of the sampling grid). ``v_old`` is the old policy (``old_*`` decay schedule)."""
+
+    name: ClassVar[str] = "nft"
+    label: ClassVar[str] = "NFT loss"
+    needs_old_velocity: ClassVar[bool] = True
+    sigmas: ClassVar[str | None] = "grid-permutation"
+
+    kind: Literal["nft"] = "nft"
+    weight: float = Field(1.0, ge=0, description="weight of this term")
+    beta: float = Field(1.0, gt=0, le=10, description="implicit-policy mix b (DiffusionNFT config.beta)")
+    adv_clip: float = Field(5.0, gt=0, description="advantage clip c: maps A to r in [0, 1] and scales the loss")
+    fraction: float = Field(0.99, gt=0, le=1, description="fraction of the T grid sigmas trained per leaf")
+    sample_old: bool = Field(True, description="sample the forest with the old policy (DiffusionNFT's 'old' adapter)")
+
+    @property
+    def samples_with_old(self) -> bool:
+        return self.sample_old
+
+    @property
+    def old_schedule(self) -> OldPolicySchedule:
+        return self.schedule
 
     def __call__(self, batch: CleanBatch) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
         if batch.v_old is None:
@@ -258,18 +290,24 @@ class NFTLoss(ForwardTerm):
                         batch.v_old.float(), r, self.beta, self.adv_clip)
 
 
-class AWMLoss(ForwardTerm):
-    """Advantage-weighted matching (module docstring)."""
+class AWMLoss(RuntimePart, ForwardTerm):
+    """Advantage-weighted matching: on-policy clipped surrogate on the weighted flow-matching
+    log-likelihood ``lp = -mean((v_theta - (noise - x0))^2)`` (``weighting``: uniform, t, t**2,
+    ghuber with ``power``), at ``count`` stratified grid sigmas in ``[1, int(T * fraction)]``."""
 
-    name = "awm"
+    name: ClassVar[str] = "awm"
+    label: ClassVar[str] = "AWM loss"
+    sigmas: ClassVar[str | None] = "stratified"
 
-    def __init__(self, weighting: str = "ghuber", power: float = 0.25, clip_range: float = 1.0, adv_clip: float = 5.0,
-                 advantage_max: float | None = 1.0, count: int = 6, fraction: float = 0.9) -> None:
-        if weighting not in ("uniform", "t", "t**2", "ghuber"):
-            raise ValueError(f"AWM weighting must be uniform, t, t**2 or ghuber; got {weighting!r}")
-        self.weighting, self.power, self.clip_range = weighting, float(power), float(clip_range)
-        self.adv_clip, self.advantage_max = float(adv_clip), advantage_max
-        self.sigmas, self.count, self.fraction = "stratified", int(count), float(fraction)
+    kind: Literal["awm"] = "awm"
+    weight: float = Field(1.0, ge=0, description="weight of this term")
+    weighting: Literal["uniform", "t", "t**2", "ghuber"] = Field("ghuber", description="per-sigma weighting of lp")
+    power: float = Field(0.25, gt=0, le=1, description="generalised Huber power (weighting=ghuber)")
+    clip_range: float = Field(1.0, gt=0, description="ratio clip range e")
+    adv_clip: float = Field(5.0, gt=0, description="advantage clip c")
+    advantage_max: float | None = Field(1.0, gt=0, description="advantages rescaled to [-advantage_max, advantage_max] (None: not)")
+    count: int = Field(6, ge=1, le=1000, description="training sigmas per leaf (strata)")
+    fraction: float = Field(0.9, gt=0, le=1, description="strata cover grid steps [1, int(T * fraction)]")
 
     def __call__(self, batch: CleanBatch) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
         return awm_loss(batch.v_theta.float(), batch.noise.float(), batch.x0.float(), batch.sigma.float(),
@@ -277,24 +315,43 @@ class AWMLoss(ForwardTerm):
                         clip_range=self.clip_range, adv_clip=self.adv_clip, advantage_max=self.advantage_max)
 
 
-class VelocityKL(ForwardTerm):
-    """``mean((v_theta - v_anchor)^2)``: the anchor is the reference policy (``to="reference"``, the
-    references' ``beta`` KL) or the old policy (``to="old"``, AWM's ``ema_beta`` KL to its EMA)."""
+class VelocityKL(_OldPolicyFields, ForwardTerm):
+    """``weight * mean((v_theta - v_anchor)^2)`` at the clean-leaf training points; ``to``: the base
+    policy (``reference``, adapter off; the references' ``beta`` KL) or the old policy (``old``,
+    AWM's ``ema_beta`` KL to its EMA)."""
 
-    name = "velocity-kl"
+    label: ClassVar[str] = "velocity KL"
+    positional: ClassVar[tuple[str, ...]] = ("to",)
 
-    def __init__(self, to: str = "reference", old_schedule: OldPolicySchedule | None = None,
-                 samples_with_old: bool = False) -> None:
-        if to not in ("reference", "old"):
-            raise ValueError(f"velocity KL anchor must be 'reference' or 'old', got {to!r}")
-        if samples_with_old and to != "old":
-            raise ValueError("velocity KL: sample_old needs the old policy as the anchor (to='old')")
-        self.to = to
-        self.samples_with_old = bool(samples_with_old)
-        self.needs_reference = to == "reference"
-        self.needs_old_velocity = to == "old"
-        self.old_schedule = old_schedule if to == "old" else None
-        self.name = "velocity_kl" if to == "reference" else "velocity_kl_old"
+    kind: Literal["velocity-kl"] = "velocity-kl"
+    weight: float = Field(1e-4, ge=0, description="beta")
+    to: Literal["reference", "old"] = Field("reference", description="anchor: reference (base) or old policy")
+
+    @model_validator(mode="after")
+    def _sampling_needs_the_old_anchor(self) -> VelocityKL:
+        if self.sample_old and self.to != "old":
+            raise ValueError("sample_old needs the old policy as the anchor (to='old')")
+        return self
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "velocity_kl" if self.to == "reference" else "velocity_kl_old"
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.to == "reference"
+
+    @property
+    def needs_old_velocity(self) -> bool:  # type: ignore[override]
+        return self.to == "old"
+
+    @property
+    def samples_with_old(self) -> bool:
+        return self.sample_old
+
+    @property
+    def old_schedule(self) -> OldPolicySchedule | None:
+        return self.schedule if self.to == "old" else None
 
     def __call__(self, batch: CleanBatch) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
         anchor = batch.v_ref if self.to == "reference" else batch.v_old

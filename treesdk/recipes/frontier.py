@@ -12,7 +12,7 @@ rate through ``VelocityModel.recipe_defaults``.
 
 from __future__ import annotations
 
-from treesdk.recipes.forward_parts import AWMSpec, NFTSpec, VelocityKLSpec
+from treesdk.forward_losses import AWMLoss, NFTLoss, VelocityKL
 from treesdk.recipes.presets import grpo
 from treesdk.recipes.recipe import (
     ClippedSurrogateSpec,
@@ -37,8 +37,8 @@ def _nft_losses() -> list:
         # NVlabs/DiffusionNFT config/nft.py _get_config: config.beta=1.0, decay_type=1 (flat 0, uprate 0.001,
         # uphold 0.5); config/base.py: train.adv_clip_max=5, train.timestep_fraction=0.99
         # scripts/train_nft_sd3.py samples with the "old" adapter (set_adapter("old") around pipeline_with_logprob)
-        NFTSpec(beta=1.0, adv_clip=5.0, fraction=0.99, old_flat=0, old_uprate=0.001, old_uphold=0.5, sample_old=True),
-        VelocityKLSpec(weight=1e-4, to="reference"),  # config/nft.py (sd3): train.beta=0.0001, ||v - v_ref||^2
+        NFTLoss(beta=1.0, adv_clip=5.0, fraction=0.99, old_flat=0, old_uprate=0.001, old_uphold=0.5, sample_old=True),
+        VelocityKL(weight=1e-4, to="reference"),  # config/nft.py (sd3): train.beta=0.0001, ||v - v_ref||^2
     ]
 
 
@@ -69,11 +69,11 @@ def _awm_losses() -> list:
         # scxue/advantage_weighted_matching config/dgx_awm.py geneval_sd3_no_cfg_1node: weighting='ghuber',
         # ghuber_power=0.25, clip_range=1, adv_clip_max=5 (base_awm.py), advantage_max=1, train_timesteps=6,
         # timestep_fraction=0.9, time_type='discrete_wo_init'
-        AWMSpec(weighting="ghuber", power=0.25, clip_range=1.0, adv_clip=5.0, advantage_max=1.0, count=6, fraction=0.9),
-        VelocityKLSpec(weight=1e-3, to="reference"),  # train.beta=0.001, kl_weight='Uniform'
+        AWMLoss(weighting="ghuber", power=0.25, clip_range=1.0, adv_clip=5.0, advantage_max=1.0, count=6, fraction=0.9),
+        VelocityKL(weight=1e-3, to="reference"),  # train.beta=0.001, kl_weight='Uniform'
         # ema_beta=1, kl_ema_weight='Uniform', kl_ema_decay=0.3, kl_ema_decay_type='linear' (min(0.3, 0.001 step))
         # train.off_policy=False: the forest is sampled with the live weights, the EMA is the KL anchor only
-        VelocityKLSpec(weight=1.0, to="old", old_flat=0, old_uprate=0.001, old_uphold=0.3, sample_old=False),
+        VelocityKL(weight=1.0, to="old", old_flat=0, old_uprate=0.001, old_uphold=0.3, sample_old=False),
     ]
 
 
