@@ -251,7 +251,11 @@ class _OldPolicyFields(RuntimePart):
     sample_old: bool = Field(False, description="sample the forest with the old policy's weights instead of the live ones")
 
     @property
-    def schedule(self) -> OldPolicySchedule:
+    def samples_with_old(self) -> bool:
+        return self.sample_old
+
+    @property
+    def old_schedule(self) -> OldPolicySchedule | None:
         """The old policy's decay schedule from the ``old_*`` fields."""
         return OldPolicySchedule(self.old_flat, self.old_uprate, self.old_uphold)
 
@@ -273,14 +277,6 @@ class NFTLoss(_OldPolicyFields, ForwardTerm):
     adv_clip: float = Field(5.0, gt=0, description="advantage clip c: maps A to r in [0, 1] and scales the loss")
     fraction: float = Field(0.99, gt=0, le=1, description="fraction of the T grid sigmas trained per leaf")
     sample_old: bool = Field(True, description="sample the forest with the old policy (DiffusionNFT's 'old' adapter)")
-
-    @property
-    def samples_with_old(self) -> bool:
-        return self.sample_old
-
-    @property
-    def old_schedule(self) -> OldPolicySchedule:
-        return self.schedule
 
     def __call__(self, batch: CleanBatch) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
         if batch.v_old is None:
@@ -346,12 +342,8 @@ class VelocityKL(_OldPolicyFields, ForwardTerm):
         return self.to == "old"
 
     @property
-    def samples_with_old(self) -> bool:
-        return self.sample_old
-
-    @property
     def old_schedule(self) -> OldPolicySchedule | None:
-        return self.schedule if self.to == "old" else None
+        return super().old_schedule if self.to == "old" else None
 
     def __call__(self, batch: CleanBatch) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
         anchor = batch.v_ref if self.to == "reference" else batch.v_old
