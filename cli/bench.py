@@ -19,9 +19,11 @@ def bench_command(
     backend: Annotated[str, typer.Option(help="backend to compare on")] = "digits",
     model: Annotated[Optional[str], typer.Option(help="checkpoint path or local HF cache id")] = None,
     algo: Annotated[Optional[list[str]], typer.Option(help="algorithm (preset or recipe file); repeatable")] = None,
-    seconds: Annotated[float, typer.Option(min=0.001, help="training wall-clock budget per algorithm (evaluation excluded; inf: none, --iters caps it, bench.json says null)")] = 210.0,
+    seconds: Annotated[Optional[float], typer.Option(min=0.001, help="training wall-clock budget per algorithm (evaluation excluded; default 210, or none with --nfe; inf: none, --iters caps it, bench.json says null)")] = None,
+    nfe: Annotated[Optional[int], typer.Option(min=1, help="velocity-evaluation budget per algorithm (sampling, training and reference forwards; the same compute whatever else the machine runs)")] = None,
     iters: Annotated[int, typer.Option(min=1, help="iteration cap per algorithm")] = 10_000,
     eval_every: Annotated[int, typer.Option(min=1, help="iterations between evaluations on the fixed set")] = 5,
+    eval_every_nfe: Annotated[Optional[int], typer.Option(min=1, help="evaluate whenever this many more velocity evaluations have run (instead of --eval-every)")] = None,
     batch: Annotated[int, typer.Option(min=1, help="prompts (trees) per iteration")] = 8,
     steps: Annotated[int, typer.Option(min=1, help="sampling steps T, the same for every algorithm")] = 10,
     reward: Annotated[Optional[list[str]], typer.Option(help="training reward NAME[=WEIGHT]; repeatable")] = None,
@@ -48,6 +50,8 @@ def bench_command(
 
     from .bench_runner import DEFAULT_ALGORITHMS, TASKS, run_bench
 
+    if seconds is None:
+        seconds = float("inf") if nfe is not None else 210.0
     with clean_errors():
         # everything that can be checked is checked before a model loads or a folder is made
         check_writable_folder(out, "--out")
@@ -77,23 +81,30 @@ def bench_command(
         reward_options = {**{name: dict(opts) for name, opts in TASKS[task].items() if name in weights}, **reward_options}
         check_reward_options(reward_options, [*weights, *heldout_names])
         task_label = f" ({task} task)" if any(name in weights for name in TASKS[task]) else ""
-        console.print(f"[bold]treesdk bench[/] {backend}{task_label}: {', '.join(names)}; {seconds:.0f} s each, T={steps}, "
+        console.print(f"[bold]treesdk bench[/] {backend}{task_label}: {', '.join(names)}; {_budget(seconds, nfe)} each, T={steps}, "
                       f"batch={batch}, {'interleaved' if interleave else 'one after another'}, "
                       f"{'the backend' + chr(39) + 's recipe defaults' if backend_defaults else 'the papers' + chr(39) + ' values'}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:.0f}% of the budget"),
                       TimeElapsedColumn(), console=console) as progress:
-            tasks = {name: progress.add_task(name, total=seconds) for name in names}
+            tasks = {name: progress.add_task(name, total=1.0) for name in names}
             report = run_bench(
                 lambda: treesdk.load_backend(backend, **options),
                 load_rewards(list(weights), device, reward_options), weights, train_prompts, eval_prompts, eval_seeds,
                 heldout=load_rewards(heldout_names, device, reward_options), algorithms=names, overrides=overrides,
-                seconds=seconds, max_iters=iters, eval_every=eval_every, batch=batch, steps=steps, seed=seed,
+                seconds=seconds, nfe=float(nfe) if nfe is not None else float("inf"), max_iters=iters, eval_every=eval_every,
+                eval_every_nfe=eval_every_nfe, batch=batch, steps=steps, seed=seed,
                 thresholds=threshold, threshold_on=threshold_on if threshold_on or heldout_names else "reward",
                 precision_tolerance=precision_tolerance, backend_defaults=backend_defaults, interleave=interleave, task=task, out_dir=out,
                 on_progress=lambda name, done, total: progress.update(tasks[name], completed=done),
             )
         print_report(report)
         console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+
+
+def _budget(seconds: float, nfe: int | None) -> str:
+    """The per-algorithm budget in words: ``120 s``, ``12000 NFE`` or ``120 s or 12000 NFE``."""
+    parts = ([f"{seconds:.0f} s"] if seconds != float("inf") else []) + ([f"{nfe} NFE"] if nfe is not None else [])
+    return " or ".join(parts) or "no time limit"
 
 
 def check_algorithm(name: str) -> None:

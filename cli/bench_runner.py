@@ -106,8 +106,10 @@ def run_bench(
     algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
     overrides: Mapping[str, Any] | None = None,
     seconds: float = 240.0,
+    nfe: float = float("inf"),
     max_iters: int = 10_000,
     eval_every: int = 5,
+    eval_every_nfe: int | None = None,
     batch: int = 8,
     steps: int = 10,
     seed: int = 0,
@@ -120,7 +122,15 @@ def run_bench(
     out_dir: str | Path | None = None,
     on_progress: Callable[[str, float, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train each algorithm for ``seconds`` of training wall-clock (or ``max_iters``) and compare.
+    """Train each algorithm for ``seconds`` of training wall-clock or ``nfe`` velocity evaluations,
+    whichever comes first (or ``max_iters``), and compare.
+
+    ``nfe`` counts every forward (sampling, training, reference); an NFE budget gives each algorithm the
+    same compute whatever else the machine runs. ``eval_every_nfe``: evaluate whenever that many more
+    velocity evaluations have run since the last evaluation (instead of every ``eval_every``
+    iterations), so an algorithm with costly iterations is not judged on fewer points.
+    The base model is evaluated once and its figures shared: every algorithm starts from the same
+    weights and the evaluation (deterministic ODE samples of a fixed set) does not depend on the recipe.
 
     ``overrides`` (dotted keys) apply to every recipe after the backend's ``recipe_defaults`` (unless
     ``backend_defaults`` is False: the presets at the papers' values) and ``steps``; the training reward is the weighted sum of ``rewards``; ``heldout`` rewards are only
@@ -139,6 +149,7 @@ def run_bench(
     names = list(dict.fromkeys(algorithms))
     results = {name: AlgorithmResult(name=name) for name in names}
     turns = _Turns(names)
+    shared_base: dict[str, Any] = {}
 
     def score(backend: VelocityModel, recipe: Recipe, grid_name: str | None = None) -> dict[str, Any]:
         means, _, images = evaluate(backend, eval_models, eval_prompts, eval_seeds, recipe.steps, recipe.chunk)
@@ -168,8 +179,11 @@ def run_bench(
             scale = backend.recipe_defaults() if backend_defaults else {}
             recipe = load_recipe(name, **{**scale, "steps": steps, **dict(overrides or {})})
             result.name, result.lr = recipe.name, recipe.optim.lr
-            result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe, grid_name="base")})
+            if not shared_base:
+                shared_base.update(score(backend, recipe, grid_name="base"))
+            result.curve.append({**{k: clock[k] for k in _CLOCKS}, **shared_base})
             clock["turn_cpu"] = time.process_time()
+            evaluated_at = {"nfe": 0}
 
             def on_iteration(row: dict[str, Any]) -> None:
                 clock["cpu_seconds"] += time.process_time() - clock["turn_cpu"]
@@ -178,11 +192,14 @@ def run_bench(
                 clock["iteration"] = row["iteration"]
                 sums["nfe_s"] += row["nfe_sampling"]
                 sums["nfe_t"] += row["nfe_training"]
-                done = clock["seconds"] >= seconds
-                if row["iteration"] % eval_every == 0 or done:
+                done = clock["seconds"] >= seconds or clock["nfe"] >= nfe
+                due = (clock["nfe"] - evaluated_at["nfe"] >= eval_every_nfe if eval_every_nfe
+                       else row["iteration"] % eval_every == 0)
+                if due or done:
                     result.curve.append({**{k: clock[k] for k in _CLOCKS}, **score(backend, recipe, grid_name=name)})
+                    evaluated_at["nfe"] = clock["nfe"]
                 if on_progress is not None:
-                    on_progress(name, min(clock["seconds"], seconds), seconds)
+                    on_progress(name, _progress(clock, seconds, nfe), 1.0)
                 if done:
                     raise _TimeBudget
                 if interleave:
@@ -222,6 +239,7 @@ def run_bench(
     min_precision = base["precision"] - precision_tolerance if base.get("precision") is not None else None
     report = _report(results, list(thresholds), base, threshold_on=threshold_on, min_precision=min_precision,
                      precision_tolerance=precision_tolerance, steps=steps, batch=batch, seconds=seconds,
+                     nfe_budget=nfe if nfe != float("inf") else None, eval_every_nfe=eval_every_nfe,
                      interleave=interleave, task=task, backend_defaults=backend_defaults)
     if out_dir is not None:
         from treesdk.io import atomic_write_json
@@ -232,6 +250,11 @@ def run_bench(
         atomic_write_json(report, out / "bench.json")  # strict JSON: a non-finite value (--seconds inf) is null
         plot_curves(report, out / "bench.png")
     return report
+
+
+def _progress(clock: Mapping[str, Any], seconds: float, nfe: float) -> float:
+    """Fraction of the budget spent: the larger of the wall-clock and the NFE fractions, at most 1."""
+    return min(1.0, max(clock["seconds"] / seconds, clock["nfe"] / nfe))
 
 
 def save_sample_grids(grids: Mapping[str, Any], folder: Path) -> dict[str, str]:

@@ -133,6 +133,30 @@ def test_bench_reports_every_field_and_interleaves(tmp_path):
     assert grpo["nfe_sampling_per_iter"] == 8 and grpo["curve"][-1]["nfe"] == 2 * (8 + 8 + 8)
 
 
+def test_bench_nfe_budget_and_nfe_cadence_with_one_base_evaluation(monkeypatch):
+    from treesdk_cli import bench_runner
+
+    calls = []
+    real_evaluate = bench_runner.evaluate
+    monkeypatch.setattr(bench_runner, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    # grpo with 2 prompts, 1 root and T = 4: 8 sampling + 8 trained + 8 reference (KL) forwards = 24 per iteration
+    report = run_bench(
+        lambda: treesdk.load_backend("digits"), {"digit-classifier": treesdk.load_reward("digit-classifier")},
+        {"digit-classifier": 1.0}, ["digit 3", "digit 8"], ["digit 3", "digit 8"] * 2, [0, 1, 2, 3],
+        algorithms=["grpo", "treegrpo"], overrides={"tree.d": 2, "tree.roots": 1}, seconds=float("inf"), nfe=70,
+        eval_every_nfe=40, batch=2, steps=4,
+    )
+    grpo = report["algorithms"]["grpo"]
+    assert grpo["iterations"] == 3  # 72 >= 70: the iteration that reaches the budget is the last
+    assert [p["nfe"] for p in grpo["curve"]] == [0, 48, 72]  # 24 < 40 since the base: no evaluation; 48: one
+    tree = report["algorithms"]["treegrpo"]
+    per_iter = tree["curve"][-1]["nfe"] / tree["iterations"]
+    assert tree["curve"][-1]["nfe"] >= 70 > tree["curve"][-1]["nfe"] - per_iter
+    assert report["nfe_budget"] == 70 and report["eval_every_nfe"] == 40
+    assert tree["curve"][0] == grpo["curve"][0]  # the base model's figures, evaluated once for both
+    assert len(calls) == 1 + (len(grpo["curve"]) - 1) + (len(tree["curve"]) - 1)
+
+
 def test_first_crossing_interpolates_every_clock():
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "nfe": 0, "iteration": 0, "reward": 0.5},
              {"seconds": 10.0, "cpu_seconds": 20.0, "nfe": 100, "iteration": 4, "reward": 0.7},
