@@ -182,6 +182,24 @@ def test_split_steps_branch_exactly_there_and_count_their_evaluations():
         sample_forest(model, ["a handwritten digit 3"], [0], steps=10, k=2, depth=2, split_steps=[1, 4, 8])
 
 
+def test_split_fractions_follow_the_sampling_steps():
+    from treesdk.sampler import sample_forest_for_recipe
+
+    assert treesdk.load_algorithm("branchgrpo").branch_steps == [0, 3, 6, 9]  # the reference's steps of 20
+    recipe = treesdk.load_algorithm("branchgrpo", steps=8)
+    assert recipe.branch_steps == [0, 1, 2, 4]  # 0.15 * 8 = 1.2, 0.3 * 8 = 2.4, 0.45 * 8 = 3.6
+    assert recipe.window_start(5, 0) == 0
+    forest = sample_forest_for_recipe(treesdk.load_backend("digits"), recipe, ["a handwritten digit 3"], [0], window_start=0)
+    assert [layer.step for layer in forest.layers if layer.k > 1] == [0, 1, 2, 4]
+    assert forest.nfe == nfe_split_tree(8, [0, 1, 2, 4], 2)
+    override = treesdk.load_algorithm("branchgrpo", **{"steps": 8, "tree.split_steps": [0, 5], "tree.d": 2})
+    assert override.branch_steps == [0, 5]  # split_steps, when given, takes precedence
+    with pytest.raises(Exception, match="share a step"):
+        treesdk.load_algorithm("branchgrpo", steps=4)  # 0.15 * 4 and 0.3 * 4 both round to step 1
+    with pytest.raises(Exception, match="split_fractions"):
+        treesdk.load_algorithm("branchgrpo", **{"tree.split_fractions": [0.0, 0.5, 1.0, 0.2]})
+
+
 def test_mixing_edge_and_clean_leaf_terms_is_refused():
     recipe = treesdk.load_algorithm("diffusionnft", **{"tree.roots": 2, "steps": 4})
     recipe = recipe.model_copy(update={"losses": [*recipe.losses, treesdk.load_algorithm("grpo").losses[0]]})

@@ -221,7 +221,7 @@ def sample_forest_for_recipe(
     """:func:`sample_forest` with the tree shape, noise schedule, SDE family (``mean_std``, built from
     ``recipe.sde`` by the caller; default Flow-GRPO) and chunk size of ``recipe``."""
     tree = recipe.tree
-    splits = getattr(tree, "split_steps", None)
+    splits = recipe.branch_steps  # tree.split_steps, or tree.split_fractions at recipe.steps
     return sample_forest(
         model,
         prompts,

@@ -130,7 +130,7 @@ def flow_grpo_fast() -> Recipe:
 def branchgrpo() -> Recipe:
     """BranchGRPO (Li et al., arXiv 2509.06040; Fredreic1849/BranchGRPO
     ``scripts/finetune/finetune_flux_branchgrpo_8gpus.sh``, FLUX.1-dev): binary splits at steps
-    0, 3, 6, 9 of 20 (16 leaves), DanceGRPO's SDE on every step (``MIX_ODE_SDE_TREE=false``),
+    0, 3, 6, 9 of 20 (16 leaves; held as fractions of T, so another ``steps`` moves them with it), DanceGRPO's SDE on every step (``MIX_ODE_SDE_TREE=false``),
     split noise 4x the base ``eta = 0.3``, depth-wise normalised mean backup, clip 1e-3.
 
     BranchGRPO scales the split steps' noise but keeps the unscaled std in their log-prob; here a
@@ -141,12 +141,12 @@ def branchgrpo() -> Recipe:
     ``tree.sde_steps: [0, 1, 2, 3]``. ``--timestep_fraction 0.6`` is passed but unused by the tree
     trainer (``train_branchgrpo_flux.py`` trains every stored edge), so it has no counterpart.
     """
-    splits = [0, 3, 6, 9]  # TREE_SPLIT_POINTS="0,3,6,9"
+    splits = [0.0, 0.15, 0.3, 0.45]  # TREE_SPLIT_POINTS="0,3,6,9" of --sampling_steps 20, as fractions of T
     return Recipe(
         name="branchgrpo",
         steps=20,  # --sampling_steps 20
         tree=TreeSpec(
-            k=2, d=4, roots=1, split_steps=splits, sde_outside_window=True,  # 2^4 = 16 = --num_generations 16
+            k=2, d=4, roots=1, split_fractions=splits, sde_outside_window=True,  # 2^4 = 16 = --num_generations 16
             sde_steps=None,  # MIX_ODE_SDE_TREE="false": SDE on every step
             # DEPTH_PRUNING="" (off), DEPTH_PRUNING_SLIDE=true, DEPTH_PRUNING_SLIDE_INTERVAL=30,
             # DEPTH_PRUNING_STOP_DEPTH=9; WIDTH_PRUNING_MODE="0" (off), --width_pruning_ratio 0.5 (default);

@@ -48,10 +48,8 @@ class PruneSpec(Part):
 
 
 def _last_split(recipe: Any) -> int | None:
-    t = recipe.tree
-    if t.split_steps:
-        return max(t.split_steps)
-    return None
+    splits = recipe.branch_steps
+    return max(splits) if splits else None
 
 
 def prune_edges(recipe: Any, forest: Forest, targets: EdgeAdvantages, iteration: int, iters: int) -> EdgeAdvantages:

@@ -59,6 +59,10 @@ class TreeSpec(Part):
     split_steps: list[int] | None = Field(
         None, description="branch points (Flow-GRPO-Fast, BranchGRPO): branch k ways at exactly these steps "
                           "(d of them) instead of in a window of d consecutive steps; the window part is then unused")
+    split_fractions: list[float] | None = Field(
+        None, description="branch points as fractions of the sampling steps T, in [0, 1): step round(f * T) (half up), "
+                          "so a preset's splits follow any T (BranchGRPO's 0, 3, 6, 9 of 20 are 0, 0.15, 0.3, 0.45); "
+                          "tree.split_steps, when given, takes precedence")
     sde_steps: list[int] | None = Field(
         None, description="with sde_outside_window: only these non-branching steps are SDE (trained), the others ODE "
                           "(BranchGRPO's mixed ODE/SDE tree); None: all of them")
@@ -70,6 +74,13 @@ class TreeSpec(Part):
 
     @model_validator(mode="after")
     def _splits_match_depth(self) -> TreeSpec:
+        if self.split_fractions is not None and self.split_steps is None:  # split_steps takes precedence
+            f = self.split_fractions
+            if f != sorted(f) or len(set(f)) != len(f) or any(not 0.0 <= x < 1.0 for x in f):
+                raise ValueError(f"tree.split_fractions must be increasing distinct fractions in [0, 1), got {f}")
+            if len(f) != self.d:
+                raise ValueError(f"tree.split_fractions has {len(f)} values but tree.d = {self.d}; "
+                                 "set d to the number of split points")
         if self.split_steps is not None:
             if len(set(self.split_steps)) != len(self.split_steps) or self.split_steps != sorted(self.split_steps):
                 raise ValueError(f"tree.split_steps must be increasing distinct steps, got {self.split_steps}")
@@ -245,9 +256,13 @@ class Recipe(Part):
         if d > T:
             raise ValueError(f"tree.d = {d} exceeds steps = {T}: the window must fit in the T sampling steps")
         win = self.window
-        if self.tree.split_steps is not None:
-            if self.tree.split_steps and self.tree.split_steps[-1] >= T:
-                raise ValueError(f"tree.split_steps {self.tree.split_steps} reach past steps = {T}: every split step must be < T")
+        splits = self.branch_steps
+        if splits is not None:
+            if self.tree.split_steps is None and len(set(splits)) != len(splits):
+                raise ValueError(f"tree.split_fractions {self.tree.split_fractions} fall on the steps {splits} at steps = {T}: "
+                                 "two split points share a step; raise steps or give tree.split_steps")
+            if splits and splits[-1] >= T:
+                raise ValueError(f"tree.split_steps {splits} reach past steps = {T}: every split step must be < T")
             return self
         if isinstance(win, FixedWindow) and win.start + d > T:
             raise ValueError(f"window.start + tree.d = {win.start} + {d} > steps = {T}: the window runs past T")
@@ -272,10 +287,22 @@ class Recipe(Part):
         ``iteration``: fixed: ``start``; sliding: ``start + stride * (iteration // every)`` wrapped
         into ``[start, max_start]``; random: truncated geometric, drawn from a generator seeded by
         ``(seed, iteration)`` so every rank and every resume draws the same value.
-        A tree with ``split_steps`` has no window: its first split step."""
-        if self.tree.split_steps is not None:
-            return self.tree.split_steps[0] if self.tree.split_steps else 0
+        A tree with split points has no window: its first split step."""
+        splits = self.branch_steps
+        if splits is not None:
+            return splits[0] if splits else 0
         return self.window.start_at(iteration, seed, self.steps, self.tree.d)
+
+    @property
+    def branch_steps(self) -> list[int] | None:
+        """The tree's split points as steps of ``[0, steps)``: ``tree.split_steps``, or
+        ``tree.split_fractions`` at this recipe's ``steps`` (``floor(f * T + 0.5)``); None for a
+        window tree."""
+        if self.tree.split_steps is not None:
+            return list(self.tree.split_steps)
+        if self.tree.split_fractions is not None:
+            return [int(f * self.steps + 0.5) for f in self.tree.split_fractions]
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,11 +57,10 @@ class CallCounts:
 
 
 def _branching(recipe: Any, start: int) -> set[int]:
-    """Steps at which every node branches ``k`` ways: ``tree.split_steps`` when set (Flow-GRPO-Fast,
-    BranchGRPO), else the window ``[start, start + d)``."""
-    t = recipe.tree
-    splits = getattr(t, "split_steps", None)
-    return set(splits) if splits is not None else set(range(start, start + t.d))
+    """Steps at which every node branches ``k`` ways: the recipe's split points when it has them
+    (Flow-GRPO-Fast, BranchGRPO), else the window ``[start, start + d)``."""
+    splits = recipe.branch_steps
+    return set(splits) if splits is not None else set(range(start, start + recipe.tree.d))
 
 
 def _frontier(steps: int, start: int, depth: int, k: int, roots: int, splits: Any = None) -> list[int]:
@@ -262,8 +261,8 @@ def plan_memory(recipe: Any, facts: ModelFacts, *, resolution: int, dtype: str, 
 
     t = recipe.tree
     start = max(0, recipe.steps - t.d)  # what is stored does not depend on the start: ODE outside the window
-    if getattr(t, "split_steps", None):
-        start = t.split_steps[0]
+    if recipe.branch_steps:
+        start = recipe.branch_steps[0]
     trees = _tree_bytes(recipe, facts, resolution, start) * prompts
     cond = _cond_bytes(facts, b) * prompts
     states = trees + cond
