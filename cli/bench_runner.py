@@ -234,8 +234,7 @@ def run_bench(
         raise RuntimeError("no algorithm could be evaluated: " + "; ".join(f"{r.name}: {r.error}" for r in results.values()))
     base = dict(measured[0].curve[0])
     if thresholds is None:
-        best = max(r.curve[-1][threshold_on] for r in measured)
-        thresholds = [base[threshold_on] + f * (best - base[threshold_on]) for f in THRESHOLD_FRACTIONS]
+        thresholds = default_thresholds(measured, base, threshold_on)
     min_precision = base["precision"] - precision_tolerance if base.get("precision") is not None else None
     report = _report(results, list(thresholds), base, threshold_on=threshold_on, min_precision=min_precision,
                      precision_tolerance=precision_tolerance, steps=steps, batch=batch, seconds=seconds,
@@ -250,6 +249,50 @@ def run_bench(
         atomic_write_json(report, out / "bench.json")  # strict JSON: a non-finite value (--seconds inf) is null
         plot_curves(report, out / "bench.png")
     return report
+
+
+def default_thresholds(measured: Sequence[AlgorithmResult], base: Mapping[str, Any], key: str) -> list[float]:
+    """Base score plus :data:`THRESHOLD_FRACTIONS` of the best final gain among ``measured``."""
+    best = max(r.curve[-1][key] for r in measured)
+    return [base[key] + f * (best - base[key]) for f in THRESHOLD_FRACTIONS]
+
+
+#: settings two bench reports must share to be merged into one race
+MERGE_KEYS = ("steps", "batch", "seconds", "nfe_budget", "eval_every_nfe", "task", "backend_defaults",
+              "threshold_on", "precision_tolerance")
+
+
+def merge_reports(reports: Sequence[Mapping[str, Any]], thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """One race from several ``bench.json`` reports of the same bed and settings (a preset added
+    later, without rerunning the others): the base evaluations and :data:`MERGE_KEYS` must agree;
+    thresholds (default: from the best final gain over all algorithms), crossings and speed-ups are
+    recomputed from the curves. An algorithm named in two reports is an error."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    first = reports[0]
+    key = first.get("threshold_on", "reward")
+    results: dict[str, AlgorithmResult] = {}
+    for report in reports:
+        differ = [k for k in MERGE_KEYS if report.get(k) != first.get(k)]
+        if differ:
+            raise ValueError("the reports were run with different settings: "
+                             + ", ".join(f"{k} {first.get(k)!r} vs {report.get(k)!r}" for k in differ))
+        for k in (key, "precision", "recall", "diversity"):
+            if report["base"].get(k) != first["base"].get(k):
+                raise ValueError(f"the reports' base models differ ({k}: {first['base'].get(k)} vs {report['base'].get(k)}): "
+                                 "not the same bed, evaluation set or weights")
+        for name, data in report["algorithms"].items():
+            if name in results:
+                raise ValueError(f"algorithm {name!r} is in two reports")
+            results[name] = AlgorithmResult(
+                name=name, curve=list(data["curve"]), seconds_per_iter=data["seconds_per_iter"],
+                nfe_sampling_per_iter=data["nfe_sampling_per_iter"], nfe_training_per_iter=data["nfe_training_per_iter"],
+                iterations=data["iterations"], error=data["error"], lr=data.get("lr"))
+    base = dict(first["base"])
+    measured = [r for r in results.values() if r.curve]
+    chosen = list(thresholds) if thresholds is not None else default_thresholds(measured, base, key)
+    facts = {k: first.get(k) for k in (*MERGE_KEYS, "interleave") if k not in ("threshold_on",)}
+    return _report(results, chosen, base, threshold_on=key, min_precision=first.get("min_precision"), **facts)
 
 
 def _progress(clock: Mapping[str, Any], seconds: float, nfe: float) -> float:

@@ -156,6 +156,22 @@ def test_bench_nfe_budget_and_nfe_cadence_with_one_base_evaluation(monkeypatch):
     assert tree["curve"][0] == grpo["curve"][0]  # the base model's figures, evaluated once for both
     assert len(calls) == 1 + (len(grpo["curve"]) - 1) + (len(tree["curve"]) - 1)
 
+    # the same race in two reports, merged: thresholds, crossings and speed-ups recomputed over both
+    from treesdk_cli.bench_runner import merge_reports
+
+    halves = [{**report, "algorithms": {name: report["algorithms"][name]}} for name in ("grpo", "treegrpo")]
+    merged = merge_reports(halves)
+    assert merged["thresholds"] == pytest.approx(report["thresholds"])
+    for name in ("grpo", "treegrpo"):
+        assert merged["algorithms"][name]["to_threshold"] == report["algorithms"][name]["to_threshold"]
+    assert merged["speedup_vs_grpo_nfe"] == report["speedup_vs_grpo_nfe"] and merged["nfe_budget"] == 70
+    with pytest.raises(ValueError, match="different settings: steps"):
+        merge_reports([halves[0], {**halves[1], "steps": 8}])
+    with pytest.raises(ValueError, match="base models differ"):
+        merge_reports([halves[0], {**halves[1], "base": {**report["base"], "precision": 0.5}}])
+    with pytest.raises(ValueError, match="in two reports"):
+        merge_reports([halves[0], halves[0]])
+
 
 def test_first_crossing_interpolates_every_clock():
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "nfe": 0, "iteration": 0, "reward": 0.5},
