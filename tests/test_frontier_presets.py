@@ -63,3 +63,22 @@ def test_two_iterations_on_digits(preset):
     row = run.history[-1]
     assert row["nfe_training"] > 0 and all(torch.isfinite(torch.tensor(row["loss"])) for _ in [0])
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, backend.trainable_parameters()))
+
+
+def test_branch_point_example_branches_once_and_trains_only_that_step():
+    """examples/branch_point.yaml: 4 roots, ODE to step round(0.25 T), 6 SDE children there, ODE after.
+    One tree costs (s + 1) + 6 (T - s - 1) sampling forwards; training needs one velocity per root."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "branch_point.yaml"
+    assert treesdk.load_algorithm(str(path), steps=8).branch_steps == [2]
+    torch.manual_seed(0)
+    backend = treesdk.load_backend("digits")
+    recipe = treesdk.load_algorithm(str(path), **backend.recipe_defaults())
+    (split,) = recipe.branch_steps
+    assert (recipe.steps, split) == (10, 3)  # round(2.5) half up
+    before = [p.detach().clone() for p in backend.trainable_parameters()]
+    run = treesdk.train(recipe, backend, {"digit-classifier": treesdk.load_reward("digit-classifier")},
+                        ["a handwritten digit 3", "a handwritten digit 7"], iters=2, batch=2, seed=0)
+    row = run.history[-1]
+    per_tree = (split + 1) + 6 * (recipe.steps - split - 1)
+    assert row["nfe_sampling"] == 2 * 4 * per_tree and row["nfe_training"] == 2 * 4
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, backend.trainable_parameters()))
