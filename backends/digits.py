@@ -234,8 +234,12 @@ class DigitsBackend(VelocityModel):
     """
 
     name = "digits"
-    #: TreeGRPO plus a KL term (``treesdk.recipes.presets.treegrpo_kl``); ``--algo treegrpo`` runs the paper's
-    default_recipe = "treegrpo-kl"
+    #: the DiffusionNFT objective on the leaves of a TreeGRPO-style tree (``treesdk.recipes.frontier.tree_nft``):
+    #: in 18 iterations it gains +0.29 held-out on 1000 fresh samples while keeping precision above
+    #: the base model's and recall of the real digits above 0.6 (``benchmarks/digits_default_run.py``);
+    #: ``--algo treegrpo`` runs the paper's TreeGRPO, ``--algo treegrpo-kl`` the previous default
+    default_recipe = "tree-nft"
+    default_iters = 18
     export_formats = ("digits",)
     export_layouts = (DigitsFileLayout(),)
 

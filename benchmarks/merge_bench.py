@@ -1,27 +1,28 @@
 """Merge ``treesdk bench`` folders of one bed into one race (e.g. a preset run later beside the others).
 
-    python benchmarks/merge_bench.py OUT BENCH_DIR [BENCH_DIR ...]
+    python benchmarks/merge_bench.py [--threshold-on reward|heldout] OUT BENCH_DIR [BENCH_DIR ...]
 
 The folders must share the bed, the base model's evaluation and the race's settings (steps, batch,
 budget, evaluation cadence, task); thresholds, crossings and speed-ups are recomputed over all the
-algorithms (``treesdk_cli.bench_runner.merge_reports``). Writes ``OUT/bench.json``, ``OUT/bench.png``
+algorithms (``treesdk_cli.bench_runner.merge_reports``); ``--threshold-on`` re-scores the race on the
+other score (e.g. a race run with ``--threshold-on reward`` read against held-out thresholds). Writes ``OUT/bench.json``, ``OUT/bench.png``
 and copies the sample grids into ``OUT/samples/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from treesdk.io import atomic_write_json
 from treesdk_cli.bench_runner import merge_reports, plot_curves
 
 
-def main(out: str, *folders: str) -> None:
+def main(out: str, *folders: str, threshold_on: str | None = None) -> None:
     reports = [json.loads((Path(f) / "bench.json").read_text()) for f in folders]
-    merged = merge_reports(reports)
+    merged = merge_reports(reports, threshold_on=threshold_on)
     target = Path(out)
     (target / "samples").mkdir(parents=True, exist_ok=True)
     grids: dict[str, str] = {}
@@ -39,6 +40,10 @@ def main(out: str, *folders: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], *sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="folder for the merged race")
+    parser.add_argument("folders", nargs="+", help="treesdk bench folders of one bed")
+    parser.add_argument("--threshold-on", choices=["reward", "heldout"], default=None,
+                        help="score the thresholds are on (default: the reports')")
+    args = parser.parse_args()
+    main(args.out, *args.folders, threshold_on=args.threshold_on)

@@ -262,15 +262,20 @@ MERGE_KEYS = ("steps", "batch", "seconds", "nfe_budget", "eval_every_nfe", "task
               "threshold_on", "precision_tolerance")
 
 
-def merge_reports(reports: Sequence[Mapping[str, Any]], thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+def merge_reports(reports: Sequence[Mapping[str, Any]], thresholds: Sequence[float] | None = None,
+                  threshold_on: str | None = None) -> dict[str, Any]:
     """One race from several ``bench.json`` reports of the same bed and settings (a preset added
     later, without rerunning the others): the base evaluations and :data:`MERGE_KEYS` must agree;
     thresholds (default: from the best final gain over all algorithms), crossings and speed-ups are
-    recomputed from the curves. An algorithm named in two reports is an error."""
+    recomputed from the curves. ``threshold_on`` (``"reward"`` or ``"heldout"``; default: the
+    reports') re-scores the race on the other score, whose curve every report keeps. An algorithm
+    named in two reports is an error."""
     if not reports:
         raise ValueError("nothing to merge")
+    if threshold_on not in (None, "reward", "heldout"):
+        raise ValueError(f"threshold_on must be 'reward' or 'heldout', got {threshold_on!r}")
     first = reports[0]
-    key = first.get("threshold_on", "reward")
+    key = threshold_on or first.get("threshold_on", "reward")
     results: dict[str, AlgorithmResult] = {}
     for report in reports:
         differ = [k for k in MERGE_KEYS if report.get(k) != first.get(k)]
@@ -290,6 +295,8 @@ def merge_reports(reports: Sequence[Mapping[str, Any]], thresholds: Sequence[flo
                 iterations=data["iterations"], error=data["error"], lr=data.get("lr"))
     base = dict(first["base"])
     measured = [r for r in results.values() if r.curve]
+    if any(point.get(key) is None for r in measured for point in r.curve) or base.get(key) is None:
+        raise ValueError(f"the reports' curves carry no {key!r} score (a race without a held-out reward?)")
     chosen = list(thresholds) if thresholds is not None else default_thresholds(measured, base, key)
     facts = {k: first.get(k) for k in (*MERGE_KEYS, "interleave") if k not in ("threshold_on",)}
     return _report(results, chosen, base, threshold_on=key, min_precision=first.get("min_precision"), **facts)

@@ -171,6 +171,22 @@ def test_bench_nfe_budget_and_nfe_cadence_with_one_base_evaluation(monkeypatch):
         merge_reports([halves[0], {**halves[1], "base": {**report["base"], "precision": 0.5}}])
     with pytest.raises(ValueError, match="in two reports"):
         merge_reports([halves[0], halves[0]])
+    # re-scored on the held-out curve: thresholds from the held-out gains, the report says so
+    with pytest.raises(ValueError, match="no 'heldout' score"):  # this race had no held-out reward
+        merge_reports(halves, threshold_on="heldout")
+    with pytest.raises(ValueError, match="threshold_on"):
+        merge_reports(halves, threshold_on="loss")
+
+    def heldout_as(report, shift):
+        curves = {name: {**a, "curve": [{**p, "heldout": p["reward"] + shift * p["nfe"]} for p in a["curve"]]}
+                  for name, a in report["algorithms"].items()}
+        return {**report, "algorithms": curves, "base": {**report["base"], "heldout": report["base"]["reward"]}}
+
+    rescored = merge_reports([heldout_as(h, 1e-3) for h in halves], threshold_on="heldout")
+    finals = [a["curve"][-1]["reward"] + 1e-3 * a["curve"][-1]["nfe"] for a in report["algorithms"].values()]
+    base = report["base"]["reward"]
+    assert rescored["threshold_on"] == "heldout"
+    assert rescored["thresholds"] == pytest.approx([base + f * (max(finals) - base) for f in (0.5, 0.9)])
 
 
 def test_first_crossing_interpolates_every_clock():

@@ -144,7 +144,7 @@ def test_an_unset_iters_is_the_backends_default_and_a_given_one_wins():
     from treesdk_backends.glyphs import GlyphsBackend
     from treesdk_backends.digits import DigitsBackend
 
-    assert GlyphsBackend.default_iters < DigitsBackend.default_iters == 60
+    assert GlyphsBackend.default_iters < DigitsBackend.default_iters == 18
     unset = treesdk.RunConfig.model_validate({"backend": {"name": "glyphs"}})
     assert unset.iters is None
     assert build_run_parts(unset).config.iters == GlyphsBackend.default_iters

@@ -55,9 +55,10 @@ def test_treegrpo_with_a_sliding_window_and_mean_backup():
     assert r.advantage.backup == "mean"
 
 
-def test_treegrpo_kl_preset_is_the_digits_default_it_replaced():
-    """``treegrpo-kl`` with the digits backend's scale defaults is, value for value, the recipe the
-    digits backend used to build by hand: TreeGRPO, T = 10, lr 1e-4, plus Flow-GRPO's KL at beta 2."""
+def test_treegrpo_kl_preset_is_the_digits_recipe_it_replaced():
+    """``treegrpo-kl`` (the digits default before ``tree-nft``) with the digits backend's scale
+    defaults is, value for value, the recipe the digits backend used to build by hand: TreeGRPO,
+    T = 10, lr 1e-4, plus Flow-GRPO's KL at beta 2."""
     from treesdk.recipes.loading import load_recipe
     from treesdk.recipes.presets import treegrpo
     from treesdk_backends.digits import DigitsBackend
@@ -66,7 +67,7 @@ def test_treegrpo_kl_preset_is_the_digits_default_it_replaced():
     built.update(name="treegrpo-kl", steps=10)
     built["losses"] = [*built["losses"], {"kind": "kl", "form": "flow-grpo", "weight": 2.0}]
     built["optim"] = {**built["optim"], "lr": 1e-4}
-    assert DigitsBackend.default_recipe == "treegrpo-kl"
+    assert DigitsBackend.default_recipe == "tree-nft"
     preset = load_recipe("treegrpo-kl", **{"optim.lr": 1e-4, "steps": 10})
     assert preset.model_dump(mode="json") == load_recipe(built).model_dump(mode="json")
     assert load_recipe("treegrpo-kl").model_dump(mode="json")["optim"]["lr"] == 1e-5  # the paper's, before scale defaults

@@ -115,9 +115,9 @@ def test_an_unset_recipe_is_the_backends_default_recipe():
 
     digits = DigitsBackend.default_recipe
     default = RunConfig().resolve_recipe({"optim.lr": 3e-4}, digits)
-    assert default.name == "treegrpo-kl" and default.optim.lr == 3e-4  # a named default takes the defaults like any preset
-    assert [(t.kind, getattr(t, "form", None), getattr(t, "weight", None)) for t in default.losses][1] == ("kl", "flow-grpo", 2.0)
-    assert default.tree == treesdk.load_algorithm("treegrpo").tree
+    assert default.name == "tree-nft" and default.optim.lr == 3e-4  # a named default takes the defaults like any preset
+    assert [t.kind for t in default.losses] == ["nft", "velocity-kl"]
+    assert default.tree == treesdk.load_algorithm("tree-nft").tree
     named = RunConfig(recipe="treegrpo").resolve_recipe({"optim.lr": 3e-4}, digits)
     assert named.name == "treegrpo" and named.optim.lr == 3e-4 and len(named.losses) == 1
     assert RunConfig().resolve_recipe({"optim.lr": 1e-4}).name == "treegrpo"  # a backend that names none

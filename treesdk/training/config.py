@@ -179,7 +179,7 @@ class RunConfig(_Section):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     recipe: Recipe | str | None = Field(
         None, description="preset (grpo, mixgrpo, treegrpo, dynamic-treerpo, ...), a recipe file, or the recipe (unset: "
-        "the backend's default_recipe; digits: treegrpo-kl, others: treegrpo)",
+        "the backend's default_recipe; digits: tree-nft, others: treegrpo)",
         json_schema_extra=cli("algorithm", "--algo", kind="str"))
     overrides: dict[str, Any] = Field(default_factory=dict, description="recipe override DOTTED.KEY=VALUE, e.g. noise.level=0.8",
                                       json_schema_extra=cli("algorithm", "--set", kind="repeat", metavar="KEY=VALUE"))

@@ -9,6 +9,13 @@ sampled the leaves (ODE, a tree, a backend's solver), the update sees only each 
     x_sigma = (1 - sigma) x0 + sigma noise; v_theta (with gradient), v_old (old policy, no grad)
     and v_ref (adapter off, no grad) when a term asks; loss = sum_terms weight * term.
 
+Given the trees' seeds (``seeds``, one per prompt, the sampler's), every training draw is a pure
+function of them: leaf ``j`` of prompt ``p`` takes its noise levels (``grid-permutation``) from a
+generator seeded by ``(seeds[p], j, pass)`` and its noise at training slot ``n`` from one seeded by
+``(seeds[p], j, pass, n)``; ``stratified`` levels, shared by a minibatch, from its prompts' seeds and
+the pass. So a run repeated from its ``config.json``, or resumed from a checkpoint, trains on
+exactly the same ``x_sigma``. Without ``seeds`` the draws come from torch's global generator.
+
 The gradient of one optimiser step is that of the mean over slots and leaves of the minibatch
 (DiffusionNFT and AWM accumulate over their training timesteps the same way). Every velocity call is
 counted: ``nfe_training`` the forwards with gradient, ``nfe_reference`` the no-grad forwards of the
@@ -28,6 +35,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -165,14 +173,40 @@ def _old_policy(terms: Sequence[tuple[LossTerm, float]], params: Sequence[torch.
     return old
 
 
-def _slot_sigmas(terms: Sequence[tuple[LossTerm, float]], grid: Tensor, n_leaves: int) -> Tensor:
-    """``[n_slots, n_leaves]`` training sigmas from the first term that declares a sampler."""
+#: salts that keep the generators of the three kinds of training draw apart
+_SIGMA_SALT, _SHARED_SIGMA_SALT, _NOISE_SALT = 0x516A, 0x5A4E, 0x401E
+
+
+def _generator(*entropy: int) -> torch.Generator:
+    """A CPU generator seeded by a hash of the non-negative integers ``entropy``."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0]))
+
+
+def leaf_entropy(leaf_prompt: Tensor, seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """Per leaf ``(seeds[p], j)``: its tree's seed and its position among the leaves of prompt ``p``."""
+    seen: dict[int, int] = {}
+    out = []
+    for p in leaf_prompt.tolist():
+        j = seen.get(p, 0)
+        seen[p] = j + 1
+        out.append((int(seeds[p]), j))
+    return out
+
+
+def _slot_sigmas(terms: Sequence[tuple[LossTerm, float]], grid: Tensor, n_leaves: int,
+                 leaves: Sequence[tuple[int, int]] | None = None, shared: torch.Generator | None = None,
+                 pass_index: int = 0) -> Tensor:
+    """``[n_slots, n_leaves]`` training sigmas from the first term that declares a sampler; per-leaf
+    draws from ``leaves``' generators and shared ones from ``shared`` when given."""
     for term, _ in terms:
         kind = getattr(term, "sigmas", None)
         if kind == "grid-permutation":
-            return grid_permutation_sigmas(grid, n_leaves, term.fraction)
+            if leaves is None:
+                return grid_permutation_sigmas(grid, n_leaves, term.fraction)
+            return torch.cat([grid_permutation_sigmas(grid, 1, term.fraction, _generator(*leaf, pass_index, _SIGMA_SALT))
+                              for leaf in leaves], dim=1)
         if kind == "stratified":
-            return stratified_grid_sigmas(grid, n_leaves, term.count, term.fraction)
+            return stratified_grid_sigmas(grid, n_leaves, term.count, term.fraction, shared)
     raise UserError("no loss term of the recipe says at which noise levels to train the clean leaves; "
                     "add an nft or awm term (velocity-kl alone has no sigma sampler)")
 
@@ -191,8 +225,10 @@ def forward_update(
     grad_clip: float | None = 1.0,
     reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
     stats: UpdateStats | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> UpdateStats:
-    """``passes * minibatches`` optimiser steps on the clean leaves of ``forest`` (module docstring)."""
+    """``passes * minibatches`` optimiser steps on the clean leaves of ``forest`` (module docstring);
+    ``seeds``: the trees' seeds, one per prompt of the forest, from which every training draw comes."""
     stats = stats or UpdateStats()
     need_old = any(getattr(t, "needs_old_velocity", False) for t, _ in terms)
     need_ref = any(getattr(t, "needs_reference", False) for t, _ in terms)
@@ -201,20 +237,33 @@ def forward_update(
     leaf_prompt = forest.leaf_prompt.to(x0_all.device)
     adv_all = targets.leaf_advantages.detach().float().to(x0_all.device)
     groups = minibatch_prompts(forest.num_prompts, minibatches)
+    if seeds is not None and len(seeds) != forest.num_prompts:
+        raise ValueError(f"{len(seeds)} seeds for a forest of {forest.num_prompts} prompts")
+    entropy = leaf_entropy(leaf_prompt.cpu(), seeds) if seeds is not None else None
     totals: dict[str, float] = {}
     weight_sum, n_old, n_ref = 0.0, 0, 0
     model.train_mode(True)
     try:
-        for _ in range(passes):
+        for pass_index in range(passes):
             for group in groups:
                 optimizer.zero_grad(set_to_none=True)
                 rows = torch.isin(leaf_prompt.cpu(), group).nonzero().flatten().to(x0_all.device)
-                sigmas = _slot_sigmas(terms, forest.sigmas.cpu(), len(rows)).to(x0_all.device)  # [n, R]
+                leaves = [entropy[i] for i in rows.tolist()] if entropy is not None else None
+                shared = (_generator(*(int(seeds[p]) for p in group.tolist()), pass_index, _SHARED_SIGMA_SALT)
+                          if seeds is not None else None)
+                sigmas = _slot_sigmas(terms, forest.sigmas.cpu(), len(rows), leaves, shared, pass_index).to(x0_all.device)  # [n, R]
                 for slot in range(sigmas.shape[0]):
                     for part in iter_chunks(len(rows), chunk):
                         index = rows[part]
                         scale = len(index) / len(rows) / sigmas.shape[0]
-                        loss, metrics, counts = _chunk_loss(model, forest, x0_all[index], leaf_prompt[index],
+                        x0 = x0_all[index]
+                        if leaves is None:
+                            noise = torch.randn(x0.shape, dtype=torch.float32)
+                        else:
+                            noise = torch.stack([torch.randn(x0.shape[1:], dtype=torch.float32,
+                                                             generator=_generator(*leaves[i], pass_index, slot, _NOISE_SALT))
+                                                 for i in range(part.start, part.stop)])
+                        loss, metrics, counts = _chunk_loss(model, forest, x0, noise.to(x0.device), leaf_prompt[index],
                                                             adv_all[index], sigmas[slot, part], terms, old, need_old, need_ref)
                         stats.nfe_training += len(index)
                         n_old += counts[0]
@@ -239,9 +288,8 @@ def forward_update(
     return stats
 
 
-def _chunk_loss(model, forest, x0, prompt, adv, sigma, terms, old, need_old, need_ref):  # noqa: ANN001, ANN202
+def _chunk_loss(model, forest, x0, noise, prompt, adv, sigma, terms, old, need_old, need_ref):  # noqa: ANN001, ANN202
     cond = select_cond(forest.cond, prompt)
-    noise = torch.randn(x0.shape, dtype=torch.float32).to(x0.device)
     s = sigma.view(-1, *([1] * (x0.ndim - 1)))
     xt = (1.0 - s) * x0 + s * noise
     v_old = v_ref = None

@@ -205,7 +205,7 @@ class Trainer:
         stats = p(
             "training", policy_update, self.backend, forest, targets, self.loss_terms, StepCalls(self.optimizer, self.optimizer_step),
             self.params, passes=o.passes, minibatches=o.minibatches, chunk=recipe.training_chunk, grad_clip=o.grad_clip,
-            reduce_gradients=c.reduce_gradients if c.world_size > 1 else None)
+            reduce_gradients=c.reduce_gradients if c.world_size > 1 else None, seeds=seeds)
         t3 = time.perf_counter()
         self.iteration += 1
         lr_used = self.optimization.end_iteration()  # 5. the lr schedule, stepped once per iteration

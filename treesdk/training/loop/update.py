@@ -73,16 +73,19 @@ def policy_update(
     chunk: int = 64,
     grad_clip: float | None = 1.0,
     reduce_gradients: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> UpdateStats:
     """Run ``passes * minibatches`` optimiser steps on ``forest``; returns counts and mean metrics.
 
     ``reduce_gradients`` (distributed training) is called on the parameters after each minibatch's
-    backward passes and before clipping; it should average gradients over ranks.
+    backward passes and before clipping; it should average gradients over ranks. ``seeds`` (the
+    trees' seeds, one per prompt) make the forward-process path's training draws reproducible
+    (:mod:`treesdk.training.loop.forward_update`); the edge path draws nothing.
     """
     stats = UpdateStats()
     if forward_terms(terms):  # the recipe trains on clean leaves (DiffusionNFT, AWM): no edges needed
         return forward_update(model, forest, targets, terms, optimizer, params, passes=passes, minibatches=minibatches,
-                              chunk=chunk, grad_clip=grad_clip, reduce_gradients=reduce_gradients, stats=stats)
+                              chunk=chunk, grad_clip=grad_clip, reduce_gradients=reduce_gradients, stats=stats, seeds=seeds)
     if not forest.layers:
         return stats
     need_ref = any(t.needs_reference for t, _ in terms)
