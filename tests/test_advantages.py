@@ -153,3 +153,18 @@ def test_depthwise_is_built_from_a_recipe_and_refuses_path_attribution():
     assert isinstance(est, DepthwiseAdvantage) and est.backup == "softmax" and est.unbiased
     with pytest.raises(ValueError, match=r"attribution\s+Input should be 'edge'"):
         DepthwiseAdvantage(attribution="path")
+
+
+def test_global_std_uses_the_whole_batch_inside_whole_batch():
+    """Under several ranks the trainer runs the estimator inside ``whole_batch``: ``global_std`` then
+    normalises by the std of every rank's leaves, as one process holding the whole batch does."""
+    from treesdk.advantages import normalised_leaf_advantages, whole_batch
+
+    everything = torch.tensor([0.1, 0.9, 0.4, 0.6, 0.0, 1.0, 0.2, 0.2])  # 4 prompts x 2 leaves
+    alone = normalised_leaf_advantages(everything, 2, global_std=True)
+    mine = everything[[0, 1, 4, 5]]  # rank 0 of 2: slots 0 and 2
+    with whole_batch(lambda values, leaves: everything):
+        gathered = normalised_leaf_advantages(mine, 2, global_std=True)
+    assert torch.equal(gathered, alone[[0, 1, 4, 5]])
+    local = normalised_leaf_advantages(mine, 2, global_std=True)  # outside: this rank's std only
+    assert not torch.allclose(local, gathered)

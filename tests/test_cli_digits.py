@@ -36,10 +36,11 @@ def test_train_writes_the_whole_run_folder(trained_run):
     assert {"digit-classifier_mean", "digit-evaluator_mean"} <= set(evals[0])
     train_rows = [r for r in rows if not r.get("eval")]
     assert [r["iteration"] for r in train_rows] == [1, 2, 3]
-    # treegrpo on digits: k=2, d=4, T=10 -> per tree s + 15 + 16 (6 - s) evaluations
+    # the default tree-nft on digits: 3 roots, k=2, d=3, T=10 -> per root s + 7 + 8 (7 - s) sampling
+    # evaluations; each of the 24 leaves trained at 9 of the 10 grid levels, with the old policy and the reference
     for r in train_rows:
-        assert r["nfe_sampling"] == 4 * (r["window_start"] + 15 + 16 * (6 - r["window_start"]))
-        assert r["nfe_training"] == 4 * 15
+        assert r["nfe_sampling"] == 4 * 3 * (r["window_start"] + 7 + 8 * (7 - r["window_start"]))
+        assert r["nfe_training"] == 4 * 24 * 9 and r["nfe_reference"] == 2 * r["nfe_training"]
 
 
 def test_sample_and_eval_a_trained_run(trained_run, tmp_path):

@@ -269,5 +269,5 @@ def test_an_export_into_the_runs_checkpoints_is_refused_and_the_checkpoint_stays
 def test_a_recipe_error_names_the_recipe_without_echoing_it(plugins):
     """``--steps 2`` with a preset of depth 4 printed the whole resolved recipe (over 1000 characters)."""
     out = failed(invoke("train", "--iters", "1", "--steps", "2", "--out", plugins / "run"))
-    assert "tree.d = 4 exceeds steps = 2" in out and len(out) < 400, out
+    assert "tree.d = 3 exceeds steps = 2" in out and len(out) < 400, out  # the default tree-nft: d = 3
     assert not (plugins / "run").exists()

@@ -111,7 +111,9 @@ class NaNReward(SlowReward):
 
 def test_a_nan_from_the_worker_names_the_leaf_of_the_whole_iteration(digits):
     prompts = digits[2]
-    leaf = prompts.index(prompts[-1]) * 16  # the first leaf of the last prompt's tree (16 leaves a tree)
+    recipe = digits[1]
+    per_prompt = recipe.tree.roots * recipe.tree.k ** recipe.tree.d  # leaves of one prompt's forest
+    leaf = prompts.index(prompts[-1]) * per_prompt  # the first leaf of the last prompt's trees
     with pytest.raises(NonFiniteRewardError, match=rf"reward 'slow' returned nan for image {leaf} of prompt {prompts[-1]!r}"):
         run(digits, {"slow": NaNReward(prompts[-1])})
 

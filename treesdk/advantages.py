@@ -15,6 +15,11 @@ the weighted sum is taken (as both TreeGRPO and Dynamic-TreeRPO do). Edges then 
   nodes are re-standardised, ``(value - mean_depth) / (unbiased std_depth + 1e-8)`` (0 where the
   std is below 1e-6), so every layer's advantages have unit scale.
 
+"The whole batch" under ``global_std`` is every rank's leaves in a multi-process run (Flow-GRPO
+gathers all processes' rewards before normalising): the trainer runs the estimator inside
+:func:`whole_batch`, and :func:`batch_values` returns the gathered values in batch-slot order, so two
+ranks normalise exactly as one process with the whole batch does.
+
 Under ``path`` attribution (Dynamic-TreeRPO eq. 9) every edge carries the advantages of *all*
 leaves below it, one loss term per root-to-leaf path.
 
@@ -24,8 +29,10 @@ once by pydantic) and the callable the trainer runs.
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import ClassVar, Literal
 
 import torch
@@ -38,19 +45,43 @@ from .part import RuntimePart
 _STD = Field("population", description="population std (Flow-GRPO) or unbiased std (DanceGRPO, BranchGRPO)")
 
 
+#: per-leaf values ``[P * L]`` of this process -> the whole batch's (every rank's, in batch-slot
+#: order), given ``L``; set by :func:`whole_batch` while the trainer runs an estimator
+_WHOLE_BATCH: ContextVar[Callable[[Tensor, int], Tensor] | None] = ContextVar("treesdk_whole_batch", default=None)
+
+
+@contextlib.contextmanager
+def whole_batch(gather: Callable[[Tensor, int], Tensor] | None) -> Iterator[None]:
+    """Within the block, :func:`batch_values` (and so ``global_std``) uses ``gather(values,
+    leaves_per_prompt)`` to see every rank's leaves; ``None``: this process holds the whole batch."""
+    token = _WHOLE_BATCH.set(gather)
+    try:
+        yield
+    finally:
+        _WHOLE_BATCH.reset(token)
+
+
+def batch_values(values: Tensor, leaves_per_prompt: int) -> Tensor:
+    """``values`` of the whole batch: gathered over ranks inside :func:`whole_batch`, else as given."""
+    gather = _WHOLE_BATCH.get()
+    return values if gather is None else gather(values, leaves_per_prompt)
+
+
 def normalised_leaf_advantages(
     rewards: Tensor, leaves_per_prompt: int, *, global_std: bool = False, eps: float = 1e-4, unbiased: bool = False
 ) -> Tensor:
-    """``[P * L]`` rewards -> ``(r - mean_prompt) / (std + eps)``; std per prompt or over the batch.
+    """``[P * L]`` rewards -> ``(r - mean_prompt) / (std + eps)``; std per prompt or over the whole
+    batch (:func:`batch_values`: every rank's leaves in a multi-process run).
 
     The std is the population std (``unbiased=False``, Flow-GRPO's per-prompt stat tracker) or the
     unbiased one (``unbiased=True``, DanceGRPO's ``tensor.std()``).
     """
     groups = rewards.float().view(-1, leaves_per_prompt)
     mean = groups.mean(dim=1, keepdim=True)
-    n = rewards.numel() if global_std else groups.shape[1]
+    batch = batch_values(rewards.float(), leaves_per_prompt) if global_std else None
+    n = batch.numel() if batch is not None else groups.shape[1]
     unbiased = unbiased and n > 1  # one leaf: no spread (the unbiased std would be NaN), advantage 0
-    std = rewards.float().std(unbiased=unbiased) if global_std else groups.std(dim=1, unbiased=unbiased, keepdim=True)
+    std = batch.std(unbiased=unbiased) if batch is not None else groups.std(dim=1, unbiased=unbiased, keepdim=True)
     return ((groups - mean) / (std + eps)).reshape(-1)
 
 

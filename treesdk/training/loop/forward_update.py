@@ -56,6 +56,8 @@ class OldPolicy:
         self.schedule = schedule
         self.samples = bool(samples)
         self.steps = 0  # optimiser steps taken while this copy was kept
+        #: called after the weights are swapped in or out (FSDP: reshard, so forwards see the new shards)
+        self.on_swap: Callable[[], None] | None = None
         with torch.no_grad():
             self.shadow = [p.detach().float().clone() for p in self.params]
 
@@ -94,11 +96,15 @@ class OldPolicy:
             with torch.no_grad():
                 for p, old in zip(self.params, self.shadow):
                     p.copy_(old.to(dtype=p.dtype, device=p.device))
+            if self.on_swap is not None:
+                self.on_swap()
             yield
         finally:
             with torch.no_grad():
                 for p, keep in zip(self.params, live):
                     p.copy_(keep)
+            if self.on_swap is not None:
+                self.on_swap()
 
     def advance(self, steps: int) -> float:
         """``old <- d old + (1 - d) theta`` with ``d = schedule.decay(steps)``; returns ``d``."""

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from treesdk.advantages import whole_batch
 from treesdk.interfaces import RewardModel, VelocityModel
 from treesdk.recipes import Recipe, prune_edges
 from treesdk.recipes import parts as parts_registry
@@ -127,6 +128,8 @@ class Trainer:
             raise ValueError(f"backend {self.backend.name!r} has no trainable parameters")
         self.optimization = Optimization(self.params, self.recipe.optim, self.iters, self.ema_config)
         self.old_policy = behaviour_policy(self.loss_terms, self.params)  # forward-process recipes: v_old, sampling
+        if self.old_policy is not None and self.collective.fsdp is not None:
+            self.old_policy.on_swap = self.collective.fsdp.reshard
         self.optimizer = self.optimization.optimizer
         self.profiler = PhaseProfiler(self.backend.device, enabled=logging_.profile)  # seconds, peak memory per phase
         # optimiser steps taken, and the count when the running update began: are the weights the last iteration's?
@@ -198,7 +201,9 @@ class Trainer:
 
         # 3. advantages on the edges, then 4. the policy update: its optimiser steps are
         # self.optimizer_step (the step and its companions, in order)
-        targets = prune_edges(recipe, forest, p("advantages", self.estimator, forest, scores, self.weights), self.iteration, self.iters)
+        with whole_batch(c.gather_leaf_values if c.world_size > 1 else None):  # global_std sees every rank's leaves
+            advantages = p("advantages", self.estimator, forest, scores, self.weights)
+        targets = prune_edges(recipe, forest, advantages, self.iteration, self.iters)
         o = recipe.optim
         self._update_began_at = self._optimizer_steps
         self._phase("optimizer", 0, self.optimization.steps_per_iteration)

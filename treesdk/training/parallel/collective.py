@@ -2,7 +2,7 @@
 
 A single process uses the default :class:`Collective`, whose calls are identities. Several processes
 (``torchrun``) use :class:`treesdk.training.parallel.distributed.DistributedContext`, the same interface over
-``torch.distributed``. A user who runs treesdk under another launcher implements these five calls.
+``torch.distributed``. A user who runs treesdk under another launcher implements these calls.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ class Collective:
     def reduce_metrics(self, row: dict[str, float]) -> dict[str, float]:
         """One iteration's numeric metrics combined over ranks (counts summed, means averaged)."""
         return dict(row)
+
+    def gather_leaf_values(self, values: torch.Tensor, leaves_per_prompt: int) -> torch.Tensor:
+        """Every rank's per-leaf ``values`` (``[P_rank * L]``, its slots' prompts in order) as one
+        ``[B * L]`` tensor in batch-slot order, on ``values``' device (batch-wide statistics)."""
+        return values
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on one (every rank stops after the same iteration)."""

@@ -161,6 +161,18 @@ class DistributedContext(Collective):
         self._run("all_gather of metrics", lambda: dist.all_gather_object(rows, dict(row)))
         return reduce_metric_rows(rows)
 
+    def gather_leaf_values(self, values: torch.Tensor, leaves_per_prompt: int) -> torch.Tensor:
+        """Every rank's per-leaf ``values`` in batch-slot order: rank ``r`` holds slots ``r, r + W, ...``,
+        each ``leaves_per_prompt`` values long (gathered as objects, so any backend and device)."""
+        if not self.active:
+            return values
+        parts: list[Any] = [None] * self.world_size
+        mine = values.detach().cpu().reshape(-1, leaves_per_prompt)
+        self._run("all_gather of leaf values", lambda: dist.all_gather_object(parts, mine))
+        slots = sum(p.shape[0] for p in parts)
+        ordered = [parts[s % self.world_size][s // self.world_size] for s in range(slots)]
+        return torch.cat(ordered).to(values.device)
+
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one (used for stop requests)."""
         if not self.active:

@@ -45,6 +45,7 @@ class FullyShardedTraining:
         self.ctx = ctx
         self.mesh: Any = None
         self._sharded: set[int] = set()
+        self.modules: list[torch.nn.Module] = []
 
     def shard(self, backend: Any) -> None:
         """Apply ``fully_shard`` to ``backend.fsdp_modules()`` (once per backend)."""
@@ -72,6 +73,14 @@ class FullyShardedTraining:
         self.ctx._run("fully_shard of the trainable modules",
                       lambda: [fully_shard(m, mesh=self.mesh) for m in modules])
         self._sharded.add(id(backend))
+        self.modules.extend(modules)
+
+    def reshard(self) -> None:
+        """Free every sharded module's gathered parameters, so the next forward gathers the shards
+        anew: needed after the shards were overwritten in place (the old policy swapped in or out),
+        as FSDP keeps the root's parameters gathered between forwards."""
+        for module in self.modules:
+            module.reshard()
 
     def full_tensors(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """``state`` with every ``DTensor`` gathered into a full CPU tensor (one collective per
