@@ -27,6 +27,7 @@ _SIGNAL_IN_WRITE = """
 import os, signal, sys
 import treesdk.io as io
 sig = getattr(signal, sys.argv[1])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a job started in the background inherits SIGINT ignored
 real, sent = io.os.fsync, []
 def fsync(fd):
     if not sent:
