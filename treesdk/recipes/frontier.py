@@ -176,7 +176,8 @@ def _tree(recipe: Recipe, name: str) -> Recipe:
 
 
 def tree_nft() -> Recipe:
-    """Hybrid: the DiffusionNFT objective (``diffusionnft``) on the leaves of a TreeGRPO-style tree."""
+    """Hybrid: the DiffusionNFT objective (``diffusionnft``) on the leaves of a TreeGRPO-style tree;
+    the digits backend's default recipe (``benchmarks/README.md``, "The default run")."""
     return _tree(diffusionnft(), "tree-nft")
 
 

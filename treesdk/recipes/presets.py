@@ -92,7 +92,7 @@ def treegrpo() -> Recipe:
 
 
 def treegrpo_kl() -> Recipe:
-    """TreeGRPO plus a KL term to the base model: the digits backend's default recipe.
+    """TreeGRPO plus a KL term to the base model (the digits backend's default recipe before ``tree-nft``).
 
     Everything but the KL term is :func:`treegrpo`, the paper's values. The KL term takes
     Flow-GRPO's form (``||mean_theta - mean_ref||^2 / (2 std_t^2)``, its ``train.beta`` term); its
