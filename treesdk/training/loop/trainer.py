@@ -128,8 +128,8 @@ class Trainer:
             raise ValueError(f"backend {self.backend.name!r} has no trainable parameters")
         self.optimization = Optimization(self.params, self.recipe.optim, self.iters, self.ema_config)
         self.old_policy = behaviour_policy(self.loss_terms, self.params)  # forward-process recipes: v_old, sampling
-        if self.old_policy is not None and self.collective.fsdp is not None:
-            self.old_policy.on_swap = self.collective.fsdp.reshard
+        if self.old_policy is not None and self.collective.fsdp is not None:  # shards overwritten in place
+            self.old_policy.on_swap = self.collective.fsdp.reshard  # (EMA with FSDP is refused)
         self.optimizer = self.optimization.optimizer
         self.profiler = PhaseProfiler(self.backend.device, enabled=logging_.profile)  # seconds, peak memory per phase
         # optimiser steps taken, and the count when the running update began: are the weights the last iteration's?
