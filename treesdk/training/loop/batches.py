@@ -9,9 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def derived_seed(*entropy: int) -> int:
+    """A 32-bit seed hashed from the non-negative integers ``entropy`` (numpy's ``SeedSequence``)."""
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+
+
 def slot_seed(seed: int, iteration: int, slot: int) -> int:
     """Seed of the tree in global batch slot ``slot`` at ``iteration`` (independent of ranks)."""
-    return int(np.random.SeedSequence([seed, iteration, slot, 0x7EE]).generate_state(1)[0])
+    return derived_seed(seed, iteration, slot, 0x7EE)
 
 
 def iteration_prompts(prompts: Sequence[str], batch: int, seed: int, iteration: int) -> list[str]:

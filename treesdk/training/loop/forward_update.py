@@ -35,13 +35,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from treesdk.errors import NonFiniteLossError, UserError
 from treesdk.forward_losses import CleanBatch, OldPolicySchedule, grid_permutation_sigmas, stratified_grid_sigmas
 from treesdk.interfaces import EdgeAdvantages, Forest, LossTerm, VelocityModel, iter_chunks, select_cond
+from treesdk.training.loop.batches import derived_seed
 from treesdk.training.loop.gradient_step import minibatch_prompts, optimizer_step
 from treesdk.training.loop.update_stats import UpdateStats
 
@@ -184,8 +184,18 @@ _SIGMA_SALT, _SHARED_SIGMA_SALT, _NOISE_SALT = 0x516A, 0x5A4E, 0x401E
 
 
 def _generator(*entropy: int) -> torch.Generator:
-    """A CPU generator seeded by a hash of the non-negative integers ``entropy``."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0]))
+    """A CPU generator seeded by :func:`~treesdk.training.loop.batches.derived_seed` of ``entropy``."""
+    return torch.Generator().manual_seed(derived_seed(*entropy))
+
+
+def _leaf_noise(x0: Tensor, leaves: Sequence[tuple[int, int]] | None, part: slice, pass_index: int, slot: int) -> Tensor:
+    """float32 CPU noise like ``x0`` (the rows ``part`` of the minibatch): one generator per leaf and
+    training slot when the leaves' seeds are known, else torch's global generator."""
+    if leaves is None:
+        return torch.randn(x0.shape, dtype=torch.float32)
+    return torch.stack([torch.randn(x0.shape[1:], dtype=torch.float32,
+                                    generator=_generator(*leaves[i], pass_index, slot, _NOISE_SALT))
+                        for i in range(part.start, part.stop)])
 
 
 def leaf_entropy(leaf_prompt: Tensor, seeds: Sequence[int]) -> list[tuple[int, int]]:
@@ -263,13 +273,8 @@ def forward_update(
                         index = rows[part]
                         scale = len(index) / len(rows) / sigmas.shape[0]
                         x0 = x0_all[index]
-                        if leaves is None:
-                            noise = torch.randn(x0.shape, dtype=torch.float32)
-                        else:
-                            noise = torch.stack([torch.randn(x0.shape[1:], dtype=torch.float32,
-                                                             generator=_generator(*leaves[i], pass_index, slot, _NOISE_SALT))
-                                                 for i in range(part.start, part.stop)])
-                        loss, metrics, counts = _chunk_loss(model, forest, x0, noise.to(x0.device), leaf_prompt[index],
+                        noise = _leaf_noise(x0, leaves, part, pass_index, slot).to(x0.device)
+                        loss, metrics, counts = _chunk_loss(model, forest, x0, noise, leaf_prompt[index],
                                                             adv_all[index], sigmas[slot, part], terms, old, need_old, need_ref)
                         stats.nfe_training += len(index)
                         n_old += counts[0]

@@ -201,7 +201,7 @@ class Trainer:
 
         # 3. advantages on the edges, then 4. the policy update: its optimiser steps are
         # self.optimizer_step (the step and its companions, in order)
-        with whole_batch(c.gather_leaf_values if c.world_size > 1 else None):  # global_std sees every rank's leaves
+        with whole_batch(c.gather_leaf_values):  # global_std sees every rank's leaves (one process: its own)
             advantages = p("advantages", self.estimator, forest, scores, self.weights)
         targets = prune_edges(recipe, forest, advantages, self.iteration, self.iters)
         o = recipe.optim
