@@ -395,16 +395,18 @@ def plot_curves(report: Mapping[str, Any], path: str | Path) -> Path:
     label = "held-out score" if key == "heldout" else "evaluation reward"
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.5), dpi=120)
     base_div = report["base"].get("diversity") or float("nan")
-    for name, data in report["algorithms"].items():
+    # matplotlib's default cycle has 10 colours: a larger race takes tab20's, so no two share one
+    palette = plt.get_cmap("tab10" if len(report["algorithms"]) <= 10 else "tab20").colors
+    for i, (name, data) in enumerate(report["algorithms"].items()):
         curve = [p for p in data["curve"] if p.get(key) is not None]
         if not curve:
             continue
-        score = [p[key] for p in curve]
-        line = left.plot([p["seconds"] for p in curve], score, marker="o", markersize=3, label=name)
-        middle.plot([p["nfe"] / 1000 for p in curve], score, marker="o", markersize=3, color=line[0].get_color(), label=name)
+        score, color = [p[key] for p in curve], palette[i % len(palette)]
+        left.plot([p["seconds"] for p in curve], score, marker="o", markersize=3, color=color, label=name)
+        middle.plot([p["nfe"] / 1000 for p in curve], score, marker="o", markersize=3, color=color, label=name)
         kept = [100.0 * (p["diversity"] if p["diversity"] is not None else float("nan")) / base_div for p in curve]
-        right.plot(kept, score, color=line[0].get_color(), alpha=0.5, linewidth=1)
-        right.scatter(kept[-1:], score[-1:], color=line[0].get_color(), s=40, label=name, zorder=3)
+        right.plot(kept, score, color=color, alpha=0.5, linewidth=1)
+        right.scatter(kept[-1:], score[-1:], color=color, s=40, label=name, zorder=3)
     for threshold in report["thresholds"]:
         for ax in (left, middle, right):
             ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
